@@ -1,0 +1,236 @@
+"""Every error durably raises derives from one root, :class:`DurablyError`.
+
+    DurablyError
+    ├── ContextError
+    │   ├── ContextKeyExists            (also KeyError)
+    │   ├── ContextKeyMissing           (also KeyError)
+    │   ├── ContextTypeError            (also TypeError)
+    │   ├── ContextSerializationError   (also TypeError)
+    │   ├── ContextTooLargeError        (also ValueError)
+    │   └── ContextConflictError
+    ├── WorkflowError
+    │   ├── WorkflowDefinitionError     (also ValueError)
+    │   ├── WorkflowNotRegistered
+    │   ├── TaskReturnError             (also TypeError)
+    │   ├── TaskTimeoutError            (also TimeoutError)
+    │   ├── ExecutionNotFound           (also LookupError)
+    │   └── ExecutionStateError
+    ├── NonRetryable                    (raised by a task: fail now, never retry)
+    ├── StoreError
+    │   ├── StoreConnectionError
+    │   └── MigrationError
+    ├── BrokerError
+    ├── ServiceError                    (raised by a saga participant: reply ERROR)
+    └── SagaException
+        ├── EmptySagaException, SagaNotCommittedException, AlreadyCommittedException,
+        │   AlreadyOnSagaException, EmptySagaStepException, UndefinedOnExecuteException,
+        │   MultipleOnExecuteException, MultipleOnSuccessException, MultipleOnErrorException,
+        │   MultipleOnFailureException, MultipleElseThenException
+        ├── SagaExecutionNotFoundException
+        ├── SagaExecutionAlreadyExecutedException
+        ├── SagaDefinitionNotFound
+        ├── SagaFailedExecutionException
+        ├── SagaRollbackExecutionException
+        └── SagaTimeoutException        (also TimeoutError)
+
+A class's docstring is its default message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DurablyError(Exception):
+    """An error occurred in durably."""
+
+    def __init__(self, message: str | None = None, *args: Any) -> None:
+        super().__init__(message or (self.__doc__ or "").strip(), *args)
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would repr() the message: keep it readable for every subclass.
+        return str(self.args[0]) if self.args else ""
+
+
+# -- context -----------------------------------------------------------------------------------
+
+
+class ContextError(DurablyError):
+    """The context was used in a way it does not allow."""
+
+
+class ContextKeyExists(ContextError, KeyError):
+    """The key is already in the context."""
+
+
+class ContextKeyMissing(ContextError, KeyError):
+    """The key is not in the context."""
+
+
+class ContextTypeError(ContextError, TypeError):
+    """A context value does not have the expected type."""
+
+
+class ContextSerializationError(ContextError, TypeError):
+    """A context value cannot be stored."""
+
+
+class ContextTooLargeError(ContextError, ValueError):
+    """The context is larger than the configured limit: store the data elsewhere and keep a
+    reference to it in the context."""
+
+
+class ContextConflictError(ContextError):
+    """Two dependencies hold different values for one key."""
+
+
+# -- workflows ---------------------------------------------------------------------------------
+
+
+class WorkflowError(DurablyError):
+    """A workflow could not be defined or run."""
+
+
+class WorkflowDefinitionError(WorkflowError, ValueError):
+    """The workflow definition is invalid."""
+
+
+class WorkflowNotRegistered(WorkflowError, LookupError):
+    """No workflow of that name and version is registered in this process."""
+
+
+class TaskReturnError(WorkflowError, TypeError):
+    """A task must return None, a Context or a dict."""
+
+
+class TaskTimeoutError(WorkflowError, TimeoutError):
+    """The task attempt ran longer than its timeout."""
+
+
+class ExecutionNotFound(WorkflowError, LookupError):
+    """No execution has that id."""
+
+
+class ExecutionStateError(WorkflowError):
+    """The execution is not in a state that allows this operation."""
+
+
+class NonRetryable(DurablyError):
+    """The task failed and must not be retried."""
+
+
+# -- storage and brokers -----------------------------------------------------------------------
+
+
+class StoreError(DurablyError):
+    """The database reported an error."""
+
+
+class StoreConnectionError(StoreError):
+    """The database cannot be reached."""
+
+
+class MigrationError(StoreError):
+    """The database schema could not be migrated."""
+
+
+class BrokerError(DurablyError):
+    """The message broker reported an error."""
+
+
+class ServiceError(DurablyError):
+    """A saga participant rejected the request; its content is sent back as an ERROR reply."""
+
+    def __init__(self, content: Any = None) -> None:
+        super().__init__(f"service error: {content!r}")
+        self.content = content
+
+
+# -- sagas (names as in minos-microservice-saga) -----------------------------------------------
+
+
+class SagaException(DurablyError):
+    """A saga could not be defined or run."""
+
+
+class EmptySagaException(SagaException):
+    """A saga must have at least one step."""
+
+
+class SagaNotCommittedException(SagaException):
+    """The saga must be committed before it runs."""
+
+
+class AlreadyCommittedException(SagaException):
+    """A committed saga cannot be changed."""
+
+
+class AlreadyOnSagaException(SagaException):
+    """The step already belongs to a saga."""
+
+
+class EmptySagaStepException(SagaException):
+    """The saga step has no callbacks."""
+
+
+class UndefinedOnExecuteException(SagaException):
+    """The saga step has no on_execute callback."""
+
+
+class MultipleOnExecuteException(SagaException):
+    """The saga step already has an on_execute callback."""
+
+
+class MultipleOnSuccessException(SagaException):
+    """The saga step already has an on_success callback."""
+
+
+class MultipleOnErrorException(SagaException):
+    """The saga step already has an on_error callback."""
+
+
+class MultipleOnFailureException(SagaException):
+    """The saga step already has an on_failure callback."""
+
+
+class MultipleElseThenException(SagaException):
+    """The conditional step already has an else_then saga."""
+
+
+class SagaExecutionNotFoundException(SagaException, LookupError):
+    """No saga execution has that uuid."""
+
+
+class SagaExecutionAlreadyExecutedException(SagaException):
+    """The saga execution has already finished."""
+
+
+class SagaDefinitionNotFound(SagaException, LookupError):
+    """No saga definition with the execution's fingerprint is registered in this process."""
+
+
+class SagaFailedExecutionException(SagaException):
+    """The saga execution failed and was rolled back."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        rollback_errors: list[BaseException] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.rollback_errors: list[BaseException] = list(rollback_errors or [])
+
+
+class SagaRollbackExecutionException(SagaException):
+    """One or more compensations failed while rolling the saga back."""
+
+    def __init__(
+        self, message: str | None = None, *, errors: list[BaseException] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.errors: list[BaseException] = list(errors or [])
+
+
+class SagaTimeoutException(SagaException, TimeoutError):
+    """The saga did not finish within its timeout."""

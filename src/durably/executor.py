@@ -1,0 +1,146 @@
+"""Running one attempt of a task: sync on a thread or inline, async on the engine's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from .context import Context
+from .exceptions import TaskReturnError, TaskTimeoutError
+from .workflow import Task
+
+
+class TaskHandle:
+    """What a task taking ``(ctx, handle)`` gets: its attempt number and a heartbeat."""
+
+    __slots__ = ("_beat", "attempt", "execution_id", "task_name")
+
+    def __init__(
+        self, execution_id: Any, task_name: str, attempt: int, beat: Callable[[], None]
+    ) -> None:
+        self.execution_id = execution_id
+        self.task_name = task_name
+        self.attempt = attempt
+        self._beat = beat
+
+    def heartbeat(self) -> None:
+        """Tell the engine this attempt is alive (the engine also beats on its own)."""
+        self._beat()
+
+
+def output_of(task: Task, ctx: Context, returned: Any) -> dict[str, Any]:
+    """The task's output context: its return value if a Context or dict, else ``ctx``."""
+    if returned is None:
+        return ctx._data
+    if isinstance(returned, Context):
+        return returned._data
+    if isinstance(returned, dict):
+        return returned
+    raise TaskReturnError(
+        f"task {task.name!r} returned {type(returned).__name__}: a task returns None, "
+        "a Context or a dict"
+    )
+
+
+def _args(task: Task, ctx: Context, handle: TaskHandle) -> tuple[Any, ...]:
+    return (ctx, handle) if task.wants_handle else (ctx,)
+
+
+def run_inline(task: Task, ctx: Context, handle: TaskHandle) -> dict[str, Any]:
+    """Run a sync task without a timeout on the calling thread."""
+    return output_of(task, ctx, task.fn(*_args(task, ctx, handle)))
+
+
+class Executor:
+    """A thread pool for sync tasks and one event loop thread for async tasks."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def can_inline(self, task: Task) -> bool:
+        return not task.is_async and task.timeout is None
+
+    def submit(
+        self, task: Task, ctx: Context, handle: TaskHandle
+    ) -> concurrent.futures.Future[dict[str, Any]]:
+        if task.is_async:
+            return asyncio.run_coroutine_threadsafe(self._run_async(task, ctx, handle), self.loop)
+        future = self.pool.submit(run_inline, task, ctx, handle)
+        if task.timeout is None:
+            return future
+        return self._with_timeout(future, task)
+
+    async def _run_async(self, task: Task, ctx: Context, handle: TaskHandle) -> dict[str, Any]:
+        coro: Coroutine[Any, Any, Any] = task.fn(*_args(task, ctx, handle))
+        try:
+            returned = await asyncio.wait_for(coro, task.timeout)
+        except TimeoutError as exc:
+            raise TaskTimeoutError(
+                f"task {task.name!r} attempt {handle.attempt} timed out after {task.timeout}s"
+            ) from exc
+        return output_of(task, ctx, returned)
+
+    def _with_timeout(
+        self, inner: concurrent.futures.Future[dict[str, Any]], task: Task
+    ) -> concurrent.futures.Future[dict[str, Any]]:
+        # A thread cannot be interrupted: the attempt fails at its deadline and whatever the
+        # thread returns later is dropped.
+        outer: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+        def expire() -> None:
+            if not outer.done():
+                outer.set_exception(
+                    TaskTimeoutError(f"task {task.name!r} timed out after {task.timeout}s")
+                )
+
+        def finish(done: concurrent.futures.Future[dict[str, Any]]) -> None:
+            timer.cancel()
+            if outer.done():
+                return
+            exc = done.exception()
+            if exc is not None:
+                outer.set_exception(exc)
+            else:
+                outer.set_result(done.result())
+
+        timer = threading.Timer(task.timeout or 0, expire)
+        timer.daemon = True
+        timer.start()
+        inner.add_done_callback(finish)
+        return outer
+
+    @property
+    def pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self.concurrency, thread_name_prefix="durably-task"
+                )
+            return self._pool
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="durably-async", daemon=True
+                )
+                thread.start()
+                self._loop = loop
+            return self._loop
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._loop = None

@@ -1,0 +1,63 @@
+"""Named SQL queries, loaded from the ``.sql`` files beside this module.
+
+A file holds blocks that each start with ``-- name: NAME``; the lines up to the next block are
+the query. ``queries.sql`` and ``saga.sql`` are shared by every dialect; ``sqlite.sql`` and
+``postgres.sql`` replace a shared block of the same name where a dialect needs its own SQL.
+Parameters are written ``:name`` everywhere; the PostgreSQL store rewrites them for psycopg.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib import resources
+
+_BLOCK = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+SHARED_FILES = ("queries.sql", "saga.sql")
+DIALECTS = ("sqlite", "postgres")
+
+
+def parse(text: str) -> dict[str, str]:
+    """Split a ``.sql`` file into ``{name: query}``; a duplicate name is an error."""
+    parts = _BLOCK.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice")
+        lines = [line for line in body.strip().splitlines() if not line.lstrip().startswith("--")]
+        queries[name] = "\n".join(lines).strip().rstrip(";")
+    return queries
+
+
+def _read(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+@functools.cache
+def queries(dialect: str) -> dict[str, str]:
+    """Every named query for ``dialect``: the shared ones, then the dialect's overrides."""
+    if dialect not in DIALECTS:
+        raise ValueError(f"unknown SQL dialect {dialect!r}")
+    merged: dict[str, str] = {}
+    for file in SHARED_FILES:
+        for name, query in parse(_read(file)).items():
+            if name in merged:
+                raise ValueError(f"query {name!r} is defined in two shared files")
+            merged[name] = query
+    merged.update(parse(_read(f"{dialect}.sql")))
+    return merged
+
+
+def schema(dialect: str) -> str:
+    """The current schema, as a fresh database gets it."""
+    return _read(f"schema_{dialect}.sql")
+
+
+def migrations(dialect: str) -> list[tuple[int, str]]:
+    """``[(version, sql), ...]`` in order, from ``migrations/<dialect>/NNNN_name.sql``."""
+    folder = resources.files(__package__).joinpath("migrations", dialect)
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(found)

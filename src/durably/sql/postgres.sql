@@ -1,0 +1,1 @@
+-- PostgreSQL-specific versions of shared queries (same name wins).

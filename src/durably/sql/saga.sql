@@ -1,0 +1,1 @@
+-- Saga executions: named queries shared by every dialect.

@@ -1,0 +1,1 @@
+-- SQLite-specific versions of shared queries (same name wins).

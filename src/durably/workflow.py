@@ -1,0 +1,279 @@
+"""Workflows: tasks and the dependencies between them (a DAG), checked and introspected."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import inspect
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import CodeType
+from typing import Any
+
+from .exceptions import WorkflowDefinitionError
+from .merge import STRATEGIES, MergeFn
+from .retry import NO_RETRY, RetryPolicy
+from .triggers import TriggerRule, as_rule
+
+TaskFn = Callable[..., Any]
+
+_registry: dict[str, Workflow] = {}
+_registry_lock = threading.Lock()
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """A task as declared: its function, dependencies (in declaration order) and options."""
+
+    name: str
+    fn: TaskFn
+    dependencies: tuple[str, ...]
+    retry: RetryPolicy
+    timeout: float | None
+    trigger: TriggerRule
+    merge: str | MergeFn
+    compensate: Callable[..., Any] | None
+    position: int
+    is_async: bool
+    wants_handle: bool
+
+
+def _wants_handle(fn: Callable[..., Any], what: str) -> bool:
+    """Whether ``fn`` takes ``(ctx, handle)`` rather than ``(ctx)``."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
+    keyword_only = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    if len(required) > 2 or keyword_only or (not positional and not varargs):
+        raise WorkflowDefinitionError(f"{what} must take (ctx) or (ctx, handle)")
+    return len(positional) >= 2 or varargs
+
+
+def _code_digest(code: CodeType, h: Any) -> None:
+    h.update(code.co_code)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            _code_digest(const, h)
+        else:
+            h.update(repr(const).encode())
+    h.update(repr(code.co_names).encode())
+
+
+class Workflow:
+    """A named DAG of tasks. Declaring a workflow of an existing name replaces the old one."""
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise WorkflowDefinitionError("a workflow needs a non-empty str name")
+        self.name = name
+        self.tasks: dict[str, Task] = {}
+        self._by_fn: dict[Any, str] = {}
+        self._checked: tuple[str, ...] | None = None
+        with _registry_lock:
+            _registry[name] = self
+
+    def __repr__(self) -> str:
+        return f"Workflow({self.name!r}, tasks={list(self.tasks)})"
+
+    # -- declaration ---------------------------------------------------------------------------
+
+    def task(
+        self,
+        name: str | None = None,
+        dependencies: Sequence[str | TaskFn] = (),
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        trigger: TriggerRule | str | None = None,
+        merge: str | MergeFn | None = None,
+        compensate: Callable[..., Any] | None = None,
+    ) -> Callable[[TaskFn], TaskFn]:
+        """Declare the decorated function as a task; it is returned unchanged."""
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise WorkflowDefinitionError("task name must be a non-empty str")
+        if isinstance(dependencies, str) or not isinstance(dependencies, Sequence):
+            raise WorkflowDefinitionError(
+                "dependencies must be a list of task names or task functions"
+            )
+        deps = tuple(self._dependency_name(dep) for dep in dependencies)
+        if len(set(deps)) != len(deps):
+            raise WorkflowDefinitionError(f"dependencies list a task twice: {list(deps)}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise WorkflowDefinitionError("retry must be a RetryPolicy")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            raise WorkflowDefinitionError("timeout must be a number of seconds > 0")
+        rule = as_rule(trigger)
+        strategy = "latest_wins" if merge is None else merge
+        if not callable(strategy) and strategy not in STRATEGIES:
+            raise WorkflowDefinitionError(
+                f"merge must be one of {', '.join(STRATEGIES)} or a callable, not {merge!r}"
+            )
+        if compensate is not None and not callable(compensate):
+            raise WorkflowDefinitionError("compensate must be a callable taking (ctx)")
+
+        def decorate(fn: TaskFn) -> TaskFn:
+            if not callable(fn):
+                raise WorkflowDefinitionError("@task decorates a function")
+            task_name = name or getattr(fn, "__name__", None)
+            if not task_name:
+                raise WorkflowDefinitionError("cannot derive a task name: pass name=")
+            if task_name in self.tasks:
+                raise WorkflowDefinitionError(
+                    f"workflow {self.name!r} already has a task named {task_name!r}"
+                )
+            if task_name in deps:
+                raise WorkflowDefinitionError(
+                    f"task {task_name!r} depends on itself (cycle: {task_name} -> {task_name})"
+                )
+            self.tasks[task_name] = Task(
+                name=task_name,
+                fn=fn,
+                dependencies=deps,
+                retry=retry or NO_RETRY,
+                timeout=float(timeout) if timeout is not None else None,
+                trigger=rule,
+                merge=strategy,
+                compensate=compensate,
+                position=len(self.tasks),
+                is_async=inspect.iscoroutinefunction(fn),
+                wants_handle=_wants_handle(fn, f"task {task_name!r}"),
+            )
+            self._by_fn[fn] = task_name
+            self._checked = None
+            return fn
+
+        return decorate
+
+    def _dependency_name(self, dep: str | TaskFn) -> str:
+        if isinstance(dep, str):
+            return dep
+        if callable(dep):
+            try:
+                return self._by_fn[dep]
+            except (KeyError, TypeError):
+                pass
+            raise WorkflowDefinitionError(
+                f"dependency {getattr(dep, '__name__', dep)!r} is not a task of workflow "
+                f"{self.name!r}: declare it first, or name it with a string"
+            )
+        raise WorkflowDefinitionError(
+            f"a dependency must be a task name or a task function, not {type(dep).__name__}"
+        )
+
+    # -- checks and introspection --------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise WorkflowDefinitionError for an empty workflow, an unknown dependency or a
+        cycle."""
+        self.topological_order()
+
+    def topological_order(self) -> list[str]:
+        """Every task, dependencies first; ties keep declaration order."""
+        if self._checked is not None:
+            return list(self._checked)
+        if not self.tasks:
+            raise WorkflowDefinitionError(f"workflow {self.name!r} has no tasks")
+        for task in self.tasks.values():
+            for dep in task.dependencies:
+                if dep not in self.tasks:
+                    close = difflib.get_close_matches(dep, self.tasks, n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    raise WorkflowDefinitionError(
+                        f"task {task.name!r} depends on unknown task {dep!r}{hint}"
+                    )
+        order: list[str] = []
+        for level in self._levels():
+            order.extend(level)
+        self._checked = tuple(order)
+        return order
+
+    def _levels(self) -> list[list[str]]:
+        remaining = {name: len(task.dependencies) for name, task in self.tasks.items()}
+        dependents = self.dependents()
+        level = [name for name, count in remaining.items() if count == 0]
+        levels: list[list[str]] = []
+        seen = 0
+        while level:
+            levels.append(level)
+            seen += len(level)
+            following: list[str] = []
+            for name in level:
+                for child in dependents[name]:
+                    remaining[child] -= 1
+                    if remaining[child] == 0:
+                        following.append(child)
+            level = sorted(following, key=lambda n: self.tasks[n].position)
+        if seen != len(self.tasks):
+            raise WorkflowDefinitionError(f"workflow {self.name!r} has a cycle: {self._cycle()}")
+        return levels
+
+    def _cycle(self) -> str:
+        state: dict[str, int] = {}
+        stack: list[str] = []
+
+        def visit(name: str) -> list[str] | None:
+            state[name] = 1
+            stack.append(name)
+            for dep in self.tasks[name].dependencies:
+                if state.get(dep) == 1:
+                    return [*stack[stack.index(dep) :], dep]
+                if dep not in state and (found := visit(dep)):
+                    return found
+            stack.pop()
+            state[name] = 2
+            return None
+
+        for name in self.tasks:
+            if name not in state and (cycle := visit(name)):
+                # Reverse: show the path in the direction work flows (dependency -> dependent).
+                return " -> ".join(reversed(cycle))
+        return "?"
+
+    def levels(self) -> list[list[str]]:
+        """Tasks grouped by depth: every task's dependencies are in earlier levels."""
+        self.topological_order()
+        return self._levels()
+
+    def dependents(self) -> dict[str, list[str]]:
+        """Task name -> the tasks that depend on it, in declaration order."""
+        result: dict[str, list[str]] = {name: [] for name in self.tasks}
+        for task in self.tasks.values():
+            for dep in task.dependencies:
+                if dep in result:
+                    result[dep].append(task.name)
+        return result
+
+    def roots(self) -> list[str]:
+        return [name for name, task in self.tasks.items() if not task.dependencies]
+
+    def leaves(self) -> list[str]:
+        dependents = self.dependents()
+        return [name for name in self.tasks if not dependents[name]]
+
+    @property
+    def version(self) -> str:
+        """A hash of the task names, their dependencies and their code."""
+        h = hashlib.sha256(self.name.encode())
+        for task in self.tasks.values():
+            h.update(f"\0{task.name}\0{','.join(task.dependencies)}\0".encode())
+            code = getattr(task.fn, "__code__", None)
+            if isinstance(code, CodeType):
+                _code_digest(code, h)
+            else:
+                h.update(getattr(task.fn, "__qualname__", repr(task.fn)).encode())
+        return h.hexdigest()[:16]
+
+
+def registered(name: str) -> Workflow | None:
+    """The workflow of that name declared last in this process, if any."""
+    return _registry.get(name)
+
+
+def workflows_in(values: Iterable[Any]) -> list[Workflow]:
+    return [value for value in values if isinstance(value, Workflow)]
