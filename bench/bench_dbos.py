@@ -73,7 +73,11 @@ def chain(args: argparse.Namespace) -> _common.Result:
         wall = _common.timed(run_one, args.executions)
         durability = _durability(path)
     how = f"one workflow calling {args.tasks} @DBOS.step() functions in sequence"
-    return {**_common.rates(args.tasks, args.executions, wall), "how": how, "durability": durability}
+    return {
+        **_common.rates(args.tasks, args.executions, wall),
+        "how": how,
+        "durability": durability,
+    }
 
 
 def fanout(args: argparse.Namespace) -> _common.Result:

@@ -25,7 +25,7 @@ import dataclasses
 import json
 import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
@@ -67,32 +67,22 @@ _SUPPORTED = (
 
 
 # -- encoding -------------------------------------------------------------------------------
+#
+# The walk returns each value itself when nothing in it needs a tag, so plain data is never
+# copied; a container is copied only once one of its values changes. It keeps no record of the
+# containers it is in (that costs as much as the walk itself): a reference cycle ends in a
+# RecursionError, and only then does _find_cycle look for where it is.
 
 
-def _encode(value: Any, active: set[int]) -> Any:
+def _encode(value: Any) -> Any:
     t = type(value)
-    if t in _PLAIN_SCALARS:
+    if t in _PLAIN_SCALARS or (t is float and _isfinite(value)):
         return value
-    if t is dict:
-        return _encode_dict(value, active)
-    if t is list:
-        return _encode_items(value, active)
-    if t is float:
-        return value if _isfinite(value) else {TAG: "float", "v": repr(value)}
-    return _encode_other(value, active)
+    return _CONTAINERS.get(t, _encode_other)(value)
 
 
-def _enter(value: Any, active: set[int]) -> int:
-    key = id(value)
-    if key in active:
-        raise _Unencodable(f"a reference cycle (this {_type_name(value)} also encloses itself)")
-    active.add(key)
-    return key
-
-
-def _encode_dict(d: dict[Any, Any], active: set[int]) -> Any:
-    key = _enter(d, active)
-    out: dict[str, Any] | None = None  # copied only once a value actually needs a tag
+def _encode_dict(d: dict[Any, Any]) -> Any:
+    out: dict[str, Any] | None = None
     for k, v in d.items():
         if type(k) is not str:
             raise _Unencodable(f"dict key {k!r} of type {_type_name(k)} (keys must be str)")
@@ -100,7 +90,7 @@ def _encode_dict(d: dict[Any, Any], active: set[int]) -> Any:
         if t in _PLAIN_SCALARS or (t is float and _isfinite(v)):
             continue
         try:
-            e = _encode(v, active)
+            e = _CONTAINERS.get(t, _encode_other)(v)
         except _Unencodable as exc:
             exc.path.append(k)
             raise
@@ -108,39 +98,53 @@ def _encode_dict(d: dict[Any, Any], active: set[int]) -> Any:
             if out is None:
                 out = dict(d)
             out[k] = e
-    active.discard(key)
     result = d if out is None else out
     if TAG in result:
         return {TAG: "dict", "v": list(result.items())}
     return result
 
 
-def _encode_items(seq: list[Any] | tuple[Any, ...], active: set[int]) -> Any:
-    key = _enter(seq, active)
-    out: list[Any] | None = None
-    for i, v in enumerate(seq):
+def _encode_items(seq: list[Any] | tuple[Any, ...]) -> Any:
+    for v in seq:
         t = type(v)
         if t in _PLAIN_SCALARS or (t is float and _isfinite(v)):
             continue
         try:
-            e = _encode(v, active)
+            e = _CONTAINERS.get(t, _encode_other)(v)
+        except _Unencodable as exc:
+            exc.path.append(_index_of(seq, v))
+            raise
+        if e is not v:
+            return _encode_rest(seq, _index_of(seq, v), e)
+    return seq  # the JSON encoder writes a tuple as an array
+
+
+def _encode_rest(seq: list[Any] | tuple[Any, ...], start: int, first: Any) -> list[Any]:
+    # From the first value that changed on, the sequence is copied and indexes are counted.
+    out = list(seq)
+    out[start] = first
+    for i in range(start + 1, len(out)):
+        try:
+            out[i] = _encode(out[i])
         except _Unencodable as exc:
             exc.path.append(i)
             raise
-        if e is not v:
-            if out is None:
-                out = list(seq)
-            out[i] = e
-    active.discard(key)
-    return seq if out is None else out  # the JSON encoder writes a tuple as an array
+    return out
 
 
-def _encode_set(value: set[Any] | frozenset[Any], active: set[int]) -> Any:
+def _index_of(seq: Iterable[Any], value: Any) -> int:
+    return next(i for i, item in enumerate(seq) if item is value)
+
+
+_CONTAINERS: dict[type, Callable[[Any], Any]] = {dict: _encode_dict, list: _encode_items}
+
+
+def _encode_set(value: set[Any] | frozenset[Any]) -> Any:
     try:  # sorted when possible: the same set must give the same JSON in every process
         items: list[Any] = sorted(value)
     except TypeError:
         items = list(value)
-    return {TAG: type(value).__name__, "v": _encode_items(items, active)}
+    return {TAG: type(value).__name__, "v": _encode_items(items)}
 
 
 def _encode_datetime(value: datetime) -> dict[str, Any]:
@@ -164,34 +168,54 @@ _SCALAR_ENCODERS: dict[type, Callable[[Any], Any]] = {
     UUID: lambda v: {TAG: "uuid", "v": str(v)},
     Decimal: lambda v: {TAG: "decimal", "v": str(v)},
     bytes: lambda v: {TAG: "bytes", "v": base64.b64encode(v).decode("ascii")},
+    float: lambda v: {TAG: "float", "v": repr(v)},  # only non-finite floats get here
 }
 
 
-def _encode_other(value: Any, active: set[int]) -> Any:
+def _encode_other(value: Any) -> Any:
     t = type(value)
     scalar = _SCALAR_ENCODERS.get(t)
     if scalar is not None:
         return scalar(value)
     if t is tuple:
-        return {TAG: "tuple", "v": _encode_items(value, active)}
+        return {TAG: "tuple", "v": _encode_items(value)}
     if t is set or t is frozenset:
-        return _encode_set(value, active)
+        return _encode_set(value)
     if isinstance(value, Enum):
-        return {TAG: "enum", "c": _class_ref(t), "v": _encode(value.value, active)}
+        return {TAG: "enum", "c": _class_ref(t), "v": _encode(value.value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        return _encode_object("dataclass", value, fields, active)
+        return {TAG: "dataclass", "c": _class_ref(t), "v": _encode_dict(fields)}
     model = _pydantic_base()
-    if model is not None and isinstance(value, model):
-        return _encode_object("pydantic", value, dict(value), active)  # fields and extras
+    if model is not None and isinstance(value, model):  # dict(model): its fields and extras
+        return {TAG: "pydantic", "c": _class_ref(t), "v": _encode_dict(dict(value))}
     raise _Unencodable(f"unsupported type {_type_name(value)}", _SUPPORTED)
 
 
-def _encode_object(kind: str, obj: Any, fields: dict[str, Any], active: set[int]) -> Any:
-    key = _enter(obj, active)
-    encoded = _encode_dict(fields, active)
-    active.discard(key)
-    return {TAG: kind, "c": _class_ref(type(obj)), "v": encoded}
+def _children(value: Any) -> Iterable[tuple[str | int, Any]]:
+    t = type(value)
+    if t is dict:
+        return value.items()  # type: ignore[no-any-return]
+    if t in (list, tuple, set, frozenset):
+        return enumerate(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
+    model = _pydantic_base()
+    return dict(value).items() if model is not None and isinstance(value, model) else ()
+
+
+def _find_cycle(value: Any, enclosing: set[int]) -> _Unencodable | None:
+    """Where ``value`` encloses itself; slow, only called after a RecursionError."""
+    if id(value) in enclosing:
+        return _Unencodable(f"a reference cycle (this {_type_name(value)} encloses itself)")
+    enclosing.add(id(value))
+    for key, child in _children(value):
+        found = _find_cycle(child, enclosing)
+        if found is not None:
+            found.path.append(key)
+            return found
+    enclosing.discard(id(value))
+    return None
 
 
 def _class_ref(cls: type) -> str:
@@ -225,7 +249,10 @@ def _format_path(path: list[str | int]) -> str:
 
 def _to_json(value: Any, what: str) -> str:
     try:
-        return _ENCODER.encode(_encode(value, set()))
+        try:
+            return _ENCODER.encode(_encode(value))
+        except RecursionError:
+            raise _find_cycle(value, set()) or _Unencodable("it is nested too deeply") from None
     except _Unencodable as exc:
         path = _format_path(exc.path)
         message = f"cannot store {what}: {exc.reason}" + (f" at {path}" if path else "")

@@ -206,7 +206,9 @@ class Engine:
                     **template,
                     "id": str(uuid.uuid4()),
                     "execution_id": execution_id,
-                    "status": COMPLETED if old else (READY if not wf.tasks[name].dependencies else NOT_STARTED),
+                    "status": COMPLETED
+                    if old
+                    else (READY if not wf.tasks[name].dependencies else NOT_STARTED),
                     "attempt": old["attempt"] if old else 0,
                     "claimed_by": None,
                     "heartbeat_at": None,
@@ -223,7 +225,9 @@ class Engine:
         ]
         return execution_id, states
 
-    def run(self, wf: Workflow, context: Context | Mapping[str, Any] | None = None) -> ExecutionResult:
+    def run(
+        self, wf: Workflow, context: Context | Mapping[str, Any] | None = None
+    ) -> ExecutionResult:
         """Run ``wf`` in this process until it is terminal (compensations included)."""
         self.register(wf)
         initial = _encode_initial(context)
@@ -428,7 +432,8 @@ class Engine:
                 t["task_name"]: TaskResult(
                     status=t["status"],
                     attempts=t["attempt"],
-                    error=t["error_details"] or (t["last_error"] if t["status"] != COMPLETED else None),
+                    error=t["error_details"]
+                    or (t["last_error"] if t["status"] != COMPLETED else None),
                     context=Context(codec.loads(outputs[t["task_name"]]))
                     if t["task_name"] in outputs
                     else None,
@@ -546,15 +551,14 @@ class Engine:
             row = self._execution_row(tx, key)
             wf = self._workflow(row["pipeline_name"], row["pipeline_version"])
             if from_task not in wf.tasks:
-                raise WorkflowDefinitionError(
-                    f"workflow {wf.name!r} has no task {from_task!r}"
-                )
+                raise WorkflowDefinitionError(f"workflow {wf.name!r} has no task {from_task!r}")
             downstream = _downstream(wf, from_task)
             outputs = {r["task_name"]: r for r in tx.fetch_all("get_output_ids", {"id": key})}
             copied = {
                 t["task_name"]: t
                 for t in tx.fetch_all("get_tasks", {"id": key})
-                if t["status"] == COMPLETED and t["task_name"] not in downstream
+                if t["status"] == COMPLETED
+                and t["task_name"] not in downstream
                 and t["task_name"] in outputs
             }
             configuration = {}
@@ -564,8 +568,14 @@ class Engine:
                 config = json.loads(template["configuration"])
                 configuration[from_task] = json.dumps({**config, "context_patch": patch})
             new_id, _ = self._create(
-                tx, wf, None, claimed=True, context_id=str(row["context_id"]),
-                parent_id=key, copied=copied, configuration=configuration,
+                tx,
+                wf,
+                None,
+                claimed=True,
+                context_id=str(row["context_id"]),
+                parent_id=key,
+                copied=copied,
+                configuration=configuration,
             )
             now = timestamp()
             new_tasks = {t["task_name"]: t for t in tx.fetch_all("get_tasks", {"id": new_id})}

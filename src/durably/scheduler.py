@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from . import codec
 from .context import Context, ExecutionScope
 from .exceptions import (
-    ContextConflictError,
     ContextError,
     NonRetryable,
     TaskReturnError,
@@ -119,6 +118,9 @@ class Run:
         self.inputs: dict[str, dict[str, Any]] = {}
         self.cancelled = False
         self.finished = False
+        # In-process runs claim the tasks they unblock; workers only mark them ready.
+        self.claims = True
+        self.made_ready = False
         self.max_context_bytes = engine.max_context_bytes
 
     # -- pure rules ----------------------------------------------------------------------------
@@ -129,8 +131,11 @@ class Run:
         if not task.dependencies:
             data = codec.loads(self.initial)
         else:
-            inputs = [(dep, codec.loads(self.outputs[dep])) for dep in task.dependencies
-                      if dep in self.outputs]
+            inputs = [
+                (dep, codec.loads(self.outputs[dep]))
+                for dep in task.dependencies
+                if dep in self.outputs
+            ]
             data = merge(task.merge, inputs) if inputs else {}
         patch = self.patches.get(name)
         if patch:
@@ -158,29 +163,36 @@ class Run:
 
     # -- transitions, inside the caller's transaction -------------------------------------------
 
-    def decide(self, tx: Tx, name: str, now: str) -> list[str]:
-        """A task whose dependencies are all done either starts (claimed here) or is settled
-        without running; return the tasks to dispatch."""
+    def evaluate(self, name: str) -> tuple[str, Any]:
+        """For a task whose dependencies are all done: ``("run", input data)``, or
+        ``(SKIPPED | FAILED, reason)`` when it is settled without running."""
         task = self.wf.tasks[name]
         statuses = [self.tasks[dep].status for dep in task.dependencies]
-        state = self.tasks[name]
         try:
             data = self.input_for(name)
             runs = should_run(task.trigger, statuses, data)
-        except (ContextConflictError, WorkflowError, ContextError) as exc:
-            return self._settle(tx, name, FAILED, describe(exc), now)
+        except (WorkflowError, ContextError) as exc:
+            return FAILED, describe(exc)
         if not runs:
-            reason = f"trigger {task.trigger.to_json()} not met by dependencies {statuses}"
-            return self._settle(tx, name, SKIPPED, reason, now)
+            return SKIPPED, f"trigger {task.trigger.to_json()} not met by dependencies {statuses}"
+        return "run", data
+
+    def decide(self, tx: Tx, name: str, now: str) -> list[str]:
+        """A task whose dependencies are all done either starts (claimed here) or is settled
+        without running; return the tasks to dispatch."""
+        state = self.tasks[name]
+        verdict, detail = self.evaluate(name)
+        if verdict != "run":
+            return self.settle(tx, name, verdict, detail, now)
         if state.retry_at is not None and state.retry_at > time.time():
             return []
         tx.execute("start_task", {"id": state.id, "worker": self.worker_id, "now": now})
         state.status, state.attempt, state.retry_at = RUNNING, state.attempt + 1, None
         state.claimed_by = self.worker_id
-        self.inputs[name] = data
+        self.inputs[name] = detail
         return [name]
 
-    def _settle(self, tx: Tx, name: str, status: str, error: str | None, now: str) -> list[str]:
+    def settle(self, tx: Tx, name: str, status: str, error: str | None, now: str) -> list[str]:
         state = self.tasks[name]
         tx.execute(
             "settle_unstarted_task",
@@ -194,12 +206,25 @@ class Run:
         dispatch: list[str] = []
         for child in self.dependents[name]:
             self.remaining[child] -= 1
-            if self.remaining[child] == 0 and self.tasks[child].status in (NOT_STARTED, READY):
+            state = self.tasks[child]
+            if self.remaining[child] != 0 or state.status not in (NOT_STARTED, READY):
+                continue
+            if self.claims:
                 dispatch.extend(self.decide(tx, child, now))
+            elif state.status == NOT_STARTED:
+                # Worker mode: leave it for whichever worker claims it first.
+                tx.execute("mark_ready", {"id": state.id, "now": now})
+                state.status = READY
+                self.made_ready = True
         return dispatch
 
     def record(
-        self, tx: Tx, name: str, attempt: int, output: dict[str, Any] | None, error: BaseException | None
+        self,
+        tx: Tx,
+        name: str,
+        attempt: int,
+        output: dict[str, Any] | None,
+        error: BaseException | None,
     ) -> list[str] | None:
         """Write an attempt's outcome; return the tasks to dispatch next, or None when this
         process no longer held the claim (a zombie: nothing is written)."""
@@ -240,7 +265,10 @@ class Run:
             ):
                 return None
             state.status, state.retry_at, state.error, state.claimed_by = (
-                READY, retry_at, message, None,
+                READY,
+                retry_at,
+                message,
+                None,
             )
             return []
         if not tx.execute("fail_task", {**key, "error": message}):
@@ -286,7 +314,9 @@ class Run:
 
     def handle(self, name: str, attempt: int) -> TaskHandle:
         state = self.tasks[name]
-        return TaskHandle(uuid.UUID(self.id), name, attempt, lambda: self.engine.beat_task(state.id))
+        return TaskHandle(
+            uuid.UUID(self.id), name, attempt, lambda: self.engine.beat_task(state.id)
+        )
 
     def context_for(self, name: str) -> Context:
         data = self.inputs.pop(name, None)
@@ -320,14 +350,14 @@ class Run:
                 running[executor.submit(task, ctx, self.handle(name, attempt))] = (name, attempt)
             if running:
                 done, _ = concurrent.futures.wait(
-                    running, timeout=self._next_wakeup(), return_when=concurrent.futures.FIRST_COMPLETED
+                    running,
+                    timeout=self._next_wakeup(),
+                    return_when=concurrent.futures.FIRST_COMPLETED,
                 )
                 for future in done:
                     name, attempt = running.pop(future)
                     exc = future.exception()
-                    queue.extend(
-                        self._commit(name, attempt, None if exc else future.result(), exc)
-                    )
+                    queue.extend(self._commit(name, attempt, None if exc else future.result(), exc))
                 if done:
                     continue
             if self.cancelled and not running:
@@ -356,7 +386,12 @@ class Run:
         if error is not None:
             log.info(
                 "task failed",
-                extra={"action": "task_failed", "task": name, "attempt": attempt, "error": str(error)},
+                extra={
+                    "action": "task_failed",
+                    "task": name,
+                    "attempt": attempt,
+                    "error": str(error),
+                },
             )
         with self.store.transaction() as tx:
             dispatch = self.record(tx, name, attempt, output, error)
@@ -374,9 +409,7 @@ class Run:
         return dispatch
 
     def _retry_pending(self) -> bool:
-        return any(
-            s.status == READY and s.retry_at is not None for s in self.tasks.values()
-        )
+        return any(s.status == READY and s.retry_at is not None for s in self.tasks.values())
 
     def _next_wakeup(self) -> float:
         pending = [
@@ -450,8 +483,12 @@ class Run:
                 self.engine.call_compensation(task.compensate, ctx)
             except Exception as exc:
                 status, error = "failed", describe(exc)
-                log.warning("compensation of %s failed: %s", name, error,
-                            extra={"action": "compensation_failed", "task": name})
+                log.warning(
+                    "compensation of %s failed: %s",
+                    name,
+                    error,
+                    extra={"action": "compensation_failed", "task": name},
+                )
             with self.store.transaction() as tx:
                 tx.execute(
                     "set_compensation",

@@ -55,7 +55,9 @@ class SQLiteStore(Store):
         super().__init__()
         sync = SYNCHRONOUS.get(str(synchronous).lower())
         if sync is None:
-            raise StoreError(f"synchronous must be one of {sorted(SYNCHRONOUS)}, not {synchronous!r}")
+            raise StoreError(
+                f"synchronous must be one of {sorted(SYNCHRONOUS)}, not {synchronous!r}"
+            )
         self.path = path
         self.synchronous = sync
         self._queries = sql.queries(self.dialect)
@@ -183,7 +185,9 @@ def _migrate(conn: sqlite3.Connection) -> int:
     pending = [(v, script) for v, script in steps if v > current]
     for version, script in pending:
         _run_script(conn, script)
-        conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, now))
+        conn.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, now)
+        )
     return len(pending)
 
 

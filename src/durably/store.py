@@ -87,7 +87,7 @@ class Store(abc.ABC):
     def schema_version(self) -> int:
         """The schema version the database is at (0 for an empty database)."""
 
-    def wait_for_work(self, timeout: float) -> None:  # noqa: B027 - optional hook
+    def wait_for_work(self, timeout: float) -> None:
         """Block up to ``timeout`` seconds or until another process signals new work.
 
         The default only sleeps; PostgreSQL wakes early on LISTEN/NOTIFY."""

@@ -188,3 +188,42 @@ WHERE status = 'running' AND (claimed_by IS NULL OR heartbeat_at < :cutoff)
 -- name: notify_work
 -- Wake idle workers (PostgreSQL overrides this with NOTIFY; SQLite workers poll).
 SELECT 1;
+
+-- name: lock_execution
+-- Serialize the completions of one execution (PostgreSQL adds FOR UPDATE; SQLite's
+-- IMMEDIATE transaction already holds the database's write lock).
+SELECT id FROM pipeline_executions WHERE id = :id;
+
+-- name: stale_executions
+-- Executions whose in-process driver stopped beating: a worker takes them over.
+SELECT id, claimed_by FROM pipeline_executions
+WHERE status = 'running' AND claimed_by IS NOT NULL AND heartbeat_at < :cutoff;
+
+-- name: hand_to_workers
+UPDATE pipeline_executions
+SET claimed_by = NULL, recovery_attempts = recovery_attempts + 1, last_recovery_at = :now,
+    updated_at = :now
+WHERE id = :id AND claimed_by = :previous;
+
+-- name: claim_task
+-- One ready task of a registered workflow version, oldest first, for a worker. SQLite runs
+-- it in an IMMEDIATE transaction, so two workers never claim the same row.
+UPDATE task_executions
+SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_at = :now,
+    started_at = :now, retry_at = NULL, updated_at = :now
+WHERE id = (
+    SELECT t.id FROM task_executions t
+    JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+    WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= :now)
+      AND p.status = 'running' AND p.claimed_by IS NULL
+      AND p.pipeline_name || '@' || p.pipeline_version IN (SELECT value FROM json_each(:names))
+    ORDER BY t.created_at, t.position
+    LIMIT 1
+)
+RETURNING id, pipeline_execution_id, task_name, attempt;
+
+-- name: release_claim
+-- A stopping worker hands back a task it claimed but did not start.
+UPDATE task_executions
+SET status = 'ready', attempt = attempt - 1, claimed_by = NULL, updated_at = :now
+WHERE id = :id AND claimed_by = :worker AND status = 'running';

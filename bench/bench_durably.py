@@ -1,0 +1,133 @@
+"""durably side of the benchmark, written against the public API of SPEC section 3.
+
+A chain is N tasks each depending on the one before; fan-out is start -> N tasks -> end; the
+merge workload is one task with N dependencies, each writing `--keys` distinct context keys.
+Each task is a trivial `def t(ctx): ctx[key] = value`. The store's counters
+(`engine.store.stats.transactions` and `.statements`) give the work per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import _common
+
+from durably import Context, Engine, Workflow
+
+
+def _setter(key: str, value: int) -> Callable[[Context], None]:
+    def task(ctx: Context) -> None:
+        ctx[key] = value
+
+    return task
+
+
+def _counter(prefix: str) -> Callable[[Context], None]:
+    def task(ctx: Context) -> None:
+        ctx["count"] = sum(1 for key in ctx if key.startswith(prefix))
+
+    return task
+
+
+def _writer(branch: int, keys: int) -> Callable[[Context], None]:
+    def task(ctx: Context) -> None:
+        ctx.update({f"b{branch}_{j}": j for j in range(keys)})
+
+    return task
+
+
+def _size(ctx: Context) -> None:
+    ctx["merged"] = len(ctx)
+
+
+@contextlib.contextmanager
+def _engine(args: argparse.Namespace) -> Iterator[tuple[Engine, str]]:
+    """An Engine on a fresh database, with a description of its durability setting."""
+    with contextlib.ExitStack() as stack:
+        if args.postgres:
+            url = stack.enter_context(_common.temp_postgres_database(args.postgres))
+            path = None
+        else:
+            path = stack.enter_context(_common.temp_dir()) / "durably.db"
+            url = f"sqlite:///{path}" + ("?synchronous=full" if args.sync == "full" else "")
+        with Engine(url) as engine:
+            if path is None:
+                durability = "PostgreSQL defaults"
+            else:
+                journal = _common.sqlite_pragmas(path).split(",")[0]
+                sync = getattr(getattr(engine, "store", None), "synchronous", "unknown")
+                setting = "?synchronous=full" if args.sync == "full" else "durably default"
+                durability = f"SQLite, {setting}: {journal}, synchronous={sync}"
+            yield engine, durability
+
+
+def _measure(args: argparse.Namespace, wf: Workflow, tasks: int, check: Any) -> _common.Result:
+    with _engine(args) as (engine, durability):
+        engine.register(wf)
+        stats = getattr(getattr(engine, "store", None), "stats", None)
+        before = (stats.transactions, stats.statements) if stats is not None else None
+
+        def run_one(i: int) -> None:
+            result = engine.run(wf, Context(execution=i))
+            if result.status != "completed":
+                raise SystemExit(f"execution {i} {result.status}: {result.error}")
+            check(result.context)
+
+        wall = _common.timed(run_one, args.executions)
+        out = {**_common.rates(tasks, args.executions, wall), "durability": durability}
+        if before is not None:
+            total = tasks * args.executions
+            out["tx_per_task"] = (stats.transactions - before[0]) / total
+            out["statements_per_task"] = (stats.statements - before[1]) / total
+    return out
+
+
+def chain(args: argparse.Namespace) -> _common.Result:
+    n = args.tasks
+    wf = Workflow(f"chain{n}")
+    for i in range(n):
+        wf.task(name=f"t{i}", dependencies=[f"t{i - 1}"] if i else ())(_setter("k", i))
+
+    def check(ctx: Context) -> None:
+        assert ctx["k"] == n - 1
+
+    out = _measure(args, wf, n, check)
+    return {**out, "how": f"Workflow of {n} tasks, each depending on the previous one"}
+
+
+def fanout(args: argparse.Namespace) -> _common.Result:
+    n = args.tasks
+    wf = Workflow(f"fanout{n}")
+    wf.task(name="start")(_setter("start", 0))
+    middles = [f"m{i}" for i in range(n)]
+    for i, name in enumerate(middles):
+        wf.task(name=name, dependencies=["start"])(_setter(name, i))
+    wf.task(name="end", dependencies=middles)(_counter("m"))
+
+    def check(ctx: Context) -> None:
+        assert ctx["count"] == n
+
+    out = _measure(args, wf, n + 2, check)
+    return {**out, "how": f"Workflow start -> {n} tasks -> end, Engine default concurrency"}
+
+
+def merge(args: argparse.Namespace) -> _common.Result:
+    n, keys = args.tasks, args.keys
+    wf = Workflow(f"merge{n}x{keys}")
+    branches = [f"b{i}" for i in range(n)]
+    for i, name in enumerate(branches):
+        wf.task(name=name)(_writer(i, keys))
+    wf.task(name="merge", dependencies=branches)(_size)
+
+    def check(ctx: Context) -> None:
+        assert ctx["merged"] == n * keys + 1  # the branches' keys and "execution"
+
+    out = _measure(args, wf, n + 1, check)
+    return {**out, "how": f"{n} tasks writing {keys} keys each -> 1 task merging them"}
+
+
+if __name__ == "__main__":
+    _common.main("durably", {"chain": chain, "fanout": fanout, "merge": merge}, module="durably")

@@ -1,0 +1,228 @@
+"""Workers: processes that claim ready tasks of queued executions and run them.
+
+Per task a worker commits two transactions: the claim (which also loads the execution's
+state) and the completion (output context, status, and the dependents it made ready). A
+sweeper returns stale claims to ``ready``, takes over executions whose in-process driver
+died, and finishes executions whose last task was completed by a worker that then died.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .results import NOT_STARTED, READY, RUNNING, TASK_TERMINAL
+from .scheduler import Run, describe, load_run
+from .store import Tx, timestamp
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("durably.worker")
+
+
+class Worker:
+    """Claims and runs tasks until ``stop()``; ``run()`` blocks."""
+
+    def __init__(self, engine: Engine, *, concurrency: int, poll_interval: float = 0.5) -> None:
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError("concurrency must be an int >= 1")
+        self.engine = engine
+        self.store = engine.store
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self._stopping = threading.Event()
+        self._last_sweep = 0.0
+        self.completed = 0
+
+    def stop(self) -> None:
+        """Finish the running tasks, claim nothing more, and make ``run()`` return."""
+        self._stopping.set()
+
+    def run(self) -> None:
+        engine = self.engine
+        engine._ensure_heartbeat()
+        running: dict[concurrent.futures.Future[dict[str, Any]], tuple[Run, str, int]] = {}
+        while not self._stopping.is_set() or running:
+            if time.monotonic() - self._last_sweep > engine.lease / 2:
+                self.sweep()
+            claimed = False
+            while not self._stopping.is_set() and len(running) < self.concurrency:
+                job = self._claim()
+                if job is None:
+                    break
+                claimed = True
+                run, name, attempt = job
+                ctx = run.context_for(name)
+                task = run.wf.tasks[name]
+                future = engine.executor.submit(task, ctx, run.handle(name, attempt))
+                running[future] = job
+            if running:
+                done, _ = concurrent.futures.wait(
+                    running,
+                    timeout=self.poll_interval,
+                    return_when=concurrent.futures.FIRST_COMPLETED,
+                )
+                for future in done:
+                    run, name, attempt = running.pop(future)
+                    exc = future.exception()
+                    self._complete(run, name, attempt, None if exc else future.result(), exc)
+            elif not claimed:
+                self.store.wait_for_work(self.poll_interval)
+
+    # -- one task ------------------------------------------------------------------------------
+
+    def _claim(self) -> tuple[Run, str, int] | None:
+        names = json.dumps([f"{name}@{version}" for name, version in self.engine._workflows])
+        while True:
+            with self.store.transaction() as tx:
+                row = tx.fetch_one(
+                    "claim_task",
+                    {"worker": self.engine.worker_id, "now": timestamp(), "names": names},
+                )
+                if row is None:
+                    return None
+                run = self._load(tx, str(row["pipeline_execution_id"]))
+                name, attempt = row["task_name"], row["attempt"]
+                verdict, detail = run.evaluate(name)
+                if verdict == "run":
+                    run.inputs[name] = detail
+                    return run, name, attempt
+                # Settled without running (skipped by its trigger, or its input failed).
+                run.settle(tx, name, verdict, detail, timestamp())
+                self._after(tx, run)
+            self._finish_if_done(run)
+
+    def _load(self, tx: Tx, execution_id: str) -> Run:
+        row = tx.fetch_one("get_execution", {"id": execution_id})
+        assert row is not None
+        wf = self.engine._workflow(row["pipeline_name"], row["pipeline_version"])
+        run = load_run(self.engine, tx, wf, row, self.engine._patches(tx, execution_id))
+        run.claims = False
+        return run
+
+    def _complete(
+        self,
+        run: Run,
+        name: str,
+        attempt: int,
+        output: dict[str, Any] | None,
+        error: BaseException | None,
+    ) -> None:
+        if error is not None and not isinstance(error, Exception):
+            raise error
+        with self.store.transaction() as tx:
+            tx.fetch_one("lock_execution", {"id": run.id})
+            # Other workers may have finished siblings since the claim: refresh statuses
+            # under the lock so exactly one completion marks a shared dependent ready.
+            fresh = self._refresh(tx, run)
+            if fresh.record(tx, name, attempt, output, error) is None:
+                log.warning(
+                    "lost the claim on %s attempt %d: output discarded",
+                    name,
+                    attempt,
+                    extra={"action": "zombie_discarded", "task": name},
+                )
+                return
+            self._after(tx, fresh)
+        self.completed += 1
+        self._finish_if_done(fresh)
+
+    def _refresh(self, tx: Tx, run: Run) -> Run:
+        row = tx.fetch_one("get_execution", {"id": run.id})
+        assert row is not None
+        fresh = load_run(self.engine, tx, run.wf, row, run.patches)
+        fresh.claims = False
+        return fresh
+
+    def _after(self, tx: Tx, run: Run) -> None:
+        if run.made_ready:
+            tx.execute("notify_work", {})
+        if run.all_done() and not run.needs_compensation():
+            run.finish(tx)
+            run.finished = True
+
+    def _finish_if_done(self, run: Run) -> None:
+        if not run.all_done() or run.finished:
+            return
+        # Compensations run once: only the worker that claims the execution runs them.
+        with self.store.transaction() as tx:
+            claimed = tx.execute(
+                "claim_execution",
+                {
+                    "id": run.id,
+                    "worker": self.engine.worker_id,
+                    "previous": "",
+                    "recovered": 0,
+                    "now": timestamp(),
+                },
+            )
+        if claimed:
+            run.compensate_and_finish()
+
+    # -- the sweeper ---------------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Recover stale task claims and executions nobody drives any more."""
+        self._last_sweep = time.monotonic()
+        engine = self.engine
+        cutoff = timestamp(time.time() - engine.lease)
+        now = timestamp()
+        handed = []
+        with self.store.transaction() as tx:
+            for row in tx.fetch_all("stale_executions", {"cutoff": cutoff}):
+                params = {"id": str(row["id"]), "previous": row["claimed_by"], "now": now}
+                if tx.execute("hand_to_workers", params):
+                    handed.append(str(row["id"]))
+                    log.warning(
+                        "took over execution %s from %s",
+                        row["id"],
+                        row["claimed_by"],
+                        extra={"action": "execution_taken_over"},
+                    )
+            for task in tx.fetch_all("stale_claims", {"cutoff": cutoff}):
+                engine._recover_task(tx, task, now)
+                log.warning(
+                    "recovered stale claim on task %s",
+                    task["task_name"],
+                    extra={"action": "claim_recovered"},
+                )
+            orphans = tx.fetch_all("orphaned_executions", {"cutoff": cutoff})
+        for execution_id in [*handed, *(str(o["id"]) for o in orphans)]:
+            self._reconcile(execution_id)
+
+    def _reconcile(self, execution_id: str) -> None:
+        """Mark ready the unblocked tasks of an execution handed over by an in-process driver
+        (which claims tasks instead of marking them ready), and finish it if it is done."""
+        try:
+            with self.store.transaction() as tx:
+                tx.fetch_one("lock_execution", {"id": execution_id})
+                row = tx.fetch_one("get_execution", {"id": execution_id})
+                if row is None or row["status"] != RUNNING or row["claimed_by"] is not None:
+                    return
+                run = self._load(tx, execution_id)
+                now = timestamp()
+                for name, state in run.tasks.items():
+                    if state.status in TASK_TERMINAL:
+                        continue
+                    deps = run.wf.tasks[name].dependencies
+                    if state.status == NOT_STARTED and all(
+                        run.tasks[d].status in TASK_TERMINAL for d in deps
+                    ):
+                        tx.execute("mark_ready", {"id": state.id, "now": now})
+                        state.status = READY
+                        run.made_ready = True
+                self._after(tx, run)
+        except Exception as exc:  # one broken execution must not stop the sweeper
+            log.error(
+                "cannot reconcile execution %s: %s",
+                execution_id,
+                describe(exc),
+                extra={"action": "reconcile_failed"},
+            )
+            return
+        self._finish_if_done(run)
