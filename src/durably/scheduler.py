@@ -343,8 +343,8 @@ class Run:
                     # The common chain case: no thread hop for a lone sync task.
                     try:
                         output, error = run_inline(task, ctx, self.handle(name, attempt)), None
-                    except Exception as exc:
-                        output, error = None, exc
+                    except Exception as failure:
+                        output, error = None, failure
                     queue.extend(self._commit(name, attempt, output, error))
                     continue
                 running[executor.submit(task, ctx, self.handle(name, attempt))] = (name, attempt)
