@@ -91,13 +91,14 @@ class Engine:
         max_recovery_attempts: int = 3,
         max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES,
         synchronous: str | None = None,
+        schema: str | None = None,
         store: Store | None = None,
     ) -> None:
         if isinstance(lease, bool) or not isinstance(lease, int | float) or lease <= 0:
             raise ValueError("lease must be a number of seconds > 0")
         if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
             raise ValueError("concurrency must be an int >= 1")
-        self.store = store or open_store(url, synchronous=synchronous)
+        self.store = store or open_store(url, synchronous=synchronous, schema=schema)
         self.lease = float(lease)
         self.max_recovery_attempts = max_recovery_attempts
         self.max_context_bytes = max_context_bytes

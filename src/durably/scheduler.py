@@ -186,7 +186,8 @@ class Run:
             return self.settle(tx, name, verdict, detail, now)
         if state.retry_at is not None and state.retry_at > time.time():
             return []
-        tx.execute("start_task", {"id": state.id, "worker": self.worker_id, "now": now})
+        if not tx.execute("start_task", {"id": state.id, "worker": self.worker_id, "now": now}):
+            return []  # settled elsewhere meanwhile (cancelled, or taken by another driver)
         state.status, state.attempt, state.retry_at = RUNNING, state.attempt + 1, None
         state.claimed_by = self.worker_id
         self.inputs[name] = detail

@@ -137,9 +137,17 @@ def open_store(url: str | None = None, **options: Any) -> Store:
     if parts.scheme == "sqlite":
         from .sqlite_store import SQLiteStore
 
+        if "schema" in merged:
+            raise StoreError("schema= selects a PostgreSQL schema; SQLite has none")
+
         # sqlite:///rel.db and sqlite:////abs.db as SQLAlchemy spells them; sqlite://:memory:.
         path = ":memory:" if parts.netloc == ":memory:" else parts.path.removeprefix("/")
-        store = SQLiteStore(path, **merged)
+        if not path:
+            raise StoreError(f"database URL {url!r} names no file: use sqlite:///path.db")
+        try:
+            store = SQLiteStore(path, **merged)
+        except TypeError as exc:
+            raise StoreError(f"unknown SQLite option in {url!r}: {exc}") from exc
     elif parts.scheme in ("postgresql", "postgres"):
         from .postgres_store import PostgresStore
 

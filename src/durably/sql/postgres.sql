@@ -1,1 +1,29 @@
 -- PostgreSQL-specific versions of shared queries (same name wins).
+
+-- name: notify_work
+-- Wake idle workers blocked in PostgresStore.wait_for_work (LISTEN durably_work). Sent at
+-- commit, so a worker never wakes before the work is visible.
+SELECT pg_notify('durably_work', '');
+
+-- name: lock_execution
+-- Serialize the completions of one execution, so exactly one marks a shared dependent ready.
+SELECT id FROM pipeline_executions WHERE id = :id FOR UPDATE;
+
+-- name: claim_task
+-- SKIP LOCKED: concurrent workers each take a different ready row without waiting.
+UPDATE task_executions
+SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_at = :now,
+    started_at = :now, retry_at = NULL, updated_at = :now
+WHERE id = (
+    SELECT t.id FROM task_executions t
+    JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+    WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
+      AND p.status = 'running' AND p.claimed_by IS NULL
+      AND p.pipeline_name || '@' || p.pipeline_version IN (
+          SELECT jsonb_array_elements_text(CAST(:names AS jsonb))
+      )
+    ORDER BY t.created_at, t.position
+    LIMIT 1
+    FOR UPDATE OF t SKIP LOCKED
+)
+RETURNING id, pipeline_execution_id, task_name, attempt;
