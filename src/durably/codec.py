@@ -255,7 +255,7 @@ def _to_json(value: Any, what: str) -> str:
             raise _find_cycle(value, set()) or _Unencodable("it is nested too deeply") from None
     except _Unencodable as exc:
         path = _format_path(exc.path)
-        message = f"cannot store {what}: {exc.reason}" + (f" at {path}" if path else "")
+        message = f"cannot store {what}: " + (f"{path}: " if path else "") + exc.reason
         err = ContextSerializationError(message + (f" ({exc.hint})" if exc.hint else ""))
         err.path = path  # type: ignore[attr-defined]
         raise err from None

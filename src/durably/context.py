@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy as _copy
 import dataclasses
 import enum
+import functools
 import threading
 import typing
 from collections.abc import (
@@ -209,7 +210,7 @@ class Context(MutableMapping[str, Any]):
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_"):
             object.__setattr__(self, name, value)
-        elif hasattr(type(self), name):
+        elif name in _class_attributes(type(self)):
             raise AttributeError(
                 f"{name!r} is a {type(self).__name__} attribute, not a key: "
                 f"use ctx[{name!r}] = ... to store it"
@@ -220,7 +221,7 @@ class Context(MutableMapping[str, Any]):
     def __delattr__(self, name: str) -> None:
         if name.startswith("_"):
             object.__delattr__(self, name)
-        elif hasattr(type(self), name):
+        elif name in _class_attributes(type(self)):
             raise AttributeError(
                 f"{name!r} is a {type(self).__name__} attribute, not a key: "
                 f"use del ctx[{name!r}] to delete the key"
@@ -324,6 +325,13 @@ class _ItemsView(ItemsView[str, Any]):
 
     def __iter__(self) -> Iterator[tuple[str, Any]]:
         return iter(list(self._ctx._snapshot().items()))
+
+
+@functools.cache
+def _class_attributes(cls: type) -> frozenset[str]:
+    # What instance lookup finds on the class (methods, properties), not the metaclass's
+    # attributes such as ``register`` or ``mro``: those names are free for data.
+    return frozenset(name for klass in cls.__mro__ for name in vars(klass))
 
 
 def _name(tp: Any) -> str:
