@@ -91,6 +91,16 @@ def temp_postgres_database(server_url: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def postgres_settings(url: str) -> str:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        values = [
+            conn.execute(f"SHOW {name}").fetchone()[0] for name in ("fsync", "synchronous_commit")
+        ]
+    return f"PostgreSQL, fsync={values[0]}, synchronous_commit={values[1]}"
+
+
 def sqlite_pragmas(path: str | Path) -> str:
     """journal_mode as stored in the file and the synchronous level a new connection gets."""
     import sqlite3

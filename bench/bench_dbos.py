@@ -32,22 +32,21 @@ def _launched(args: argparse.Namespace, register: Callable[[], None]) -> Iterato
     with contextlib.ExitStack() as stack:
         if args.postgres:
             url = stack.enter_context(_common.temp_postgres_database(args.postgres))
-            path = None
         else:
-            path = stack.enter_context(_common.temp_dir()) / "dbos.sqlite"
-            url = f"sqlite:///{path}"
+            url = f"sqlite:///{stack.enter_context(_common.temp_dir()) / 'dbos.sqlite'}"
         DBOS(config={"name": "bench", "system_database_url": url, "log_level": "WARNING"})
         try:
             register()
             DBOS.launch()
-            yield "" if path is None else str(path)
+            yield url
         finally:
             DBOS.destroy(destroy_registry=True)
 
 
-def _durability(path: str) -> str:
-    if not path:
-        return "PostgreSQL defaults"
+def _durability(url: str) -> str:
+    if not url.startswith("sqlite:///"):
+        return _common.postgres_settings(url)
+    path = url.removeprefix("sqlite:///")
     return f"SQLite defaults, unchanged by DBOS: {_common.sqlite_pragmas(path)}"
 
 
@@ -69,9 +68,9 @@ def chain(args: argparse.Namespace) -> _common.Result:
     def run_one(_: int) -> None:
         assert workflows["chain"]() == args.tasks - 1
 
-    with _launched(args, register) as path:
+    with _launched(args, register) as url:
         wall = _common.timed(run_one, args.executions)
-        durability = _durability(path)
+        durability = _durability(url)
     how = f"one workflow calling {args.tasks} @DBOS.step() functions in sequence"
     return {
         **_common.rates(args.tasks, args.executions, wall),
@@ -112,9 +111,9 @@ def fanout(args: argparse.Namespace) -> _common.Result:
     def run_one(_: int) -> None:
         assert workflows["fanout"]() == width
 
-    with _launched(args, register) as path:
+    with _launched(args, register) as url:
         wall = _common.timed(run_one, args.executions)
-        durability = _durability(path)
+        durability = _durability(url)
     how = (
         f"workflow: start step, {width} steps started as child workflows with "
         "DBOS.start_workflow and awaited, end step"

@@ -55,7 +55,7 @@ def _engine(args: argparse.Namespace) -> Iterator[tuple[Engine, str]]:
             url = f"sqlite:///{path}" + ("?synchronous=full" if args.sync == "full" else "")
         with Engine(url) as engine:
             if path is None:
-                durability = "PostgreSQL defaults"
+                durability = _common.postgres_settings(url)
             else:
                 journal = _common.sqlite_pragmas(path).split(",")[0]
                 sync = getattr(getattr(engine, "store", None), "synchronous", "unknown")

@@ -236,7 +236,7 @@ def fmt(value: float | None) -> str:
 
 
 def ratio(ours: float | None, theirs: float | None) -> str:
-    return f"{ours / theirs:.2f}x" if ours is not None and theirs else "n/a"
+    return f"{ours / theirs:.3g}x" if ours is not None and theirs else "n/a"
 
 
 def cell(runs: Runs | None, key: str) -> tuple[str, float | None]:
@@ -267,7 +267,9 @@ def report(plan: list[Bench], runs: dict[tuple, Runs], systems: list[str]) -> No
             print("| " + " | ".join(row) + " |")
     print(
         "\nRatios are durably / peer on the medians: above 1 is better for durably on rates, "
-        "below 1 on times and memory. n/a: the peer has no equivalent, or it was not run."
+        "below 1 on times and memory. n/a: the peer has no equivalent, or it was not run.\n"
+        "DBOS and TaskFlow leave SQLite at a rollback journal with synchronous=FULL, already "
+        "power-loss durable, so their synchronous=full rows rerun their default configuration."
     )
 
 

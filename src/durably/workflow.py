@@ -74,6 +74,7 @@ class Workflow:
         self.tasks: dict[str, Task] = {}
         self._by_fn: dict[Any, str] = {}
         self._checked: tuple[str, ...] | None = None
+        self._version: str | None = None
         with _registry_lock:
             _registry[name] = self
 
@@ -145,7 +146,7 @@ class Workflow:
                 wants_handle=_wants_handle(fn, f"task {task_name!r}"),
             )
             self._by_fn[fn] = task_name
-            self._checked = None
+            self._checked = self._version = None
             return fn
 
         return decorate
@@ -259,6 +260,11 @@ class Workflow:
     @property
     def version(self) -> str:
         """A hash of the task names, their dependencies and their code."""
+        if self._version is None:
+            self._version = self._hash()
+        return self._version
+
+    def _hash(self) -> str:
         h = hashlib.sha256(self.name.encode())
         for task in self.tasks.values():
             h.update(f"\0{task.name}\0{','.join(task.dependencies)}\0".encode())
