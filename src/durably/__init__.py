@@ -1,8 +1,11 @@
 """durably: durable workflows and sagas whose tasks share a persisted context."""
 
+from .broker import Broker, InMemoryBroker, Message
 from .context import MISSING, Context, ExecutionScope, SagaContext
 from .engine import Engine
 from .exceptions import (
+    AlreadyCommittedException,
+    AlreadyOnSagaException,
     BrokerError,
     ContextConflictError,
     ContextError,
@@ -12,15 +15,31 @@ from .exceptions import (
     ContextTooLargeError,
     ContextTypeError,
     DurablyError,
+    EmptySagaException,
+    EmptySagaStepException,
     ExecutionNotFound,
     ExecutionStateError,
     MigrationError,
+    MultipleElseThenException,
+    MultipleOnErrorException,
+    MultipleOnExecuteException,
+    MultipleOnFailureException,
+    MultipleOnSuccessException,
     NonRetryable,
+    SagaDefinitionNotFound,
+    SagaException,
+    SagaExecutionAlreadyExecutedException,
+    SagaExecutionNotFoundException,
+    SagaFailedExecutionException,
+    SagaNotCommittedException,
+    SagaRollbackExecutionException,
+    SagaTimeoutException,
     ServiceError,
     StoreConnectionError,
     StoreError,
     TaskReturnError,
     TaskTimeoutError,
+    UndefinedOnExecuteException,
     WorkflowDefinitionError,
     WorkflowError,
     WorkflowNotRegistered,
@@ -28,6 +47,11 @@ from .exceptions import (
 from .executor import TaskHandle
 from .results import ExecutionResult, TaskResult
 from .retry import RetryPolicy
+from .saga import ConditionalSagaStep, LocalSagaStep, RemoteSagaStep, Saga, SagaStep
+from .saga_execution import SagaExecution, SagaStatus, SagaStepStatus
+from .saga_manager import SagaManager
+from .saga_messages import SagaRequest, SagaResponse, SagaResponseStatus
+from .saga_repository import SagaExecutionRepository
 from .triggers import TriggerRule, all_of, any_of, none_of, when
 from .workflow import Task, Workflow
 
@@ -35,7 +59,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MISSING",
+    "AlreadyCommittedException",
+    "AlreadyOnSagaException",
+    "Broker",
     "BrokerError",
+    "ConditionalSagaStep",
     "Context",
     "ContextConflictError",
     "ContextError",
@@ -45,15 +73,46 @@ __all__ = [
     "ContextTooLargeError",
     "ContextTypeError",
     "DurablyError",
+    "EmptySagaException",
+    "EmptySagaStepException",
     "Engine",
     "ExecutionNotFound",
     "ExecutionResult",
     "ExecutionScope",
     "ExecutionStateError",
+    "InMemoryBroker",
+    "LocalSagaStep",
+    "Message",
     "MigrationError",
+    "MultipleElseThenException",
+    "MultipleOnErrorException",
+    "MultipleOnExecuteException",
+    "MultipleOnFailureException",
+    "MultipleOnSuccessException",
+    "NatsBroker",
     "NonRetryable",
+    "RabbitMQBroker",
+    "RemoteSagaStep",
     "RetryPolicy",
+    "Saga",
     "SagaContext",
+    "SagaDefinitionNotFound",
+    "SagaException",
+    "SagaExecution",
+    "SagaExecutionAlreadyExecutedException",
+    "SagaExecutionNotFoundException",
+    "SagaExecutionRepository",
+    "SagaFailedExecutionException",
+    "SagaManager",
+    "SagaNotCommittedException",
+    "SagaRequest",
+    "SagaResponse",
+    "SagaResponseStatus",
+    "SagaRollbackExecutionException",
+    "SagaStatus",
+    "SagaStep",
+    "SagaStepStatus",
+    "SagaTimeoutException",
     "ServiceError",
     "StoreConnectionError",
     "StoreError",
@@ -63,6 +122,7 @@ __all__ = [
     "TaskReturnError",
     "TaskTimeoutError",
     "TriggerRule",
+    "UndefinedOnExecuteException",
     "Workflow",
     "WorkflowDefinitionError",
     "WorkflowError",
@@ -73,3 +133,16 @@ __all__ = [
     "none_of",
     "when",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The network brokers import their drivers (optional extras) only when asked for.
+    if name == "RabbitMQBroker":
+        from .rabbitmq_broker import RabbitMQBroker
+
+        return RabbitMQBroker
+    if name == "NatsBroker":
+        from .nats_broker import NatsBroker
+
+        return NatsBroker
+    raise AttributeError(f"module 'durably' has no attribute {name!r}")

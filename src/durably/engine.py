@@ -357,7 +357,7 @@ class Engine:
         for task in tx.fetch_all("get_tasks", {"id": execution_id}):
             config = json.loads(task["task_configuration"] or "{}")
             if "context_patch" in config:
-                patches[task["task_name"]] = codec.loads(json.dumps(config["context_patch"]))
+                patches[task["task_name"]] = codec.loads(config["context_patch"])
         return patches
 
     # -- heartbeats ----------------------------------------------------------------------------
@@ -564,7 +564,8 @@ class Engine:
             }
             configuration = {}
             if context_patch:
-                patch = json.loads(codec.dumps(dict(context_patch)))
+                # Kept as codec text: a jsonb column would reorder the patch's keys.
+                patch = codec.dumps(dict(context_patch))
                 template = next(t for t in self._template(wf) if t["name"] == from_task)
                 config = json.loads(template["configuration"])
                 configuration[from_task] = json.dumps({**config, "context_patch": patch})

@@ -157,7 +157,11 @@ def open_store(url: str | None = None, **options: Any) -> Store:
             f"unsupported database URL {url!r}: use sqlite:///path.db, sqlite://:memory: "
             "or postgresql://user@host/dbname"
         )
-    store.migrate()
+    try:
+        store.migrate()
+    except BaseException:
+        store.close()
+        raise
     return store
 
 

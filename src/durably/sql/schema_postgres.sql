@@ -1,0 +1,90 @@
+-- The durably schema on PostgreSQL: ids are uuid, times timestamptz, context and saga state
+-- JSON text (kept as written), task rules and configuration jsonb.
+-- Keep in step with migrations/postgres/ (a test applies every migration and compares) and
+-- with schema_sqlite.sql (same tables, columns, constraints and indexes).
+
+CREATE TABLE contexts (
+    id UUID PRIMARY KEY,
+    value TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE pipeline_executions (
+    id UUID PRIMARY KEY,
+    pipeline_name TEXT NOT NULL,
+    pipeline_version TEXT NOT NULL,
+    status TEXT NOT NULL,
+    context_id UUID NOT NULL REFERENCES contexts (id),
+    final_context_id UUID REFERENCES contexts (id),
+    started_at TIMESTAMPTZ,
+    completed_at TIMESTAMPTZ,
+    error_details TEXT,
+    recovery_attempts INTEGER NOT NULL DEFAULT 0,
+    last_recovery_at TIMESTAMPTZ,
+    claimed_by TEXT,
+    heartbeat_at TIMESTAMPTZ,
+    parent_execution_id UUID,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX pipeline_executions_status ON pipeline_executions (status, created_at);
+
+CREATE TABLE task_executions (
+    id UUID PRIMARY KEY,
+    pipeline_execution_id UUID NOT NULL REFERENCES pipeline_executions (id) ON DELETE CASCADE,
+    task_name TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    started_at TIMESTAMPTZ,
+    completed_at TIMESTAMPTZ,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL DEFAULT 1,
+    error_details TEXT,
+    trigger_rules JSONB,
+    task_configuration JSONB,
+    retry_at TIMESTAMPTZ,
+    last_error TEXT,
+    recovery_attempts INTEGER NOT NULL DEFAULT 0,
+    last_recovery_at TIMESTAMPTZ,
+    claimed_by TEXT,
+    heartbeat_at TIMESTAMPTZ,
+    compensation_status TEXT,
+    compensation_error TEXT,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    UNIQUE (pipeline_execution_id, task_name)
+);
+CREATE INDEX task_executions_ready ON task_executions (status, retry_at)
+    WHERE status = 'ready';
+
+CREATE TABLE task_execution_metadata (
+    id UUID PRIMARY KEY,
+    task_execution_id UUID NOT NULL REFERENCES task_executions (id) ON DELETE CASCADE,
+    pipeline_execution_id UUID NOT NULL REFERENCES pipeline_executions (id) ON DELETE CASCADE,
+    task_name TEXT NOT NULL,
+    context_id UUID NOT NULL REFERENCES contexts (id),
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    UNIQUE (pipeline_execution_id, task_name)
+);
+
+CREATE TABLE saga_executions (
+    id UUID PRIMARY KEY,
+    saga_name TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status TEXT NOT NULL,
+    context_id UUID NOT NULL REFERENCES contexts (id),
+    state TEXT NOT NULL,
+    error_details TEXT,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX saga_executions_status ON saga_executions (status, created_at);
+
+CREATE TABLE saga_replies (
+    saga_execution_id UUID NOT NULL REFERENCES saga_executions (id) ON DELETE CASCADE,
+    idempotency_key TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (saga_execution_id, idempotency_key)
+);
