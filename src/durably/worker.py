@@ -15,6 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from .exceptions import StoreError
 from .results import NOT_STARTED, READY, RUNNING, TASK_TERMINAL
 from .scheduler import Run, describe, load_run
 from .store import Tx, timestamp
@@ -38,47 +39,79 @@ class Worker:
         self._stopping = threading.Event()
         self._last_sweep = 0.0
         self.completed = 0
+        # Outcomes whose completion transaction failed: retried until the database is back
+        # (the completion is conditional on the claim, so a retry never applies twice).
+        self._unsaved: list[tuple[Run, str, int, dict[str, Any] | None, BaseException | None]] = []
+        self._active: set[str] = set()
 
     def stop(self) -> None:
         """Finish the running tasks, claim nothing more, and make ``run()`` return."""
         self._stopping.set()
 
     def run(self) -> None:
-        engine = self.engine
-        engine._ensure_heartbeat()
+        self.engine._ensure_heartbeat()
         running: dict[concurrent.futures.Future[dict[str, Any]], tuple[Run, str, int]] = {}
+        failures = 0
         while not self._stopping.is_set() or running:
-            if time.monotonic() - self._last_sweep > engine.lease / 2:
-                self.sweep()
-            claimed = False
-            while not self._stopping.is_set() and len(running) < self.concurrency:
-                job = self._claim()
-                if job is None:
-                    break
-                claimed = True
-                run, name, attempt = job
-                ctx = run.context_for(name)
-                task = run.wf.tasks[name]
-                future = engine.executor.submit(task, ctx, run.handle(name, attempt))
-                running[future] = job
-            if running:
-                done, _ = concurrent.futures.wait(
-                    running,
-                    timeout=self.poll_interval,
-                    return_when=concurrent.futures.FIRST_COMPLETED,
+            try:
+                self._step(running)
+                failures = 0
+            except StoreError as exc:
+                # The database went away (restart, failover, a killed connection): back off
+                # and go on. A completion lost here is redone once its claim's lease expires.
+                failures += 1
+                delay = min(0.1 * 2**failures, 5.0)
+                log.warning(
+                    "database error, retrying in %.1fs: %s",
+                    delay,
+                    exc,
+                    extra={"action": "worker_db_error"},
                 )
-                for future in done:
-                    run, name, attempt = running.pop(future)
-                    exc = future.exception()
-                    self._complete(run, name, attempt, None if exc else future.result(), exc)
-            elif not claimed:
-                self.store.wait_for_work(self.poll_interval)
+                time.sleep(delay)
+
+    def _step(
+        self, running: dict[concurrent.futures.Future[dict[str, Any]], tuple[Run, str, int]]
+    ) -> None:
+        """One turn of the loop: sweep when due, claim up to the free slots, record what
+        finished, or wait for work."""
+        engine = self.engine
+        while self._unsaved:
+            self._complete(*self._unsaved[0])
+            self._unsaved.pop(0)
+        if time.monotonic() - self._last_sweep > engine.lease / 2:
+            self.sweep()
+        claimed = False
+        while not self._stopping.is_set() and len(running) < self.concurrency:
+            job = self._claim()
+            if job is None:
+                break
+            claimed = True
+            run, name, attempt = job
+            ctx = run.context_for(name)
+            task = run.wf.tasks[name]
+            running[engine.executor.submit(task, ctx, run.handle(name, attempt))] = job
+        if running:
+            done, _ = concurrent.futures.wait(
+                running,
+                timeout=self.poll_interval,
+                return_when=concurrent.futures.FIRST_COMPLETED,
+            )
+            for future in done:
+                run, name, attempt = running.pop(future)
+                exc = future.exception()
+                self._unsaved.append((run, name, attempt, None if exc else future.result(), exc))
+            while self._unsaved:
+                self._complete(*self._unsaved[0])
+                self._unsaved.pop(0)
+        elif not claimed:
+            self.store.wait_for_work(self.poll_interval)
 
     # -- one task ------------------------------------------------------------------------------
 
     def _claim(self) -> tuple[Run, str, int] | None:
         names = json.dumps([f"{name}@{version}" for name, version in self.engine._workflows])
         while True:
+            job = None
             with self.store.transaction() as tx:
                 row = tx.fetch_one(
                     "claim_task",
@@ -91,10 +124,14 @@ class Worker:
                 verdict, detail = run.evaluate(name)
                 if verdict == "run":
                     run.inputs[name] = detail
-                    return run, name, attempt
-                # Settled without running (skipped by its trigger, or its input failed).
-                run.settle(tx, name, verdict, detail, timestamp())
-                self._after(tx, run)
+                    job = run, name, attempt
+                else:
+                    # Settled without running (skipped by its trigger, or its input failed).
+                    run.settle(tx, name, verdict, detail, timestamp())
+                    self._after(tx, run)
+            if job is not None:
+                self._active.add(run.tasks[name].id)  # only once the claim is committed
+                return job
             self._finish_if_done(run)
 
     def _load(self, tx: Tx, execution_id: str) -> Run:
@@ -120,15 +157,18 @@ class Worker:
             # Other workers may have finished siblings since the claim: refresh statuses
             # under the lock so exactly one completion marks a shared dependent ready.
             fresh = self._refresh(tx, run)
-            if fresh.record(tx, name, attempt, output, error) is None:
-                log.warning(
-                    "lost the claim on %s attempt %d: output discarded",
-                    name,
-                    attempt,
-                    extra={"action": "zombie_discarded", "task": name},
-                )
-                return
-            self._after(tx, fresh)
+            recorded = fresh.record(tx, name, attempt, output, error) is not None
+            if recorded:
+                self._after(tx, fresh)
+        self._active.discard(run.tasks[name].id)
+        if not recorded:
+            log.warning(
+                "lost the claim on %s attempt %d: output discarded",
+                name,
+                attempt,
+                extra={"action": "zombie_discarded", "task": name},
+            )
+            return
         self.completed += 1
         self._finish_if_done(fresh)
 
@@ -184,7 +224,9 @@ class Worker:
                         row["claimed_by"],
                         extra={"action": "execution_taken_over"},
                     )
-            for task in tx.fetch_all("stale_claims", {"cutoff": cutoff}):
+            mine = tx.fetch_all("worker_claims", {"worker": engine.worker_id})
+            lost = [task for task in mine if str(task["id"]) not in self._active]
+            for task in [*tx.fetch_all("stale_claims", {"cutoff": cutoff}), *lost]:
                 engine._recover_task(tx, task, now)
                 log.warning(
                     "recovered stale claim on task %s",

@@ -1,0 +1,240 @@
+"""Brokers carry saga requests to participants and their replies back.
+
+A broker edge (RabbitMQ, NATS JetStream) implements three methods; everything else here is
+built on them and is the same for every broker:
+
+- ``publish(message)`` puts a message on the durable queue (topic) it names;
+- ``subscribe(topic, handler, durable=True)`` consumes a queue. A message is acknowledged when
+  ``handler`` returns and redelivered when it raises, so a consumer that changes saga state
+  acknowledges only once that change is committed. ``durable=False`` asks for a queue that lives
+  as long as the subscription (a waiting manager's private reply queue);
+- ``close()`` releases connections.
+
+Participants register with ``@broker.service(target)``; ``start_services()`` subscribes each to
+its queue and :meth:`Broker.serve` turns a request into a reply. Messages are JSON text from the
+context codec plus string headers (``saga_messages.HEADER_*``): nothing is ever pickled.
+:class:`InMemoryBroker` is the embedded default.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import functools
+import inspect
+import logging
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from . import codec
+from .exceptions import ContextSerializationError, ServiceError
+from .saga_messages import (
+    HEADER_KEY,
+    HEADER_REPLY_TO,
+    HEADER_SAGA,
+    HEADER_STATUS,
+    HEADER_STEP,
+    SagaResponseStatus,
+)
+
+__all__ = ["Broker", "InMemoryBroker", "Message", "MessageHandler", "Subscription"]
+
+logger = logging.getLogger(__name__)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message on a queue: its JSON body and string headers."""
+
+    topic: str
+    body: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+MessageHandler = Callable[[Message], Awaitable[None]]
+
+
+class Subscription(abc.ABC):
+    """A consumer of one queue; ``close()`` stops it."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class Broker(abc.ABC):
+    """A message broker as sagas use it: request/reply over durable queues."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, Callable[[Any], Any]] = {}
+
+    @abc.abstractmethod
+    async def publish(self, message: Message) -> None:
+        """Put ``message`` on the queue ``message.topic``."""
+
+    @abc.abstractmethod
+    async def subscribe(
+        self, topic: str, handler: MessageHandler, *, durable: bool = True
+    ) -> Subscription:
+        """Consume ``topic``: ack when ``handler`` returns, redeliver when it raises."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    # -- participants ----------------------------------------------------------------------
+
+    def service(self, target: str) -> Callable[[_F], _F]:
+        """Register ``handle(content) -> content`` (def or async def) as the participant
+        serving ``target``. Returning replies SUCCESS with the value; raising
+        ``durably.ServiceError(content)`` replies ERROR with that content; any other exception
+        replies SYSTEM_ERROR."""
+        if not isinstance(target, str) or not target:
+            raise TypeError(f"a service target must be a non-empty str, not {target!r}")
+
+        def decorator(fn: _F) -> _F:
+            if not callable(fn):
+                raise TypeError(f"@service({target!r}) needs a function, not {fn!r}")
+            self.services[target] = fn
+            self._service_added(target)
+            return fn
+
+        return decorator
+
+    def _service_added(self, target: str) -> None:  # noqa: B027 - optional hook
+        """Network brokers subscribe in ``start_services()``; the in-memory one at once."""
+
+    async def start_services(self) -> list[Subscription]:
+        """Subscribe every registered participant to its queue."""
+        return [
+            await self.subscribe(target, functools.partial(self.serve, target))
+            for target in self.services
+        ]
+
+    async def serve(self, target: str, message: Message) -> None:
+        """Run the participant of ``target`` on one request and publish its reply. The request
+        is acknowledged after the reply is out, so a crash in between redelivers it."""
+        status, content = await _call_service(self.services[target], message.body)
+        reply_to = message.headers.get(HEADER_REPLY_TO)
+        if not reply_to:
+            logger.warning("request to %r has no reply_to header: reply dropped", target)
+            return
+        try:
+            body = codec.dumps_value(content)
+        except ContextSerializationError as exc:
+            status = SagaResponseStatus.SYSTEM_ERROR
+            body = codec.dumps_value(f"{target} replied with content that cannot be sent: {exc}")
+        headers = {k: v for k, v in message.headers.items() if k in _ECHOED}
+        headers[HEADER_STATUS] = str(int(status))
+        await self.publish(Message(reply_to, body, headers))
+
+    # -- the saga side ---------------------------------------------------------------------
+
+    async def request(
+        self, target: str, body: str, *, saga: str, step: str, reply_to: str, key: str
+    ) -> None:
+        """Send a saga request (``body`` already encoded) with its correlation headers."""
+        headers = {HEADER_SAGA: saga, HEADER_STEP: step, HEADER_REPLY_TO: reply_to, HEADER_KEY: key}
+        await self.publish(Message(target, body, headers))
+
+
+_ECHOED = frozenset({HEADER_SAGA, HEADER_STEP, HEADER_KEY})
+
+
+async def _call_service(handler: Callable[[Any], Any], body: str) -> tuple[SagaResponseStatus, Any]:
+    try:
+        result = handler(codec.loads_value(body))
+        if inspect.isawaitable(result):
+            result = await result
+    except ServiceError as exc:
+        return SagaResponseStatus.ERROR, exc.content
+    except Exception as exc:
+        logger.warning("saga participant %r failed", handler, exc_info=True)
+        return SagaResponseStatus.SYSTEM_ERROR, f"{type(exc).__name__}: {exc}"
+    return SagaResponseStatus.SUCCESS, result
+
+
+class InMemoryBroker(Broker):
+    """The embedded broker: a FIFO queue per topic in this process. A message waits in its
+    queue until its topic has a consumer, so a request for a service registered later is
+    delivered when it appears. Each delivery runs as a task on the running event loop (like a
+    consumer without a prefetch limit: a slow handler holds up no other message). ``sent``
+    lists every message published, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[Message] = []
+        self._queues: dict[str, deque[Message]] = defaultdict(deque)
+        self._consumers: dict[str, list[MessageHandler]] = defaultdict(list)
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._turn = 0
+
+    async def publish(self, message: Message) -> None:
+        self.sent.append(message)
+        self._queues[message.topic].append(message)
+        self._deliver_all()
+
+    async def subscribe(
+        self, topic: str, handler: MessageHandler, *, durable: bool = True
+    ) -> Subscription:
+        self._consumers[topic].append(handler)
+        self._deliver_all()
+        return _MemorySubscription(self, topic, handler)
+
+    def _service_added(self, target: str) -> None:
+        consumers = self._consumers[target]
+        if not any(getattr(c, "func", None) == self.serve for c in consumers):
+            consumers.append(functools.partial(self.serve, target))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # registered outside a loop: queued requests go out at the next publish
+        self._deliver_all()
+
+    async def start_services(self) -> list[Subscription]:
+        return []  # every participant is consuming since it was registered
+
+    def pending(self, topic: str) -> int:
+        """How many messages wait in ``topic``'s queue."""
+        return len(self._queues.get(topic, ()))
+
+    async def join(self) -> None:
+        """Wait until every message that has a consumer is handled (tests, demos)."""
+        while self._deliveries:
+            await asyncio.wait(set(self._deliveries))
+
+    def _deliver_all(self) -> None:
+        loop = asyncio.get_running_loop()
+        for topic, queue in self._queues.items():
+            consumers = self._consumers.get(topic)
+            while queue and consumers:
+                handler = consumers[self._turn % len(consumers)]
+                self._turn += 1
+                task = loop.create_task(self._deliver(queue, handler, queue.popleft()))
+                self._deliveries.add(task)
+                task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(
+        self, queue: deque[Message], handler: MessageHandler, message: Message
+    ) -> None:
+        try:
+            await handler(message)
+        except asyncio.CancelledError:
+            queue.appendleft(message)  # not acknowledged: a later loop delivers it
+            raise
+        except Exception:
+            # Not acknowledged: redelivered at the next publish or subscribe, not in a loop.
+            logger.exception("handler of %r failed; the message stays queued", message.topic)
+            queue.appendleft(message)
+
+
+class _MemorySubscription(Subscription):
+    def __init__(self, broker: InMemoryBroker, topic: str, handler: MessageHandler) -> None:
+        self._broker, self._topic, self._handler = broker, topic, handler
+
+    async def close(self) -> None:
+        consumers = self._broker._consumers[self._topic]
+        if self._handler in consumers:
+            consumers.remove(self._handler)

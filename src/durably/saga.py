@@ -1,0 +1,440 @@
+"""Saga definitions: the minos builder of local, remote and conditional steps.
+
+``commit()`` freezes a saga and registers it in this process under its *fingerprint*: a hash of
+its step kinds and of its callbacks' ``__module__`` and ``__qualname__`` (nested sagas
+included). An execution stores the fingerprint, and a stored execution is resumed only with a
+definition registered under it: nothing is ever imported from a name read from the database.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import hashlib
+import json
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self, TypeVar
+
+from .exceptions import (
+    AlreadyCommittedException,
+    AlreadyOnSagaException,
+    EmptySagaException,
+    EmptySagaStepException,
+    MultipleElseThenException,
+    MultipleOnErrorException,
+    MultipleOnExecuteException,
+    MultipleOnFailureException,
+    MultipleOnSuccessException,
+    SagaException,
+    SagaNotCommittedException,
+    UndefinedOnExecuteException,
+)
+
+__all__ = [
+    "ConditionalSagaStep",
+    "ElseThenAlternative",
+    "IfThenAlternative",
+    "LocalSagaStep",
+    "RemoteSagaStep",
+    "Saga",
+    "SagaOperation",
+    "SagaStep",
+    "register_saga",
+    "registered_saga",
+    "sagas_in",
+]
+
+Callback = Callable[..., Any]
+_S = TypeVar("_S", bound="SagaStep")
+
+
+def callable_name(fn: Any) -> str:
+    """``module:qualname`` of a callback (a partial's function; a callable object's class).
+
+    Lambdas share one qualname per scope, so theirs also gets the line they start on."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    target = fn if hasattr(fn, "__qualname__") else type(fn)
+    name = f"{target.__module__}:{target.__qualname__}"
+    code = getattr(target, "__code__", None)
+    if name.endswith("<lambda>") and code is not None:
+        name += f"@{code.co_firstlineno}"
+    return name
+
+
+@dataclass(frozen=True)
+class SagaOperation:
+    """A callback and the extra keyword arguments it is called with (minos ``parameters``)."""
+
+    callback: Callback
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The callback's short name, for display: ``validate``, ``<lambda>``."""
+        qualname = callable_name(self.callback).partition(":")[2]
+        return qualname.rpartition(".")[2].partition("@")[0]
+
+    def signature(self) -> list[Any]:
+        # Parameter names only: their values may not have a stable text form across processes.
+        return [callable_name(self.callback), sorted(self.parameters)]
+
+
+def _operation(
+    callback: Callback, parameters: Mapping[str, Any] | None, kwargs: Mapping[str, Any]
+) -> SagaOperation:
+    if not callable(callback):
+        raise TypeError(f"a saga callback must be callable, not {callback!r}")
+    return SagaOperation(callback, {**(parameters or {}), **kwargs})
+
+
+class SagaStep(abc.ABC):
+    """A step of a saga. Its builder methods return the step; ``local_step()``,
+    ``remote_step()``, ``conditional_step()`` and ``commit()`` check it and go on with the saga."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, saga: Saga | None = None) -> None:
+        self.saga = saga
+
+    def local_step(self, step: Callback | LocalSagaStep | None = None, **kw: Any) -> LocalSagaStep:
+        return self._continue().local_step(step, **kw)
+
+    def remote_step(
+        self, step: Callback | RemoteSagaStep | None = None, **kw: Any
+    ) -> RemoteSagaStep:
+        return self._continue().remote_step(step, **kw)
+
+    def conditional_step(self, step: ConditionalSagaStep | None = None) -> ConditionalSagaStep:
+        return self._continue().conditional_step(step)
+
+    def commit(self) -> Saga:
+        return self._continue().commit()
+
+    def _continue(self) -> Saga:
+        self.validate()
+        if self.saga is None:
+            raise SagaException("the step does not belong to a saga")
+        return self.saga
+
+    def _check_open(self) -> None:
+        if self.saga is not None and self.saga.committed:
+            raise AlreadyCommittedException("the saga is committed: its steps cannot change")
+
+    @abc.abstractmethod
+    def validate(self) -> None:
+        """Raise the definition error that makes this step unusable, if any."""
+
+    @abc.abstractmethod
+    def signature(self) -> list[Any]:
+        """What the fingerprint hashes for this step."""
+
+    def describe(self) -> str:
+        """``kind name`` for display, e.g. ``remote reserve_stock``."""
+        return self.kind
+
+
+class _CallbackStep(SagaStep):
+    """A step run by its callbacks: ``on_execute`` (required) and ``on_failure``."""
+
+    _slots: ClassVar[tuple[str, ...]] = ("on_execute_operation", "on_failure_operation")
+    on_execute_operation: SagaOperation | None
+    on_failure_operation: SagaOperation | None
+
+    def __init__(self, saga: Saga | None = None, **callbacks: Callback | None) -> None:
+        super().__init__(saga)
+        for name, callback in callbacks.items():
+            op = _operation(callback, None, {}) if callback is not None else None
+            setattr(self, f"{name}_operation", op)
+
+    def _set(
+        self,
+        slot: str,
+        error: type[SagaException],
+        callback: Callback,
+        parameters: Mapping[str, Any] | None,
+        kwargs: Mapping[str, Any],
+    ) -> Self:
+        self._check_open()
+        if getattr(self, slot) is not None:
+            raise error()
+        setattr(self, slot, _operation(callback, parameters, kwargs))
+        return self
+
+    def on_execute(
+        self, callback: Callback, parameters: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> Self:
+        return self._set(
+            "on_execute_operation", MultipleOnExecuteException, callback, parameters, kwargs
+        )
+
+    def on_failure(
+        self, callback: Callback, parameters: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> Self:
+        return self._set(
+            "on_failure_operation", MultipleOnFailureException, callback, parameters, kwargs
+        )
+
+    def operations(self) -> list[SagaOperation | None]:
+        return [getattr(self, slot) for slot in self._slots]
+
+    def validate(self) -> None:
+        if all(op is None for op in self.operations()):
+            raise EmptySagaStepException()
+        if self.on_execute_operation is None:
+            raise UndefinedOnExecuteException()
+
+    def signature(self) -> list[Any]:
+        return [self.kind, *(_sig(op) for op in self.operations())]
+
+    def describe(self) -> str:
+        op = self.on_execute_operation
+        return f"{self.kind} {op.name}" if op else self.kind
+
+
+class LocalSagaStep(_CallbackStep):
+    """A step run in this process: ``on_execute(ctx)``, compensated by ``on_failure(ctx)``."""
+
+    kind = "local"
+
+    def __init__(
+        self,
+        on_execute: Callback | None = None,
+        on_failure: Callback | None = None,
+        saga: Saga | None = None,
+    ) -> None:
+        super().__init__(saga, on_execute=on_execute, on_failure=on_failure)
+
+
+class RemoteSagaStep(_CallbackStep):
+    """A request to another service: ``on_execute(ctx)`` returns a ``SagaRequest``; the reply
+    goes to ``on_success(ctx, response)`` or ``on_error(ctx, response)``; ``on_failure(ctx)``
+    returns the compensating request."""
+
+    kind = "remote"
+    _slots = (
+        "on_execute_operation",
+        "on_success_operation",
+        "on_error_operation",
+        "on_failure_operation",
+    )
+    on_success_operation: SagaOperation | None
+    on_error_operation: SagaOperation | None
+
+    def __init__(
+        self,
+        on_execute: Callback | None = None,
+        on_success: Callback | None = None,
+        on_error: Callback | None = None,
+        on_failure: Callback | None = None,
+        saga: Saga | None = None,
+    ) -> None:
+        super().__init__(
+            saga,
+            on_execute=on_execute,
+            on_success=on_success,
+            on_error=on_error,
+            on_failure=on_failure,
+        )
+
+    def on_success(
+        self, callback: Callback, parameters: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> Self:
+        return self._set(
+            "on_success_operation", MultipleOnSuccessException, callback, parameters, kwargs
+        )
+
+    def on_error(
+        self, callback: Callback, parameters: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> Self:
+        return self._set(
+            "on_error_operation", MultipleOnErrorException, callback, parameters, kwargs
+        )
+
+
+@dataclass(frozen=True)
+class IfThenAlternative:
+    """Run ``saga`` when ``condition(ctx)`` is true."""
+
+    condition: SagaOperation
+    saga: Saga
+
+
+@dataclass(frozen=True)
+class ElseThenAlternative:
+    """Run ``saga`` when no ``if_then`` condition holds."""
+
+    saga: Saga
+
+
+class ConditionalSagaStep(SagaStep):
+    """Runs the saga of the first ``if_then`` whose condition holds, else the ``else_then``
+    saga (or nothing), inline and on the same context."""
+
+    kind = "conditional"
+
+    def __init__(self, saga: Saga | None = None) -> None:
+        super().__init__(saga)
+        self.if_then_alternatives: list[IfThenAlternative] = []
+        self.else_then_alternative: ElseThenAlternative | None = None
+
+    def if_then(self, condition: Callback, saga: Saga) -> ConditionalSagaStep:
+        self._check_open()
+        self.if_then_alternatives.append(
+            IfThenAlternative(_operation(condition, None, {}), _saga(saga))
+        )
+        return self
+
+    def else_then(self, saga: Saga) -> ConditionalSagaStep:
+        self._check_open()
+        if self.else_then_alternative is not None:
+            raise MultipleElseThenException()
+        self.else_then_alternative = ElseThenAlternative(_saga(saga))
+        return self
+
+    def branch(self, index: int) -> Saga:
+        """The saga of ``if_then`` number ``index``, or of ``else_then`` for ``-1``."""
+        if index == -1 and self.else_then_alternative is not None:
+            return self.else_then_alternative.saga
+        return self.if_then_alternatives[index].saga
+
+    def validate(self) -> None:
+        if not self.if_then_alternatives and self.else_then_alternative is None:
+            raise EmptySagaStepException()
+        for alternative in self.if_then_alternatives:
+            alternative.saga.validate()
+        if self.else_then_alternative is not None:
+            self.else_then_alternative.saga.validate()
+
+    def signature(self) -> list[Any]:
+        branches = [
+            [_sig(alt.condition), alt.saga.signature()] for alt in self.if_then_alternatives
+        ]
+        other = self.else_then_alternative
+        return [self.kind, branches, other.saga.signature() if other else None]
+
+
+def _sig(op: SagaOperation | None) -> list[Any] | None:
+    return op.signature() if op is not None else None
+
+
+def _saga(value: Any) -> Saga:
+    if not isinstance(value, Saga):
+        raise TypeError(f"a conditional step runs a Saga, not {type(value).__name__}")
+    return value
+
+
+class Saga:
+    """A sequence of steps. Build it, then ``commit()`` it before it runs.
+
+    ``name`` is for display; by default it names the module and function that built it.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        self.steps: list[SagaStep] = []
+        self.committed = False
+        self.name = name or _caller_name()
+        self._fingerprint: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Saga({self.name!r}, steps={[step.describe() for step in self.steps]})"
+
+    def local_step(
+        self, step: Callback | LocalSagaStep | None = None, **parameters: Any
+    ) -> LocalSagaStep:
+        """Add a local step; ``step`` may be its ``on_execute`` callback or a step."""
+        if step is not None and not isinstance(step, SagaStep):
+            step = LocalSagaStep().on_execute(step, **parameters)
+        return self._add(LocalSagaStep, step)
+
+    def remote_step(
+        self, step: Callback | RemoteSagaStep | None = None, **parameters: Any
+    ) -> RemoteSagaStep:
+        """Add a remote step; ``step`` may be its ``on_execute`` callback or a step."""
+        if step is not None and not isinstance(step, SagaStep):
+            step = RemoteSagaStep().on_execute(step, **parameters)
+        return self._add(RemoteSagaStep, step)
+
+    def conditional_step(self, step: ConditionalSagaStep | None = None) -> ConditionalSagaStep:
+        """Add a conditional step; chain ``if_then(condition, saga)`` and ``else_then(saga)``."""
+        return self._add(ConditionalSagaStep, step)
+
+    def _add(self, cls: type[_S], step: SagaStep | None) -> _S:
+        if self.committed:
+            raise AlreadyCommittedException("a committed saga cannot get more steps")
+        if step is None:
+            step = cls()
+        elif not isinstance(step, cls):
+            raise TypeError(f"expected a {cls.__name__}, got {type(step).__name__}")
+        elif step.saga is not None:
+            raise AlreadyOnSagaException()
+        step.saga = self
+        self.steps.append(step)
+        return step
+
+    def commit(self) -> Saga:
+        """Freeze the saga and register it in this process under its fingerprint."""
+        if self.committed:
+            raise AlreadyCommittedException("the saga is already committed")
+        self.committed = True
+        self._fingerprint = self._hash()
+        register_saga(self)
+        return self
+
+    def validate(self) -> None:
+        """Raise the definition error that stops this saga from running, if any."""
+        if not self.steps:
+            raise EmptySagaException()
+        for step in self.steps:
+            step.validate()
+        if not self.committed:
+            raise SagaNotCommittedException()
+
+    def signature(self) -> list[Any]:
+        return [step.signature() for step in self.steps]
+
+    @property
+    def fingerprint(self) -> str:
+        """A hex hash of the step kinds and the callbacks' qualified names."""
+        return self._fingerprint or self._hash()
+
+    def _hash(self) -> str:
+        text = json.dumps(self.signature(), separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _caller_name() -> str:
+    frame = sys._getframe(2)  # the code that called Saga()
+    module = frame.f_globals.get("__name__", "saga")
+    function = frame.f_code.co_qualname
+    return module if function == "<module>" else f"{module}.{function}"
+
+
+# -- the registry of committed definitions ----------------------------------------------------
+
+_registry: dict[str, Saga] = {}
+_registry_lock = threading.Lock()
+
+
+def register_saga(saga: Saga) -> Saga:
+    """Make ``saga`` resumable in this process (``commit()`` does it)."""
+    if not isinstance(saga, Saga):
+        raise TypeError(f"expected a Saga, got {type(saga).__name__}")
+    if not saga.committed:
+        raise SagaNotCommittedException()
+    with _registry_lock:
+        _registry[saga.fingerprint] = saga
+    return saga
+
+
+def registered_saga(fingerprint: str) -> Saga | None:
+    """The committed saga of that fingerprint, if this process has one."""
+    return _registry.get(fingerprint)
+
+
+def sagas_in(values: Iterable[Any]) -> list[Saga]:
+    """The committed sagas among ``values`` (e.g. a module's top-level names)."""
+    return [value for value in values if isinstance(value, Saga) and value.committed]

@@ -1,0 +1,184 @@
+"""Saga executions in the database: the same store, and the same CLI, as workflow executions.
+
+An execution is one ``saga_executions`` row (status, fingerprint, step states as JSON) and one
+``contexts`` row, whose id is the execution's. Each save writes both in one transaction, with
+the key of the reply it applies, if any (``saga_replies``), so a reply is applied exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from . import codec
+from .context import SagaContext
+from .exceptions import SagaDefinitionNotFound, SagaExecutionNotFoundException
+from .saga import registered_saga
+from .saga_execution import SagaExecution, SagaStatus, SagaStepRecord
+from .store import Row, Store, open_store, parse_timestamp, timestamp
+
+__all__ = ["SagaExecutionRepository", "SagaExecutionSummary"]
+
+
+@dataclass(frozen=True)
+class SagaExecutionSummary:
+    """A stored execution as the CLI shows it; reading it needs no saga definition."""
+
+    id: UUID
+    saga_name: str
+    fingerprint: str
+    status: SagaStatus
+    context: SagaContext
+    steps: list[SagaStepRecord]
+    error: str | None
+    rollback_errors: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def uuid(self) -> UUID:
+        return self.id
+
+
+class SagaExecutionRepository:
+    """Stores saga executions at ``url`` (``sqlite:///path.db``, ``postgresql://...``), or in
+    an already open ``store``."""
+
+    def __init__(self, url: str | None = None, *, store: Store | None = None) -> None:
+        self.db = store if store is not None else open_store(url)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- the minos interface ---------------------------------------------------------------
+
+    async def store(self, execution: SagaExecution) -> None:
+        """Save ``execution`` and its context."""
+        self.save(execution)
+
+    async def load(self, uuid: UUID | str) -> SagaExecution:
+        """The stored execution, with its definition from this process's registry."""
+        return self.load_execution(uuid)
+
+    async def delete(self, uuid: UUID | str | SagaExecution) -> None:
+        """Remove the execution, its context and its reply keys."""
+        key = str(uuid.uuid if isinstance(uuid, SagaExecution) else _as_uuid(uuid))
+        with self.db.transaction() as tx:
+            tx.execute("saga_delete_replies", {"id": key})
+            tx.execute("saga_delete_execution", {"id": key})
+            tx.execute("saga_delete_context", {"id": key})
+
+    # -- what the manager and the CLI use ----------------------------------------------------
+
+    def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
+        """Save the execution and its context in one transaction, recording ``reply_key`` as
+        applied; return False, writing nothing, when that reply was applied already."""
+        # Encoded before the transaction: a context that cannot be stored writes nothing.
+        value = codec.dumps(execution.context, max_bytes=execution.max_context_bytes)
+        state = json.dumps(execution.state(), separators=(",", ":"))
+        key, now = str(execution.uuid), timestamp()
+        with self.db.transaction() as tx:
+            if reply_key is not None:
+                fresh = tx.execute("saga_insert_reply", {"id": key, "key": reply_key, "now": now})
+                if not fresh:
+                    return False
+            tx.execute("saga_save_context", {"id": key, "value": value, "now": now})
+            tx.execute(
+                "saga_save_execution",
+                {
+                    "id": key,
+                    "saga_name": execution.saga_name,
+                    "fingerprint": execution.fingerprint,
+                    "status": execution.status.value,
+                    "context_id": key,
+                    "state": state,
+                    "error_details": execution.error,
+                    "created_at": execution.created_at.isoformat(timespec="microseconds"),
+                    "now": now,
+                },
+            )
+        execution.updated_at = parse_timestamp(now) or execution.updated_at
+        return True
+
+    def load_execution(self, uuid: UUID | str) -> SagaExecution:
+        """``load`` without the event loop. Raises ``SagaExecutionNotFoundException``, and
+        ``SagaDefinitionNotFound`` when no registered saga has the stored fingerprint."""
+        row = self._row(uuid)
+        definition = registered_saga(row["fingerprint"])
+        if definition is None:
+            raise SagaDefinitionNotFound(
+                f"saga {row['saga_name']!r} (fingerprint {row['fingerprint']}) of execution "
+                f"{row['id']} is not registered in this process: import the module that defines "
+                "and commits it, or pass it to SagaManager(sagas=[...]); a changed definition "
+                "has a new fingerprint and cannot resume executions of the old one"
+            )
+        return SagaExecution.from_state(
+            definition,
+            UUID(str(row["id"])),
+            codec.loads(row["context"]),
+            SagaStatus(row["status"]),
+            _state(row),
+            parse_timestamp(row["created_at"]),
+            parse_timestamp(row["updated_at"]),
+        )
+
+    def load_sync(self, uuid: UUID | str) -> SagaExecutionSummary:
+        """The stored execution as a summary (the CLI's ``show`` and ``context``)."""
+        return _summary(self._row(uuid))
+
+    def list_executions(
+        self, status: SagaStatus | str | None = None, limit: int = 50
+    ) -> list[SagaExecutionSummary]:
+        """Stored executions, newest first, optionally of one status."""
+        with self.db.read() as tx:
+            if status is None:
+                rows = tx.fetch_all("saga_list_executions", {"limit": limit})
+            else:
+                value = status.value if isinstance(status, SagaStatus) else str(status)
+                rows = tx.fetch_all(
+                    "saga_list_executions_by_status", {"status": value, "limit": limit}
+                )
+        return [_summary(row) for row in rows]
+
+    def _row(self, uuid: UUID | str) -> Row:
+        key = _as_uuid(uuid)
+        with self.db.read() as tx:
+            row = tx.fetch_one("saga_get_execution", {"id": str(key)})
+        if row is None:
+            raise SagaExecutionNotFoundException(f"no saga execution has the uuid {key}")
+        return row
+
+
+def _as_uuid(value: Any) -> UUID:
+    try:
+        return value if isinstance(value, UUID) else UUID(str(value))
+    except ValueError:
+        raise SagaExecutionNotFoundException(f"{value!r} is not a saga execution uuid") from None
+
+
+def _state(row: Row) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads(row["state"])
+    return state
+
+
+def _summary(row: Row) -> SagaExecutionSummary:
+    state = _state(row)
+    created = parse_timestamp(row["created_at"])
+    updated = parse_timestamp(row["updated_at"])
+    assert created is not None
+    assert updated is not None
+    return SagaExecutionSummary(
+        id=UUID(str(row["id"])),
+        saga_name=row["saga_name"],
+        fingerprint=row["fingerprint"],
+        status=SagaStatus(row["status"]),
+        context=SagaContext._from_data(codec.loads(row["context"])),
+        steps=[SagaStepRecord.from_state(step) for step in state.get("steps", [])],
+        error=row["error_details"],
+        rollback_errors=list(state.get("rollback_errors", [])),
+        created_at=created,
+        updated_at=updated,
+    )
