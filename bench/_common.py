@@ -33,6 +33,7 @@ def parse_args(workloads: list[str]) -> argparse.Namespace:
     parser.add_argument("--sync", choices=["default", "full"], default="default")
     parser.add_argument("--mode", choices=["concurrent", "sequential"], default="concurrent")
     parser.add_argument("--postgres", metavar="URL", help="run on a fresh database on this server")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (workers)")
     return parser.parse_args()
 
 

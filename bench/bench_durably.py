@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -129,5 +134,63 @@ def merge(args: argparse.Namespace) -> _common.Result:
     return {**out, "how": f"{n} tasks writing {keys} keys each -> 1 task merging them"}
 
 
+def _fanout_workflow(n: int) -> Workflow:
+    wf = Workflow(f"workers_fanout{n}")
+    wf.task(name="start")(_setter("start", 0))
+    middles = [f"m{i}" for i in range(n)]
+    for i, name in enumerate(middles):
+        wf.task(name=name, dependencies=["start"])(_setter(name, i))
+    wf.task(name="end", dependencies=middles)(_counter("m"))
+    return wf
+
+
+def serve(url: str, n: int) -> None:
+    """A worker process: what `durably worker` does, for the workflow the driver queues."""
+    engine = Engine(url)
+    engine.register(_fanout_workflow(n))
+    worker = engine.worker(concurrency=4)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    worker.run()
+    engine.close()
+
+
+def workers(args: argparse.Namespace) -> _common.Result:
+    """Executions queued with `start` and run by `--workers` worker processes (PostgreSQL)."""
+    if not args.postgres:
+        raise SystemExit("the workers workload needs --postgres")
+    n, executions = args.tasks, args.executions
+    wf = _fanout_workflow(n)
+    with _common.temp_postgres_database(args.postgres) as url, Engine(url) as engine:
+        engine.register(wf)
+        here = os.path.dirname(os.path.abspath(__file__))
+        code = (
+            f"import sys; sys.path.insert(0, {here!r}); import bench_durably as b; "
+            f"b.serve({url!r}, {n})"
+        )
+        procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(args.workers)]
+        try:
+            time.sleep(2.0)  # imports and connections are not the figure
+            start = time.perf_counter()
+            ids = [engine.start(wf, Context(execution=i)) for i in range(executions)]
+            for execution_id in ids:
+                result = engine.wait(execution_id, timeout=600)
+                if result.status != "completed":
+                    raise SystemExit(f"execution {result.status}: {result.error}")
+            wall = time.perf_counter() - start
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(timeout=60)
+        durability = _common.postgres_settings(url)
+    out = {**_common.rates(n + 2, executions, wall), "durability": durability}
+    how = f"{executions} x (start -> {n} -> end) queued, {args.workers} worker processes"
+    return {**out, "how": how}
+
+
 if __name__ == "__main__":
-    _common.main("durably", {"chain": chain, "fanout": fanout, "merge": merge}, module="durably")
+    _common.main(
+        "durably",
+        {"chain": chain, "fanout": fanout, "merge": merge, "workers": workers},
+        module="durably",
+    )

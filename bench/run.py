@@ -164,8 +164,22 @@ def benches(postgres: str | None) -> list[Bench]:
                 [*rate, TX, STATEMENTS, PEAK],
             )
         )
-        # TODO(PostgreSQL issue): tasks/s with 1, 2 and 4 `durably worker` processes sharing
-        # one PostgreSQL database arrives with the PostgreSQL issue; not implemented here.
+        for count in (1, 2, 4):
+            out.append(
+                Bench(
+                    f"PostgreSQL workers: {count} process(es), 5 x (1 -> 100 -> 1) queued",
+                    {
+                        "durably": [
+                            "workers",
+                            "--tasks=100",
+                            "--executions=5",
+                            f"--workers={count}",
+                            *pg,
+                        ]
+                    },
+                    [*rate],
+                )
+            )
     return out
 
 

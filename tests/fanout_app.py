@@ -27,7 +27,7 @@ def split(ctx: Context, handle) -> None:  # type: ignore[no-untyped-def]
 def _branch(i: int):  # type: ignore[no-untyped-def]
     def branch(ctx: Context, handle) -> None:  # type: ignore[no-untyped-def]
         mark(f"b{i}", handle.attempt)
-        time.sleep(0.002)
+        time.sleep(0.02)
         ctx[f"b{i}"] = i
 
     return branch
@@ -46,4 +46,5 @@ def join(ctx: Context, handle) -> None:  # type: ignore[no-untyped-def]
 if __name__ == "__main__":
     engine = Engine(sys.argv[1], lease=float(os.environ.get("DURABLY_LEASE", "30")))
     engine.register(fanout)
+    mark("worker-ready", 0)
     engine.worker(concurrency=4).run()

@@ -61,6 +61,7 @@ class Executor:
         self.concurrency = concurrency
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def can_inline(self, task: Task) -> bool:
@@ -133,7 +134,7 @@ class Executor:
                     target=loop.run_forever, name="durably-async", daemon=True
                 )
                 thread.start()
-                self._loop = loop
+                self._loop, self._loop_thread = loop, thread
             return self._loop
 
     def close(self) -> None:
@@ -141,6 +142,15 @@ class Executor:
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._loop.stop)
-                self._loop = None
+            loop, thread = self._loop, self._loop_thread
+            self._loop = self._loop_thread = None
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is threading.current_thread():
+            return
+        # Close the loop once it stopped (an unclosed loop leaks its self-pipe sockets); a
+        # coroutine blocking the loop thread keeps it open rather than hanging close().
+        thread.join(timeout=2.0)
+        if not thread.is_alive():
+            loop.close()

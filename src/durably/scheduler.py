@@ -24,7 +24,6 @@ from .exceptions import (
     ContextError,
     NonRetryable,
     TaskReturnError,
-    WorkflowError,
 )
 from .executor import TaskHandle, run_inline
 from .merge import latest_wins, merge
@@ -111,10 +110,7 @@ class Run:
         self.outputs = outputs
         self.patches = patches or {}
         self.dependents = wf.dependents()
-        self.remaining = {
-            name: sum(self.tasks[dep].status not in TASK_TERMINAL for dep in task.dependencies)
-            for name, task in wf.tasks.items()
-        }
+        self.remaining = self.count_remaining()
         self.inputs: dict[str, dict[str, Any]] = {}
         self.cancelled = False
         self.finished = False
@@ -122,6 +118,19 @@ class Run:
         self.claims = True
         self.made_ready = False
         self.max_context_bytes = engine.max_context_bytes
+
+    def count_remaining(self) -> dict[str, int]:
+        """Per loaded task, how many of its dependencies are not terminal yet. A worker loads
+        only the tasks one completion touches; their dependencies are loaded with them."""
+        tasks = self.tasks
+        return {
+            name: sum(
+                tasks[dep].status not in TASK_TERMINAL
+                for dep in self.wf.tasks[name].dependencies
+                if dep in tasks
+            )
+            for name in tasks
+        }
 
     # -- pure rules ----------------------------------------------------------------------------
 
@@ -171,7 +180,7 @@ class Run:
         try:
             data = self.input_for(name)
             runs = should_run(task.trigger, statuses, data)
-        except (WorkflowError, ContextError) as exc:
+        except Exception as exc:  # a conflict, a bad condition, or a user merge callable
             return FAILED, describe(exc)
         if not runs:
             return SKIPPED, f"trigger {task.trigger.to_json()} not met by dependencies {statuses}"
@@ -464,10 +473,7 @@ class Run:
         for row in rows:
             self.tasks[row["task_name"]] = TaskState.from_row(row)
         self.outputs = {row["task_name"]: row["value"] for row in outputs}
-        self.remaining = {
-            name: sum(self.tasks[dep].status not in TASK_TERMINAL for dep in task.dependencies)
-            for name, task in self.wf.tasks.items()
-        }
+        self.remaining = self.count_remaining()
 
     def compensate_and_finish(self) -> None:
         """Run pending compensations (each recorded durably), then write the outcome."""

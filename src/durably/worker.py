@@ -13,12 +13,15 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import codec
 from .exceptions import StoreError
 from .results import NOT_STARTED, READY, RUNNING, TASK_TERMINAL
-from .scheduler import Run, describe, load_run
-from .store import Tx, timestamp
+from .scheduler import Run, TaskState, describe, load_run
+from .store import Row, Tx, timestamp
+from .workflow import Workflow
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -109,9 +112,11 @@ class Worker:
     # -- one task ------------------------------------------------------------------------------
 
     def _claim(self) -> tuple[Run, str, int] | None:
+        """Claim one ready task and load just what it needs: its dependencies' statuses and
+        outputs (or the initial context), in the claim's own transaction."""
         names = json.dumps([f"{name}@{version}" for name, version in self.engine._workflows])
         while True:
-            job = None
+            job = done = None
             with self.store.transaction() as tx:
                 row = tx.fetch_one(
                     "claim_task",
@@ -119,28 +124,82 @@ class Worker:
                 )
                 if row is None:
                     return None
-                run = self._load(tx, str(row["pipeline_execution_id"]))
-                name, attempt = row["task_name"], row["attempt"]
+                execution_id, name = str(row["pipeline_execution_id"]), row["task_name"]
+                execution = tx.fetch_one("get_execution", {"id": execution_id})
+                assert execution is not None
+                wf = self.engine._workflow(
+                    execution["pipeline_name"], execution["pipeline_version"]
+                )
+                deps = wf.tasks[name].dependencies
+                run = self._partial(
+                    tx,
+                    wf,
+                    execution,
+                    [name, *deps],
+                    outputs=deps,
+                    patches=_patch(name, row),
+                    with_initial=not deps,
+                )
                 verdict, detail = run.evaluate(name)
                 if verdict == "run":
                     run.inputs[name] = detail
-                    job = run, name, attempt
+                    job = run, name, row["attempt"]
                 else:
                     # Settled without running (skipped by its trigger, or its input failed).
-                    run.settle(tx, name, verdict, detail, timestamp())
-                    self._after(tx, run)
+                    around = self._around(tx, wf, execution, name, run.patches)
+                    around.settle(tx, name, verdict, detail, timestamp())
+                    done = self._after(tx, around, execution)
             if job is not None:
                 self._active.add(run.tasks[name].id)  # only once the claim is committed
                 return job
-            self._finish_if_done(run)
+            self._finish_if_done(done)
 
-    def _load(self, tx: Tx, execution_id: str) -> Run:
-        row = tx.fetch_one("get_execution", {"id": execution_id})
-        assert row is not None
-        wf = self.engine._workflow(row["pipeline_name"], row["pipeline_version"])
-        run = load_run(self.engine, tx, wf, row, self.engine._patches(tx, execution_id))
+    def _partial(
+        self,
+        tx: Tx,
+        wf: Workflow,
+        execution: Row,
+        names: Sequence[str],
+        *,
+        outputs: Sequence[str] = (),
+        patches: dict[str, dict[str, Any]] | None = None,
+        with_initial: bool = False,
+    ) -> Run:
+        """A Run holding only the named tasks (fresh from the database), the named outputs,
+        and the initial context when asked."""
+        execution_id = str(execution["id"])
+        states = tx.fetch_all("get_task_states", {"id": execution_id, "names": json.dumps(names)})
+        initial = "{}"
+        if with_initial:
+            row = tx.fetch_one("get_context", {"id": str(execution["context_id"])})
+            assert row is not None
+            initial = row["value"]
+        values = (
+            tx.fetch_all("get_named_outputs", {"id": execution_id, "names": json.dumps(outputs)})
+            if outputs
+            else []
+        )
+        run = Run(
+            self.engine,
+            wf,
+            execution_id,
+            initial,
+            [TaskState.from_row(state) for state in states],
+            {value["task_name"]: value["value"] for value in values},
+            patches,
+        )
         run.claims = False
         return run
+
+    def _around(
+        self, tx: Tx, wf: Workflow, execution: Row, name: str, patches: dict[str, dict[str, Any]]
+    ) -> Run:
+        """The tasks a change of ``name`` can affect: it, its dependents, and theirs."""
+        children = wf.dependents()[name]
+        touched = dict.fromkeys([name, *children])
+        for child in children:
+            touched.update(dict.fromkeys(wf.tasks[child].dependencies))
+        return self._partial(tx, wf, execution, list(touched), patches=patches)
 
     def _complete(
         self,
@@ -152,14 +211,16 @@ class Worker:
     ) -> None:
         if error is not None and not isinstance(error, Exception):
             raise error
+        done = None
         with self.store.transaction() as tx:
+            # Other workers may have finished siblings since the claim: read the statuses
+            # under the execution's lock so exactly one completion marks a dependent ready.
             tx.fetch_one("lock_execution", {"id": run.id})
-            # Other workers may have finished siblings since the claim: refresh statuses
-            # under the lock so exactly one completion marks a shared dependent ready.
-            fresh = self._refresh(tx, run)
+            execution = {"id": run.id, "context_id": None}
+            fresh = self._around(tx, run.wf, execution, name, run.patches)
             recorded = fresh.record(tx, name, attempt, output, error) is not None
             if recorded:
-                self._after(tx, fresh)
+                done = self._after(tx, fresh, None)
         self._active.discard(run.tasks[name].id)
         if not recorded:
             log.warning(
@@ -170,24 +231,28 @@ class Worker:
             )
             return
         self.completed += 1
-        self._finish_if_done(fresh)
+        self._finish_if_done(done)
 
-    def _refresh(self, tx: Tx, run: Run) -> Run:
-        row = tx.fetch_one("get_execution", {"id": run.id})
-        assert row is not None
-        fresh = load_run(self.engine, tx, run.wf, row, run.patches)
-        fresh.claims = False
-        return fresh
-
-    def _after(self, tx: Tx, run: Run) -> None:
+    def _after(self, tx: Tx, run: Run, execution: Row | None) -> Run | None:
+        """Wake other workers for what became ready; when nothing is left to run, load the
+        whole execution and finish it (here, unless compensations must run first)."""
         if run.made_ready:
             tx.execute("notify_work", {})
-        if run.all_done() and not run.needs_compensation():
-            run.finish(tx)
-            run.finished = True
+        left = tx.fetch_one("count_unfinished", {"id": run.id})
+        if left is None or left["unfinished"]:
+            return None
+        if execution is None or execution["context_id"] is None:
+            execution = tx.fetch_one("get_execution", {"id": run.id})
+            assert execution is not None
+        whole = load_run(self.engine, tx, run.wf, execution, run.patches)
+        whole.claims = False
+        if not whole.needs_compensation():
+            whole.finish(tx)
+            whole.finished = True
+        return whole
 
-    def _finish_if_done(self, run: Run) -> None:
-        if not run.all_done() or run.finished:
+    def _finish_if_done(self, run: Run | None) -> None:
+        if run is None or run.finished:
             return
         # Compensations run once: only the worker that claims the execution runs them.
         with self.store.transaction() as tx:
@@ -246,7 +311,9 @@ class Worker:
                 row = tx.fetch_one("get_execution", {"id": execution_id})
                 if row is None or row["status"] != RUNNING or row["claimed_by"] is not None:
                     return
-                run = self._load(tx, execution_id)
+                wf = self.engine._workflow(row["pipeline_name"], row["pipeline_version"])
+                run = load_run(self.engine, tx, wf, row, self.engine._patches(tx, execution_id))
+                run.claims = False
                 now = timestamp()
                 for name, state in run.tasks.items():
                     if state.status in TASK_TERMINAL:
@@ -258,7 +325,7 @@ class Worker:
                         tx.execute("mark_ready", {"id": state.id, "now": now})
                         state.status = READY
                         run.made_ready = True
-                self._after(tx, run)
+                done = self._after(tx, run, row)
         except Exception as exc:  # one broken execution must not stop the sweeper
             log.error(
                 "cannot reconcile execution %s: %s",
@@ -267,4 +334,11 @@ class Worker:
                 extra={"action": "reconcile_failed"},
             )
             return
-        self._finish_if_done(run)
+        self._finish_if_done(done)
+
+
+def _patch(name: str, claimed: Row) -> dict[str, dict[str, Any]]:
+    """A fork's context patch for the claimed task, stored in its configuration."""
+    config = json.loads(claimed["task_configuration"] or "{}")
+    patch = config.get("context_patch")
+    return {name: codec.loads(patch)} if patch else {}

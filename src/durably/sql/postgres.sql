@@ -26,4 +26,17 @@ WHERE id = (
     LIMIT 1
     FOR UPDATE OF t SKIP LOCKED
 )
-RETURNING id, pipeline_execution_id, task_name, attempt;
+RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration;
+
+-- name: get_task_states
+-- The named tasks of an execution (a JSON array of names): one query, however many.
+SELECT id, task_name, status, attempt, retry_at, claimed_by, error_details, compensation_status
+FROM task_executions
+WHERE pipeline_execution_id = :id
+  AND task_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb)));
+
+-- name: get_named_outputs
+SELECT m.task_name, c.value
+FROM task_execution_metadata m JOIN contexts c ON c.id = m.context_id
+WHERE m.pipeline_execution_id = :id
+  AND m.task_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb)));

@@ -220,7 +220,7 @@ WHERE id = (
     ORDER BY t.created_at, t.position
     LIMIT 1
 )
-RETURNING id, pipeline_execution_id, task_name, attempt;
+RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration;
 
 -- name: release_claim
 -- A stopping worker hands back a task it claimed but did not start.
@@ -233,3 +233,7 @@ WHERE id = :id AND claimed_by = :worker AND status = 'running';
 SELECT t.id, t.task_name, t.claimed_by, t.recovery_attempts
 FROM task_executions t JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
 WHERE t.claimed_by = :worker AND t.status = 'running' AND p.claimed_by IS NULL;
+
+-- name: count_unfinished
+SELECT count(*) AS unfinished FROM task_executions
+WHERE pipeline_execution_id = :id AND status IN ('not_started', 'ready', 'running');
