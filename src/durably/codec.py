@@ -26,7 +26,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
 from typing import Any, TypeVar
@@ -147,7 +147,24 @@ def _encode_set(value: set[Any] | frozenset[Any]) -> Any:
     return {TAG: type(value).__name__, "v": _encode_items(items)}
 
 
+def _split_offset(kind: str, value: datetime | time) -> dict[str, Any] | None:
+    # Python 3.11's fromisoformat drops an offset's microseconds: keep such offsets apart.
+    offset = value.utcoffset()
+    if offset is None or not offset.microseconds:
+        return None
+    naive = value.replace(tzinfo=None).isoformat()
+    return {TAG: kind, "v": naive, "off": [offset.days, offset.seconds, offset.microseconds]}
+
+
+def _with_offset(value: Any, obj: dict[str, Any]) -> Any:
+    if "off" not in obj:
+        return value
+    return value.replace(tzinfo=timezone(timedelta(*obj["off"])))
+
+
 def _encode_datetime(value: datetime) -> dict[str, Any]:
+    if not isinstance(value.tzinfo, ZoneInfo) and (split := _split_offset("datetime", value)):
+        return split
     out = {TAG: "datetime", "v": value.isoformat()}
     if isinstance(value.tzinfo, ZoneInfo) and value.tzinfo.key:
         out["tz"] = value.tzinfo.key  # the offset alone would lose the zone's DST rules
@@ -157,7 +174,7 @@ def _encode_datetime(value: datetime) -> dict[str, Any]:
 def _encode_time(value: time) -> dict[str, Any]:
     if value.tzinfo is not None and value.utcoffset() is None:
         raise _Unencodable(f"a time with tzinfo {value.tzinfo!r} has no fixed UTC offset")
-    return {TAG: "time", "v": value.isoformat()}
+    return _split_offset("time", value) or {TAG: "time", "v": value.isoformat()}
 
 
 _SCALAR_ENCODERS: dict[type, Callable[[Any], Any]] = {
@@ -341,7 +358,7 @@ def _decode_dataclass(obj: dict[str, Any]) -> Any:
 
 
 def _decode_datetime(obj: dict[str, Any]) -> datetime:
-    value = datetime.fromisoformat(obj["v"])
+    value = _with_offset(datetime.fromisoformat(obj["v"]), obj)
     if "tz" not in obj:
         return value
     # Keep the wall time (it may fall in a DST gap); the offset tells which of two equal wall
@@ -359,7 +376,7 @@ def _decode_float(obj: dict[str, Any]) -> float:
 _DECODERS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "datetime": _decode_datetime,
     "date": lambda o: date.fromisoformat(o["v"]),
-    "time": lambda o: time.fromisoformat(o["v"]),
+    "time": lambda o: _with_offset(time.fromisoformat(o["v"]), o),
     "timedelta": lambda o: timedelta(*o["v"]),
     "uuid": lambda o: UUID(o["v"]),
     "decimal": lambda o: Decimal(o["v"]),

@@ -237,3 +237,15 @@ WHERE t.claimed_by = :worker AND t.status = 'running' AND p.claimed_by IS NULL;
 -- name: count_unfinished
 SELECT count(*) AS unfinished FROM task_executions
 WHERE pipeline_execution_id = :id AND status IN ('not_started', 'ready', 'running');
+
+-- name: get_task_states
+-- The named tasks of an execution (a JSON array of names): one query, however many.
+-- json_each is SQLite; PostgreSQL overrides with jsonb_array_elements_text.
+SELECT id, task_name, status, attempt, retry_at, claimed_by, error_details, compensation_status
+FROM task_executions
+WHERE pipeline_execution_id = :id AND task_name IN (SELECT value FROM json_each(:names));
+
+-- name: get_named_outputs
+SELECT m.task_name, c.value
+FROM task_execution_metadata m JOIN contexts c ON c.id = m.context_id
+WHERE m.pipeline_execution_id = :id AND m.task_name IN (SELECT value FROM json_each(:names));
