@@ -961,3 +961,80 @@ def test_run_async(engine: Engine) -> None:
     assert one.context == {"n": 1, "fetched": 2, "done": True}
     assert two.context == {"n": 2, "fetched": 4, "done": True}
     assert one.execution_id != two.execution_id
+
+
+def test_a_failure_handler_receives_what_the_failed_task_received(engine: Engine) -> None:
+    wf = Workflow("handler_gets_passed_on_context")
+
+    @wf.task()
+    def prepare(ctx: Context) -> None:
+        ctx["prepared"] = True
+
+    @wf.task(dependencies=[prepare])
+    def charge(ctx: Context) -> None:
+        ctx["charged"] = True
+        raise NonRetryable("card declined")
+
+    seen: list[dict[str, object]] = []
+
+    @wf.task(dependencies=[charge], trigger="one_failed")
+    def alert(ctx: Context) -> None:
+        seen.append(ctx.to_dict())
+
+    result = engine.run(wf, {"order": 5})
+    assert result.status == "failed"
+    assert result.tasks["alert"].status == "completed"
+    # The failed task saved nothing: its input (not its half-made changes) is passed on.
+    assert seen == [{"order": 5, "prepared": True}]
+
+
+def test_retry_reruns_compensated_tasks_and_what_follows(engine: Engine) -> None:
+    wf = Workflow("retry_after_compensation")
+    runs: list[str] = []
+    undone: list[str] = []
+    fail = {"ship": True}
+
+    @wf.task(compensate=lambda ctx: undone.append("reserve"))
+    def reserve(ctx: Context) -> None:
+        runs.append("reserve")
+
+    @wf.task()
+    def audit(ctx: Context) -> None:
+        runs.append("audit")  # no compensation: kept by retry
+
+    @wf.task(dependencies=[reserve, audit])
+    def ship(ctx: Context) -> None:
+        runs.append("ship")
+        if fail["ship"]:
+            raise NonRetryable("no truck")
+
+    first = engine.run(wf, {})
+    assert first.status == "failed"
+    assert undone == ["reserve"]
+    fail["ship"] = False
+    runs.clear()
+    second = engine.retry(first.execution_id)
+    assert second.status == "completed"
+    assert sorted(runs) == ["reserve", "ship"]  # the undone step runs again, audit is kept
+    assert second.tasks["reserve"].compensation is None
+
+
+def test_a_function_declared_twice_is_an_ambiguous_dependency() -> None:
+    wf = Workflow("ambiguous_function")
+
+    def step(ctx: Context) -> None:
+        pass
+
+    wf.task(name="a")(step)
+    wf.task(name="b")(step)
+    with pytest.raises(WorkflowDefinitionError, match="several tasks"):
+        wf.task(name="c", dependencies=[step])(lambda ctx: None)
+
+
+def test_a_bare_decorator_gets_a_clear_error() -> None:
+    wf = Workflow("bare_decorator")
+    with pytest.raises(WorkflowDefinitionError, match=r"task\(\) with parentheses"):
+
+        @wf.task  # type: ignore[arg-type]
+        def step(ctx: Context) -> None:
+            pass

@@ -156,7 +156,10 @@ def _split_offset(kind: str, value: datetime | time) -> dict[str, Any] | None:
     return {TAG: kind, "v": naive, "off": [offset.days, offset.seconds, offset.microseconds]}
 
 
-def _with_offset(value: Any, obj: dict[str, Any]) -> Any:
+_Moment = TypeVar("_Moment", datetime, time)
+
+
+def _with_offset(value: _Moment, obj: dict[str, Any]) -> _Moment:
     if "off" not in obj:
         return value
     return value.replace(tzinfo=timezone(timedelta(*obj["off"])))

@@ -521,7 +521,8 @@ class Engine:
 
     def retry(self, execution_id: UUID | str) -> ExecutionResult:
         """Run the failed, skipped and abandoned tasks of a failed or cancelled execution
-        again, keeping completed ones, and return when it is terminal."""
+        again, keeping completed ones, and return when it is terminal. A completed task whose
+        compensation ran was undone, so it runs again too, with every task after it."""
         key = _as_id(execution_id)
         with self.store.transaction() as tx:
             row = self._execution_row(tx, key)
@@ -530,11 +531,18 @@ class Engine:
                     f"execution {key} is {row['status']}: only failed or cancelled "
                     "executions can be retried"
                 )
-            self._workflow(row["pipeline_name"], row["pipeline_version"])
+            wf = self._workflow(row["pipeline_name"], row["pipeline_version"])
             now = timestamp()
-            for task in tx.fetch_all("get_tasks", {"id": key}):
-                if task["status"] in (FAILED, SKIPPED, ABANDONED):
-                    tx.execute("reset_task", {"id": str(task["id"]), "now": now})
+            tasks = {task["task_name"]: task for task in tx.fetch_all("get_tasks", {"id": key})}
+            again: set[str] = set()
+            for name, task in tasks.items():
+                if task["status"] in (FAILED, SKIPPED, ABANDONED) or (
+                    task["compensation_status"] == COMPLETED
+                ):
+                    again |= _downstream(wf, name)
+            for name in again:
+                tx.execute("reset_task", {"id": str(tasks[name]["id"]), "now": now})
+                tx.execute("delete_output", {"id": key, "name": name})
             tx.execute("reopen_execution", {"id": key, "status": RUNNING, "now": now})
         return self.resume(key)
 

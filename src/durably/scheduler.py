@@ -135,21 +135,24 @@ class Run:
     # -- pure rules ----------------------------------------------------------------------------
 
     def input_for(self, name: str) -> dict[str, Any]:
-        """The context a task receives (SPEC §3.1 rules 2-6); a fresh copy every time."""
+        """The context a task receives (SPEC §3.1 rules 2-6); a fresh copy every time.
+
+        A dependency that did not complete (a task run by ``all_done`` or ``one_failed``)
+        passes on the context it received, so a failure handler still sees what came before.
+        """
         task = self.wf.tasks[name]
         if not task.dependencies:
             data = codec.loads(self.initial)
         else:
-            inputs = [
-                (dep, codec.loads(self.outputs[dep]))
-                for dep in task.dependencies
-                if dep in self.outputs
-            ]
-            data = merge(task.merge, inputs) if inputs else {}
+            data = merge(task.merge, [(dep, self._passed_on(dep)) for dep in task.dependencies])
         patch = self.patches.get(name)
         if patch:
             data.update(patch)
         return data
+
+    def _passed_on(self, name: str) -> dict[str, Any]:
+        value = self.outputs.get(name)
+        return codec.loads(value) if value is not None else self.input_for(name)
 
     def final_context(self) -> dict[str, Any]:
         """The leaves' outputs merged in declaration order (rule 8). When a leaf did not
@@ -176,14 +179,18 @@ class Run:
         """For a task whose dependencies are all done: ``("run", input data)``, or
         ``(SKIPPED | FAILED, reason)`` when it is settled without running."""
         task = self.wf.tasks[name]
+        rule = task.trigger
         statuses = [self.tasks[dep].status for dep in task.dependencies]
+        skipped = SKIPPED, f"trigger {rule.to_json()} not met by dependencies {statuses}"
+        # Decide on statuses alone when the rule allows: a skipped task needs no input.
+        if not rule.uses_context and not should_run(rule, statuses, {}):
+            return skipped
         try:
             data = self.input_for(name)
-            runs = should_run(task.trigger, statuses, data)
+            if rule.uses_context and not should_run(rule, statuses, data):
+                return skipped
         except Exception as exc:  # a conflict, a bad condition, or a user merge callable
             return FAILED, describe(exc)
-        if not runs:
-            return SKIPPED, f"trigger {task.trigger.to_json()} not met by dependencies {statuses}"
         return "run", data
 
     def decide(self, tx: Tx, name: str, now: str) -> list[str]:

@@ -24,6 +24,7 @@ class TriggerRule:
     """Base of every rule; instances are immutable and serializable to JSON."""
 
     uses_status = False
+    uses_context = False
 
     def evaluate(self, statuses: Sequence[str], context: Mapping[str, Any]) -> bool:
         raise NotImplementedError
@@ -86,6 +87,7 @@ class When(TriggerRule):
     key: str
     op: str
     value: Any = None
+    uses_context = True
 
     def evaluate(self, statuses: Sequence[str], context: Mapping[str, Any]) -> bool:
         if self.op == "exists":
@@ -125,6 +127,10 @@ class Combined(TriggerRule):
     @property
     def uses_status(self) -> bool:  # type: ignore[override]
         return any(rule.uses_status for rule in self.rules)
+
+    @property
+    def uses_context(self) -> bool:  # type: ignore[override]
+        return any(rule.uses_context for rule in self.rules)
 
     def evaluate(self, statuses: Sequence[str], context: Mapping[str, Any]) -> bool:
         results = (rule.evaluate(statuses, context) for rule in self.rules)

@@ -140,6 +140,11 @@ class Worker:
                     patches=_patch(name, row),
                     with_initial=not deps,
                 )
+                if any(dep not in run.outputs for dep in deps):
+                    # A dependency that did not complete passes on its own input: that needs
+                    # the whole execution (rare: only after a failure or a skip).
+                    run = load_run(self.engine, tx, wf, execution, run.patches)
+                    run.claims = False
                 verdict, detail = run.evaluate(name)
                 if verdict == "run":
                     run.inputs[name] = detail

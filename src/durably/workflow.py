@@ -72,7 +72,7 @@ class Workflow:
             raise WorkflowDefinitionError("a workflow needs a non-empty str name")
         self.name = name
         self.tasks: dict[str, Task] = {}
-        self._by_fn: dict[Any, str] = {}
+        self._by_fn: dict[Any, str | None] = {}
         self._checked: tuple[str, ...] | None = None
         self._version: str | None = None
         with _registry_lock:
@@ -94,6 +94,11 @@ class Workflow:
         compensate: Callable[..., Any] | None = None,
     ) -> Callable[[TaskFn], TaskFn]:
         """Declare the decorated function as a task; it is returned unchanged."""
+        if callable(name):
+            raise WorkflowDefinitionError(
+                f"write @{self.name}.task() with parentheses (got the function "
+                f"{getattr(name, '__name__', name)!r} as the task name)"
+            )
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise WorkflowDefinitionError("task name must be a non-empty str")
         if isinstance(dependencies, str) or not isinstance(dependencies, Sequence):
@@ -145,7 +150,8 @@ class Workflow:
                 is_async=inspect.iscoroutinefunction(fn),
                 wants_handle=_wants_handle(fn, f"task {task_name!r}"),
             )
-            self._by_fn[fn] = task_name
+            # A function declared under two names cannot stand for either as a dependency.
+            self._by_fn[fn] = None if fn in self._by_fn else task_name
             self._checked = self._version = None
             return fn
 
@@ -156,9 +162,16 @@ class Workflow:
             return dep
         if callable(dep):
             try:
-                return self._by_fn[dep]
+                found = self._by_fn[dep]
             except (KeyError, TypeError):
                 pass
+            else:
+                if found is None:
+                    raise WorkflowDefinitionError(
+                        f"{getattr(dep, '__name__', dep)!r} is declared as several tasks: "
+                        "name the dependency with a string"
+                    )
+                return found
             raise WorkflowDefinitionError(
                 f"dependency {getattr(dep, '__name__', dep)!r} is not a task of workflow "
                 f"{self.name!r}: declare it first, or name it with a string"

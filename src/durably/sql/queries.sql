@@ -156,12 +156,16 @@ SET status = 'skipped', completed_at = :now, error_details = 'cancelled', claime
 WHERE pipeline_execution_id = :id AND status IN ('not_started', 'ready');
 
 -- name: reset_task
--- retry(): a failed, skipped or abandoned task runs again with a fresh attempt budget.
+-- retry(): a task runs again with a fresh attempt budget (failed, skipped, abandoned, or
+-- completed and then compensated, or after one of those).
 UPDATE task_executions
 SET status = 'not_started', attempt = 0, retry_at = NULL, error_details = NULL,
     completed_at = NULL, claimed_by = NULL, compensation_status = NULL,
     compensation_error = NULL, updated_at = :now
-WHERE id = :id AND status IN ('failed', 'skipped', 'abandoned');
+WHERE id = :id AND status IN ('failed', 'skipped', 'abandoned', 'completed');
+
+-- name: delete_output
+DELETE FROM task_execution_metadata WHERE pipeline_execution_id = :id AND task_name = :name;
 
 -- name: reopen_execution
 UPDATE pipeline_executions
