@@ -235,7 +235,7 @@ class Engine:
         with self.store.transaction() as tx:
             execution_id, states = self._create(tx, wf, initial, claimed=True)
             run = Run(self, wf, execution_id, initial, states, {})
-            first = self._first(tx, run)
+            first = run.start_ready(tx)
         return self._drive(run, first)
 
     def start(self, wf: Workflow, context: Context | Mapping[str, Any] | None = None) -> UUID:
@@ -251,18 +251,6 @@ class Engine:
     ) -> ExecutionResult:
         """``run`` without blocking the event loop (the engine's threads do the work)."""
         return await asyncio.to_thread(self.run, wf, context)
-
-    def _first(self, tx: Tx, run: Run) -> list[str]:
-        """Claim the tasks that can start now, in declaration order."""
-        now = timestamp()
-        dispatch: list[str] = []
-        for name in run.wf.tasks:
-            state = run.tasks[name]
-            if run.remaining[name] == 0 and state.status in (NOT_STARTED, READY):
-                if state.retry_at is None or state.retry_at <= time.time():
-                    state.retry_at = None
-                    dispatch.extend(run.decide(tx, name, now))
-        return dispatch
 
     def _drive(self, run: Run, first: list[str]) -> ExecutionResult:
         self._ensure_heartbeat()
@@ -298,7 +286,7 @@ class Engine:
                 wf = self._workflow(row["pipeline_name"], row["pipeline_version"])
                 self._take_over(tx, row)
                 run = load_run(self, tx, wf, row, self._patches(tx, key))
-                first = self._first(tx, run)
+                first = run.start_ready(tx)
         if run is None:
             return self.get(key)
         return self._drive(run, first)
@@ -603,7 +591,7 @@ class Engine:
                 )
             new_row = self._execution_row(tx, new_id)
             run = load_run(self, tx, wf, new_row, self._patches(tx, new_id))
-            first = self._first(tx, run)
+            first = run.start_ready(tx)
         return self._drive(run, first)
 
     def worker(self, concurrency: int | None = None, **options: Any) -> Worker:

@@ -379,7 +379,7 @@ class Run:
                     continue
             if self.cancelled and not running:
                 return
-            queue.extend(self._due_retries())
+            queue.extend(self._resume_ready())
             if queue or running:
                 continue
             if self.all_done() or self.cancelled:
@@ -436,42 +436,34 @@ class Run:
             return 0.5
         return max(0.0, min(min(pending) - time.time(), 0.5))
 
-    def _due_retries(self) -> list[str]:
+    def startable(self) -> list[str]:
+        """Tasks whose dependencies are done, not started, and not waiting for a retry; in
+        declaration order."""
         now = time.time()
-        due = [
-            s.name
-            for s in self.tasks.values()
-            if s.status == READY and s.retry_at is not None and s.retry_at <= now
+        return [
+            name
+            for name in self.wf.tasks
+            if (state := self.tasks[name]).status in (NOT_STARTED, READY)
+            and self.remaining[name] == 0
+            and (state.retry_at is None or state.retry_at <= now)
         ]
-        if not due:
-            return []
+
+    def start_ready(self, tx: Tx) -> list[str]:
+        """Claim (or settle) every startable task; return those to dispatch."""
+        stamp = timestamp()
         dispatch: list[str] = []
-        with self.store.transaction() as tx:
-            stamp = timestamp()
-            for name in due:
+        for name in self.startable():
+            # An earlier decision in this loop may have settled it already (a skip cascade).
+            if self.tasks[name].status in (NOT_STARTED, READY):
                 self.tasks[name].retry_at = None
                 dispatch.extend(self.decide(tx, name, stamp))
         return dispatch
 
     def _resume_ready(self) -> list[str]:
-        """Claim every task whose dependencies are done but which has not started."""
-        candidates = [
-            name
-            for name, state in self.tasks.items()
-            if state.status in (NOT_STARTED, READY)
-            and self.remaining[name] == 0
-            and (state.retry_at is None or state.retry_at <= time.time())
-        ]
-        if not candidates:
+        if not self.startable():
             return []
-        dispatch: list[str] = []
         with self.store.transaction() as tx:
-            stamp = timestamp()
-            for name in sorted(candidates, key=lambda n: self.wf.tasks[n].position):
-                if self.tasks[name].status in (NOT_STARTED, READY):
-                    self.tasks[name].retry_at = None
-                    dispatch.extend(self.decide(tx, name, stamp))
-        return dispatch
+            return self.start_ready(tx)
 
     def _reload(self) -> None:
         with self.store.read() as tx:

@@ -13,6 +13,10 @@ from . import sql
 from .exceptions import MigrationError, StoreConnectionError, StoreError
 from .store import Params, Row, Store, Tx, iter_statements
 
+VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version "
+    "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+)
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL", "extra": "EXTRA", "off": "OFF"}
 
 
@@ -170,9 +174,7 @@ def _migrate(conn: sqlite3.Connection) -> int:
         )
     if current == latest:
         return 0
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-    )
+    conn.execute(VERSION_TABLE)
     now = datetime.now(UTC).isoformat()
     if current == 0:
         # A fresh database gets the current schema in one go, as procrastinate does.
@@ -198,8 +200,6 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
 
 def apply_migrations_only(conn: sqlite3.Connection) -> None:
     """Build the schema from the migrations alone (the schema-equals-migrations test)."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-    )
+    conn.execute(VERSION_TABLE)
     for _version_number, script in sql.migrations("sqlite"):
         _run_script(conn, script)
