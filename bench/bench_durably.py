@@ -90,6 +90,16 @@ def _measure(args: argparse.Namespace, wf: Workflow, tasks: int, check: Any) -> 
     return out
 
 
+def _fanout_workflow(n: int) -> Workflow:
+    wf = Workflow(f"fanout{n}")
+    wf.task(name="start")(_setter("start", 0))
+    middles = [f"m{i}" for i in range(n)]
+    for i, name in enumerate(middles):
+        wf.task(name=name, dependencies=["start"])(_setter(name, i))
+    wf.task(name="end", dependencies=middles)(_counter("m"))
+    return wf
+
+
 def chain(args: argparse.Namespace) -> _common.Result:
     n = args.tasks
     wf = Workflow(f"chain{n}")
@@ -105,12 +115,7 @@ def chain(args: argparse.Namespace) -> _common.Result:
 
 def fanout(args: argparse.Namespace) -> _common.Result:
     n = args.tasks
-    wf = Workflow(f"fanout{n}")
-    wf.task(name="start")(_setter("start", 0))
-    middles = [f"m{i}" for i in range(n)]
-    for i, name in enumerate(middles):
-        wf.task(name=name, dependencies=["start"])(_setter(name, i))
-    wf.task(name="end", dependencies=middles)(_counter("m"))
+    wf = _fanout_workflow(n)
 
     def check(ctx: Context) -> None:
         assert ctx["count"] == n
@@ -132,16 +137,6 @@ def merge(args: argparse.Namespace) -> _common.Result:
 
     out = _measure(args, wf, n + 1, check)
     return {**out, "how": f"{n} tasks writing {keys} keys each -> 1 task merging them"}
-
-
-def _fanout_workflow(n: int) -> Workflow:
-    wf = Workflow(f"workers_fanout{n}")
-    wf.task(name="start")(_setter("start", 0))
-    middles = [f"m{i}" for i in range(n)]
-    for i, name in enumerate(middles):
-        wf.task(name=name, dependencies=["start"])(_setter(name, i))
-    wf.task(name="end", dependencies=middles)(_counter("m"))
-    return wf
 
 
 def serve(url: str, n: int) -> None:

@@ -408,29 +408,17 @@ def _version(conn: Connection) -> int:
 
 def _migrate(conn: Connection) -> int:
     """Apply what is missing, inside the caller's transaction."""
-    steps = sql.migrations("postgres")
-    latest = steps[-1][0] if steps else 0
-    current = _version(conn)
-    if current > latest:
-        raise MigrationError(
-            f"the database is at schema version {current}, newer than this durably ({latest})"
-        )
-    if current == latest:
+    scripts, versions = sql.plan("postgres", _version(conn))
+    if not versions:
         return 0
     conn.execute(_VERSION_TABLE)
-    if current == 0:
-        # A fresh database gets the current schema in one go, as procrastinate does.
-        _run_script(conn, sql.schema("postgres"))
-        with conn.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO schema_version (version) VALUES (%s)", [(v,) for v, _ in steps]
-            )
-        return len(steps)
-    pending = [(v, script) for v, script in steps if v > current]
-    for version, script in pending:
+    for script in scripts:
         _run_script(conn, script)
-        conn.execute("INSERT INTO schema_version (version) VALUES (%s)", [version])
-    return len(pending)
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO schema_version (version) VALUES (%s)", [(v,) for v in versions]
+        )
+    return len(versions)
 
 
 def _run_script(conn: Connection, script: str) -> None:

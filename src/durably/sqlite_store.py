@@ -165,32 +165,18 @@ def _version(conn: sqlite3.Connection) -> int:
 
 def _migrate(conn: sqlite3.Connection) -> int:
     """Apply what is missing, inside the caller's transaction."""
-    steps = sql.migrations("sqlite")
-    latest = steps[-1][0] if steps else 0
-    current = _version(conn)
-    if current > latest:
-        raise MigrationError(
-            f"the database is at schema version {current}, newer than this durably ({latest})"
-        )
-    if current == latest:
+    scripts, versions = sql.plan("sqlite", _version(conn))
+    if not versions:
         return 0
     conn.execute(VERSION_TABLE)
-    now = datetime.now(UTC).isoformat()
-    if current == 0:
-        # A fresh database gets the current schema in one go, as procrastinate does.
-        _run_script(conn, sql.schema("sqlite"))
-        conn.executemany(
-            "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-            [(version, now) for version, _ in steps],
-        )
-        return len(steps)
-    pending = [(v, script) for v, script in steps if v > current]
-    for version, script in pending:
+    for script in scripts:
         _run_script(conn, script)
-        conn.execute(
-            "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, now)
-        )
-    return len(pending)
+    now = datetime.now(UTC).isoformat()
+    conn.executemany(
+        "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+        [(version, now) for version in versions],
+    )
+    return len(versions)
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:

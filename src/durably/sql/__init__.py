@@ -12,6 +12,8 @@ import functools
 import re
 from importlib import resources
 
+from ..exceptions import MigrationError
+
 _BLOCK = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 SHARED_FILES = ("queries.sql", "saga.sql")
 DIALECTS = ("sqlite", "postgres")
@@ -61,3 +63,21 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
         if entry.name.endswith(".sql"):
             found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
     return sorted(found)
+
+
+def plan(dialect: str, current: int) -> tuple[list[str], list[int]]:
+    """What brings a database at schema version ``current`` up to date: the scripts to run
+    and the versions to record. A fresh database (version 0) gets the current schema in one
+    go, as procrastinate does; a newer database than this code is an error."""
+    steps = migrations(dialect)
+    latest = steps[-1][0] if steps else 0
+    if current > latest:
+        raise MigrationError(
+            f"the database is at schema version {current}, newer than this durably ({latest})"
+        )
+    if current == latest:
+        return [], []
+    if current == 0:
+        return [schema(dialect)], [version for version, _ in steps]
+    pending = [(version, script) for version, script in steps if version > current]
+    return [script for _, script in pending], [version for version, _ in pending]
