@@ -19,7 +19,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from durably import Engine, cli
+from durably import Engine, cli, diffs
 from durably.cli import cli as durably_cli
 
 from . import cli_app
@@ -272,7 +272,7 @@ def test_show_without_the_workflow_diffs_against_the_previous_task(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     execution_id = run_pipeline(db)
-    monkeypatch.setattr(cli, "registered", lambda name: None)
+    monkeypatch.setattr(diffs, "registered", lambda name: None)
     data = as_json(invoke("show", execution_id, "--db", db, "--json"))
     assert data["diff_basis"] == "previous_task"
     # right is compared with left's output (its predecessor in declaration order).

@@ -21,13 +21,14 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from .cli import context_table, diff_section, summary_json, task_table
 from .context import Context
 from .engine import Engine
 from .exceptions import NonRetryable
 from .executor import TaskHandle
+from .json_views import summary_json
 from .results import ExecutionResult
 from .retry import RetryPolicy
+from .views import context_table, diff_section, task_table
 from .workflow import Workflow
 
 UNDELIVERABLE = frozenset({"Atlantis"})

@@ -19,7 +19,6 @@ from rich.table import Table
 from rich.text import Text
 
 from .broker import InMemoryBroker
-from .cli import context_table
 from .context import SagaContext
 from .exceptions import ServiceError
 from .saga import Saga
@@ -27,6 +26,7 @@ from .saga_execution import SagaExecution
 from .saga_manager import SagaManager
 from .saga_messages import SagaRequest, SagaResponse
 from .saga_repository import SagaExecutionRepository
+from .views import context_table
 
 UNDELIVERABLE = frozenset({"Atlantis"})
 

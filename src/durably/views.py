@@ -1,0 +1,316 @@
+"""What the command line shows people: rich tables of executions, a workflow execution's task
+timeline and context diffs, a saga execution's steps, and contexts.
+
+The same data as JSON, for ``--json``, is in :mod:`durably.json_views`.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from . import codec
+from .diffs import Diff, task_diffs
+from .engine import Engine
+from .exceptions import DurablyError
+from .results import ExecutionResult
+from .store import parse_timestamp
+
+if TYPE_CHECKING:
+    from .saga_repository import SagaExecutionSummary
+
+STYLES = {
+    "completed": "green",
+    "finished": "green",
+    "failed": "bold red",
+    "errored": "bold red",
+    "abandoned": "bold magenta",
+    "cancelled": "yellow",
+    "skipped": "yellow",
+    "paused": "yellow",
+    "running": "cyan",
+    "ready": "blue",
+    "pending": "blue",
+    "created": "blue",
+    "not_started": "dim",
+}
+
+
+def styled(status: str | None) -> Text:
+    status = status or ""
+    return Text(status, style=STYLES.get(status, ""))
+
+
+def show_value(value: Any, limit: int | None = 80) -> str:
+    """JSON for plain values, ``repr`` for the types JSON cannot hold."""
+    try:
+        text = codec.dumps_value(value)
+    except DurablyError:
+        text = repr(value)
+    else:
+        if codec.TAG in text:
+            text = repr(value)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+def clock(moment: datetime | None, *, date: bool = False) -> str:
+    if moment is None:
+        return ""
+    local = moment.astimezone()
+    if date:
+        return local.strftime("%Y-%m-%d %H:%M:%S")
+    return local.strftime("%H:%M:%S.%f")[:-3]
+
+
+def duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return ""
+    seconds = (end - start).total_seconds()
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def context_table(ctx: Mapping[str, Any], title: str | None = None) -> RenderableType:
+    if not ctx:
+        return Text("(empty context)", style="dim")
+    table = Table(title=title, title_justify="left", show_header=True, header_style="bold")
+    table.add_column("key", style="cyan", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key, value in ctx.items():
+        table.add_row(key, show_value(value, limit=None))
+    return table
+
+
+def borderless_table(title: str | None = None) -> Table:
+    """The look of every table but a context's: a rule under the header, no box."""
+    return Table(
+        title=title,
+        title_justify="left",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+
+
+# -- workflow executions -------------------------------------------------------------------
+
+
+def task_table(result: ExecutionResult, *, live: bool = False) -> RenderableType:
+    """The task timeline; errors are listed under the table, where they have room."""
+    table = borderless_table(f"{result.workflow}  {result.execution_id}")
+    table.add_column("task", style="bold", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("attempts", justify="right", no_wrap=True)
+    table.add_column("started", no_wrap=True)
+    table.add_column("took", justify="right", no_wrap=True)
+    if not live:
+        table.add_column("compensation", no_wrap=True)
+    now = datetime.now().astimezone()
+    errors = Text(style="red")
+    for name, task in result.tasks.items():
+        end = task.completed_at or (now if task.status == "running" else None)
+        row: list[RenderableType] = [
+            name,
+            styled(task.status),
+            str(task.attempts),
+            clock(task.started_at),
+            duration(task.started_at, end),
+        ]
+        if not live:
+            row.append(styled(task.compensation) if task.compensation else "")
+        table.add_row(*row)
+        if task.error:
+            errors.append(f"  {name} ({task.status}): {task.error}\n")
+    errors.rstrip()
+    return Group(table, errors) if errors else table
+
+
+def execution_header(result: ExecutionResult) -> Text:
+    text = Text()
+    text.append(f"{result.workflow}", style="bold")
+    text.append(f"  {result.execution_id}  ")
+    text.append_text(styled(result.status))
+    text.append(f"\ncreated {clock(result.created_at, date=True)}", style="dim")
+    if result.completed_at:
+        text.append(
+            f" · finished {clock(result.completed_at, date=True)}"
+            f" ({duration(result.created_at, result.completed_at)})",
+            style="dim",
+        )
+    if result.version:
+        text.append(f" · version {result.version}", style="dim")
+    if result.error:
+        text.append(f"\nerror: {result.error}", style="red")
+    return text
+
+
+def render_diff(diff: Diff) -> Text:
+    if not diff:
+        return Text("    (no change)", style="dim")
+    lines = Text()
+    for key, value in diff.added.items():
+        lines.append(f"    + {key} = {show_value(value)}\n", style="green")
+    for key, (old, new) in diff.changed.items():
+        lines.append(f"    ~ {key}: {show_value(old)} → {show_value(new)}\n", style="yellow")
+    for key, value in diff.removed.items():
+        lines.append(f"    - {key} (was {show_value(value)})\n", style="red")
+    lines.rstrip()
+    return lines
+
+
+def diff_section(engine: Engine, result: ExecutionResult) -> RenderableType:
+    diffs, inputs, exact = task_diffs(engine, result)
+    parts: list[RenderableType] = [Text("Context changes", style="bold underline")]
+    if not exact:
+        parts.append(
+            Text(
+                "(the workflow is not imported: each diff is against the previous task's "
+                "output; pass --module MODULE for each task's exact input)",
+                style="dim",
+            )
+        )
+    for name, task in result.tasks.items():
+        head = Text(f"  {name}", style="bold")
+        if name in diffs:
+            head.append(f"  (input: {inputs[name].basis})", style="dim")
+            parts.extend([head, render_diff(diffs[name])])
+        else:
+            head.append(f"  {task.status}, no saved context", style="dim")
+            parts.append(head)
+    return Group(*parts)
+
+
+def render_execution(engine: Engine, result: ExecutionResult) -> RenderableType:
+    """The full ``show`` view: header, task timeline, context diffs, final context."""
+    return Group(
+        execution_header(result),
+        Text(),
+        task_table(result),
+        Text(),
+        diff_section(engine, result),
+        Text(),
+        context_table(result.context, title="Final context"),
+    )
+
+
+def inspect_hint(execution_id: UUID, db: str | None, modules: Sequence[str] = ()) -> Text:
+    where = f" --db {shlex.quote(db)}" if db else ""
+    imports = "".join(f" -m {shlex.quote(m)}" for m in modules)
+    text = Text("Inspect it:  ", style="dim")
+    text.append(f"durably show {execution_id}{where}{imports}", style="bold")
+    text.append("\n             ")
+    text.append(f"durably context {execution_id}{where}", style="bold")
+    return text
+
+
+def outcome(result: ExecutionResult) -> Text:
+    text = Text()
+    text.append_text(styled(result.status))
+    text.append(f"  execution {result.execution_id}")
+    if result.error:
+        text.append(f"\nerror: {result.error}", style="red")
+    return text
+
+
+# -- saga executions -----------------------------------------------------------------------
+
+
+def render_saga(execution: SagaExecutionSummary) -> RenderableType:
+    head = Text()
+    head.append(f"saga {execution.saga_name}", style="bold")
+    head.append(f"  {execution.id}  ")
+    head.append_text(styled(execution.status.value))
+    head.append(
+        f"\ncreated {clock(execution.created_at, date=True)} · "
+        f"updated {clock(execution.updated_at, date=True)} · "
+        f"fingerprint {execution.fingerprint}",
+        style="dim",
+    )
+    if execution.error:
+        head.append(f"\nerror: {execution.error}", style="red")
+    table = borderless_table("Steps")
+    for column in ("#", "step", "status"):
+        table.add_column(column, no_wrap=True)
+    errors = Text(style="red")
+    for step in execution.steps:
+        table.add_row(step.path, step.name, styled(step.status.value))
+        if step.error:
+            errors.append(f"  {step.path} {step.name} ({step.status.value}): {step.error}\n")
+    for error in execution.rollback_errors:
+        errors.append(f"  compensation failed: {error}\n")
+    errors.rstrip()
+    parts: list[RenderableType] = [head, Text(), table]
+    if errors:
+        parts.append(errors)
+    parts += [Text(), context_table(execution.context, title="Context")]
+    return Group(*parts)
+
+
+# -- both kinds, listed ------------------------------------------------------------------
+
+
+def executions_table(rows: list[dict[str, Any]], width: int) -> Table:
+    """``durably list``'s rows (JSON summaries): id, workflow and status always; then kind,
+    created, took and error while they fit."""
+    cells: dict[str, list[str]] = {"id": [], "kind": [], "workflow": [], "status": []}
+    cells.update(created=[], took=[], error=[])
+    for row in rows:
+        created = _moment(row["created_at"])
+        cells["id"].append(row["id"])
+        cells["kind"].append(row["kind"])
+        cells["workflow"].append(row["workflow"])
+        cells["status"].append(row["status"] or "")
+        cells["created"].append(created.astimezone().strftime("%m-%d %H:%M:%S") if created else "")
+        cells["took"].append(duration(created, _moment(row["completed_at"])))
+        cells["error"].append(row["error"] or "")
+    wanted = ["id", "workflow", "status"]
+    if any(kind != "workflow" for kind in cells["kind"]):
+        wanted.append("kind")
+    wanted += ["created", "took"]
+    if any(cells["error"]):
+        wanted.append("error")
+    shown: list[str] = []
+    used = 0
+    for name in wanted:
+        need = max(len(name), *(len(cell) for cell in cells[name]))
+        if name == "error":
+            need = 20  # it wraps
+        if shown and used + 3 + need > width:
+            break
+        shown.append(name)
+        used += need + (3 if len(shown) > 1 else 0)
+    shown.sort(key=["id", "kind", "workflow", "status", "created", "took", "error"].index)
+    table = borderless_table()
+    for name in shown:
+        table.add_column(
+            name,
+            no_wrap=name != "error",
+            justify="right" if name == "took" else "left",
+            style={"workflow": "bold", "error": "red"}.get(name, ""),
+            overflow="fold",
+        )
+    for index in range(len(rows)):
+        table.add_row(
+            *(
+                styled(cells[name][index]) if name == "status" else cells[name][index]
+                for name in shown
+            )
+        )
+    return table
+
+
+def _moment(value: Any) -> datetime | None:
+    try:
+        return parse_timestamp(value)
+    except (TypeError, ValueError):
+        return None
