@@ -1038,3 +1038,14 @@ def test_a_bare_decorator_gets_a_clear_error() -> None:
         @wf.task  # type: ignore[arg-type]
         def step(ctx: Context) -> None:
             pass
+
+
+def test_an_initial_context_too_large_or_unstorable_writes_nothing(tmp_path: Any) -> None:
+    wf = Workflow("bad_initial_context")
+    wf.task()(lambda ctx: None)
+    with Engine(f"sqlite:///{tmp_path}/x.db", max_context_bytes=1000) as engine:
+        with pytest.raises(ContextTooLargeError, match="store the data elsewhere"):
+            engine.run(wf, {"blob": "x" * 2000})
+        with pytest.raises(ContextSerializationError, match="callback"):
+            engine.start(wf, {"callback": lambda: None})
+        assert engine.list() == []

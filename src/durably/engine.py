@@ -152,6 +152,7 @@ class Engine:
                     "trigger_rules": json.dumps(task.trigger.to_json()),
                     "configuration": json.dumps(
                         {
+                            "dependencies": list(task.dependencies),
                             "retry": task.retry.to_json(),
                             "timeout": task.timeout,
                             "merge": task.merge if isinstance(task.merge, str) else "callable",
@@ -231,7 +232,7 @@ class Engine:
     ) -> ExecutionResult:
         """Run ``wf`` in this process until it is terminal (compensations included)."""
         self.register(wf)
-        initial = _encode_initial(context)
+        initial = _encode_initial(context, self.max_context_bytes)
         with self.store.transaction() as tx:
             execution_id, states = self._create(tx, wf, initial, claimed=True)
             run = Run(self, wf, execution_id, initial, states, {})
@@ -242,7 +243,9 @@ class Engine:
         """Queue an execution for workers (``durably worker``); return its id."""
         self.register(wf)
         with self.store.transaction() as tx:
-            execution_id, _ = self._create(tx, wf, _encode_initial(context), claimed=False)
+            execution_id, _ = self._create(
+                tx, wf, _encode_initial(context, self.max_context_bytes), claimed=False
+            )
             tx.execute("notify_work", {})
         return UUID(execution_id)
 
@@ -619,13 +622,14 @@ class Engine:
         self.close()
 
 
-def _encode_initial(context: Context | Mapping[str, Any] | None) -> str:
+def _encode_initial(context: Context | Mapping[str, Any] | None, max_bytes: int) -> str:
+    """The initial context as stored; a bad one raises before anything is written."""
     if context is None:
         return "{}"
     if isinstance(context, Context):
-        return codec.dumps(context._data)
+        return codec.dumps(context._data, max_bytes=max_bytes)
     if isinstance(context, Mapping):
-        return codec.dumps(context)
+        return codec.dumps(context, max_bytes=max_bytes)
     raise TypeError(f"context must be a Context or a dict, not {type(context).__name__}")
 
 
