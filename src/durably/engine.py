@@ -122,8 +122,9 @@ class Engine:
         wf.validate()
         key = (wf.name, wf.version)
         with self._lock:
-            self._workflows[key] = wf
-            self._templates.pop(key, None)
+            if self._workflows.get(key) is not wf:
+                self._workflows[key] = wf
+                self._templates.pop(key, None)
         return wf
 
     def _workflow(self, name: str, version: str) -> Workflow:
