@@ -268,11 +268,23 @@ def test_show_prints_the_timeline_and_context_diffs(db: str) -> None:
         assert fragment in human
 
 
-def test_show_without_the_workflow_diffs_against_the_previous_task(
+def test_show_without_the_workflow_uses_the_stored_dependencies(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     execution_id = run_pipeline(db)
     monkeypatch.setattr(diffs, "registered", lambda name: None)
+    data = as_json(invoke("show", execution_id, "--db", db, "--json"))
+    # Each task's dependencies are stored with it, so the input is rebuilt exactly.
+    assert data["diff_basis"] == "dependencies"
+    assert "left" not in data["tasks"]["right"]["diff"]["removed"]
+
+
+def test_show_without_any_dependencies_diffs_against_the_previous_task(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execution_id = run_pipeline(db)
+    monkeypatch.setattr(diffs, "registered", lambda name: None)
+    monkeypatch.setattr(diffs, "stored_dependencies", lambda configs: None)
     data = as_json(invoke("show", execution_id, "--db", db, "--json"))
     assert data["diff_basis"] == "previous_task"
     # right is compared with left's output (its predecessor in declaration order).
