@@ -1049,3 +1049,17 @@ def test_an_initial_context_too_large_or_unstorable_writes_nothing(tmp_path: Any
         with pytest.raises(ContextSerializationError, match="callback"):
             engine.start(wf, {"callback": lambda: None})
         assert engine.list() == []
+
+
+def test_a_missing_key_raised_by_task_code_is_retried_like_any_error(engine: Engine) -> None:
+    wf = Workflow("missing_key_is_retried")
+
+    @wf.task(retry=RetryPolicy(max_attempts=2, initial_delay=0.01, jitter=False))
+    def reads(ctx: Context, handle: TaskHandle) -> None:
+        if handle.attempt == 1:
+            ctx.replace("not_there_yet", 1)  # raises ContextKeyMissing
+        ctx["ok"] = handle.attempt
+
+    result = engine.run(wf, {})
+    assert result.status == "completed"
+    assert result.tasks["reads"].attempts == 2

@@ -14,14 +14,16 @@ import concurrent.futures
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import codec
 from .context import Context, ExecutionScope
 from .exceptions import (
+    ContextConflictError,
     ContextError,
+    ContextSerializationError,
+    ContextTooLargeError,
     NonRetryable,
     TaskReturnError,
 )
@@ -37,7 +39,7 @@ from .results import (
     SKIPPED,
     TASK_TERMINAL,
 )
-from .store import Row, Tx, timestamp
+from .store import Row, Tx, parse_timestamp, timestamp
 from .triggers import should_run
 from .workflow import Workflow
 
@@ -47,7 +49,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("durably")
 
 # Errors that no retry can fix: the task fails at once (SPEC §3, "fail it without retry").
-PERMANENT = (NonRetryable, ContextError, TaskReturnError)
+PERMANENT = (
+    NonRetryable,
+    ContextSerializationError,
+    ContextTooLargeError,
+    ContextConflictError,
+    TaskReturnError,
+)
 
 
 @dataclass(slots=True)
@@ -77,8 +85,6 @@ class TaskState:
 
 
 def _epoch(value: Any) -> float:
-    from .store import parse_timestamp
-
     parsed = parse_timestamp(value)
     return parsed.timestamp() if parsed else 0.0
 
@@ -526,6 +532,3 @@ def load_run(
         {row["task_name"]: row["value"] for row in outputs},
         patches,
     )
-
-
-CompensationCall = Callable[[Callable[..., Any], Context], None]
