@@ -327,9 +327,11 @@ class Engine:
             if task["status"] == RUNNING and self._stale(task["claimed_by"], task["heartbeat_at"]):
                 self._recover_task(tx, task, now)
 
-    def _recover_task(self, tx: Tx, task: Row, now: str) -> None:
+    def _recover_task(self, tx: Tx, task: Row, now: str) -> bool:
+        """Return a lost claim's task to ``ready``, or abandon it past the recovery cap;
+        True when it was abandoned (its dependents may now be decided)."""
         abandoned = task["recovery_attempts"] + 1 > self.max_recovery_attempts
-        tx.execute(
+        changed = tx.execute(
             "recover_task",
             {
                 "id": str(task["id"]),
@@ -343,6 +345,7 @@ class Engine:
                 "now": now,
             },
         )
+        return abandoned and changed > 0
 
     def _patches(self, tx: Tx, execution_id: str) -> dict[str, dict[str, Any]]:
         patches = {}

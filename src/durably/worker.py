@@ -297,14 +297,15 @@ class Worker:
             mine = tx.fetch_all("worker_claims", {"worker": engine.worker_id})
             lost = [task for task in mine if str(task["id"]) not in self._active]
             for task in [*tx.fetch_all("stale_claims", {"cutoff": cutoff}), *lost]:
-                engine._recover_task(tx, task, now)
+                if engine._recover_task(tx, task, now):
+                    handed.append(str(task["pipeline_execution_id"]))
                 log.warning(
                     "recovered stale claim on task %s",
                     task["task_name"],
                     extra={"action": "claim_recovered"},
                 )
             orphans = tx.fetch_all("orphaned_executions", {"cutoff": cutoff})
-        for execution_id in [*handed, *(str(o["id"]) for o in orphans)]:
+        for execution_id in dict.fromkeys([*handed, *(str(o["id"]) for o in orphans)]):
             self._reconcile(execution_id)
 
     def _reconcile(self, execution_id: str) -> None:

@@ -234,7 +234,7 @@ WHERE id = :id AND claimed_by = :worker AND status = 'running';
 
 -- name: worker_claims
 -- The worker-path tasks a worker holds: any it is not running lost their claim's owner.
-SELECT t.id, t.task_name, t.claimed_by, t.recovery_attempts
+SELECT t.id, t.pipeline_execution_id, t.task_name, t.claimed_by, t.recovery_attempts
 FROM task_executions t JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
 WHERE t.claimed_by = :worker AND t.status = 'running' AND p.claimed_by IS NULL;
 
