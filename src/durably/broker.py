@@ -13,7 +13,7 @@ built on them and is the same for every broker:
 Participants register with ``@broker.service(target)``; ``start_services()`` subscribes each to
 its queue and :meth:`Broker.serve` turns a request into a reply. Messages are JSON text from the
 context codec plus string headers (``saga_messages.HEADER_*``): nothing is ever pickled.
-:class:`InMemoryBroker` is the embedded default.
+:class:`InMemoryBroker` is the embedded default; :func:`broker_from_url` picks one by URL.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import codec
-from .exceptions import ContextSerializationError, ServiceError
+from .exceptions import BrokerError, ContextSerializationError, ServiceError
 from .saga_messages import (
     HEADER_KEY,
     HEADER_REPLY_TO,
@@ -39,7 +39,14 @@ from .saga_messages import (
     SagaResponseStatus,
 )
 
-__all__ = ["Broker", "InMemoryBroker", "Message", "MessageHandler", "Subscription"]
+__all__ = [
+    "Broker",
+    "InMemoryBroker",
+    "Message",
+    "MessageHandler",
+    "Subscription",
+    "broker_from_url",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -238,3 +245,31 @@ class _MemorySubscription(Subscription):
         consumers = self._broker._consumers[self._topic]
         if self._handler in consumers:
             consumers.remove(self._handler)
+
+
+_SCHEMES = "amqp:// or amqps:// (RabbitMQ), nats:// or tls:// (NATS JetStream), memory://"
+
+
+def broker_from_url(url: str) -> Broker:
+    """The broker a URL names, by its scheme: ``amqp://``/``amqps://`` a
+    :class:`~durably.rabbitmq_broker.RabbitMQBroker`, ``nats://``/``tls://`` a
+    :class:`~durably.nats_broker.NatsBroker` (servers may be comma-separated), ``memory://``
+    an :class:`InMemoryBroker`. Network brokers connect at their first use."""
+    if not isinstance(url, str) or not url.strip():
+        raise BrokerError(f"a broker URL must be a non-empty str, not {url!r}; use {_SCHEMES}")
+    scheme, sep, _ = url.strip().partition("://")
+    scheme = scheme.lower()
+    # Imported here: the network brokers import this module, and their drivers are optional.
+    if sep and scheme in ("amqp", "amqps"):
+        from .rabbitmq_broker import RabbitMQBroker
+
+        return RabbitMQBroker(url.strip())
+    if sep and scheme in ("nats", "tls"):
+        from .nats_broker import NatsBroker
+
+        return NatsBroker(url.strip())
+    if sep and scheme == "memory":
+        return InMemoryBroker()
+    # Only the scheme is named: the rest of a URL may hold a password.
+    found = f"scheme {scheme!r}" if sep else "no scheme"
+    raise BrokerError(f"unsupported broker URL ({found}): use {_SCHEMES}")

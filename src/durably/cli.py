@@ -9,13 +9,14 @@ What the commands print is in :mod:`durably.views` (tables) and :mod:`durably.js
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 import click
@@ -23,13 +24,23 @@ from rich.console import Console
 from rich.text import Text
 
 from . import __version__, codec
+from .broker import Broker, InMemoryBroker, broker_from_url
 from .engine import Engine
 from .exceptions import DurablyError, ExecutionStateError
 from .json_views import encode_context, execution_json, saga_json, summary_json
-from .loading import import_modules, load_workflow, top_level_sagas, top_level_workflows
+from .loading import (
+    import_modules,
+    load_workflow,
+    top_level_brokers,
+    top_level_sagas,
+    top_level_workflows,
+)
 from .lookup import find_execution, list_executions
 from .progress import follow, run_quietly
 from .results import EXECUTION_TERMINAL, ExecutionResult
+from .saga import Saga
+from .saga_manager import DEFAULT_REPLY_TO
+from .saga_service import SagaService
 from .store import resolve_url
 from .views import (
     context_table,
@@ -41,6 +52,9 @@ from .views import (
     task_table,
 )
 from .workflow import Workflow, registered
+
+if TYPE_CHECKING:
+    from .worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -313,43 +327,106 @@ def run(target: str, context_arg: str | None, db: str | None, as_json: bool) -> 
     show_envvar=True,
     help="Seconds without a heartbeat after which a claim is stale and taken over.",
 )
+@click.option(
+    "--broker",
+    "broker_url",
+    metavar="URL",
+    envvar="DURABLY_BROKER_URL",
+    show_envvar=True,
+    help="The broker saga replies arrive on, to resume paused sagas: amqp://... (RabbitMQ), "
+    "nats://... (NATS JetStream) or memory:// [default: the one broker the modules define].",
+)
+@click.option(
+    "--reply-to",
+    metavar="TOPIC",
+    default=DEFAULT_REPLY_TO,
+    show_default=True,
+    envvar="DURABLY_REPLY_TO",
+    show_envvar=True,
+    help="The topic of saga replies: the reply_to of the SagaManagers that start the sagas.",
+)
 @common_options
 def worker(
-    modules: tuple[str, ...], concurrency: int | None, lease: float, db: str | None, as_json: bool
+    modules: tuple[str, ...],
+    concurrency: int | None,
+    lease: float,
+    broker_url: str | None,
+    reply_to: str,
+    db: str | None,
+    as_json: bool,
 ) -> None:
     """Serve queued executions until SIGTERM or SIGINT.
 
-    Registers every Workflow (and saga) defined at the top level of each MODULE.
+    Registers every Workflow and saga defined at the top level of each MODULE, serves the
+    participants (@broker.service) of its brokers and resumes paused sagas as their replies
+    arrive.
     """
     imported = import_modules(modules)
     workflows: list[Workflow] = []
-    sagas: list[Any] = []
+    sagas: list[Saga] = []
+    brokers: list[Broker] = []
     for module in imported:
         workflows.extend(wf for wf in top_level_workflows(module) if wf not in workflows)
-        sagas.extend(top_level_sagas(module))
-    if not workflows and not sagas:
+        sagas.extend(saga for saga in top_level_sagas(module) if saga not in sagas)
+        brokers.extend(b for b in top_level_brokers(module) if b not in brokers)
+    if not workflows and not sagas and not any(b.services for b in brokers):
         raise CLIError(
-            f"no durably.Workflow or saga at the top level of {', '.join(modules)}: "
-            "nothing to serve"
+            f"no durably.Workflow, saga or broker service at the top level of "
+            f"{', '.join(modules)}: nothing to serve"
         )
-    with open_engine(db, workflows=workflows, lease=lease, concurrency=concurrency) as engine:
-        try:
-            serving = engine.worker(concurrency=concurrency)
-        except ModuleNotFoundError as exc:
-            if exc.name != "durably.worker":
-                raise
-            raise CLIError(
-                "this build of durably has no worker (durably.worker is missing)"
-            ) from exc
+    stopped = threading.Event()
+    serving: Worker | None = None
+    service: SagaService | None = None
+
+    def halt() -> None:
+        stopped.set()
+        if serving is not None:
+            serving.stop()
+
+    with contextlib.ExitStack() as stack:
+        if workflows:
+            engine = stack.enter_context(
+                open_engine(db, workflows=workflows, lease=lease, concurrency=concurrency)
+            )
+            try:
+                serving = engine.worker(concurrency=concurrency)
+            except ModuleNotFoundError as exc:
+                if exc.name != "durably.worker":
+                    raise
+                raise CLIError(
+                    "this build of durably has no worker (durably.worker is missing)"
+                ) from exc
+        replies = "-"
+        if sagas or brokers or broker_url:
+            broker = broker_from_url(broker_url) if broker_url else None
+            try:
+                service = SagaService(
+                    db, sagas, brokers, broker, reply_to=reply_to, on_error=lambda _: halt()
+                )
+            except ValueError as exc:
+                raise CLIError(str(exc)) from exc
+            if sagas and (service.pool is None or isinstance(service.pool, InMemoryBroker)):
+                announce(
+                    as_json,
+                    "saga_broker_warning",
+                    "warning: paused sagas resume only through a network broker (an "
+                    "InMemoryBroker lives in one process): pass --broker amqp://... or nats://...",
+                )
+            service.start()
+            stack.callback(service.stop)
+            replies = repr(service.pool) if service.pool is not None else "in-memory"
         announce(
             as_json,
             "worker_started",
             f"worker serving {len(workflows)} workflow(s) "
             f"({', '.join(wf.name for wf in workflows) or '-'}) and {len(sagas)} saga(s) "
-            f"on {resolve_url(db)}; Ctrl-C or SIGTERM to stop",
+            f"on {resolve_url(db)}"
+            + (f", saga replies from {replies}" if sagas else "")
+            + "; Ctrl-C or SIGTERM to stop",
             workflows=[wf.name for wf in workflows],
             sagas=len(sagas),
             database=resolve_url(db),
+            broker=replies,
             lease=lease,
             concurrency=concurrency,
         )
@@ -361,14 +438,20 @@ def worker(
             if stops > 1:  # a second Ctrl-C: stop waiting for running tasks
                 raise KeyboardInterrupt
             announce(as_json, "worker_stopping", "stopping: finishing running tasks…")
-            serving.stop()
+            halt()
 
         previous = install_handlers(stop)
         try:
-            serving.run()
+            if serving is not None:
+                serving.run()
+            else:
+                while not stopped.wait(0.5):  # a timeout: signal handlers run between waits
+                    pass
         finally:
             restore_handlers(previous)
-        announce(as_json, "worker_stopped", "worker stopped")
+    if service is not None and service.error is not None:
+        raise CLIError(one_line(f"saga service failed: {service.error}"))
+    announce(as_json, "worker_stopped", "worker stopped")
 
 
 def announce(as_json: bool, action: str, message: str, **fields: Any) -> None:

@@ -1,5 +1,5 @@
 """Importing the user's modules by name, as ``durably run`` and ``durably worker`` do, and
-finding the Workflows and sagas defined at their top level."""
+finding the Workflows, sagas and brokers defined at their top level."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from .broker import Broker
 from .workflow import Workflow
 
 
@@ -73,14 +74,30 @@ def top_level_workflows(module: ModuleType) -> list[Workflow]:
 
 
 def top_level_sagas(module: ModuleType) -> list[Any]:
-    """Committed sagas register themselves on import; these are only counted."""
+    """The sagas defined at the module's top level (committed ones registered themselves on
+    import already; the worker's reply listener registers these too)."""
     try:
         from .saga import Saga
     except ModuleNotFoundError as exc:
         if exc.name == "durably.saga":
             return []
         raise
-    return [value for value in vars(module).values() if isinstance(value, Saga)]
+    found: dict[int, Saga] = {}
+    for value in vars(module).values():
+        # An uncommitted saga cannot run, nor be registered for resuming.
+        if isinstance(value, Saga) and value.committed:
+            found.setdefault(id(value), value)
+    return list(found.values())
+
+
+def top_level_brokers(module: ModuleType) -> list[Broker]:
+    """The brokers defined at the module's top level (their ``@broker.service`` participants
+    are what ``durably worker`` serves), each once however many names it has."""
+    found: dict[int, Broker] = {}
+    for value in vars(module).values():
+        if isinstance(value, Broker):
+            found.setdefault(id(value), value)
+    return list(found.values())
 
 
 def load_workflow(spec: str) -> Workflow:
