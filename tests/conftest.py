@@ -20,6 +20,7 @@ Fixtures
                          copy on the server) and dropped after the test.
     ``empty_store_url``  the same, but empty: no tables yet (migration tests).
     ``any_store``        ``open_store(store_url)``, closed after the test.
+    ``engine``           ``Engine(store_url)``, closed after the test.
     ``postgres_url``     a fresh migrated PostgreSQL database for PostgreSQL-only tests
                          (workers, LISTEN/NOTIFY); not parametrized.
     ``pg_server``        (session) the server: ``.conn`` an autocommit admin connection,
@@ -47,6 +48,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from durably import Engine
 from durably.store import Store, open_store
 
 BACKENDS = ("sqlite", "postgres")
@@ -241,3 +243,10 @@ def any_store(store_url: str) -> Iterator[Store]:
         yield store
     finally:
         store.close()
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[Engine]:
+    """An Engine on this test case's backend, closed after the test."""
+    with Engine(store_url) as opened:
+        yield opened

@@ -7,7 +7,7 @@ import copy
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import MappingProxyType
@@ -28,13 +28,6 @@ from durably import (
 )
 
 FAST = RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=False)
-
-
-@pytest.fixture
-def engine(store_url: str) -> Iterator[Engine]:
-    e = Engine(store_url)
-    yield e
-    e.close()
 
 
 def _recorder(into: dict[str, Any], name: str) -> Callable[[Context], None]:

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -36,13 +36,6 @@ from durably import (
 from durably.store import parse_timestamp
 
 FAST = RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=False)
-
-
-@pytest.fixture
-def engine(store_url: str) -> Iterator[Engine]:
-    e = Engine(store_url)
-    yield e
-    e.close()
 
 
 def unique(prefix: str = "outcome") -> str:

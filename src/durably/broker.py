@@ -273,3 +273,13 @@ def broker_from_url(url: str) -> Broker:
     # Only the scheme is named: the rest of a URL may hold a password.
     found = f"scheme {scheme!r}" if sep else "no scheme"
     raise BrokerError(f"unsupported broker URL ({found}): use {_SCHEMES}")
+
+
+def redacted(url: str, *, bare_user_is_secret: bool = False) -> str:
+    """A broker URL for messages: never its password (nor, for NATS, a bare token)."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    keep_user = ":" in userinfo or not bare_user_is_secret
+    user = userinfo.partition(":")[0] if keep_user else ""
+    return f"{scheme}{sep}{user}{at if user else ''}{host}{slash}{path}"

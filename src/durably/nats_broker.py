@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from .broker import Broker, Message, MessageHandler, Subscription
+from .broker import Broker, Message, MessageHandler, Subscription, redacted
 from .exceptions import BrokerError
 
 __all__ = ["NatsBroker", "subject_token"]
@@ -97,7 +97,9 @@ class NatsBroker(Broker):
             raise BrokerError(f"max_ack_pending must be a positive int, not {max_ack_pending!r}")
         self.url = url
         self.servers = [server.strip() for server in url.split(",") if server.strip()]
-        self.where = ", ".join(_describe(server) for server in self.servers)
+        self.where = ", ".join(
+            redacted(server, bare_user_is_secret=True) for server in self.servers
+        )
         self.stream = stream
         self.ack_wait = float(ack_wait)
         self.max_ack_pending = max_ack_pending
@@ -362,15 +364,6 @@ def _require_nats() -> None:
         import nats  # noqa: F401
     except ImportError as exc:
         raise BrokerError("NatsBroker needs nats-py: pip install durably[nats]") from exc
-
-
-def _describe(url: str) -> str:
-    """Where we connect, for messages: the URL without its password or token."""
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, host = netloc.rpartition("@")
-    user = userinfo.partition(":")[0] if ":" in userinfo else ""  # alone, it is a token
-    return f"{scheme}{sep}{user}{at if user else ''}{host}{slash}{path}"
 
 
 def _reason(exc: BaseException) -> str:

@@ -30,7 +30,7 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .broker import Broker, Message, MessageHandler, Subscription
+from .broker import Broker, Message, MessageHandler, Subscription, redacted
 from .exceptions import BrokerError
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class RabbitMQBroker(Broker):
         if not isinstance(redelivery_delay, int | float) or redelivery_delay < 0:
             raise BrokerError(f"redelivery_delay must be >= 0 seconds, not {redelivery_delay!r}")
         self.url = url
-        self.where = _describe(url)
+        self.where = redacted(url)
         self.prefetch = prefetch
         self.redelivery_delay = float(redelivery_delay)
         self._lock = asyncio.Lock()
@@ -298,15 +298,6 @@ def _require_aio_pika() -> None:
         import aio_pika  # noqa: F401
     except ImportError as exc:
         raise BrokerError("RabbitMQBroker needs aio-pika: pip install durably[rabbitmq]") from exc
-
-
-def _describe(url: str) -> str:
-    """Where we connect, for messages: the URL without its password."""
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, host = netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return f"{scheme}{sep}{user}{at}{host}{slash}{path}"
 
 
 def _reason(exc: BaseException) -> str:
