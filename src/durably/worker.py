@@ -1,7 +1,8 @@
 """Workers: processes that claim ready tasks of queued executions and run them.
 
-Per task a worker commits two transactions: the claim (which also loads the execution's
-state) and the completion (output context, status, and the dependents it made ready). A
+Per task a worker commits two transactions: the claim (which also loads what the task needs:
+its dependencies' statuses and outputs) and the completion (output context, status, and the
+dependents it made ready). A
 sweeper returns stale claims to ``ready``, takes over executions whose in-process driver
 died, and finishes executions whose last task was completed by a worker that then died.
 """
@@ -55,13 +56,15 @@ class Worker:
         self.engine._ensure_heartbeat()
         running: dict[concurrent.futures.Future[dict[str, Any]], tuple[Run, str, int]] = {}
         failures = 0
-        while not self._stopping.is_set() or running:
+        # After stop(): finish the running tasks and try a few times to save their outcomes;
+        # an outcome still unsaved then is redone elsewhere once its claim's lease expires.
+        while not self._stopping.is_set() or running or (self._unsaved and failures < 3):
             try:
                 self._step(running)
                 failures = 0
             except StoreError as exc:
                 # The database went away (restart, failover, a killed connection): back off
-                # and go on. A completion lost here is redone once its claim's lease expires.
+                # and go on; outcomes not yet saved are kept and saved when it is back.
                 failures += 1
                 delay = min(0.1 * 2**failures, 5.0)
                 log.warning(
@@ -78,9 +81,7 @@ class Worker:
         """One turn of the loop: sweep when due, claim up to the free slots, record what
         finished, or wait for work."""
         engine = self.engine
-        while self._unsaved:
-            self._complete(*self._unsaved[0])
-            self._unsaved.pop(0)
+        self._save_outcomes()
         if time.monotonic() - self._last_sweep > engine.lease / 2:
             self.sweep()
         claimed = False
@@ -103,11 +104,15 @@ class Worker:
                 run, name, attempt = running.pop(future)
                 exc = future.exception()
                 self._unsaved.append((run, name, attempt, None if exc else future.result(), exc))
-            while self._unsaved:
-                self._complete(*self._unsaved[0])
-                self._unsaved.pop(0)
+            self._save_outcomes()
         elif not claimed:
             self.store.wait_for_work(self.poll_interval)
+
+    def _save_outcomes(self) -> None:
+        """Record finished attempts, oldest first; one that fails stays for the next turn."""
+        while self._unsaved:
+            self._complete(*self._unsaved[0])
+            self._unsaved.pop(0)
 
     # -- one task ------------------------------------------------------------------------------
 

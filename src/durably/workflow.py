@@ -6,7 +6,7 @@ import difflib
 import hashlib
 import inspect
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import CodeType
 from typing import Any
@@ -75,6 +75,7 @@ class Workflow:
         self._by_fn: dict[Any, str | None] = {}
         self._checked: tuple[str, ...] | None = None
         self._version: str | None = None
+        self._dependents: dict[str, tuple[str, ...]] | None = None
         with _registry_lock:
             _registry[name] = self
 
@@ -152,7 +153,7 @@ class Workflow:
             )
             # A function declared under two names cannot stand for either as a dependency.
             self._by_fn[fn] = None if fn in self._by_fn else task_name
-            self._checked = self._version = None
+            self._checked = self._version = self._dependents = None
             return fn
 
         return decorate
@@ -254,14 +255,17 @@ class Workflow:
         self.topological_order()
         return self._levels()
 
-    def dependents(self) -> dict[str, list[str]]:
-        """Task name -> the tasks that depend on it, in declaration order."""
-        result: dict[str, list[str]] = {name: [] for name in self.tasks}
-        for task in self.tasks.values():
-            for dep in task.dependencies:
-                if dep in result:
-                    result[dep].append(task.name)
-        return result
+    def dependents(self) -> Mapping[str, Sequence[str]]:
+        """Task name -> the tasks that depend on it, in declaration order (computed once per
+        definition: the engine asks on every completion)."""
+        if self._dependents is None:
+            result: dict[str, list[str]] = {name: [] for name in self.tasks}
+            for task in self.tasks.values():
+                for dep in task.dependencies:
+                    if dep in result:
+                        result[dep].append(task.name)
+            self._dependents = {name: tuple(children) for name, children in result.items()}
+        return self._dependents
 
     def roots(self) -> list[str]:
         return [name for name, task in self.tasks.items() if not task.dependencies]
