@@ -170,8 +170,9 @@ class InMemoryBroker(Broker):
     consumer without a prefetch limit: a slow handler holds up no other message). ``sent``
     lists every message published, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, redelivery_delay: float = 1.0) -> None:
         super().__init__()
+        self.redelivery_delay = redelivery_delay
         self.sent: list[Message] = []
         self._queues: dict[str, deque[Message]] = defaultdict(deque)
         self._consumers: dict[str, list[MessageHandler]] = defaultdict(list)
@@ -232,9 +233,11 @@ class InMemoryBroker(Broker):
             queue.appendleft(message)  # not acknowledged: a later loop delivers it
             raise
         except Exception:
-            # Not acknowledged: redelivered at the next publish or subscribe, not in a loop.
+            # Not acknowledged: redelivered after a pause (as the network brokers do), or
+            # sooner by the next publish or subscribe; never in a hot loop.
             logger.exception("handler of %r failed; the message stays queued", message.topic)
             queue.appendleft(message)
+            asyncio.get_running_loop().call_later(self.redelivery_delay, self._deliver_all)
 
 
 class _MemorySubscription(Subscription):
