@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 from .context import Context
 from .exceptions import TaskReturnError, TaskTimeoutError
 from .workflow import Task
+
+_R = TypeVar("_R")
+_Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
 
 
 class TaskHandle:
@@ -54,12 +59,58 @@ def run_inline(task: Task, ctx: Context, handle: TaskHandle) -> dict[str, Any]:
     return output_of(task, ctx, task.fn(*_args(task, ctx, handle)))
 
 
+class DaemonPool:
+    """Threads for sync tasks that never keep the process alive.
+
+    ThreadPoolExecutor joins its threads when the interpreter exits, so one task stuck in a
+    sync call would hang the exit; a task lost that way is resumed like any crash.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._work: queue.SimpleQueue[
+            tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None
+        ]
+        self._work = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., _R], *args: Any) -> Future[_R]:
+        future: Future[_R] = Future()
+        with self._lock:
+            if self._idle == 0 and len(self._threads) < self.size:
+                thread = threading.Thread(target=self._serve, name="durably-task", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            else:
+                self._idle -= 1  # reserved: an idle thread takes this job
+        self._work.put((future, fn, args))
+        return future
+
+    def _serve(self) -> None:
+        while (job := self._work.get()) is not None:
+            future, fn, args = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # handed to the waiting scheduler
+                    future.set_exception(exc)
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self) -> None:
+        """Idle threads exit; a thread still in a task ends with it (or with the process)."""
+        for _ in self._threads:
+            self._work.put(None)
+
+
 class Executor:
     """A thread pool for sync tasks and one event loop thread for async tasks."""
 
     def __init__(self, concurrency: int) -> None:
         self.concurrency = concurrency
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool: DaemonPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -117,12 +168,10 @@ class Executor:
         return outer
 
     @property
-    def pool(self) -> concurrent.futures.ThreadPoolExecutor:
+    def pool(self) -> DaemonPool:
         with self._lock:
             if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    self.concurrency, thread_name_prefix="durably-task"
-                )
+                self._pool = DaemonPool(self.concurrency)
             return self._pool
 
     @property
@@ -140,7 +189,7 @@ class Executor:
     def close(self) -> None:
         with self._lock:
             if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool.shutdown()
                 self._pool = None
             loop, thread = self._loop, self._loop_thread
             self._loop = self._loop_thread = None
