@@ -387,10 +387,12 @@ def test_fork_with_a_patched_input(db: str, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_migrate(db: str) -> None:
-    data = as_json(invoke("migrate", "--db", db, "--json"))
+    data = as_json(invoke("migrate", "--db", db, "--json"))  # a new database
     assert data["schema_version"] >= 1
-    assert data["applied"] == 0  # opening the database already migrated it
-    assert "up to date" in ok(invoke("migrate", "--db", db)).stdout
+    assert data["applied"] == data["schema_version"]
+    again = as_json(invoke("migrate", "--db", db, "--json"))
+    assert again == {**data, "applied": 0}
+    assert "0 migration(s) applied" in ok(invoke("migrate", "--db", db)).stdout
 
 
 # -- worker ----------------------------------------------------------------------------------------

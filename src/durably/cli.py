@@ -676,7 +676,7 @@ def migrate(db: str | None, as_json: bool) -> None:
     """Bring the database schema up to date (opening a database also does this)."""
     from .store import open_store
 
-    store = open_store(db)
+    store = open_store(db, migrate=False)
     try:
         applied = store.migrate()
         version = store.schema_version()
@@ -685,7 +685,9 @@ def migrate(db: str | None, as_json: bool) -> None:
     if as_json:
         print_json({"database": resolve_url(db), "applied": applied, "schema_version": version})
     else:
-        click.echo(f"{resolve_url(db)}: schema at version {version}, up to date")
+        click.echo(
+            f"{resolve_url(db)}: {applied} migration(s) applied, schema at version {version}"
+        )
 
 
 @cli.command()

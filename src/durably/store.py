@@ -123,10 +123,11 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get(URL_ENV) or DEFAULT_URL
 
 
-def open_store(url: str | None = None, **options: Any) -> Store:
-    """Open (and migrate) the store a URL names: ``sqlite:///path.db``, ``sqlite://:memory:``,
-    ``postgresql://user@host/db``. Query parameters and ``options`` tune it
-    (``synchronous=full`` on SQLite, ``schema=tenant`` on PostgreSQL)."""
+def open_store(url: str | None = None, *, migrate: bool = True, **options: Any) -> Store:
+    """Open (and, unless ``migrate=False``, migrate) the store a URL names:
+    ``sqlite:///path.db``, ``sqlite://:memory:``, ``postgresql://user@host/db``. Query
+    parameters and ``options`` tune it (``synchronous=full`` on SQLite, ``schema=tenant`` on
+    PostgreSQL)."""
     url = resolve_url(url)
     if not isinstance(url, str):
         raise StoreError(f"database URL must be a string, not {type(url).__name__}")
@@ -157,6 +158,8 @@ def open_store(url: str | None = None, **options: Any) -> Store:
             f"unsupported database URL {url!r}: use sqlite:///path.db, sqlite://:memory: "
             "or postgresql://user@host/dbname"
         )
+    if not migrate:
+        return store
     try:
         store.migrate()
     except BaseException:
