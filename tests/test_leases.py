@@ -72,9 +72,7 @@ def test_a_zombie_cannot_commit_after_its_claim_was_taken_over(
     execution_id = first.start(wf, {})
     zombie, rescuer = first.worker(concurrency=1), second.worker(concurrency=1)
 
-    claimed = zombie._claim()
-    assert claimed is not None
-    run, name, attempt = claimed
+    [(run, name, attempt)] = zombie._claim(1)
     expire_claims(first)
     rescuer.sweep()  # the stale claim goes back to ready, and counts a recovery
     row = task_row(second, execution_id, "work")
@@ -82,8 +80,7 @@ def test_a_zombie_cannot_commit_after_its_claim_was_taken_over(
     assert row["recovery_attempts"] == 1
     assert row["last_recovery_at"] is not None
 
-    retaken = rescuer._claim()
-    assert retaken is not None
+    [retaken] = rescuer._claim(1)
     assert retaken[2] == attempt + 1
     rescuer._complete(*retaken, {"by": "the rescuer"}, None)
 
@@ -91,8 +88,7 @@ def test_a_zombie_cannot_commit_after_its_claim_was_taken_over(
     assert zombie.completed == 0
     assert second.task_context(execution_id, "work")["by"] == "the rescuer"
 
-    job = rescuer._claim()
-    assert job is not None
+    [job] = rescuer._claim(1)
     ctx = job[0].context_for(job[1])  # its input: the rescuer's output of `work`
     ctx["after"] = True
     rescuer._complete(*job, ctx.to_dict(), None)
@@ -112,7 +108,7 @@ def test_a_task_losing_its_claim_too_often_is_abandoned(
     worker, sweeper = first.worker(concurrency=1), second.worker(concurrency=1)
 
     for _ in range(2):  # max_recovery_attempts=1: the second loss abandons it
-        assert worker._claim() is not None
+        assert len(worker._claim(1)) == 1
         worker._active.clear()  # the process that claimed it is gone
         expire_claims(first)
         sweeper.sweep()
@@ -120,7 +116,9 @@ def test_a_task_losing_its_claim_too_often_is_abandoned(
     row = task_row(second, execution_id, "work")
     assert row["status"] == "abandoned"
     assert row["recovery_attempts"] == 2
-    sweeper._claim()  # `after` is ready: its claimer skips it, which finishes the execution
+    assert (
+        sweeper._claim(1) == []
+    )  # `after` is ready: its claimer skips it, which finishes the execution
     result = second.wait(execution_id, timeout=10)
     assert result.status == "failed"
     assert result.tasks["work"].status == "abandoned"
@@ -135,7 +133,7 @@ def test_a_live_claim_is_left_alone(engines: tuple[Engine, Engine]) -> None:
         engine.register(wf)
     execution_id = first.start(wf, {})
     worker, sweeper = first.worker(concurrency=1), second.worker(concurrency=1)
-    assert worker._claim() is not None
+    assert len(worker._claim(1)) == 1
     first.beat()  # a fresh heartbeat
     sweeper.sweep()
     row = task_row(second, execution_id, "work")

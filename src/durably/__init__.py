@@ -45,6 +45,7 @@ from .exceptions import (
     WorkflowNotRegistered,
 )
 from .executor import TaskHandle
+from .participants import RequestInfo, current_request
 from .results import ExecutionResult, TaskResult
 from .retry import RetryPolicy
 from .saga import ConditionalSagaStep, LocalSagaStep, RemoteSagaStep, Saga, SagaStep
@@ -93,6 +94,7 @@ __all__ = [
     "NonRetryable",
     "RabbitMQBroker",
     "RemoteSagaStep",
+    "RequestInfo",
     "RetryPolicy",
     "Saga",
     "SagaContext",
@@ -130,6 +132,7 @@ __all__ = [
     "__version__",
     "all_of",
     "any_of",
+    "current_request",
     "none_of",
     "when",
 ]

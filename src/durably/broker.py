@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from . import codec
 from .exceptions import BrokerError, ContextSerializationError, ServiceError
+from .participants import _serving
 from .saga_messages import (
     HEADER_KEY,
     HEADER_REPLY_TO,
@@ -122,8 +123,10 @@ class Broker(abc.ABC):
 
     async def serve(self, target: str, message: Message) -> None:
         """Run the participant of ``target`` on one request and publish its reply. The request
-        is acknowledged after the reply is out, so a crash in between redelivers it."""
-        status, content = await _call_service(self.services[target], message.body)
+        is acknowledged after the reply is out, so a crash in between redelivers it. While the
+        handler runs, :func:`durably.participants.current_request` describes the request."""
+        with _serving(target, message.headers):
+            status, content = await _call_service(self.services[target], message.body)
         reply_to = message.headers.get(HEADER_REPLY_TO)
         if not reply_to:
             logger.warning("request to %r has no reply_to header: reply dropped", target)

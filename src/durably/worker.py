@@ -85,15 +85,14 @@ class Worker:
         if time.monotonic() - self._last_sweep > engine.lease / 2:
             self.sweep()
         claimed = False
-        while not self._stopping.is_set() and len(running) < self.concurrency:
-            job = self._claim()
-            if job is None:
-                break
-            claimed = True
-            run, name, attempt = job
-            ctx = run.context_for(name)
-            task = run.wf.tasks[name]
-            running[engine.executor.submit(task, ctx, run.handle(name, attempt))] = job
+        if not self._stopping.is_set() and len(running) < self.concurrency:
+            jobs = self._claim(self.concurrency - len(running))
+            claimed = bool(jobs)
+            for job in jobs:
+                run, name, attempt = job
+                ctx = run.context_for(name)
+                task = run.wf.tasks[name]
+                running[engine.executor.submit(task, ctx, run.handle(name, attempt))] = job
         if running:
             done, _ = concurrent.futures.wait(
                 running,
@@ -109,60 +108,110 @@ class Worker:
             self.store.wait_for_work(self.poll_interval)
 
     def _save_outcomes(self) -> None:
-        """Record finished attempts, oldest first; one that fails stays for the next turn."""
-        while self._unsaved:
-            self._complete(*self._unsaved[0])
-            self._unsaved.pop(0)
+        """Record every finished attempt in ONE transaction (a commit is the expensive part
+        on PostgreSQL). If it fails, they all stay for the next turn: each completion is
+        conditional on its claim, so none can apply twice."""
+        if not self._unsaved:
+            return
+        for _run, _name, _attempt, _output, error in self._unsaved:
+            if error is not None and not isinstance(error, Exception):
+                raise error  # KeyboardInterrupt and the like are not task outcomes
+        # Executions locked in id order: two workers' batches can never deadlock.
+        batch = sorted(self._unsaved, key=lambda outcome: outcome[0].id)
+        recorded: list[bool] = []
+        finished: list[Run] = []
+        with self.store.transaction() as tx:
+            locked: set[str] = set()
+            for run, name, attempt, output, error in batch:
+                if run.id not in locked:
+                    # Other workers may have finished siblings since the claim: read the
+                    # statuses under the lock so exactly one completion marks a dependent ready.
+                    tx.fetch_one("lock_execution", {"id": run.id})
+                    locked.add(run.id)
+                execution = {"id": run.id, "context_id": None}
+                fresh = self._around(tx, run.wf, execution, name, run.patches)
+                recorded.append(fresh.record(tx, name, attempt, output, error) is not None)
+                if recorded[-1] and (done := self._after(tx, fresh, None)) is not None:
+                    finished.append(done)
+        self._unsaved.clear()
+        for (run, name, attempt, _output, _error), saved in zip(batch, recorded, strict=True):
+            self._active.discard(run.tasks[name].id)
+            if saved:
+                self.completed += 1
+            else:
+                log.warning(
+                    "lost the claim on %s attempt %d: output discarded",
+                    name,
+                    attempt,
+                    extra={"action": "zombie_discarded", "task": name},
+                )
+        for run in finished:
+            self._finish_if_done(run)
 
     # -- one task ------------------------------------------------------------------------------
 
-    def _claim(self) -> tuple[Run, str, int] | None:
-        """Claim one ready task and load just what it needs: its dependencies' statuses and
-        outputs (or the initial context), in the claim's own transaction."""
+    def _claim(self, limit: int) -> list[tuple[Run, str, int]]:
+        """Claim up to ``limit`` ready tasks in one transaction, loading just what each needs:
+        its dependencies' statuses and outputs (or the initial context). A claimed task that
+        its trigger skips is settled in the same transaction, and the claim goes on."""
         names = json.dumps([f"{name}@{version}" for name, version in self.engine._workflows])
-        while True:
-            job = done = None
+        jobs: list[tuple[Run, str, int]] = []
+        while not jobs:
+            done: list[Run] = []
             with self.store.transaction() as tx:
-                row = tx.fetch_one(
-                    "claim_task",
-                    {"worker": self.engine.worker_id, "now": timestamp(), "names": names},
+                rows = tx.fetch_all(
+                    "claim_tasks",
+                    {
+                        "worker": self.engine.worker_id,
+                        "now": timestamp(),
+                        "names": names,
+                        "limit": limit,
+                    },
                 )
-                if row is None:
-                    return None
-                execution_id, name = str(row["pipeline_execution_id"]), row["task_name"]
-                execution = tx.fetch_one("get_execution", {"id": execution_id})
-                assert execution is not None
-                wf = self.engine._workflow(
-                    execution["pipeline_name"], execution["pipeline_version"]
-                )
-                deps = wf.tasks[name].dependencies
-                run = self._partial(
-                    tx,
-                    wf,
-                    execution,
-                    [name, *deps],
-                    outputs=deps,
-                    patches=_patch(name, row),
-                    with_initial=not deps,
-                )
-                if any(dep not in run.outputs for dep in deps):
-                    # A dependency that did not complete passes on its own input: that needs
-                    # the whole execution (rare: only after a failure or a skip).
-                    run = load_run(self.engine, tx, wf, execution, run.patches)
-                    run.claims = False
-                verdict, detail = run.evaluate(name)
-                if verdict == "run":
-                    run.inputs[name] = detail
-                    job = run, name, row["attempt"]
-                else:
-                    # Settled without running (skipped by its trigger, or its input failed).
-                    around = self._around(tx, wf, execution, name, run.patches)
-                    around.settle(tx, name, verdict, detail, timestamp())
-                    done = self._after(tx, around, execution)
-            if job is not None:
+                if not rows:
+                    return []
+                for row in rows:
+                    job, finished = self._prepare(tx, row)
+                    if job is not None:
+                        jobs.append(job)
+                    elif finished is not None:
+                        done.append(finished)
+            for run, name, _attempt in jobs:
                 self._active.add(run.tasks[name].id)  # only once the claim is committed
-                return job
-            self._finish_if_done(done)
+            for run in done:
+                self._finish_if_done(run)
+        return jobs
+
+    def _prepare(self, tx: Tx, row: Row) -> tuple[tuple[Run, str, int] | None, Run | None]:
+        """A claimed task's inputs, or its settlement without running: ``(job, None)``, or
+        ``(None, the whole execution if that finished it)``."""
+        execution_id, name = str(row["pipeline_execution_id"]), row["task_name"]
+        execution = tx.fetch_one("get_execution", {"id": execution_id})
+        assert execution is not None
+        wf = self.engine._workflow(execution["pipeline_name"], execution["pipeline_version"])
+        deps = wf.tasks[name].dependencies
+        run = self._partial(
+            tx,
+            wf,
+            execution,
+            [name, *deps],
+            outputs=deps,
+            patches=_patch(name, row),
+            with_initial=not deps,
+        )
+        if any(dep not in run.outputs for dep in deps):
+            # A dependency that did not complete passes on its own input: that needs the
+            # whole execution (rare: only after a failure or a skip).
+            run = load_run(self.engine, tx, wf, execution, run.patches)
+            run.claims = False
+        verdict, detail = run.evaluate(name)
+        if verdict == "run":
+            run.inputs[name] = detail
+            return (run, name, row["attempt"]), None
+        # Settled without running (skipped by its trigger, or its input failed).
+        around = self._around(tx, wf, execution, name, run.patches)
+        around.settle(tx, name, verdict, detail, timestamp())
+        return None, self._after(tx, around, execution)
 
     def _partial(
         self,
@@ -219,29 +268,9 @@ class Worker:
         output: dict[str, Any] | None,
         error: BaseException | None,
     ) -> None:
-        if error is not None and not isinstance(error, Exception):
-            raise error
-        done = None
-        with self.store.transaction() as tx:
-            # Other workers may have finished siblings since the claim: read the statuses
-            # under the execution's lock so exactly one completion marks a dependent ready.
-            tx.fetch_one("lock_execution", {"id": run.id})
-            execution = {"id": run.id, "context_id": None}
-            fresh = self._around(tx, run.wf, execution, name, run.patches)
-            recorded = fresh.record(tx, name, attempt, output, error) is not None
-            if recorded:
-                done = self._after(tx, fresh, None)
-        self._active.discard(run.tasks[name].id)
-        if not recorded:
-            log.warning(
-                "lost the claim on %s attempt %d: output discarded",
-                name,
-                attempt,
-                extra={"action": "zombie_discarded", "task": name},
-            )
-            return
-        self.completed += 1
-        self._finish_if_done(done)
+        """Record one finished attempt now."""
+        self._unsaved.append((run, name, attempt, output, error))
+        self._save_outcomes()
 
     def _after(self, tx: Tx, run: Run, execution: Row | None) -> Run | None:
         """Wake other workers for what became ready; when nothing is left to run, load the

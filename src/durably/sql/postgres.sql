@@ -9,12 +9,12 @@ SELECT pg_notify('durably_work', '');
 -- Serialize the completions of one execution, so exactly one marks a shared dependent ready.
 SELECT id FROM pipeline_executions WHERE id = :id FOR UPDATE;
 
--- name: claim_task
+-- name: claim_tasks
 -- SKIP LOCKED: concurrent workers each take a different ready row without waiting.
 UPDATE task_executions
 SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_at = :now,
     started_at = :now, retry_at = NULL, updated_at = :now
-WHERE id = (
+WHERE id IN (
     SELECT t.id FROM task_executions t
     JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
     WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
@@ -23,7 +23,7 @@ WHERE id = (
           SELECT jsonb_array_elements_text(CAST(:names AS jsonb))
       )
     ORDER BY t.created_at, t.position
-    LIMIT 1
+    LIMIT :limit
     FOR UPDATE OF t SKIP LOCKED
 )
 RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration;

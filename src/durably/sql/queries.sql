@@ -209,28 +209,22 @@ SET claimed_by = NULL, recovery_attempts = recovery_attempts + 1, last_recovery_
     updated_at = :now
 WHERE id = :id AND claimed_by = :previous;
 
--- name: claim_task
--- One ready task of a registered workflow version, oldest first, for a worker. SQLite runs
--- it in an IMMEDIATE transaction, so two workers never claim the same row.
+-- name: claim_tasks
+-- Up to :limit ready tasks of registered workflow versions, oldest first, for a worker.
+-- SQLite runs it in an IMMEDIATE transaction, so two workers never claim the same row.
 UPDATE task_executions
 SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_at = :now,
     started_at = :now, retry_at = NULL, updated_at = :now
-WHERE id = (
+WHERE id IN (
     SELECT t.id FROM task_executions t
     JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
     WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= :now)
       AND p.status = 'running' AND p.claimed_by IS NULL
       AND p.pipeline_name || '@' || p.pipeline_version IN (SELECT value FROM json_each(:names))
     ORDER BY t.created_at, t.position
-    LIMIT 1
+    LIMIT :limit
 )
 RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration;
-
--- name: release_claim
--- A stopping worker hands back a task it claimed but did not start.
-UPDATE task_executions
-SET status = 'ready', attempt = attempt - 1, claimed_by = NULL, updated_at = :now
-WHERE id = :id AND claimed_by = :worker AND status = 'running';
 
 -- name: worker_claims
 -- The worker-path tasks a worker holds: any it is not running lost their claim's owner.
