@@ -289,7 +289,7 @@ class Engine:
             else:
                 wf = self._workflow(row["pipeline_name"], row["pipeline_version"])
                 self._take_over(tx, row)
-                run = load_run(self, tx, wf, row, self._patches(tx, key))
+                run = load_run(self, tx, wf, row)
                 first = run.start_ready(tx)
         if run is None:
             return self.get(key)
@@ -346,14 +346,6 @@ class Engine:
             },
         )
         return abandoned and changed > 0
-
-    def _patches(self, tx: Tx, execution_id: str) -> dict[str, dict[str, Any]]:
-        patches = {}
-        for task in tx.fetch_all("get_tasks", {"id": execution_id}):
-            config = json.loads(task["task_configuration"] or "{}")
-            if "context_patch" in config:
-                patches[task["task_name"]] = codec.loads(config["context_patch"])
-        return patches
 
     # -- heartbeats ----------------------------------------------------------------------------
 
@@ -597,7 +589,7 @@ class Engine:
                     },
                 )
             new_row = self._execution_row(tx, new_id)
-            run = load_run(self, tx, wf, new_row, self._patches(tx, new_id))
+            run = load_run(self, tx, wf, new_row)
             first = run.start_ready(tx)
         return self._drive(run, first)
 

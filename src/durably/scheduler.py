@@ -11,6 +11,7 @@ attempt that will be retried costs a second transaction when the retry starts.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import time
 import uuid
@@ -514,15 +515,20 @@ class Run:
         self.finished = True
 
 
-def load_run(
-    engine: Engine, tx: Tx, wf: Workflow, execution: Row, patches: dict[str, dict[str, Any]]
-) -> Run:
-    """Build a Run from the database (resume, retry, workers)."""
+def context_patch(task: Row) -> dict[str, Any] | None:
+    """A fork's context patch for a task, kept in its stored configuration."""
+    patch = json.loads(task["task_configuration"] or "{}").get("context_patch")
+    return codec.loads(patch) if patch else None
+
+
+def load_run(engine: Engine, tx: Tx, wf: Workflow, execution: Row) -> Run:
+    """Build a Run from the database (resume, retry, fork, workers)."""
     execution_id = str(execution["id"])
     initial = tx.fetch_one("get_context", {"id": str(execution["context_id"])})
     rows = tx.fetch_all("get_tasks", {"id": execution_id})
     outputs = tx.fetch_all("get_outputs", {"id": execution_id})
     assert initial is not None
+    patches = {row["task_name"]: patch for row in rows if (patch := context_patch(row))}
     return Run(
         engine,
         wf,

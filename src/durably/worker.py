@@ -17,10 +17,9 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import codec
 from .exceptions import StoreError
 from .results import NOT_STARTED, READY, RUNNING, TASK_TERMINAL
-from .scheduler import Run, TaskState, describe, load_run
+from .scheduler import Run, TaskState, context_patch, describe, load_run
 from .store import Row, Tx, timestamp
 from .workflow import Workflow
 
@@ -196,13 +195,13 @@ class Worker:
             execution,
             [name, *deps],
             outputs=deps,
-            patches=_patch(name, row),
+            patches={name: patch} if (patch := context_patch(row)) else {},
             with_initial=not deps,
         )
         if any(dep not in run.outputs for dep in deps):
             # A dependency that did not complete passes on its own input: that needs the
             # whole execution (rare: only after a failure or a skip).
-            run = load_run(self.engine, tx, wf, execution, run.patches)
+            run = load_run(self.engine, tx, wf, execution)
             run.claims = False
         verdict, detail = run.evaluate(name)
         if verdict == "run":
@@ -283,7 +282,7 @@ class Worker:
         if execution is None or execution["context_id"] is None:
             execution = tx.fetch_one("get_execution", {"id": run.id})
             assert execution is not None
-        whole = load_run(self.engine, tx, run.wf, execution, run.patches)
+        whole = load_run(self.engine, tx, run.wf, execution)
         whole.claims = False
         if not whole.needs_compensation():
             whole.finish(tx)
@@ -352,7 +351,7 @@ class Worker:
                 if row is None or row["status"] != RUNNING or row["claimed_by"] is not None:
                     return
                 wf = self.engine._workflow(row["pipeline_name"], row["pipeline_version"])
-                run = load_run(self.engine, tx, wf, row, self.engine._patches(tx, execution_id))
+                run = load_run(self.engine, tx, wf, row)
                 run.claims = False
                 now = timestamp()
                 for name, state in run.tasks.items():
@@ -375,10 +374,3 @@ class Worker:
             )
             return
         self._finish_if_done(done)
-
-
-def _patch(name: str, claimed: Row) -> dict[str, dict[str, Any]]:
-    """A fork's context patch for the claimed task, stored in its configuration."""
-    config = json.loads(claimed["task_configuration"] or "{}")
-    patch = config.get("context_patch")
-    return {name: codec.loads(patch)} if patch else {}
