@@ -42,6 +42,8 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -250,3 +252,16 @@ def engine(store_url: str) -> Iterator[Engine]:
     """An Engine on this test case's backend, closed after the test."""
     with Engine(store_url) as opened:
         yield opened
+
+
+def unique(prefix: str = "wf") -> str:
+    """A workflow name no other test uses (workflow names are a process-wide registry)."""
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)

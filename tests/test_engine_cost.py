@@ -20,7 +20,6 @@ with 50 dependencies builds its input without a single extra statement.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,6 +28,8 @@ import pytest
 
 from durably import Context, Engine, RetryPolicy, Workflow
 from durably.store import Store, Tx
+
+from .conftest import unique
 
 
 class _SpyTx(Tx):
@@ -95,10 +96,6 @@ def engine(store_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def recorder(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Recorder:
     return Recorder(engine.store, monkeypatch)
-
-
-def unique(prefix: str = "cost") -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
 def setter(**values: Any) -> Callable[[Context], None]:

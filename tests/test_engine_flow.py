@@ -27,6 +27,8 @@ from durably import (
     codec,
 )
 
+from .conftest import unique, wait_until
+
 FAST = RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=False)
 
 
@@ -42,18 +44,6 @@ def _marker(name: str) -> Callable[[Context], None]:
         ctx[f"set_by_{name}"] = True
 
     return mark
-
-
-def unique(prefix: str = "flow") -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def completed(engine: Engine, ctx: Context, task: str) -> bool:

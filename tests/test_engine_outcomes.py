@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -35,19 +34,9 @@ from durably import (
 )
 from durably.store import parse_timestamp
 
+from .conftest import unique, wait_until
+
 FAST = RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=False)
-
-
-def unique(prefix: str = "outcome") -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def task_rows(engine: Engine, execution_id: Any) -> dict[str, dict[str, Any]]:

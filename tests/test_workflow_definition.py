@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -23,9 +22,7 @@ from durably import (
 )
 from durably.workflow import registered
 
-
-def unique(prefix: str = "wf") -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+from .conftest import unique
 
 
 def noop(ctx: Context) -> None:
