@@ -8,13 +8,14 @@ Derived from that and the code, per transaction:
 
     start (engine.run)     insert_context (initial), insert_execution, insert_task (one
                            executemany), start_task per root                       = 3 + roots
-    a task completes       complete_task, insert_context, save_output,
-                           + start_task per dependent it made runnable             = 3 + runnable
+    a task completes       complete_task, insert_attempt, insert_context, save_output,
+                           + start_task per dependent it made runnable             = 4 + runnable
     ...the last one also   insert_context (final), finish_execution                = + 2
-    get() (end of run)     read: get_execution, get_tasks, get_outputs, get_context = 4
+    get() (end of run)     read: get_execution, get_context (final), get_tasks,
+                           get_outputs, get_context (initial), get_attempts       = 6
 
-So a 10-task chain costs 11 write transactions (45 statements) and 1 read (4 statements):
-12 transactions, 49 statements. Dependency outputs are cached in memory by the run, so a task
+So a 10-task chain costs 11 write transactions (55 statements) and 1 read (6 statements):
+12 transactions, 61 statements. Dependency outputs are cached in memory by the run, so a task
 with 50 dependencies builds its input without a single extra statement.
 """
 
@@ -113,9 +114,9 @@ def chain(length: int) -> Workflow:
 
 
 START = ["insert_context", "insert_execution", "insert_task"]
-COMPLETE = ["complete_task", "insert_context", "save_output"]
+COMPLETE = ["complete_task", "insert_attempt", "insert_context", "save_output"]
 FINISH = ["insert_context", "finish_execution"]
-GET = ["get_execution", "get_tasks", "get_outputs", "get_context"]
+GET = ["get_execution", "get_context", "get_tasks", "get_outputs", "get_context", "get_attempts"]
 
 
 def test_a_10_task_chain_costs_one_write_transaction_per_task_plus_one(
@@ -129,7 +130,7 @@ def test_a_10_task_chain_costs_one_write_transaction_per_task_plus_one(
 
     stats = engine.store.stats
     assert stats.transactions == 12  # 1 start + 10 completions + 1 read by get()
-    assert stats.statements == 49  # 4 + 9 * 4 + 5 + 4
+    assert stats.statements == 61  # 4 + 9 * 5 + 6 + 6
 
     writes = recorder.writes()
     assert len(writes) == 11
@@ -149,9 +150,9 @@ def test_a_10_task_chain_costs_one_write_transaction_per_task_plus_one(
         assert engine.run(chain(length)).status == "completed"
         costs[length] = (engine.store.stats.transactions, engine.store.stats.statements)
     assert costs == {
-        1: (3, 4 + 5 + 4),
-        5: (7, 4 + 4 * 4 + 5 + 4),
-        20: (22, 4 + 19 * 4 + 5 + 4),
+        1: (3, 4 + 6 + 6),
+        5: (7, 4 + 4 * 5 + 6 + 6),
+        20: (22, 4 + 19 * 5 + 6 + 6),
     }
 
 
@@ -174,9 +175,9 @@ def test_a_task_with_50_dependencies_loads_its_inputs_without_extra_statements(
 
     # 1 start + 50 root completions + the sink's completion + the read of get().
     assert engine.store.stats.transactions == width + 3
-    # start: 3 + 50 start_task; roots: 3 each, +1 for the one that made the sink runnable;
-    # the sink: 3 + 2 (it is the last task); get(): 4.
-    assert engine.store.stats.statements == (3 + width) + (3 * width + 1) + 5 + 4
+    # start: 3 + 50 start_task; roots: 4 each, +1 for the one that made the sink runnable;
+    # the sink: 4 + 2 (it is the last task); get(): 6.
+    assert engine.store.stats.statements == (3 + width) + (4 * width + 1) + 6 + 6
 
     writes = recorder.writes()
     assert writes[0] == START + ["start_task"] * width
@@ -233,7 +234,7 @@ def test_a_fan_out_claims_every_dependent_in_the_completing_transaction(
     assert engine.store.stats.transactions == 4 + 2  # one per task, the start, the read
     writes = recorder.writes()
     assert writes[1] == [*COMPLETE, "start_task", "start_task", "start_task"]
-    assert sorted(map(len, writes[2:])) == [3, 3, 5]
+    assert sorted(map(len, writes[2:])) == [4, 4, 6]
 
 
 def test_a_failure_settles_skipped_dependents_in_the_same_transaction(
@@ -251,7 +252,7 @@ def test_a_failure_settles_skipped_dependents_in_the_same_transaction(
     assert engine.run(wf).status == "failed"
     assert recorder.writes() == [
         [*START, "start_task"],
-        ["fail_task", "settle_unstarted_task", "settle_unstarted_task", *FINISH],
+        ["fail_task", "insert_attempt", "settle_unstarted_task", "settle_unstarted_task", *FINISH],
     ]
     assert engine.store.stats.transactions == 3
 
@@ -272,7 +273,7 @@ def test_a_retried_attempt_costs_one_more_transaction_for_the_failure_and_one_to
     assert result.tasks["flaky"].attempts == 2
     assert recorder.writes() == [
         [*START, "start_task"],
-        ["retry_task_later"],
+        ["retry_task_later", "insert_attempt"],
         ["start_task"],
         [*COMPLETE, *FINISH],
     ]

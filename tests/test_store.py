@@ -150,6 +150,7 @@ def seed_execution(store: Store, tasks: int = 1) -> tuple[str, list[str]]:
                 "context_id": context_id,
                 "claimed_by": None,
                 "parent_id": None,
+                "key": None,
                 "now": now,
             },
         )
@@ -219,6 +220,7 @@ SAMPLES: dict[str, Callable[[], Any]] = {
     "configuration": lambda: "{}",
     "error": lambda: "boom",
     "names": lambda: '["wf@v1"]',
+    "ids": lambda: json.dumps([new_id()]),
 }
 
 

@@ -37,10 +37,11 @@ from .loading import (
 )
 from .lookup import find_execution, list_executions
 from .progress import follow, run_quietly
-from .results import EXECUTION_TERMINAL, ExecutionResult
+from .results import ExecutionResult
 from .saga import Saga
 from .saga_manager import DEFAULT_REPLY_TO
 from .saga_service import SagaService
+from .statuses import EXECUTION_TERMINAL
 from .store import resolve_url
 from .views import (
     context_table,

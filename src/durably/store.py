@@ -141,10 +141,7 @@ def open_store(url: str | None = None, *, migrate: bool = True, **options: Any) 
         if "schema" in merged:
             raise StoreError("schema= selects a PostgreSQL schema; SQLite has none")
 
-        # sqlite:///rel.db and sqlite:////abs.db as SQLAlchemy spells them; sqlite://:memory:.
-        path = ":memory:" if parts.netloc == ":memory:" else parts.path.removeprefix("/")
-        if not path:
-            raise StoreError(f"database URL {url!r} names no file: use sqlite:///path.db")
+        path = _sqlite_path(url, parts.netloc, parts.path)
         try:
             store = SQLiteStore(path, **merged)
         except TypeError as exc:
@@ -166,6 +163,23 @@ def open_store(url: str | None = None, *, migrate: bool = True, **options: Any) 
         store.close()
         raise
     return store
+
+
+SQLITE_FORMS = "sqlite:///relative.db, sqlite:////absolute/path.db or sqlite://:memory:"
+
+
+def _sqlite_path(url: str, netloc: str, path: str) -> str:
+    """The file a SQLite URL names, as SQLAlchemy spells them. Anything else is an error, not
+    a guess: ``sqlite:/x`` or ``sqlite://host/x`` would otherwise create a stray file."""
+    if not url.partition(":")[2].startswith("//") or netloc not in ("", ":memory:"):
+        raise StoreError(f"invalid SQLite URL {url!r}: use {SQLITE_FORMS}")
+    if netloc == ":memory:":
+        if path:
+            raise StoreError(f"invalid SQLite URL {url!r}: use {SQLITE_FORMS}")
+        return ":memory:"
+    if not path.removeprefix("/"):
+        raise StoreError(f"database URL {url!r} names no file: use {SQLITE_FORMS}")
+    return path.removeprefix("/")
 
 
 def iter_statements(script: str) -> Iterator[str]:
