@@ -25,7 +25,7 @@ from durably import (
     WorkflowDefinitionError,
     codec,
 )
-from durably.store import open_store
+from durably.backends import open_store
 from durably.workflow import _wants_handle
 
 from .conftest import unique

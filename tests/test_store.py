@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from durably import sql
+from durably.backends import open_store
 from durably.exceptions import StoreConnectionError, StoreError
-from durably.store import Store, open_store, timestamp
+from durably.store import Store, timestamp
 
 
 class Boom(Exception):

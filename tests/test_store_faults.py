@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from durably import MigrationError, StoreConnectionError
+from durably.backends import open_store
 from durably.sqlite_store import SQLiteStore
-from durably.store import Store, open_store
+from durably.store import Store
 
 from .conftest import wait_until
 
@@ -72,22 +73,6 @@ def test_a_failed_migration_closes_the_store(tmp_path: Path) -> None:
     with pytest.raises(MigrationError, match=r"foreign\.db") as info:
         open_store(f"sqlite:///{path}")
     assert open_fds() == before, f"{open_fds() - before} descriptor(s) leaked: {info.value}"
-
-
-def test_the_read_only_directory_case_when_not_root(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root writes into a read-only directory; the cases above cover it")
-    path = tmp_path / "ro" / "t.db"
-    path.parent.mkdir()
-    sqlite3.connect(path).close()
-    path.parent.chmod(0o555)
-    try:
-        before = open_fds()
-        with contextlib.suppress(StoreConnectionError):
-            SQLiteStore(str(path)).close()
-        assert open_fds() == before
-    finally:
-        path.parent.chmod(0o755)
 
 
 # -- PostgreSQL: a dead server is unreachable, a full pool is busy ----------------------------

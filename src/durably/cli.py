@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.text import Text
 
 from . import __version__, codec
+from .backends import resolve_url
 from .broker import Broker, InMemoryBroker, broker_from_url
 from .engine import Engine
 from .exceptions import DurablyError, ExecutionStateError
@@ -42,7 +43,6 @@ from .saga import Saga
 from .saga_manager import DEFAULT_REPLY_TO
 from .saga_service import SagaService
 from .statuses import EXECUTION_TERMINAL
-from .store import resolve_url
 from .views import (
     context_table,
     executions_table,
@@ -675,7 +675,7 @@ def fork(
 @common_options
 def migrate(db: str | None, as_json: bool) -> None:
     """Bring the database schema up to date (opening a database also does this)."""
-    from .store import open_store
+    from .backends import open_store
 
     store = open_store(db, migrate=False)
     try:

@@ -18,6 +18,7 @@ from typing import Any
 from uuid import UUID
 
 from . import codec, plan
+from .backends import open_store
 from .clock import SYSTEM, Clock
 from .context import Context
 from .exceptions import (
@@ -34,7 +35,7 @@ from .runner import Job, Runner
 from .runtime import DEFAULT_MAX_CONTEXT_BYTES, Runtime, check_lease
 from .shape import StoredShape
 from .statuses import CANCELLED, EXECUTION_TERMINAL, FAILED, RUNNING
-from .store import Store, Tx, open_store
+from .store import Store, Tx
 from .worker import Worker
 from .workflow import Workflow
 
@@ -437,9 +438,7 @@ class Engine:
 
     def worker(self, concurrency: int | None = None, **options: Any) -> Worker:
         """A worker that claims and runs queued tasks of this engine's workflows."""
-        return Worker(
-            self.runtime, concurrency=concurrency or self.runtime.executor.concurrency, **options
-        )
+        return Worker(self.runtime, concurrency=concurrency, **options)
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -237,7 +237,14 @@ Decision = Start | Settle | Defer
 
 
 def describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    """An error as stored and shown: ``Type: message``, always valid text (a message holding
+    a lone surrogate, e.g. a filename decoded with surrogateescape, is escaped)."""
+    try:
+        message = str(error)
+    except Exception:  # a broken __str__ must not hide the failure itself
+        message = object.__repr__(error)
+    text = f"{type(error).__name__}: {message}"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def decide(state: ExecutionState, name: str, now: float) -> Decision:

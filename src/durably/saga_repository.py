@@ -14,11 +14,12 @@ from typing import Any
 from uuid import UUID
 
 from . import codec
+from .backends import open_store
 from .context import SagaContext
 from .exceptions import SagaDefinitionNotFound, SagaExecutionNotFoundException
 from .saga import registered_saga
 from .saga_execution import SagaExecution, SagaStatus, SagaStepRecord
-from .store import Row, Store, open_store, parse_timestamp, timestamp
+from .store import Row, Store, parse_timestamp, timestamp
 
 __all__ = ["SagaExecutionRepository", "SagaExecutionSummary"]
 

@@ -54,11 +54,27 @@ class Finished:
 
 
 class Worker:
-    """Claims and runs tasks until ``stop()``; ``run()`` blocks."""
+    """Claims and runs tasks until ``stop()``; ``run()`` blocks.
 
-    def __init__(self, runtime: Runtime, *, concurrency: int, poll_interval: float = 0.5) -> None:
+    ``Worker(engine)`` (or ``engine.worker()``) serves the workflows registered with that
+    engine; ``concurrency`` defaults to the engine's."""
+
+    def __init__(
+        self,
+        engine: Runtime | Any,
+        *,
+        concurrency: int | None = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        # An Engine carries its runtime; the worker needs only that (no arrow back to it).
+        runtime = engine if isinstance(engine, Runtime) else getattr(engine, "runtime", None)
+        if not isinstance(runtime, Runtime):
+            raise TypeError(f"Worker needs an Engine, not {type(engine).__name__}")
+        concurrency = runtime.executor.concurrency if concurrency is None else concurrency
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError("concurrency must be an int >= 1")
+        if not isinstance(poll_interval, int | float) or not 0 < poll_interval <= 60:
+            raise ValueError("poll_interval must be a number of seconds in (0, 60]")
         self.rt = runtime
         self.concurrency = concurrency
         self.poll_interval = poll_interval
