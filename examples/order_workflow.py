@@ -83,7 +83,12 @@ class Carrier:
             raise CarrierUnavailable("the carrier API is not answering")
         tracking = f"TRK-{order_id}-{len(self.shipments) + 1}"
         self.shipments.append(
-            {"order_id": order_id, "charge_id": charge_id, "gift": gift_wrapped, "tracking": tracking}
+            {
+                "order_id": order_id,
+                "charge_id": charge_id,
+                "gift": gift_wrapped,
+                "tracking": tracking,
+            }
         )
         return tracking
 
@@ -155,7 +160,9 @@ def describe(result: ExecutionResult) -> str:
     for name, task in result.tasks.items():
         lines.append(f"  {name:<14} {task.status}" + (f"  ({task.error})" if task.error else ""))
     if result.status == "completed":
-        lines.append(f"  shipped: {result.context['tracking']} (charge {result.context['charge_id']})")
+        lines.append(
+            f"  shipped: {result.context['tracking']} (charge {result.context['charge_id']})"
+        )
     return "\n".join(lines)
 
 
@@ -163,13 +170,14 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     card = "declined" if "declined" in argv else "ok"
     wf, shop = build()
-    with tempfile.TemporaryDirectory() as tmp:
-        with Engine(f"sqlite:///{Path(tmp) / 'orders.db'}") as engine:
-            result = engine.run(
-                wf, {"order_id": "A-1001", "amount": 42.5, "card": card, "gift": True}
-            )
-            print(describe(result))
-            print(f"  charges: {shop.payments.charge_ids}, refunds: {shop.payments.refunds}")
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Engine(f"sqlite:///{Path(tmp) / 'orders.db'}") as engine,
+    ):
+        order = {"order_id": "A-1001", "amount": 42.5, "card": card, "gift": True}
+        result = engine.run(wf, order)
+        print(describe(result))
+        print(f"  charges: {shop.payments.charge_ids}, refunds: {shop.payments.refunds}")
     return 0 if result.status == "completed" or card == "declined" else 1
 
 

@@ -12,10 +12,10 @@ Derived from that and the code, per transaction:
                            + start_task per dependent it made runnable             = 4 + runnable
     ...the last one also   insert_context (final), finish_execution                = + 2
     get() (end of run)     read: get_execution, get_context (final), get_tasks,
-                           get_outputs, get_context (initial), get_attempts       = 6
+                           get_outputs, get_attempts                              = 5
 
-So a 10-task chain costs 11 write transactions (55 statements) and 1 read (6 statements):
-12 transactions, 61 statements. Dependency outputs are cached in memory by the run, so a task
+So a 10-task chain costs 11 write transactions (55 statements) and 1 read (5 statements):
+12 transactions, 60 statements. Dependency outputs are cached in memory by the run, so a task
 with 50 dependencies builds its input without a single extra statement.
 """
 
@@ -116,7 +116,7 @@ def chain(length: int) -> Workflow:
 START = ["insert_context", "insert_execution", "insert_task"]
 COMPLETE = ["complete_task", "insert_attempt", "insert_context", "save_output"]
 FINISH = ["insert_context", "finish_execution"]
-GET = ["get_execution", "get_context", "get_tasks", "get_outputs", "get_context", "get_attempts"]
+GET = ["get_execution", "get_context", "get_tasks", "get_outputs", "get_attempts"]
 
 
 def test_a_10_task_chain_costs_one_write_transaction_per_task_plus_one(
@@ -130,7 +130,7 @@ def test_a_10_task_chain_costs_one_write_transaction_per_task_plus_one(
 
     stats = engine.store.stats
     assert stats.transactions == 12  # 1 start + 10 completions + 1 read by get()
-    assert stats.statements == 61  # 4 + 9 * 5 + 6 + 6
+    assert stats.statements == 60  # 4 + 9 * 5 + 6 + 5
 
     writes = recorder.writes()
     assert len(writes) == 11
@@ -150,9 +150,9 @@ def test_a_10_task_chain_costs_one_write_transaction_per_task_plus_one(
         assert engine.run(chain(length)).status == "completed"
         costs[length] = (engine.store.stats.transactions, engine.store.stats.statements)
     assert costs == {
-        1: (3, 4 + 6 + 6),
-        5: (7, 4 + 4 * 5 + 6 + 6),
-        20: (22, 4 + 19 * 5 + 6 + 6),
+        1: (3, 4 + 6 + 5),
+        5: (7, 4 + 4 * 5 + 6 + 5),
+        20: (22, 4 + 19 * 5 + 6 + 5),
     }
 
 
@@ -176,8 +176,8 @@ def test_a_task_with_50_dependencies_loads_its_inputs_without_extra_statements(
     # 1 start + 50 root completions + the sink's completion + the read of get().
     assert engine.store.stats.transactions == width + 3
     # start: 3 + 50 start_task; roots: 4 each, +1 for the one that made the sink runnable;
-    # the sink: 4 + 2 (it is the last task); get(): 6.
-    assert engine.store.stats.statements == (3 + width) + (4 * width + 1) + 6 + 6
+    # the sink: 4 + 2 (it is the last task); get(): 5.
+    assert engine.store.stats.statements == (3 + width) + (4 * width + 1) + 6 + 5
 
     writes = recorder.writes()
     assert writes[0] == START + ["start_task"] * width

@@ -3,12 +3,14 @@ declined card never ships, and a refunded charge is never reused by ``fork`` or 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from durably import Engine
 from examples.order_workflow import Shop, build
+
+from durably import Engine, ExecutionResult
 
 from .conftest import unique
 
@@ -16,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ORDER = {"order_id": "A-1", "amount": 42.5, "gift": True}
 
 
-def statuses(result: object) -> dict[str, str]:
-    return {name: task.status for name, task in result.tasks.items()}  # type: ignore[attr-defined]
+def statuses(result: ExecutionResult) -> dict[str, str]:
+    return {name: task.status for name, task in result.tasks.items()}
 
 
 def test_a_declined_card_never_ships(engine: Engine) -> None:
@@ -60,7 +62,7 @@ def test_a_good_order_ships_with_its_charge(engine: Engine) -> None:
     assert result.context["tracking"] == "TRK-A-1-1"
 
 
-def failed_shipment(engine: Engine) -> tuple[object, Shop, object]:
+def failed_shipment(engine: Engine) -> tuple[Shop, ExecutionResult]:
     """An order whose shipment failed after the card was charged: the charge is refunded."""
     wf, shop = build(unique("order"))
     shop.carrier.outage = True
@@ -75,15 +77,15 @@ def failed_shipment(engine: Engine) -> tuple[object, Shop, object]:
     assert shop.calls.count("refund") == 1
     shop.carrier.outage = False
     shop.calls.clear()
-    return wf, shop, result
+    return shop, result
 
 
 def test_fork_after_compensation_charges_again_before_shipping(engine: Engine) -> None:
-    _, shop, failed = failed_shipment(engine)
-    forked = engine.fork(failed.execution_id, "ship")  # type: ignore[attr-defined]
+    shop, failed = failed_shipment(engine)
+    forked = engine.fork(failed.execution_id, "ship")
 
     assert forked.status == "completed", forked.error
-    assert forked.parent_id == failed.execution_id  # type: ignore[attr-defined]
+    assert forked.parent_id == failed.execution_id
     assert shop.payments.charge_ids == ["ch_1", "ch_2"]  # a new charge, not the refunded one
     assert shop.payments.refunds == ["ch_1"]
     assert shop.carrier.shipments == [
@@ -92,17 +94,18 @@ def test_fork_after_compensation_charges_again_before_shipping(engine: Engine) -
     assert forked.context["charge_id"] == "ch_2"
     # charge_card (and what follows it) ran again, before ship; validate, reserve_stock and
     # gift_wrap were reused.
-    assert "charge_card" in shop.calls and "ship" in shop.calls
+    assert "charge_card" in shop.calls
+    assert "ship" in shop.calls
     assert shop.calls.index("charge_card") < shop.calls.index("ship")
     assert {"validate", "reserve_stock", "gift_wrap"}.isdisjoint(shop.calls)
     assert engine.task_context(forked.execution_id, "charge_card")["charge_id"] == "ch_2"
     # The original execution is untouched.
-    assert engine.get(failed.execution_id).status == "failed"  # type: ignore[attr-defined]
+    assert engine.get(failed.execution_id).status == "failed"
 
 
 def test_fork_from_the_failing_task_with_a_patch_charges_again(engine: Engine) -> None:
-    _, shop, failed = failed_shipment(engine)
-    forked = engine.fork(failed.execution_id, "ship", {"gift_wrapped": False})  # type: ignore[attr-defined]
+    shop, failed = failed_shipment(engine)
+    forked = engine.fork(failed.execution_id, "ship", {"gift_wrapped": False})
     assert forked.status == "completed", forked.error
     assert shop.payments.charge_ids == ["ch_1", "ch_2"]
     assert shop.carrier.shipments[-1]["charge_id"] == "ch_2"
@@ -110,10 +113,10 @@ def test_fork_from_the_failing_task_with_a_patch_charges_again(engine: Engine) -
 
 
 def test_retry_after_compensation_charges_again(engine: Engine) -> None:
-    _, shop, failed = failed_shipment(engine)
-    retried = engine.retry(failed.execution_id)  # type: ignore[attr-defined]
+    shop, failed = failed_shipment(engine)
+    retried = engine.retry(failed.execution_id)
 
-    assert retried.execution_id == failed.execution_id  # type: ignore[attr-defined]
+    assert retried.execution_id == failed.execution_id
     assert retried.status == "completed", retried.error
     assert shop.payments.charge_ids == ["ch_1", "ch_2"]
     assert shop.payments.refunds == ["ch_1"]
@@ -132,7 +135,7 @@ def test_the_example_runs_as_a_module() -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
     assert done.returncode == 0, done.stderr
     assert ": completed" in done.stdout

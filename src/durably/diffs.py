@@ -61,7 +61,7 @@ def task_inputs(engine: Engine, result: ExecutionResult) -> tuple[dict[str, Task
     ran (exact), else approximated by the previous task's output in declaration order."""
     snapshot = engine.snapshot(result.execution_id)
     shape = engine.shape(snapshot)
-    initial = codec.loads(snapshot.initial)
+    initial = codec.loads(snapshot.initial or "{}")
     if shape is None:
         return _approximate(result, initial), False
     state = ExecutionState(

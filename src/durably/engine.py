@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from uuid import UUID
 
-from . import codec, plan
+from . import codec, repair
 from .backends import open_store
 from .clock import SYSTEM, Clock
 from .context import Context
@@ -25,16 +25,15 @@ from .exceptions import (
     ExecutionNotFound,
     ExecutionStateError,
     StoreError,
-    WorkflowDefinitionError,
 )
-from .plan import ExecutionState, TaskState
-from .records import ExecutionRecord, Snapshot, StaleClaim, epoch
+from .plan import ExecutionState, Shape, TaskState
+from .records import ExecutionRecord, Snapshot
 from .registry import Registry
 from .results import ExecutionResult, result_of, summary_of
 from .runner import Job, Runner
 from .runtime import DEFAULT_MAX_CONTEXT_BYTES, Runtime, check_lease
 from .shape import StoredShape
-from .statuses import CANCELLED, EXECUTION_TERMINAL, FAILED, RUNNING
+from .statuses import EXECUTION_TERMINAL
 from .store import Store, Tx
 from .worker import Worker
 from .workflow import Workflow
@@ -257,27 +256,10 @@ class Engine:
             if record.status in EXECUTION_TERMINAL:
                 return self.get(key)
             wf = self.runtime.workflow(record.workflow, record.version)
-            self._take_over(tx, record)
+            repair.take_over(self.runtime, tx, record)
             runner = Runner(self.runtime, wf, self.runtime.load(tx, record, wf))
             first = runner.start(tx)
         return self._drive(runner, first)
-
-    def _take_over(self, tx: Tx, record: ExecutionRecord) -> None:
-        owner = record.claimed_by
-        # Our own claim with no run of ours behind it was left by a driver that stopped.
-        if owner != self.worker_id and not self.runtime.is_stale(owner, epoch(record.heartbeat_at)):
-            raise ExecutionStateError(
-                f"execution {record.id} is being run by live process {owner}; it can be "
-                f"resumed once that process exits or its lease ({self.lease:g}s) expires"
-            )
-        now = self.runtime.now()
-        if not self.runtime.repo.claim_execution(tx, record.id, self.worker_id, owner, now):
-            raise ExecutionStateError(f"execution {record.id} was taken over by another process")
-        for task in self.runtime.repo.tasks(tx, record.id):
-            if task.status == RUNNING and self.runtime.is_stale(
-                task.claimed_by, epoch(task.heartbeat_at)
-            ):
-                self.runtime.recover(tx, StaleClaim.of(record.id, task), now)
 
     # -- inspection ----------------------------------------------------------------------------
 
@@ -287,16 +269,16 @@ class Engine:
             raise ExecutionNotFound(f"no execution with id {execution_id}")
         return record
 
-    def snapshot(self, execution_id: UUID | str) -> Snapshot:
+    def snapshot(self, execution_id: UUID | str, *, initial: bool = True) -> Snapshot:
         """Everything stored about an execution (what ``show`` and the dashboard read)."""
         key = as_id(execution_id)
         with self.store.read() as tx:
-            snapshot = self.runtime.repo.snapshot(tx, key)
+            snapshot = self.runtime.repo.snapshot(tx, key, initial=initial)
         if snapshot is None:
             raise ExecutionNotFound(f"no execution with id {key}")
         return snapshot
 
-    def shape(self, snapshot: Snapshot) -> plan.Shape | None:
+    def shape(self, snapshot: Snapshot) -> Shape | None:
         """The definition an execution ran: the registered workflow, else the shape stored
         with its tasks."""
         record = snapshot.execution
@@ -304,7 +286,7 @@ class Engine:
 
     def get(self, execution_id: UUID | str) -> ExecutionResult:
         """The execution as stored now, with every task's outcome, saved output and attempts."""
-        snapshot = self.snapshot(execution_id)
+        snapshot = self.snapshot(execution_id, initial=False)
         return result_of(snapshot, self.shape(snapshot))
 
     def list(
@@ -368,21 +350,8 @@ class Engine:
         A completed task whose compensation ran was undone, so it runs again too, with every
         task after it."""
         key = as_id(execution_id)
-        repo = self.runtime.repo
         with self.store.transaction() as tx:
-            record = self._record(tx, key)
-            if record.status not in (FAILED, CANCELLED):
-                raise ExecutionStateError(
-                    f"execution {key} is {record.status}: only failed or cancelled "
-                    "executions can be retried"
-                )
-            wf = self.runtime.workflow(record.workflow, record.version)
-            now = self.runtime.now()
-            tasks = {task.name: task for task in repo.tasks(tx, key)}
-            for name in plan.to_rerun(wf, {n: t.state() for n, t in tasks.items()}):
-                repo.reset_task(tx, tasks[name].id, now)
-                repo.delete_output(tx, key, name)
-            repo.reopen_execution(tx, key, now)
+            repair.reopen(self.runtime, tx, self._record(tx, key))
         return self.resume(key)
 
     def fork(
@@ -403,36 +372,8 @@ class Engine:
             if (context_patch)
             else None
         )
-        repo = self.runtime.repo
         with self.store.transaction() as tx:
-            record = self._record(tx, key)
-            wf = self.runtime.workflow(record.workflow, record.version)
-            if from_task not in wf.tasks:
-                raise WorkflowDefinitionError(f"workflow {wf.name!r} has no task {from_task!r}")
-            tasks = {task.name: task for task in repo.tasks(tx, key)}
-            saved = repo.output_context_ids(tx, key)
-            keep = plan.reusable(wf, {n: t.state() for n, t in tasks.items()}, from_task)
-            reused = {name: tasks[name] for name in keep if name in saved}
-            now = self.runtime.now()
-            created = repo.create_execution(
-                tx, wf, now, initial=None, claimed_by=self.worker_id,
-                context_id=record.context_id, parent_id=key, reused=reused,
-                patches={from_task: patch} if patch else None,
-            )  # fmt: skip
-            assert created is not None  # no key: nothing to conflict with
-            new_id, states = created
-            ids = {state.name: state.id for state in states}
-            for name in reused:
-                repo.link_output(tx, new_id, ids[name], name, saved[name], now)
-            state = ExecutionState(
-                wf,
-                new_id,
-                states,
-                repo.outputs(tx, new_id) if reused else {},
-                repo.context(tx, record.context_id),
-                {from_task: codec.loads(patch)} if patch else None,
-            )
-            runner = Runner(self.runtime, wf, state)
+            runner = repair.fork(self.runtime, tx, self._record(tx, key), from_task, patch)
             first = runner.start(tx)
         return self._drive(runner, first)
 

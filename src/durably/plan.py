@@ -104,6 +104,7 @@ class TaskState:
     heartbeat_at: float | None = None
     error: str | None = None
     compensation: str | None = None
+    started_at: float | None = None
 
 
 class ExecutionState:

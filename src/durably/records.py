@@ -65,6 +65,7 @@ class TaskRecord:
             heartbeat_at=epoch(self.heartbeat_at),
             error=self.error,
             compensation=self.compensation,
+            started_at=epoch(self.started_at),
         )
 
 
@@ -100,6 +101,7 @@ class StaleClaim:
     claimed_by: str
     attempt: int
     recovery_attempts: int
+    started_at: datetime | None = None
 
     @classmethod
     def of(cls, execution_id: str, task: TaskRecord) -> StaleClaim:
@@ -110,7 +112,27 @@ class StaleClaim:
             claimed_by=task.claimed_by or "",
             attempt=task.attempt,
             recovery_attempts=task.recovery_attempts,
+            started_at=task.started_at,
         )
+
+    def ref(self) -> AttemptRef:
+        return AttemptRef(
+            self.execution_id, self.task_id, self.name, self.attempt, self.claimed_by,
+            epoch(self.started_at),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRef:
+    """One attempt of one task: the fence its outcome is written under (the claim of
+    ``worker`` on attempt ``number``) and what its history row records."""
+
+    execution_id: str
+    task_id: str
+    name: str
+    number: int
+    worker: str
+    started_at: float | None
 
 
 @dataclass
@@ -120,6 +142,6 @@ class Snapshot:
     execution: ExecutionRecord
     tasks: list[TaskRecord]
     outputs: dict[str, str]
-    initial: str
+    initial: str | None  # None when not asked for and a final context exists
     final: str | None
     attempts: dict[str, list[AttemptRecord]]

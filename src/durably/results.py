@@ -107,7 +107,7 @@ def result_of(snapshot: Snapshot, shape: plan.Shape | None) -> ExecutionResult:
         )
         context = plan.final_context(state)
     else:
-        context = codec.loads(snapshot.initial)
+        context = codec.loads(snapshot.initial or "{}")
     summary = summary_of(snapshot.execution, Context(context))
     tasks = {
         t.name: TaskResult(

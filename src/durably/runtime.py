@@ -26,7 +26,7 @@ from .heartbeat import Heartbeat
 from .logs import log
 from .ownership import new_worker_id, owner_is_dead
 from .plan import ExecutionState, Start
-from .records import ExecutionRecord, StaleClaim
+from .records import AttemptRef, ExecutionRecord, StaleClaim
 from .registry import Registry
 from .repository import Repository
 from .statuses import COMPLETED, FAILED, READY, RUNNING
@@ -166,16 +166,16 @@ class Runtime:
         policy = state.shape.tasks[name].retry
         now = self.now()
         outcome = plan.attempt_outcome(policy, attempt, output, error, now, self.max_context_bytes)
-        args = (tx, state.id, task.id, name, attempt, self.worker_id)
+        ref = AttemptRef(state.id, task.id, name, attempt, self.worker_id, task.started_at)
         wf_name = getattr(state.shape, "name", None)
         if isinstance(outcome, plan.Completed):
-            if not self.repo.complete_task(*args, outcome.value, now):
+            if not self.repo.complete_task(tx, ref, outcome.value, now):
                 return None
             state.outputs[name] = outcome.value
             self._log_outcome(logging.INFO, "completed", state.id, wf_name, name, attempt, None)
             return state.mark(name, COMPLETED)
         retry_at = outcome.at if isinstance(outcome, plan.RetryAt) else None
-        if not self.repo.fail_task(*args, outcome.error, now, retry_at):
+        if not self.repo.fail_task(tx, ref, outcome.error, now, retry_at):
             return None
         if retry_at is not None:
             task.status, task.retry_at, task.error, task.claimed_by = READY, retry_at, None, None
@@ -228,7 +228,7 @@ class Runtime:
         if not self.repo.start_task(tx, task.id, self.worker_id, now):
             return False  # settled elsewhere meanwhile (cancelled, or taken by another driver)
         task.status, task.attempt, task.retry_at = RUNNING, task.attempt + 1, None
-        task.claimed_by = self.worker_id
+        task.claimed_by, task.started_at = self.worker_id, now
         return True
 
     def settle(self, tx: Tx, state: ExecutionState, decision: plan.Settle, now: float) -> list[str]:

@@ -199,18 +199,23 @@ class Executions(Tasks):
     def notify_work(self, tx: Tx) -> None:
         tx.execute("notify_work", {})
 
-    def snapshot(self, tx: Tx, execution_id: str) -> Snapshot | None:
+    def snapshot(self, tx: Tx, execution_id: str, *, initial: bool = True) -> Snapshot | None:
+        """Everything stored about an execution; the initial context only when asked or
+        when there is no final context yet (a result needs one of them)."""
         execution = self.execution(tx, execution_id)
         if execution is None:
             return None
         final = None
         if execution.final_context_id is not None:
             final = self.context(tx, execution.final_context_id)
+        first = None
+        if initial or final is None:
+            first = self.context(tx, execution.context_id) or "{}"
         return Snapshot(
             execution=execution,
             tasks=self.tasks(tx, execution_id),
             outputs=self.outputs(tx, execution_id),
-            initial=self.context(tx, execution.context_id) or "{}",
+            initial=first,
             final=final,
             attempts=self.attempts(tx, execution_id),
         )

@@ -70,6 +70,7 @@ def stale_of(row: Row) -> StaleClaim:
         claimed_by=row["claimed_by"],
         attempt=row["attempt"],
         recovery_attempts=row["recovery_attempts"],
+        started_at=parse_timestamp(row["started_at"]),
     )
 
 

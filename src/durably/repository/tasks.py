@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
-from ..records import AttemptRecord, Claim, StaleClaim, TaskRecord
+from ..records import AttemptRecord, AttemptRef, Claim, StaleClaim, TaskRecord
 from ..statuses import ABANDONED, COMPLETED, READY
 from ..store import Tx, parse_timestamp, timestamp
 from .contexts import Contexts
@@ -29,51 +29,44 @@ class Tasks(Contexts):
         params = {"id": task_id, "worker": worker, "now": timestamp(now)}
         return bool(tx.execute("start_task", params))
 
-    def complete_task(
-        self, tx: Tx, execution_id: str, task_id: str, name: str, attempt: int,
-        worker: str, value: str, now: float,
-    ) -> bool:  # fmt: skip
-        """Mark the attempt completed and save its output, only if ``worker`` still holds the
-        claim for that attempt (a zombie's output is discarded: False)."""
-        fence = {"id": task_id, "worker": worker, "attempt": attempt, "now": timestamp(now)}
-        if not tx.execute("complete_task", fence):
+    def complete_task(self, tx: Tx, ref: AttemptRef, value: str, now: float) -> bool:
+        """Mark the attempt completed and save its output, only if ``ref.worker`` still holds
+        the claim for that attempt (a zombie's output is discarded: False)."""
+        if not tx.execute("complete_task", _fence(ref, now)):
             return False
-        self._attempt(tx, execution_id, task_id, name, attempt, COMPLETED, worker, None, now)
+        self._attempt(tx, ref, COMPLETED, None, now)
         context_id = self.insert_context(tx, value, now)
-        self.link_output(tx, execution_id, task_id, name, context_id, now)
+        self.link_output(tx, ref.execution_id, ref.task_id, ref.name, context_id, now)
         return True
 
     def fail_task(
-        self, tx: Tx, execution_id: str, task_id: str, name: str, attempt: int,
-        worker: str, error: str, now: float, retry_at: float | None = None,
-    ) -> bool:  # fmt: skip
+        self, tx: Tx, ref: AttemptRef, error: str, now: float, retry_at: float | None = None
+    ) -> bool:
         """The attempt failed: the task fails, or (``retry_at``) waits for its next attempt.
         Fenced on the claim like :meth:`complete_task`."""
-        fence = {"id": task_id, "worker": worker, "attempt": attempt, "now": timestamp(now)}
+        params = {**_fence(ref, now), "error": error}
         if retry_at is None:
-            changed = tx.execute("fail_task", {**fence, "error": error})
+            changed = tx.execute("fail_task", params)
         else:
-            params = {**fence, "error": error, "retry_at": timestamp(retry_at)}
-            changed = tx.execute("retry_task_later", params)
+            changed = tx.execute("retry_task_later", {**params, "retry_at": timestamp(retry_at)})
         if changed:
-            self._attempt(tx, execution_id, task_id, name, attempt, "failed", worker, error, now)
+            self._attempt(tx, ref, "failed", error, now)
         return bool(changed)
 
-    def _attempt(
-        self, tx: Tx, execution_id: str, task_id: str, name: str, attempt: int,
-        status: str, worker: str | None, error: str | None, now: float,
-    ) -> None:  # fmt: skip
+    def _attempt(self, tx: Tx, ref: AttemptRef, status: str, error: str | None, now: float) -> None:
+        started = timestamp(ref.started_at) if ref.started_at is not None else None
         tx.execute(
             "insert_attempt",
             {
                 "id": new_id(),
-                "task_id": task_id,
-                "execution_id": execution_id,
-                "name": name,
-                "attempt": attempt,
+                "task_id": ref.task_id,
+                "execution_id": ref.execution_id,
+                "name": ref.name,
+                "attempt": ref.number,
                 "status": status,
-                "worker": worker,
+                "worker": ref.worker,
                 "error": error,
+                "started_at": started,
                 "now": timestamp(now),
             },
         )
@@ -109,10 +102,7 @@ class Tasks(Contexts):
         )
         if changed:
             lost = f"claim of {claim.claimed_by} lost (no heartbeat within the lease)"
-            self._attempt(
-                tx, claim.execution_id, claim.task_id, claim.name, claim.attempt, "lost",
-                claim.claimed_by, lost, now,
-            )  # fmt: skip
+            self._attempt(tx, claim.ref(), "lost", lost, now)
         return bool(changed)
 
     def set_compensation(
@@ -176,3 +166,7 @@ class Tasks(Contexts):
                 )
             )
         return found
+
+
+def _fence(ref: AttemptRef, now: float) -> dict[str, object]:
+    return {"id": ref.task_id, "worker": ref.worker, "attempt": ref.number, "now": timestamp(now)}

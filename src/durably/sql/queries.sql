@@ -186,7 +186,7 @@ WHERE id = :id AND status IN ('failed', 'cancelled');
 -- Running tasks whose claim has not beaten since the cutoff (the sweeper's work list); never
 -- the sweeper's own: a worker does not take over from itself after an outage.
 SELECT t.id, t.pipeline_execution_id, t.task_name, t.claimed_by, t.attempt,
-       t.recovery_attempts
+       t.recovery_attempts, t.started_at
 FROM task_executions t
 WHERE t.status = 'running' AND t.heartbeat_at < :cutoff AND t.claimed_by <> :worker;
 
@@ -241,7 +241,7 @@ RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration;
 -- name: worker_claims
 -- The worker-path tasks a worker holds: any it is not running lost their claim's owner.
 SELECT t.id, t.pipeline_execution_id, t.task_name, t.claimed_by, t.attempt,
-       t.recovery_attempts
+       t.recovery_attempts, t.started_at
 FROM task_executions t JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
 WHERE t.claimed_by = :worker AND t.status = 'running' AND p.claimed_by IS NULL;
 
@@ -262,14 +262,12 @@ FROM task_execution_metadata m JOIN contexts c ON c.id = m.context_id
 WHERE m.pipeline_execution_id = :id AND m.task_name IN (SELECT value FROM json_each(:names));
 
 -- name: insert_attempt
--- One finished (or lost) attempt, kept for the task's history; it started when the task row
--- says it did.
+-- One finished (or lost) attempt, kept for the task's history.
 INSERT INTO task_attempts (
     id, task_execution_id, pipeline_execution_id, task_name, number, status, started_at,
     finished_at, worker, error
 ) VALUES (
-    :id, :task_id, :execution_id, :name, :attempt, :status,
-    (SELECT started_at FROM task_executions WHERE id = :task_id), :now, :worker, :error
+    :id, :task_id, :execution_id, :name, :attempt, :status, :started_at, :now, :worker, :error
 );
 
 -- name: get_attempts
