@@ -17,6 +17,7 @@ one transition touches (a worker); the functions need only those.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -43,7 +44,7 @@ from .statuses import (
     UNSTARTED,
     UPSTREAM_FAILED,
 )
-from .triggers import TriggerRule, verdict
+from .triggers import TriggerRule, implied, verdict
 
 # Errors no retry can fix: the task fails at once (SPEC §3, "fail it without retry").
 PERMANENT = (
@@ -177,7 +178,7 @@ def input_for(state: ExecutionState, name: str) -> dict[str, Any]:
         data = merge(task.merge, [(dep, _passed_on(state, dep)) for dep in task.dependencies])
     patch = state.patches.get(name)
     if patch:
-        data.update(patch)
+        data.update(copy.deepcopy(patch))  # a fresh copy: an attempt may change it
     return data
 
 
@@ -255,10 +256,9 @@ def decide(state: ExecutionState, name: str, now: float) -> Decision:
     rule = task.trigger
     try:
         # Decide on statuses alone when the rule allows: a task not run needs no input.
-        if not rule.uses_context:
-            check = verdict(rule, deps, {})
-            if not check.held:
-                return Settle(name, check.status, f"trigger {check.reason}")
+        check = verdict(rule, deps, {}) if not rule.uses_context else implied(rule, deps)
+        if not check.held:
+            return Settle(name, check.status, f"trigger {check.reason}")
         data = input_for(state, name)
         if rule.uses_context:
             check = verdict(rule, deps, data)

@@ -190,7 +190,11 @@ class When(TriggerRule):
         return HOLDS if held else Check(False, f"{self.describe()}: it is {as_json(actual)}")
 
     def to_json(self) -> Any:
-        return {"when": [self.key, self.op, json.loads(as_json(self.value))]}
+        try:
+            value = json.loads(as_json(self.value))
+        except ValueError:  # a value without a JSON form (a range, say): its repr
+            value = repr(self.value)
+        return {"when": [self.key, self.op, value]}
 
 
 def when(key: str, op: str, value: Any = None) -> TriggerRule:
@@ -220,7 +224,9 @@ class Combined(TriggerRule):
     def check(self, deps: Deps, context: Mapping[str, Any]) -> Check:
         checks = [rule.check(deps, context) for rule in self.rules]
         if self.kind == "all_of":
-            return next((c for c in checks if not c.held), HOLDS)
+            # A part made false by a failure decides the status, whatever its position.
+            false = [c for c in checks if not c.held]
+            return next((c for c in false if c.by_failure), false[0] if false else HOLDS)
         if self.kind == "any_of":
             if any(c.held for c in checks):
                 return HOLDS
@@ -270,14 +276,21 @@ def as_rule(trigger: TriggerRule | str | None) -> TriggerRule:
     )
 
 
+def implied(rule: TriggerRule, deps: Deps) -> Check:
+    """A tree of context rules only also needs every dependency completed (checked before
+    the input is even built: a failed dependency's input may not merge)."""
+    if rule.uses_status:
+        return HOLDS
+    check = all_success.check(deps, {})
+    if check.held:
+        return HOLDS
+    return Check(False, f"{check.reason} (a context rule needs all_success)", check.by_failure)
+
+
 def verdict(rule: TriggerRule, deps: Deps, context: Mapping[str, Any]) -> Check:
     """Whether a task whose dependencies all finished runs, and if not, why."""
-    if not rule.uses_status:
-        implied = all_success.check(deps, context)
-        if not implied.held:
-            reason = f"{implied.reason} (a context rule needs all_success)"
-            return Check(False, reason, implied.by_failure)
-    return rule.check(deps, context)
+    check = implied(rule, deps)
+    return check if not check.held else rule.check(deps, context)
 
 
 def should_run(rule: TriggerRule, statuses: Sequence[str], context: Mapping[str, Any]) -> bool:
