@@ -19,7 +19,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from durably import Engine, cli
+from durably import Engine, cli, cli_common
 from durably.cli import cli as durably_cli
 from durably.registry import Registry
 from durably.shape import StoredShape
@@ -358,7 +358,7 @@ def test_retry_and_fork_need_the_workflow_imported(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     execution_id = run_flaky(db)
-    monkeypatch.setattr(cli, "registered", lambda name: None)
+    monkeypatch.setattr(cli_common, "registered", lambda name: None)
     assert_one_line_error(invoke("retry", execution_id, "--db", db), "--module")
     assert_one_line_error(invoke("fork", execution_id, "--from", "fragile", "--db", db), "--module")
 
