@@ -13,9 +13,10 @@ from typing import Any
 
 from . import codec
 from .engine import Engine
-from .plan import ExecutionState, Shape, input_for
+from .plan import input_for
 from .results import ExecutionResult
 from .runtime import patch_of
+from .state import ExecutionState, Shape
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 from uuid import UUID
 
 from . import codec, repair
+from .arguments import as_id, check_int, check_key, check_lease, encode_initial
 from .backends import open_store
 from .clock import SYSTEM, Clock
 from .context import Context
@@ -26,30 +27,21 @@ from .exceptions import (
     ExecutionStateError,
     StoreError,
 )
-from .plan import ExecutionState, Shape, TaskState
 from .records import ExecutionRecord, Snapshot
 from .registry import Registry
 from .results import ExecutionResult, result_of, summary_of
 from .runner import Job, Runner
-from .runtime import DEFAULT_MAX_CONTEXT_BYTES, Runtime, check_lease
+from .runtime import DEFAULT_MAX_CONTEXT_BYTES, Runtime
 from .shape import StoredShape
+from .state import ExecutionState, Shape, TaskState
 from .statuses import EXECUTION_TERMINAL
 from .store import Store, Tx
 from .worker import Worker
 from .workflow import Workflow
 
-MAX_KEY_LENGTH = 1000
-
 
 class _KeyTaken(Exception):
     """A concurrent start inserted the same idempotency key first (rolls the insert back)."""
-
-
-def as_id(execution_id: UUID | str) -> str:
-    try:
-        return str(UUID(str(execution_id)))
-    except ValueError:
-        raise ExecutionNotFound(f"{execution_id!r} is not an execution id") from None
 
 
 class Engine:
@@ -70,18 +62,9 @@ class Engine:
         clock: Clock | None = None,
     ) -> None:
         lease = check_lease(lease)
-        if concurrency is not None and (
-            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
-        ):
-            raise ValueError("concurrency must be an int >= 1")
-        if isinstance(max_recovery_attempts, bool) or not isinstance(max_recovery_attempts, int):
-            raise ValueError("max_recovery_attempts must be an int >= 0")
-        if max_recovery_attempts < 0:
-            raise ValueError("max_recovery_attempts must be an int >= 0")
-        if isinstance(max_context_bytes, bool) or not isinstance(max_context_bytes, int):
-            raise ValueError("max_context_bytes must be an int > 0")
-        if max_context_bytes <= 0:
-            raise ValueError("max_context_bytes must be an int > 0")
+        check_int("concurrency", concurrency, minimum=1, optional=True)
+        check_int("max_recovery_attempts", max_recovery_attempts, minimum=0)
+        check_int("max_context_bytes", max_context_bytes, minimum=1)
         self.store = store or open_store(url, synchronous=synchronous, schema=schema)
         self.registry = Registry()
         self.runtime = Runtime(
@@ -251,14 +234,16 @@ class Engine:
         with self._lock:
             if key in self._runs:
                 raise ExecutionStateError(f"execution {key} is already running in this engine")
+        runner: Runner | None = None
         with self.store.transaction() as tx:
             record = self._record(tx, key)
-            if record.status in EXECUTION_TERMINAL:
-                return self.get(key)
-            wf = self.runtime.workflow(record.workflow, record.version)
-            repair.take_over(self.runtime, tx, record)
-            runner = Runner(self.runtime, wf, self.runtime.load(tx, record, wf))
-            first = runner.start(tx)
+            if record.status not in EXECUTION_TERMINAL:
+                wf = self.runtime.workflow(record.workflow, record.version)
+                repair.take_over(self.runtime, tx, record)
+                runner = Runner(self.runtime, wf, self.runtime.load(tx, record, wf))
+                first = runner.start(tx)
+        if runner is None:  # read after the transaction: SQLite cannot nest one in it
+            return self.get(key)
         return self._drive(runner, first)
 
     # -- inspection ----------------------------------------------------------------------------
@@ -397,28 +382,3 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def check_key(key: object) -> str | None:
-    if key is None:
-        return None
-    if not isinstance(key, str) or not key:
-        raise TypeError(f"key must be a non-empty str, not {key!r}")
-    if len(key) > MAX_KEY_LENGTH:
-        raise ValueError(f"key is {len(key)} characters long, over the limit of {MAX_KEY_LENGTH}")
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("key must be valid text (it holds a lone surrogate)") from None
-    return key
-
-
-def encode_initial(context: Context | Mapping[str, Any] | None, max_bytes: int) -> str:
-    """The initial context as stored; a bad one raises before anything is written."""
-    if context is None:
-        return "{}"
-    if isinstance(context, Context):
-        return codec.dumps(context._data, max_bytes=max_bytes)
-    if isinstance(context, Mapping):
-        return codec.dumps(context, max_bytes=max_bytes)
-    raise TypeError(f"context must be a Context or a dict, not {type(context).__name__}")

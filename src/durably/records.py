@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .plan import TaskState
+from .state import TaskState
 
 
 def epoch(moment: datetime | None) -> float | None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from . import codec, plan
 from .exceptions import ExecutionStateError, WorkflowDefinitionError
-from .plan import ExecutionState
 from .records import ExecutionRecord, StaleClaim, epoch
 from .runner import Runner
 from .runtime import Runtime
+from .state import ExecutionState
 from .statuses import CANCELLED, FAILED, RUNNING
 from .store import Tx
 

@@ -10,6 +10,7 @@ from uuid import UUID
 from . import codec, plan
 from .context import Context
 from .records import AttemptRecord, ExecutionRecord, Snapshot
+from .state import ExecutionState, Shape
 from .statuses import COMPLETED, EXECUTION_TERMINAL
 
 
@@ -92,13 +93,13 @@ def summary_of(record: ExecutionRecord, context: Context | None = None) -> Execu
     )
 
 
-def result_of(snapshot: Snapshot, shape: plan.Shape | None) -> ExecutionResult:
+def result_of(snapshot: Snapshot, shape: Shape | None) -> ExecutionResult:
     """The full result; before the execution finished, its context is what the finished
     tasks produced so far (by the plan's final-context rule, when the shape is known)."""
     if snapshot.final is not None:
         context = codec.loads(snapshot.final)
     elif shape is not None:
-        state = plan.ExecutionState(
+        state = ExecutionState(
             shape,
             snapshot.execution.id,
             [task.state() for task in snapshot.tasks],

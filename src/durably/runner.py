@@ -24,9 +24,10 @@ from . import plan
 from .exceptions import StoreConnectionError, StoreError, TaskInterrupted
 from .executor import run_inline
 from .logs import log
-from .plan import ExecutionState, Start
+from .plan import Start
 from .records import StaleClaim
 from .runtime import Runtime
+from .state import ExecutionState
 from .statuses import RUNNING
 from .store import Tx
 from .workflow import Workflow

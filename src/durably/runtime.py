@@ -13,7 +13,6 @@ import asyncio
 import inspect
 import json
 import logging
-import math
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -25,10 +24,11 @@ from .executor import Executor, TaskHandle
 from .heartbeat import Heartbeat
 from .logs import log
 from .ownership import new_worker_id, owner_is_dead
-from .plan import ExecutionState, Start
+from .plan import Start
 from .records import AttemptRef, ExecutionRecord, StaleClaim
 from .registry import Registry
 from .repository import Repository
+from .state import ExecutionState
 from .statuses import COMPLETED, FAILED, READY, RUNNING
 from .store import Store, Tx
 from .workflow import Workflow
@@ -36,18 +36,6 @@ from .workflow import Workflow
 logger = logging.getLogger("durably.runtime")
 
 DEFAULT_MAX_CONTEXT_BYTES = 1024 * 1024
-MAX_LEASE = 7 * 24 * 3600.0
-
-
-def check_lease(lease: object) -> float:
-    if (
-        isinstance(lease, bool)
-        or not isinstance(lease, int | float)
-        or not math.isfinite(lease)
-        or not 0 < lease <= MAX_LEASE
-    ):
-        raise ValueError(f"lease must be a finite number of seconds > 0 and <= {MAX_LEASE:g}")
-    return float(lease)
 
 
 class Runtime:

@@ -21,9 +21,9 @@ from typing import Any
 from . import plan
 from .exceptions import StoreConnectionError, StoreError, TaskInterrupted
 from .logs import log
-from .plan import ExecutionState
 from .records import Claim, ExecutionRecord
 from .runtime import Runtime
+from .state import ExecutionState
 from .statuses import NOT_STARTED, RUNNING, TASK_TERMINAL
 from .store import Tx
 from .workflow import Workflow

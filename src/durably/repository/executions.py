@@ -7,8 +7,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..plan import TaskState
 from ..records import ExecutionRecord, Snapshot, TaskRecord
+from ..state import TaskState
 from ..statuses import COMPLETED, NOT_STARTED, READY
 from ..store import Tx, timestamp
 from ..workflow import Workflow
