@@ -19,7 +19,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from durably import Engine, cli, cli_common
+from durably import Engine, cli_common
 from durably.cli import cli as durably_cli
 from durably.registry import Registry
 from durably.shape import StoredShape

@@ -222,6 +222,7 @@ SAMPLES: dict[str, Callable[[], Any]] = {
     "error": lambda: "boom",
     "names": lambda: '["wf@v1"]',
     "ids": lambda: json.dumps([new_id()]),
+    "executions": lambda: json.dumps([new_id()]),
 }
 
 

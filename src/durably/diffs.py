@@ -15,7 +15,7 @@ from . import codec
 from .engine import Engine
 from .plan import input_for
 from .results import ExecutionResult
-from .runtime import patch_of
+from .runtime import patches_of
 from .state import ExecutionState, Shape
 
 
@@ -71,7 +71,7 @@ def task_inputs(engine: Engine, result: ExecutionResult) -> tuple[dict[str, Task
         [task.state() for task in snapshot.tasks],
         snapshot.outputs,
         snapshot.initial,
-        {t.name: p for t in snapshot.tasks if (p := patch_of(t.configuration)) is not None},
+        patches_of(snapshot.tasks),
     )
     inputs: dict[str, TaskInput] = {}
     for name in result.tasks:

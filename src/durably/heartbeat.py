@@ -32,13 +32,20 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    # Set operations and sorted() run in C under the GIL, so the sets need no lock; only
+    # starting the thread does (hold and drop run once per task: they must stay cheap).
+
     def hold(self, *, execution: str | None = None, task: str | None = None) -> None:
+        if execution is not None:
+            self._executions.add(execution)
+        if task is not None:
+            self._tasks.add(task)
+        if self._thread is None or self._stop.is_set():
+            self._start()
+
+    def _start(self) -> None:
         with self._lock:
-            if execution is not None:
-                self._executions.add(execution)
-            if task is not None:
-                self._tasks.add(task)
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None or not self._thread.is_alive() or self._stop.is_set():
                 self._stop.clear()
                 self._thread = threading.Thread(
                     target=self._run, name="durably-heartbeat", daemon=True
@@ -46,18 +53,12 @@ class Heartbeat:
                 self._thread.start()
 
     def drop(self, *, execution: str | None = None, task: str | None = None) -> None:
-        with self._lock:
-            self._executions.discard(execution or "")
-            self._tasks.discard(task or "")
-
-    def holds_task(self, task_id: str) -> bool:
-        with self._lock:
-            return task_id in self._tasks
+        self._executions.discard(execution or "")
+        self._tasks.discard(task or "")
 
     def beat(self) -> None:
         """Refresh every held claim now (one transaction)."""
-        with self._lock:
-            executions, tasks = sorted(self._executions), sorted(self._tasks)
+        executions, tasks = sorted(self._executions), sorted(self._tasks)
         if not executions and not tasks:
             return
         with self.store.transaction() as tx:

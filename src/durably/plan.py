@@ -115,7 +115,7 @@ def final_context(state: ExecutionState) -> dict[str, Any]:
 # -- deciding tasks -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Start:
     """Run the task's next attempt with this input."""
 
@@ -123,7 +123,7 @@ class Start:
     input: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Settle:
     """Finish the task without running it (skipped, upstream_failed, or failed)."""
 
@@ -132,7 +132,7 @@ class Settle:
     reason: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Defer:
     """The task runs, but not before its retry time."""
 
@@ -220,18 +220,18 @@ def next_retry(state: ExecutionState) -> float | None:
 # -- attempts -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Completed:
     value: str  # the output context as stored
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RetryAt:
     at: float
     error: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Failed:
     error: str
 

@@ -6,7 +6,8 @@ arithmetic); :meth:`TaskRecord.state` converts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -52,7 +53,20 @@ class TaskRecord:
     compensation: str | None
     compensation_error: str | None
     recovery_attempts: int
-    configuration: dict[str, Any] = field(default_factory=dict)
+    config_text: str | None = None  # the stored JSON, parsed only when asked for
+
+    @property
+    def configuration(self) -> dict[str, Any]:
+        """The stored configuration (dependencies, retry, merge, a fork's context_patch)."""
+        if not self.config_text:
+            return {}
+        parsed = json.loads(self.config_text)
+        return parsed if isinstance(parsed, dict) else {}
+
+    @property
+    def patched(self) -> bool:
+        """Whether a fork patched this task's input (cheap: no parsing)."""
+        return bool(self.config_text) and "context_patch" in (self.config_text or "")
 
     def state(self) -> TaskState:
         return TaskState(
@@ -122,7 +136,7 @@ class StaleClaim:
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AttemptRef:
     """One attempt of one task: the fence its outcome is written under (the claim of
     ``worker`` on attempt ``number``) and what its history row records."""

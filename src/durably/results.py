@@ -3,21 +3,22 @@ with every attempt (its history)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from uuid import UUID
 
 from . import codec, plan
 from .context import Context
-from .records import AttemptRecord, ExecutionRecord, Snapshot
+from .records import AttemptRecord, ExecutionRecord, Snapshot, TaskRecord
 from .state import ExecutionState, Shape
-from .statuses import COMPLETED, EXECUTION_TERMINAL
+from .statuses import COMPLETED, EXECUTION_TERMINAL, FAILED, RUNNING
 
 
 @dataclass(frozen=True)
 class Attempt:
-    """One attempt of a task: ``status`` is ``completed``, ``failed`` or ``lost`` (its claim
-    was taken back after its process stopped beating)."""
+    """One attempt of a task: ``status`` is ``completed``, ``failed``, ``running``, or
+    ``lost`` (its claim was taken back after its process stopped beating)."""
 
     number: int
     status: str
@@ -77,6 +78,24 @@ def _attempt(record: AttemptRecord) -> Attempt:
     )
 
 
+def _history(task: TaskRecord, superseded: Sequence[AttemptRecord]) -> tuple[Attempt, ...]:
+    """The attempts a later one superseded (stored), then the current one (the task row)."""
+    attempts = [_attempt(record) for record in superseded]
+    if task.attempt > 0 and task.status in (RUNNING, COMPLETED, FAILED):
+        error = task.error if task.status == FAILED else None
+        attempts.append(
+            Attempt(
+                task.attempt,
+                task.status,
+                task.started_at,
+                task.completed_at,
+                task.claimed_by,
+                error,
+            )
+        )
+    return tuple(attempts)
+
+
 def summary_of(record: ExecutionRecord, context: Context | None = None) -> ExecutionResult:
     """An execution without per-task detail (``list``)."""
     return ExecutionResult(
@@ -121,7 +140,7 @@ def result_of(snapshot: Snapshot, shape: Shape | None) -> ExecutionResult:
             started_at=t.started_at,
             completed_at=t.completed_at,
             compensation=t.compensation,
-            history=tuple(_attempt(a) for a in snapshot.attempts.get(t.name, ())),
+            history=_history(t, snapshot.attempts.get(t.name, ())),
         )
         for t in snapshot.tasks
     }

@@ -83,9 +83,6 @@ class Runner:
         except BaseException:
             self._release()
             raise
-        finally:
-            for name, _ in [*self.running.values(), *([self.inline] if self.inline else [])]:
-                self.rt.heartbeat.drop(task=self.state.tasks[name].id)
         if not self.cancelled:
             self.rt.compensate(self.state)
             if not self.finished:
@@ -104,7 +101,6 @@ class Runner:
                 data = self.inputs.pop(name, None)
                 ctx = self.rt.context(self.state, name, data or plan.input_for(self.state, name))
                 handle = self.rt.handle(self.state, name, attempt)
-                self.rt.heartbeat.hold(task=self.state.tasks[name].id)
                 if not self.running and not queue and executor.can_inline(task):
                     # The common chain case: no thread hop for a lone sync task.
                     self.inline = (name, attempt)
@@ -165,7 +161,6 @@ class Runner:
         if error is not None and not isinstance(error, Exception):
             # Raised on a pool thread: a task's SystemExit must not stop this process.
             error = TaskInterrupted(f"the task raised {plan.describe(error)}")
-        self.rt.heartbeat.drop(task=self.state.tasks[name].id)
         try:
             return self._write(lambda tx: self._record(tx, name, attempt, output, error))
         except StoreError as exc:
@@ -187,7 +182,8 @@ class Runner:
             or (task.attempt != attempt)
         ):
             return []  # a reload showed it recorded already, or the claim moved on
-        unblocked = self.rt.record(tx, self.state, name, attempt, output, error)
+        now = self.rt.now()  # one time per transaction: every row it stamps agrees
+        unblocked = self.rt.record(tx, self.state, name, attempt, output, error, now)
         if unblocked is None:
             log(
                 logger,
@@ -202,9 +198,9 @@ class Runner:
                 attempt=attempt,
             )
             return []
-        started = self.rt.dispatch(tx, self.state, unblocked, self.rt.now())
+        started = self.rt.dispatch(tx, self.state, unblocked, now)
         if not started and self.state.all_done() and not plan.compensation_order(self.state):
-            self.rt.finish(tx, self.state)
+            self.rt.finish(tx, self.state, now)
             self.finished = True
         return self._take(started)
 

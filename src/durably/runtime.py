@@ -25,7 +25,7 @@ from .heartbeat import Heartbeat
 from .logs import log
 from .ownership import new_worker_id, owner_is_dead
 from .plan import Start
-from .records import AttemptRef, ExecutionRecord, StaleClaim
+from .records import AttemptRef, ExecutionRecord, StaleClaim, TaskRecord
 from .registry import Registry
 from .repository import Repository
 from .state import ExecutionState
@@ -60,9 +60,8 @@ class Runtime:
         self.worker_id = new_worker_id()
         self.executor = Executor(concurrency)
         self.heartbeat = Heartbeat(store, self.repo, self.worker_id, clock, lease / 3)
-
-    def now(self) -> float:
-        return self.clock.now()
+        # The clock's own method: read on every transition, so no wrapper in between.
+        self.now: Callable[[], float] = clock.now
 
     def workflow(self, name: str, version: str) -> Workflow:
         return self.registry.get(name, version)
@@ -113,7 +112,11 @@ class Runtime:
             [task.state() for task in tasks],
             self.repo.outputs(tx, execution.id),
             self.repo.context(tx, execution.context_id),
-            {t.name: p for t in tasks if (p := patch_of(t.configuration)) is not None},
+            {
+                t.name: p
+                for t in tasks
+                if t.patched and (p := patch_of(t.configuration)) is not None
+            },
         )
 
     def load_partial(
@@ -134,7 +137,11 @@ class Runtime:
             [task.state() for task in tasks],
             self.repo.outputs(tx, execution_id, outputs),
             self.repo.context(tx, context_id) if context_id else None,
-            {t.name: p for t in tasks if (p := patch_of(t.configuration)) is not None},
+            {
+                t.name: p
+                for t in tasks
+                if t.patched and (p := patch_of(t.configuration)) is not None
+            },
         )
 
     # -- transitions -------------------------------------------------------------------------
@@ -147,38 +154,34 @@ class Runtime:
         attempt: int,
         output: dict[str, Any] | None,
         error: BaseException | None,
+        now: float,
     ) -> list[str] | None:
         """Write an attempt's outcome; return the dependents it unblocked, or None when this
         process no longer held the claim (a zombie: nothing is written)."""
         task = state.tasks[name]
         policy = state.shape.tasks[name].retry
-        now = self.now()
         outcome = plan.attempt_outcome(policy, attempt, output, error, now, self.max_context_bytes)
         ref = AttemptRef(state.id, task.id, name, attempt, self.worker_id, task.started_at)
-        wf_name = getattr(state.shape, "name", None)
         if isinstance(outcome, plan.Completed):
             if not self.repo.complete_task(tx, ref, outcome.value, now):
                 return None
             state.outputs[name] = outcome.value
-            self._log_outcome(logging.INFO, "completed", state.id, wf_name, name, attempt, None)
+            if logger.isEnabledFor(logging.INFO):
+                self._log_outcome(logging.INFO, "completed", state, name, attempt, None)
             return state.mark(name, COMPLETED)
         retry_at = outcome.at if isinstance(outcome, plan.RetryAt) else None
         if not self.repo.fail_task(tx, ref, outcome.error, now, retry_at):
             return None
         if retry_at is not None:
             task.status, task.retry_at, task.error, task.claimed_by = READY, retry_at, None, None
-            self._log_outcome(
-                logging.WARNING, "will retry", state.id, wf_name, name, attempt, outcome.error
-            )
+            self._log_outcome(logging.WARNING, "will retry", state, name, attempt, outcome.error)
             return []
-        self._log_outcome(
-            logging.WARNING, "failed", state.id, wf_name, name, attempt, outcome.error
-        )
+        self._log_outcome(logging.WARNING, "failed", state, name, attempt, outcome.error)
         return state.mark(name, FAILED, outcome.error)
 
     def _log_outcome(
-        self, level: int, what: str, execution_id: str, workflow: str | None, name: str,
-        attempt: int, error: str | None,
+        self, level: int, what: str, state: ExecutionState, name: str, attempt: int,
+        error: str | None,
     ) -> None:  # fmt: skip
         action = {"completed": "task_completed", "failed": "task_failed"}.get(what, "task_retry")
         log(
@@ -187,12 +190,12 @@ class Runtime:
             "task %r attempt %d of execution %s %s%s",
             name,
             attempt,
-            execution_id,
+            state.id,
             what,
             f": {error}" if error else "",
             action=action,
-            execution_id=execution_id,
-            workflow=workflow,
+            execution_id=state.id,
+            workflow=getattr(state.shape, "name", None),
             task=name,
             attempt=attempt,
         )
@@ -237,11 +240,11 @@ class Runtime:
                 marked = True
         return marked
 
-    def finish(self, tx: Tx, state: ExecutionState) -> str:
+    def finish(self, tx: Tx, state: ExecutionState, now: float | None = None) -> str:
         """Write the final context and status once every task is terminal; return it."""
         status, error = plan.execution_outcome(state)
         final = codec.dumps(plan.final_context(state))
-        self.repo.finish_execution(tx, state.id, status, final, error, self.now())
+        self.repo.finish_execution(tx, state.id, status, final, error, now or self.now())
         log(
             logger,
             logging.INFO if status == COMPLETED else logging.WARNING,
@@ -262,7 +265,7 @@ class Runtime:
             fn = state.shape.tasks[name].compensate
             ctx = Context._from_data(
                 codec.loads(state.outputs[name]),
-                ExecutionScope(uuid.UUID(state.id), uuid.UUID(task.id), name),
+                ExecutionScope(state.uuid, uuid.UUID(task.id), name),
             )
             status, error = COMPLETED, None
             try:
@@ -294,12 +297,10 @@ class Runtime:
 
     def handle(self, state: ExecutionState, name: str, attempt: int) -> TaskHandle:
         task_id = state.tasks[name].id
-        return TaskHandle(
-            uuid.UUID(state.id), name, attempt, lambda: self.heartbeat.beat_task(task_id)
-        )
+        return TaskHandle(state.uuid, name, attempt, lambda: self.heartbeat.beat_task(task_id))
 
     def context(self, state: ExecutionState, name: str, data: dict[str, Any]) -> Context:
-        scope = ExecutionScope(uuid.UUID(state.id), uuid.UUID(state.tasks[name].id), name)
+        scope = ExecutionScope(state.uuid, uuid.UUID(state.tasks[name].id), name)
         return Context._from_data(data, scope)
 
     def close(self) -> None:
@@ -314,3 +315,7 @@ def patch_of(configuration: dict[str, Any]) -> dict[str, Any] | None:
         return None
     # Stored as the codec's text (older rows: as a JSON object).
     return codec.loads(patch if isinstance(patch, str) else json.dumps(patch))
+
+
+def patches_of(tasks: Iterable[TaskRecord]) -> dict[str, dict[str, Any]]:
+    return {t.name: p for t in tasks if t.patched and (p := patch_of(t.configuration)) is not None}

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from uuid import UUID
 
 from .merge import MergeFn
 from .retry import RetryPolicy
@@ -90,6 +91,14 @@ class ExecutionState:
             )
             for name in self.tasks
         }
+
+    @property
+    def uuid(self) -> UUID:
+        """The execution id as a UUID (what handles and scopes carry), parsed once."""
+        parsed = self.__dict__.get("_uuid")
+        if parsed is None:
+            parsed = self.__dict__["_uuid"] = UUID(self.id)
+        return parsed
 
     def mark(self, name: str, status: str, error: str | None = None) -> list[str]:
         """Set a task's status; when it just became terminal, return the loaded dependents

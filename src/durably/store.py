@@ -98,10 +98,20 @@ class Store(abc.ABC):
         self.close()
 
 
+_last: tuple[float, str] = (0.0, "")
+
+
 def timestamp(at: float | None = None) -> str:
     """A stored time: ISO-8601 UTC with fixed microseconds, so text comparison orders it."""
-    moment = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
-    return moment.isoformat(timespec="microseconds")
+    global _last
+    if at is None:
+        return datetime.now(UTC).isoformat(timespec="microseconds")
+    seen, text = _last
+    if at != seen or not text:
+        # One transaction stamps many rows with the same time: format it once.
+        text = datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds")
+        _last = (at, text)
+    return text
 
 
 def parse_timestamp(value: Any) -> datetime | None:

@@ -329,13 +329,14 @@ class Worker:
                     self.rt.repo.lock_execution(tx, job.state.id)
                     locked.add(job.state.id)
                 fresh = self._around(tx, job.wf, job.state.id, job.name)
+                now = self.rt.now()
                 unblocked = self.rt.record(
-                    tx, fresh, job.name, job.attempt, item.output, item.error
+                    tx, fresh, job.name, job.attempt, item.output, item.error, now
                 )
                 saved.append(unblocked is not None)
                 if unblocked is None:
                     continue
-                self._mark_ready(tx, fresh, unblocked, self.rt.now())
+                self._mark_ready(tx, fresh, unblocked, now)
                 if (done := self._after(tx, job.wf, fresh, None)) is not None:
                     finished.append(done)
         return saved, finished

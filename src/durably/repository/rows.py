@@ -58,7 +58,7 @@ def task_of(row: Row) -> TaskRecord:
         compensation=row["compensation_status"],
         compensation_error=row["compensation_error"],
         recovery_attempts=row["recovery_attempts"],
-        configuration=configuration_of(row["task_configuration"]),
+        config_text=_text(row["task_configuration"]),
     )
 
 
@@ -76,3 +76,10 @@ def stale_of(row: Row) -> StaleClaim:
 
 def stored(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="microseconds") if moment is not None else None
+
+
+def _text(value: Any) -> str | None:
+    """JSON as text (SQLite gives text; older PostgreSQL rows could give a parsed value)."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable, Sequence
 
 from ..records import AttemptRecord, AttemptRef, Claim, StaleClaim, TaskRecord
-from ..statuses import ABANDONED, COMPLETED, READY
+from ..statuses import ABANDONED, READY
 from ..store import Tx, parse_timestamp, timestamp
 from .contexts import Contexts
 from .rows import configuration_of, new_id, stale_of, task_of
@@ -34,7 +34,6 @@ class Tasks(Contexts):
         the claim for that attempt (a zombie's output is discarded: False)."""
         if not tx.execute("complete_task", _fence(ref, now)):
             return False
-        self._attempt(tx, ref, COMPLETED, None, now)
         context_id = self.insert_context(tx, value, now)
         self.link_output(tx, ref.execution_id, ref.task_id, ref.name, context_id, now)
         return True
@@ -46,12 +45,11 @@ class Tasks(Contexts):
         Fenced on the claim like :meth:`complete_task`."""
         params = {**_fence(ref, now), "error": error}
         if retry_at is None:
-            changed = tx.execute("fail_task", params)
-        else:
-            changed = tx.execute("retry_task_later", {**params, "retry_at": timestamp(retry_at)})
-        if changed:
-            self._attempt(tx, ref, "failed", error, now)
-        return bool(changed)
+            return bool(tx.execute("fail_task", params))
+        if not tx.execute("retry_task_later", {**params, "retry_at": timestamp(retry_at)}):
+            return False
+        self._attempt(tx, ref, "failed", error, now)  # superseded by the next attempt
+        return True
 
     def _attempt(self, tx: Tx, ref: AttemptRef, status: str, error: str | None, now: float) -> None:
         started = timestamp(ref.started_at) if ref.started_at is not None else None
@@ -112,7 +110,10 @@ class Tasks(Contexts):
         tx.execute("set_compensation", params)
 
     def reset_task(self, tx: Tx, task_id: str, now: float) -> None:
-        tx.execute("reset_task", {"id": task_id, "now": timestamp(now)})
+        """``retry``: keep the task's last attempt in the history, then reset it."""
+        params = {"id": task_id, "now": timestamp(now)}
+        tx.execute("archive_attempt", {**params, "attempt_id": new_id()})
+        tx.execute("reset_task", params)
 
     def claim_tasks(
         self, tx: Tx, worker: str, versions: Iterable[tuple[str, str]], limit: int, now: float
@@ -140,13 +141,16 @@ class Tasks(Contexts):
     def heartbeat(
         self, tx: Tx, worker: str, executions: Sequence[str], tasks: Sequence[str], now: float
     ) -> None:
+        """Refresh the claims of the held executions, their running tasks, and the tasks
+        held one by one (all claimed by ``worker``)."""
         stamp = timestamp(now)
+        held = json.dumps(list(executions))
         if executions:
-            params = {"worker": worker, "ids": json.dumps(list(executions)), "now": stamp}
+            params = {"worker": worker, "ids": held, "now": stamp}
             tx.execute("heartbeat_executions", params)
-        if tasks:
-            params = {"worker": worker, "ids": json.dumps(list(tasks)), "now": stamp}
-            tx.execute("heartbeat_tasks", params)
+        if executions or tasks:
+            params = {"worker": worker, "ids": json.dumps(list(tasks)), "executions": held}
+            tx.execute("heartbeat_tasks", {**params, "now": stamp})
 
     def heartbeat_task(self, tx: Tx, task_id: str, worker: str, now: float) -> None:
         tx.execute("heartbeat_task", {"id": task_id, "worker": worker, "now": timestamp(now)})

@@ -49,4 +49,17 @@ WHERE claimed_by = :worker
 -- name: heartbeat_tasks
 UPDATE task_executions SET heartbeat_at = :now
 WHERE claimed_by = :worker AND status = 'running'
-  AND id IN (SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:ids AS jsonb)));
+  AND (id IN (SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:ids AS jsonb)))
+       OR pipeline_execution_id IN (
+           SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:executions AS jsonb))
+       ));
+
+-- name: archive_attempt
+INSERT INTO task_attempts (
+    id, task_execution_id, pipeline_execution_id, task_name, number, status, started_at,
+    finished_at, worker, error
+)
+SELECT CAST(:attempt_id AS uuid), id, pipeline_execution_id, task_name, attempt, status,
+       started_at, COALESCE(completed_at, CAST(:now AS timestamptz)), claimed_by, error_details
+FROM task_executions
+WHERE id = :id AND attempt > 0 AND status IN ('completed', 'failed');

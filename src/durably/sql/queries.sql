@@ -69,9 +69,10 @@ WHERE id = :id AND status IN ('not_started', 'ready');
 
 -- name: complete_task
 -- Conditional on still holding the claim for this attempt: a zombie's output is discarded.
+-- claimed_by stays: once the task is finished it names who ran its last attempt (the task
+-- row is that attempt's history entry; task_attempts keeps the attempts before it).
 UPDATE task_executions
-SET status = 'completed', completed_at = :now, claimed_by = NULL, error_details = NULL,
-    updated_at = :now
+SET status = 'completed', completed_at = :now, error_details = NULL, updated_at = :now
 WHERE id = :id AND status = 'running' AND claimed_by = :worker AND attempt = :attempt;
 
 -- name: save_output
@@ -85,7 +86,7 @@ SET task_execution_id = excluded.task_execution_id, context_id = excluded.contex
 -- name: fail_task
 UPDATE task_executions
 SET status = 'failed', completed_at = :now, error_details = :error, last_error = :error,
-    claimed_by = NULL, updated_at = :now
+    updated_at = :now
 WHERE id = :id AND status = 'running' AND claimed_by = :worker AND attempt = :attempt;
 
 -- name: retry_task_later
@@ -131,8 +132,12 @@ UPDATE pipeline_executions SET heartbeat_at = :now
 WHERE claimed_by = :worker AND id IN (SELECT value FROM json_each(:ids));
 
 -- name: heartbeat_tasks
+-- The tasks held one by one (a worker's), and every task of a held execution that this
+-- process runs (the in-process runner's, which then needs no bookkeeping per task).
 UPDATE task_executions SET heartbeat_at = :now
-WHERE claimed_by = :worker AND status = 'running' AND id IN (SELECT value FROM json_each(:ids));
+WHERE claimed_by = :worker AND status = 'running'
+  AND (id IN (SELECT value FROM json_each(:ids))
+       OR pipeline_execution_id IN (SELECT value FROM json_each(:executions)));
 
 -- name: heartbeat_task
 UPDATE task_executions SET heartbeat_at = :now
@@ -163,10 +168,21 @@ SET status = 'skipped', completed_at = :now, error_details = 'cancelled', claime
     updated_at = :now
 WHERE pipeline_execution_id = :id AND status IN ('not_started', 'ready');
 
+-- name: archive_attempt
+-- retry() is about to reset a task: its last attempt, so far told by the task row itself,
+-- moves to task_attempts (PostgreSQL casts the id).
+INSERT INTO task_attempts (
+    id, task_execution_id, pipeline_execution_id, task_name, number, status, started_at,
+    finished_at, worker, error
+)
+SELECT :attempt_id, id, pipeline_execution_id, task_name, attempt, status, started_at,
+       COALESCE(completed_at, :now), claimed_by, error_details
+FROM task_executions
+WHERE id = :id AND attempt > 0 AND status IN ('completed', 'failed');
+
 -- name: reset_task
 -- retry(): a task runs again with a fresh attempt budget (failed, skipped, upstream_failed,
--- abandoned, or
--- completed and then compensated, or after one of those).
+-- abandoned, or completed and then compensated, or after one of those).
 UPDATE task_executions
 SET status = 'not_started', attempt = 0, retry_at = NULL, error_details = NULL,
     completed_at = NULL, claimed_by = NULL, compensation_status = NULL,
@@ -262,7 +278,8 @@ FROM task_execution_metadata m JOIN contexts c ON c.id = m.context_id
 WHERE m.pipeline_execution_id = :id AND m.task_name IN (SELECT value FROM json_each(:names));
 
 -- name: insert_attempt
--- One finished (or lost) attempt, kept for the task's history.
+-- An attempt that a later one supersedes (failed and retried, or lost), kept for the task's
+-- history; the task row itself tells its current attempt.
 INSERT INTO task_attempts (
     id, task_execution_id, pipeline_execution_id, task_name, number, status, started_at,
     finished_at, worker, error
