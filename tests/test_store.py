@@ -210,6 +210,7 @@ PARAM = re.compile(r"(?<!:):([A-Za-z_]\w*)")
 # A sample value for each parameter name the queries use; extend it for new names.
 SAMPLES: dict[str, Callable[[], Any]] = {
     "limit": lambda: 10,
+    "missed": lambda: 0,
     "recovered": lambda: 1,
     "attempt": lambda: 1,
     "max_attempts": lambda: 3,
@@ -223,6 +224,12 @@ SAMPLES: dict[str, Callable[[], Any]] = {
     "names": lambda: '["wf@v1"]',
     "ids": lambda: json.dumps([new_id()]),
     "executions": lambda: json.dumps([new_id()]),
+    "consumed_by": new_id,
+    "index": lambda: 0,
+    "total": lambda: 3,
+    "failed": lambda: 0,
+    "low": lambda: "00000000-0000-0000-0000-000000000000",
+    "high": lambda: "ffffffff-ffff-ffff-ffff-ffffffffffff",
 }
 
 

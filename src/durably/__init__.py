@@ -41,6 +41,7 @@ from .exceptions import (
     TaskReturnError,
     TaskTimeoutError,
     UndefinedOnExecuteException,
+    WaitTimeout,
     WorkflowDefinitionError,
     WorkflowError,
     WorkflowNotRegistered,
@@ -55,6 +56,7 @@ from .saga_manager import SagaManager
 from .saga_messages import SagaRequest, SagaResponse, SagaResponseStatus
 from .saga_repository import SagaExecutionRepository
 from .triggers import TriggerRule, all_of, any_of, none_of, when
+from .waits import delay, event, until
 from .worker import Worker
 from .workflow import Task, Workflow
 
@@ -128,6 +130,7 @@ __all__ = [
     "TaskTimeoutError",
     "TriggerRule",
     "UndefinedOnExecuteException",
+    "WaitTimeout",
     "Worker",
     "Workflow",
     "WorkflowDefinitionError",
@@ -137,7 +140,10 @@ __all__ = [
     "all_of",
     "any_of",
     "current_request",
+    "delay",
+    "event",
     "none_of",
+    "until",
     "when",
 ]
 

@@ -1,8 +1,9 @@
 """The ``durably`` command line: run, serve, inspect and repair executions (SPEC §6).
 
 The group and what the commands share are in :mod:`durably.cli_common`; the commands in
-:mod:`durably.cli_run` (run, retry, fork), :mod:`durably.cli_worker` and
-:mod:`durably.cli_inspect` (list, show, context); cancel, migrate and demo are here.
+:mod:`durably.cli_run` (run, start, resume, send, retry, fork), :mod:`durably.cli_worker`,
+:mod:`durably.cli_inspect` (list, show, context) and :mod:`durably.cli_ops` (prune,
+schedules); cancel, migrate and demo are here.
 
 Every option has an environment-variable twin, shown in ``--help``. Every error goes through
 one handler (:class:`DurablyGroup`), which prints it on one line and exits 1.
@@ -24,16 +25,16 @@ from .cli_common import (
     common_options,
     console,
     open_engine,
-    parse_uuid,
     print_json,
 )
 
 # Importing the commands registers them on the group.
 from .cli_inspect import context, list_, show
-from .cli_run import fork, retry, run
+from .cli_ops import prune, schedules
+from .cli_run import fork, resume, retry, run, send, start
 from .cli_worker import worker
 from .json_views import summary_json
-from .lookup import find_execution
+from .lookup import find_execution, parse_id, resolve_id
 from .results import ExecutionResult
 from .statuses import EXECUTION_TERMINAL
 from .views import (
@@ -46,8 +47,9 @@ from .views import (
 @common_options
 def cancel(execution_id: str, db: str | None, as_json: bool) -> None:
     """Cancel an execution: tasks not started are skipped, running ones finish."""
-    key = parse_uuid(execution_id)
+    ref = parse_id(execution_id)
     with open_engine(db) as engine:
+        key = resolve_id(engine, ref)
         before = find_execution(engine, key)
         if not isinstance(before, ExecutionResult):
             raise CLIError(f"{key} is a saga execution: sagas cannot be cancelled")
@@ -102,6 +104,6 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 __all__ = [
-    "cancel", "cli", "context", "demo", "fork", "list_", "main", "migrate", "retry", "run",
-    "show", "worker",
+    "cancel", "cli", "context", "demo", "fork", "list_", "main", "migrate", "prune", "resume",
+    "retry", "run", "schedules", "send", "show", "start", "worker",
 ]  # fmt: skip

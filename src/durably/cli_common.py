@@ -1,5 +1,6 @@
 """What every ``durably`` command shares: the group with its one error handler, the
-``--db`` / ``--json`` options, the console, and parsing of ids, contexts and ``--set``."""
+``--db`` / ``--json`` options, the console, and parsing of contexts, payloads and ``--set``
+(ids are parsed and resolved by :mod:`durably.lookup`)."""
 
 from __future__ import annotations
 
@@ -120,27 +121,19 @@ def open_engine(db: str | None, **options: Any) -> Engine:
 # -- parsing values ----------------------------------------------------------------------------
 
 
-def parse_uuid(value: str) -> UUID:
-    try:
-        return UUID(value.strip())
-    except ValueError:
-        raise CLIError(f"{value!r} is not a valid execution id (expected a UUID)") from None
-
-
 def _json_type(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
         type(value), "number" if isinstance(value, int | float) else "null"
     )
 
 
-def parse_context(value: str | None) -> dict[str, Any]:
-    """``--context``: a JSON object, ``@file`` holding one, or ``@-`` for stdin."""
-    if value is None:
-        return {}
-    source, text = "--context", value
+def _read_json(value: str, option: str, what: str) -> tuple[str, Any]:
+    """An option's JSON: inline, ``@file`` or ``@-`` (stdin); returns where it came from
+    (for messages) and the parsed value."""
+    source, text = option, value
     if value.startswith("@"):
         path = value[1:]
-        source = "the context on stdin" if path == "-" else f"context file {path!r}"
+        source = f"the {what} on stdin" if path == "-" else f"{what} file {path!r}"
         try:
             if path == "-":
                 text = sys.stdin.read()
@@ -148,17 +141,32 @@ def parse_context(value: str | None) -> dict[str, Any]:
                 with open(path, encoding="utf-8") as f:
                     text = f.read()
         except OSError as exc:
-            raise CLIError(f"cannot read context file {path!r}: {exc.strerror or exc}") from exc
+            raise CLIError(f"cannot read {what} file {path!r}: {exc.strerror or exc}") from exc
     try:
-        data = json.loads(text)
+        return source, json.loads(text)
     except json.JSONDecodeError as exc:
         raise CLIError(
             f"{source} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from exc
+
+
+def parse_context(value: str | None) -> dict[str, Any]:
+    """``--context``: a JSON object, ``@file`` holding one, or ``@-`` for stdin."""
+    if value is None:
+        return {}
+    source, data = _read_json(value, "--context", "context")
     if not isinstance(data, dict):
         raise CLIError(f"{source} must be a JSON object, not a JSON {_json_type(data)}")
     # Decode durably's tagged values ({"$durably": "datetime", ...}) like a stored context.
     return codec.loads(json.dumps(data))
+
+
+def parse_payload(value: str | None) -> Any:
+    """``send --payload``: any JSON value, ``@file`` holding one, or ``@-`` for stdin."""
+    if value is None:
+        return None
+    _, data = _read_json(value, "--payload", "payload")
+    return codec.loads_value(json.dumps(data))
 
 
 def parse_assignment(assignment: str) -> tuple[str, Any]:

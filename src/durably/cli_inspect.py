@@ -16,7 +16,6 @@ from .cli_common import (
     console,
     modules_option,
     open_engine,
-    parse_uuid,
     print_json,
     unknown_task,
 )
@@ -24,7 +23,7 @@ from .json_views import encode_context, execution_json, saga_json
 from .loading import (
     import_modules,
 )
-from .lookup import find_execution, list_executions
+from .lookup import find_execution, list_executions, parse_id, resolve_id
 from .results import ExecutionResult
 from .views import (
     context_table,
@@ -86,9 +85,10 @@ def list_(
 def show(execution_id: str, modules: tuple[str, ...], db: str | None, as_json: bool) -> None:
     """Show an execution: its task timeline, attempts, errors, compensations and each
     task's context change as a diff against its input."""
-    key = parse_uuid(execution_id)
+    ref = parse_id(execution_id)
     import_modules(modules)
     with open_engine(db) as engine:
+        key = resolve_id(engine, ref)
         found = find_execution(engine, key)
         if not isinstance(found, ExecutionResult):
             if as_json:
@@ -116,10 +116,11 @@ def context(
     execution_id: str, task: str | None, modules: tuple[str, ...], db: str | None, as_json: bool
 ) -> None:
     """Print an execution's context (or one task's saved output)."""
-    key = parse_uuid(execution_id)
+    ref = parse_id(execution_id)
     import_modules(modules)
     data: Mapping[str, Any]
     with open_engine(db) as engine:
+        key = resolve_id(engine, ref)
         found = find_execution(engine, key)
         if task is None:
             data = found.context

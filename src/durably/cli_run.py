@@ -1,10 +1,14 @@
-"""``durably run``, ``retry`` and ``fork``: commands that drive an execution here."""
+"""``durably run``, ``start``, ``resume``, ``send``, ``retry`` and ``fork``: commands that
+start an execution, drive one here, or signal one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 import click
+from rich.console import Console
 
 from .cli_common import (
     CLIError,
@@ -17,18 +21,23 @@ from .cli_common import (
     open_engine,
     parse_assignment,
     parse_context,
-    parse_uuid,
+    parse_payload,
+    print_json,
     require_workflow,
     unknown_task,
 )
+from .engine import Engine
 from .loading import (
     import_modules,
     load_workflow,
 )
+from .lookup import execution_by_key, find_execution, parse_id, resolve_id
 from .progress import follow, run_quietly
+from .results import ExecutionResult
 from .views import (
     task_table,
 )
+from .workflow import registered
 
 if TYPE_CHECKING:
     pass
@@ -74,16 +83,157 @@ def run(target: str, context_arg: str | None, db: str | None, as_json: bool) -> 
 
 
 @cli.command()
+@click.argument("target", metavar="MODULE:WORKFLOW")
+@click.option(
+    "--context",
+    "context_arg",
+    metavar="JSON|@FILE",
+    envvar="DURABLY_START_CONTEXT",
+    show_envvar=True,
+    help="The initial context: a JSON object, @path/to/file.json, or @- for stdin.",
+)
+@click.option(
+    "--key",
+    metavar="KEY",
+    envvar="DURABLY_START_KEY",
+    show_envvar=True,
+    help="Idempotency key: when an execution of WORKFLOW has this key, start nothing and "
+    "print its id.",
+)
+@common_options
+def start(
+    target: str, context_arg: str | None, key: str | None, db: str | None, as_json: bool
+) -> None:
+    """Queue a workflow for workers (durably worker MODULE) and print the execution's id.
+
+    Nothing runs here: a worker, or durably resume ID, runs its tasks.
+    """
+    wf = load_workflow(target)
+    initial = parse_context(context_arg)
+    if key is not None and not key:
+        raise CLIError("--key must not be empty")
+    with open_engine(db) as engine:
+        # Asked first: start returns the existing execution's id without saying it existed.
+        existed = key is not None and execution_by_key(engine, wf.name, key) is not None
+        execution_id = engine.start(wf, initial, key=key)
+    if as_json:
+        print_json(
+            {"id": str(execution_id), "workflow": wf.name, "key": key, "created": not existed}
+        )
+        return
+    click.echo(str(execution_id))
+    if existed:
+        click.echo(
+            f"execution {execution_id} of {wf.name} has key {key!r} already: nothing started",
+            err=True,
+        )
+
+
+@cli.command()
+@click.argument("execution_id", metavar="ID")
+@modules_option
+@common_options
+def resume(execution_id: str, modules: tuple[str, ...], db: str | None, as_json: bool) -> None:
+    """Run an unfinished execution here until it finishes, showing its tasks live (a queued
+    one, or one whose process died); a finished one just prints its result. Exits 0 when it
+    completed, 1 otherwise."""
+    ref = parse_id(execution_id)
+    import_modules(modules)
+    out = console()
+    with open_engine(db) as engine:
+        key = resolve_id(engine, ref)
+        result = workflow_execution(engine, key, "resumed here (a worker with --broker does)")
+        if not result.done:
+            if registered(result.workflow) is None:
+                raise CLIError(
+                    f"workflow {result.workflow!r} is not imported: pass --module MODULE "
+                    "(the module that defines it) so its tasks can run"
+                )
+            result = drive(engine, key, lambda: engine.resume(key), out, as_json)
+        finish_run(engine, result, out, db, as_json, modules)
+
+
+@cli.command()
+@click.argument("execution_id", metavar="ID")
+@click.argument("name", metavar="NAME")
+@click.option(
+    "--payload",
+    "payload_arg",
+    metavar="JSON|@FILE",
+    envvar="DURABLY_SEND_PAYLOAD",
+    show_envvar=True,
+    help="The event's payload: any JSON value (strings quoted: '\"yes\"'), "
+    "@path/to/file.json, or @- for stdin [default: null].",
+)
+@click.option(
+    "--key",
+    metavar="KEY",
+    envvar="DURABLY_SEND_KEY",
+    show_envvar=True,
+    help="Idempotency key: a second event sent with this key is ignored.",
+)
+@common_options
+def send(
+    execution_id: str,
+    name: str,
+    payload_arg: str | None,
+    key: str | None,
+    db: str | None,
+    as_json: bool,
+) -> None:
+    """Send the event NAME to an execution: the task waiting for it (now or later) receives
+    the payload in its context. Exits 0 also when KEY was sent already (nothing stored)."""
+    ref = parse_id(execution_id)
+    payload = parse_payload(payload_arg)
+    if key is not None and not key:
+        raise CLIError("--key must not be empty")
+    with open_engine(db) as engine:
+        target = resolve_id(engine, ref)
+        stored = engine.send(target, name, payload, key=key)
+    if as_json:
+        print_json({"id": str(target), "event": name, "key": key, "stored": stored})
+    elif stored:
+        click.echo(f"event {name!r} sent to execution {target}")
+    else:
+        click.echo(f"event {name!r} with key {key!r} was sent to {target} already: ignored")
+
+
+def workflow_execution(engine: Engine, key: UUID, cannot: str) -> ExecutionResult:
+    found = find_execution(engine, key)
+    if not isinstance(found, ExecutionResult):
+        raise CLIError(f"{key} is a saga execution: sagas are not {cannot}")
+    return found
+
+
+def drive(
+    engine: Engine, key: UUID, work: Callable[[], object], out: Console, as_json: bool
+) -> ExecutionResult:
+    """Run ``work`` to the end of the execution, its tasks shown live unless ``--json``."""
+    try:
+        if as_json:
+            return run_quietly(engine, key, work)
+        return follow(engine, key, work, out)
+    except KeyboardInterrupt:
+        click.echo(
+            f"interrupted: execution {key} is unfinished; durably resume {key} "
+            "(or a worker) continues it",
+            err=True,
+        )
+        raise click.exceptions.Exit(130) from None
+
+
+@cli.command()
 @click.argument("execution_id", metavar="ID")
 @modules_option
 @common_options
 def retry(execution_id: str, modules: tuple[str, ...], db: str | None, as_json: bool) -> None:
     """Run the failed, skipped and abandoned tasks of a failed or cancelled execution again,
     keeping completed ones. Exits 0 when it then completes, 1 otherwise."""
-    key = parse_uuid(execution_id)
+    ref = parse_id(execution_id)
     import_modules(modules)
     out = console()
     with open_engine(db) as engine:
+        key = resolve_id(engine, ref)
         result = require_workflow(engine, key)
         if result.status not in ("failed", "cancelled"):
             raise CLIError(
@@ -127,11 +277,12 @@ def fork(
 ) -> None:
     """Start a new execution that reuses the outputs of the tasks before TASK and runs
     TASK and what follows it. Exits 0 when it completes, 1 otherwise."""
-    key = parse_uuid(execution_id)
+    ref = parse_id(execution_id)
     patch = dict(parse_assignment(a) for a in assignments)
     import_modules(modules)
     out = console()
     with open_engine(db) as engine:
+        key = resolve_id(engine, ref)
         result = require_workflow(engine, key)
         if from_task not in result.tasks:
             raise unknown_task(key, from_task, result)

@@ -21,6 +21,7 @@ from .cli_common import (
     one_line,
     open_engine,
 )
+from .cli_ops import duration_option
 from .loading import (
     import_modules,
     top_level_brokers,
@@ -72,6 +73,14 @@ if TYPE_CHECKING:
     show_envvar=True,
     help="The topic of saga replies: the reply_to of the SagaManagers that start the sagas.",
 )
+@click.option(
+    "--retain",
+    metavar="AGE",
+    envvar="DURABLY_RETAIN",
+    show_envvar=True,
+    help="Prune, in the background, executions that finished longer ago than AGE (30d, 12h, "
+    "...), as `durably prune --older-than AGE` does [default: keep everything].",
+)
 @common_options
 def worker(
     modules: tuple[str, ...],
@@ -79,6 +88,7 @@ def worker(
     lease: float,
     broker_url: str | None,
     reply_to: str,
+    retain: str | None,
     db: str | None,
     as_json: bool,
 ) -> None:
@@ -88,6 +98,7 @@ def worker(
     participants (@broker.service) of its brokers and resumes paused sagas as their replies
     arrive.
     """
+    retention = duration_option(retain, "--retain") if retain is not None else None
     imported = import_modules(modules)
     workflows: list[Workflow] = []
     sagas: list[Saga] = []
@@ -111,12 +122,12 @@ def worker(
             serving.stop()
 
     with contextlib.ExitStack() as stack:
-        if workflows:
+        if workflows or retention is not None:
             engine = stack.enter_context(
                 open_engine(db, workflows=workflows, lease=lease, concurrency=concurrency)
             )
             try:
-                serving = engine.worker(concurrency=concurrency)
+                serving = engine.worker(concurrency=concurrency, retain=retention)
             except ModuleNotFoundError as exc:
                 if exc.name != "durably.worker":
                     raise

@@ -15,7 +15,7 @@ from . import codec
 from .engine import Engine
 from .plan import input_for
 from .results import ExecutionResult
-from .runtime import patches_of
+from .runtime import patches_of, received_of
 from .state import ExecutionState, Shape
 
 
@@ -72,6 +72,7 @@ def task_inputs(engine: Engine, result: ExecutionResult) -> tuple[dict[str, Task
         snapshot.outputs,
         snapshot.initial,
         patches_of(snapshot.tasks),
+        received_of(snapshot.tasks),
     )
     inputs: dict[str, TaskInput] = {}
     for name in result.tasks:
@@ -97,6 +98,9 @@ def _basis(shape: Shape, state: ExecutionState, name: str) -> str:
     patch = state.patches.get(name)
     if patch:
         basis += f", with --set {', '.join(patch)}"
+    received = state.received.get(name)
+    if received:
+        basis += f", with the event payload at {', '.join(received)}"
     return basis
 
 

@@ -14,10 +14,11 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from . import codec, repair
+from . import codec, mailbox, repair, retention
 from .arguments import as_id, check_int, check_key, check_lease, encode_initial
 from .backends import open_store
 from .clock import SYSTEM, Clock
@@ -32,6 +33,7 @@ from .registry import Registry
 from .results import ExecutionResult, result_of, summary_of
 from .runner import Job, Runner
 from .runtime import DEFAULT_MAX_CONTEXT_BYTES, Runtime
+from .scheduler import ScheduleStatus, fire_all, statuses
 from .shape import StoredShape
 from .state import ExecutionState, Shape, TaskState
 from .statuses import EXECUTION_TERMINAL
@@ -362,9 +364,45 @@ class Engine:
             first = runner.start(tx)
         return self._drive(runner, first)
 
+    def send(
+        self, execution_id: UUID | str, name: str, payload: Any = None, *, key: str | None = None
+    ) -> bool:
+        """Send an event to an execution (SPEC §3.4): a task waiting for it runs with the
+        payload in its input; one sent earlier waits in the mailbox. A repeated ``key`` is
+        ignored: returns False then, True when the event was stored."""
+        key_id = as_id(execution_id)
+        stored = mailbox.send(self.runtime, key_id, name, payload, key=check_key(key))
+        with self._lock:
+            runner = self._runs.get(key_id)
+        if runner is not None:
+            runner.poke()
+        return stored
+
     def worker(self, concurrency: int | None = None, **options: Any) -> Worker:
         """A worker that claims and runs queued tasks of this engine's workflows."""
         return Worker(self.runtime, concurrency=concurrency, **options)
+
+    # -- retention and schedules ---------------------------------------------------------------
+
+    def prune(
+        self, older_than: timedelta, status: str | None = None, *, dry_run: bool = False
+    ) -> int:
+        """Delete the executions (workflow and saga) that finished more than ``older_than``
+        ago, of one finished ``status`` or all of them, with everything they own; return how
+        many (``dry_run``: how many would be). Running ones are never touched."""
+        return retention.prune(
+            self.store, self.runtime.repo, self.runtime.now(), older_than, status, dry_run=dry_run
+        )
+
+    def fire_schedules(self) -> builtins.list[UUID]:
+        """Start the executions of every due slot of the registered workflows' schedules, as a
+        worker's turn does (once per slot across every engine and worker); return their ids."""
+        return [UUID(found) for found in fire_all(self.runtime)]
+
+    def schedules(self) -> builtins.list[ScheduleStatus]:
+        """Each schedule's next slot, last run and missed count (what ``durably schedules``
+        shows): those in the database and those of the registered workflows."""
+        return statuses(self.runtime)
 
     # -- lifecycle -----------------------------------------------------------------------------
 

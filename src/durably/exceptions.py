@@ -14,6 +14,7 @@
     │   ├── TaskReturnError             (also TypeError)
     │   ├── TaskTimeoutError            (also TimeoutError)
     │   ├── TaskInterrupted             (a task raised SystemExit or KeyboardInterrupt)
+    │   ├── WaitTimeout                 (also TimeoutError: an event wait timed out)
     │   ├── ExecutionNotFound           (also LookupError)
     │   └── ExecutionStateError
     ├── NonRetryable                    (raised by a task: fail now, never retry)
@@ -111,6 +112,10 @@ class TaskTimeoutError(WorkflowError, TimeoutError):
 class TaskInterrupted(WorkflowError):
     """The task raised SystemExit or KeyboardInterrupt: that attempt fails (without retry)
     instead of stopping the engine's threads."""
+
+
+class WaitTimeout(WorkflowError, TimeoutError):
+    """The event the task waited for did not arrive within its timeout."""
 
 
 class ExecutionNotFound(WorkflowError, LookupError):

@@ -19,17 +19,27 @@ _Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
 
 
 class TaskHandle:
-    """What a task taking ``(ctx, handle)`` gets: its attempt number and a heartbeat."""
+    """What a task taking ``(ctx, handle)`` gets: its attempt number, a heartbeat, and for an
+    instance of a mapped task its ``item`` and ``index`` (None otherwise)."""
 
-    __slots__ = ("_beat", "attempt", "execution_id", "task_name")
+    __slots__ = ("_beat", "attempt", "execution_id", "index", "item", "task_name")
 
     def __init__(
-        self, execution_id: Any, task_name: str, attempt: int, beat: Callable[[], None]
+        self,
+        execution_id: Any,
+        task_name: str,
+        attempt: int,
+        beat: Callable[[], None],
+        *,
+        item: Any = None,
+        index: int | None = None,
     ) -> None:
         self.execution_id = execution_id
         self.task_name = task_name
         self.attempt = attempt
         self._beat = beat
+        self.item = item
+        self.index = index
 
     def heartbeat(self) -> None:
         """Tell the engine this attempt is alive (the engine also beats on its own)."""
@@ -37,7 +47,10 @@ class TaskHandle:
 
 
 def output_of(task: Task, ctx: Context, returned: Any) -> dict[str, Any]:
-    """The task's output context: its return value if a Context or dict, else ``ctx``."""
+    """The task's output context: its return value if a Context or dict, else ``ctx``. An
+    instance of a task with ``collect=key`` returns any value: its output is ``{key: value}``."""
+    if task.collect is not None:
+        return {task.collect: returned}
     if returned is None:
         return ctx._data
     if isinstance(returned, Context):

@@ -78,6 +78,9 @@ def task_json(task: TaskResult, diff: Diff | None, basis: TaskInput | None) -> d
         "context": encode_context(task.context),
         "input_from": basis.basis if basis else None,
         "diff": diff_json(diff) if diff is not None else None,
+        "wait": {"event": task.wait_event, "wake_at": iso(task.wake_at)}
+        if task.status == "waiting"
+        else None,
         "history": [
             {
                 "attempt": a.number,

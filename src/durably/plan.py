@@ -42,11 +42,14 @@ from .statuses import (
     COMPLETED,
     FAILED,
     FAILED_LIKE,
+    NOT_STARTED,
     SKIPPED,
     UNSTARTED,
     UPSTREAM_FAILED,
+    WAITING,
 )
 from .triggers import implied, verdict
+from .waits import Event
 
 # Errors no retry can fix: the task fails at once (SPEC §3, "fail it without retry").
 PERMANENT = (
@@ -57,6 +60,9 @@ PERMANENT = (
     TaskReturnError,
     TaskInterrupted,
 )
+# Stored times are whole microseconds, rounded: one read back may be up to half a microsecond
+# after the clock reading it came from. A time within this of now is due now, not never.
+TIME_RESOLUTION = 1e-6
 RERUN = frozenset({FAILED, SKIPPED, UPSTREAM_FAILED, ABANDONED})
 # An execution's error lists this many failed tasks, then says how many more there are.
 MAX_LISTED_FAILURES = 3
@@ -72,8 +78,13 @@ def input_for(state: ExecutionState, name: str) -> dict[str, Any]:
     A root gets the initial context; a task with dependencies their outputs merged in
     declaration order by its merge rule. A dependency that did not complete (a task run by
     ``all_done`` or ``one_failed``) passes on the context it received, so a failure handler
-    still sees what came before it. A fork's patch goes on top.
+    still sees what came before it. A fork's patch goes on top. An instance of a mapped task
+    gets its task's input without the list mapped over (its element is ``handle.item``), so
+    that 10,000 instances do not each store the whole list.
     """
+    loaded = state.tasks.get(name)
+    if loaded is not None and loaded.parent is not None:
+        return codec.loads(_instance_input(state, loaded.parent))
     task = state.shape.tasks[name]
     if not task.dependencies:
         if state.initial is None:
@@ -84,7 +95,34 @@ def input_for(state: ExecutionState, name: str) -> dict[str, Any]:
     patch = state.patches.get(name)
     if patch:
         data.update(copy.deepcopy(patch))  # a fresh copy: an attempt may change it
+    received = state.received.get(name)
+    if received:
+        data.update(copy.deepcopy(received))  # an event's payload, at its wait's key
     return data
+
+
+def _instance_input(state: ExecutionState, parent: str) -> str:
+    """The input every instance of ``parent`` shares, encoded once per execution in memory
+    (each instance decodes its own copy: 10,000 instances do not decode the list 10,000
+    times)."""
+    key = ("instance_input", parent)
+    encoded = state.cache.get(key)
+    if encoded is None:
+        data = input_for(state, parent)
+        items = data.pop(state.shape.tasks[parent].map_over or "", None)
+        state.cache[("items", parent)] = items
+        encoded = state.cache[key] = codec.dumps(data)
+    return str(encoded)
+
+
+def item_of(state: ExecutionState, name: str) -> Any:
+    """An instance's element of the list its mapped task maps over (a fresh copy)."""
+    task = state.tasks[name]
+    if task.parent is None or task.index is None:
+        return None
+    _instance_input(state, task.parent)
+    items = state.cache[("items", task.parent)]
+    return copy.deepcopy(items[task.index])
 
 
 def _passed_on(state: ExecutionState, name: str) -> dict[str, Any]:
@@ -95,7 +133,7 @@ def _passed_on(state: ExecutionState, name: str) -> dict[str, Any]:
 def needs_whole_execution(state: ExecutionState, name: str) -> bool:
     """Whether building ``name``'s input needs more than its dependencies' outputs (a
     dependency that did not complete passes on its own input)."""
-    return any(dep not in state.outputs for dep in state.shape.tasks[name].dependencies)
+    return any(dep not in state.outputs for dep in state.definition(name).dependencies)
 
 
 def final_context(state: ExecutionState) -> dict[str, Any]:
@@ -133,6 +171,26 @@ class Settle:
 
 
 @dataclass(slots=True)
+class WaitFor:
+    """The task runs after its wait: until ``wake_at`` (a timer), or until ``event`` arrives
+    (``wake_at``: its timeout, or None). The payload lands in its input at ``key``."""
+
+    name: str
+    wake_at: float | None
+    event: str | None = None
+    key: str | None = None
+
+
+@dataclass(slots=True)
+class Expand:
+    """The mapped task fans out into ``count`` instances (none: it completes with ``input``)."""
+
+    name: str
+    input: dict[str, Any]
+    count: int
+
+
+@dataclass(slots=True)
 class Defer:
     """The task runs, but not before its retry time."""
 
@@ -140,7 +198,7 @@ class Defer:
     until: float
 
 
-Decision = Start | Settle | Defer
+Decision = Start | Settle | Defer | WaitFor | Expand
 
 
 def describe(error: BaseException) -> str:
@@ -156,7 +214,7 @@ def describe(error: BaseException) -> str:
 
 def decide(state: ExecutionState, name: str, now: float) -> Decision:
     """What happens to a task whose dependencies are all done."""
-    task = state.shape.tasks[name]
+    task = state.definition(name)
     deps = [(dep, state.tasks[dep].status) for dep in task.dependencies]
     rule = task.trigger
     try:
@@ -174,9 +232,26 @@ def decide(state: ExecutionState, name: str, now: float) -> Decision:
     except Exception as exc:  # a conflict, a bad condition, a user merge callable
         return Settle(name, FAILED, describe(exc))
     retry_at = state.tasks[name].retry_at
-    if retry_at is not None and retry_at > now:
+    if retry_at is not None and retry_at > now + TIME_RESOLUTION:
         return Defer(name, retry_at)
+    wait = task.wait
+    if wait is not None and not state.tasks[name].waited:
+        if isinstance(wait, Event):
+            return WaitFor(name, wait.wake_at(now), wait.name, wait.context_key)
+        return WaitFor(name, wait.wake_at(now))
+    if task.map_over is not None and state.tasks[name].parent is None:
+        return expand(name, task.map_over, data)
     return Start(name, data)
+
+
+def expand(name: str, key: str, data: dict[str, Any]) -> Decision:
+    """A mapped task fans out over ``data[key]``: one instance per element; an empty list
+    completes it with its input; anything else but a list or tuple fails it."""
+    items = data.get(key)
+    if not isinstance(items, list | tuple):
+        found = "absent" if key not in data else f"a {type(items).__name__}"
+        return Settle(name, FAILED, f"map_over {key!r}: the input's {key!r} is {found}, not a list")
+    return Expand(name, data, len(items))
 
 
 def advance(state: ExecutionState, unblocked: Iterable[str], now: float) -> list[Decision]:
@@ -201,12 +276,40 @@ def startable(state: ExecutionState, now: float) -> list[str]:
     order."""
     return [
         name
-        for name in state.shape.tasks
-        if name in state.tasks
-        and (task := state.tasks[name]).status in UNSTARTED
+        for name, task in state.tasks.items()
+        if task.status in UNSTARTED
         and state.remaining[name] == 0
-        and (task.retry_at is None or task.retry_at <= now)
+        and (task.retry_at is None or task.retry_at <= now + TIME_RESOLUTION)
+        # An instance not started yet waits for a slot under its task's max_parallel.
+        and not (task.parent is not None and task.status == NOT_STARTED)
     ]
+
+
+def due(state: ExecutionState, now: float) -> list[str]:
+    """Waiting tasks whose time came: a timer that is over (it runs), or an event wait past
+    its timeout (that attempt fails with WaitTimeout)."""
+    return [
+        name
+        for name, task in state.tasks.items()
+        if task.status == WAITING
+        and task.wake_at is not None
+        and task.wake_at <= now + TIME_RESOLUTION
+    ]
+
+
+def next_wake(state: ExecutionState) -> float | None:
+    """The earliest time something is due: a retry, a timer, an event wait's timeout."""
+    times = [
+        t.retry_at if t.status in UNSTARTED else t.wake_at
+        for t in state.tasks.values()
+        if t.status in UNSTARTED or t.status == WAITING
+    ]
+    found = [moment for moment in times if moment is not None]
+    return min(found) if found else None
+
+
+def waiting(state: ExecutionState) -> bool:
+    return any(task.status == WAITING for task in state.tasks.values())
 
 
 def next_retry(state: ExecutionState) -> float | None:
@@ -299,13 +402,39 @@ def compensation_order(state: ExecutionState) -> list[str]:
     unless the execution failed."""
     if not any(t.status in FAILED_LIKE for t in state.tasks.values()):
         return []
-    return [
-        name
-        for name in reversed(state.shape.topological_order())
-        if state.shape.tasks[name].compensate is not None
-        and state.tasks[name].status == COMPLETED
-        and state.tasks[name].compensation not in (COMPLETED, FAILED)
-    ]
+    instances: dict[str, list[str]] = {}
+    for task in state.tasks.values():
+        if task.parent is not None:
+            instances.setdefault(task.parent, []).append(task.name)
+    order = []
+    for name in reversed(state.shape.topological_order()):
+        if state.shape.tasks[name].compensate is None or name not in state.tasks:
+            continue
+        # A mapped task is undone instance by instance, the last one first.
+        names = sorted(instances.get(name, []), key=_index_of(state), reverse=True)
+        for each in names or [name]:
+            task = state.tasks[each]
+            if task.status == COMPLETED and task.compensation not in (COMPLETED, FAILED):
+                order.append(each)
+    return order
+
+
+def _index_of(state: ExecutionState) -> Any:
+    return lambda name: state.tasks[name].index or 0
+
+
+def mapped_output(
+    shape_task: Any, parent_input: dict[str, Any], outputs: list[str]
+) -> dict[str, Any]:
+    """A mapped task's output from its instances' (codec text, in index order): their
+    outputs merged latest_wins over its input, or with ``collect`` the list of their values
+    at that key."""
+    data = dict(parent_input)
+    if shape_task.collect is not None:
+        key = shape_task.collect
+        data[key] = [codec.loads(value).get(key) for value in outputs]
+        return data
+    return latest_wins([("", data), *(("", codec.loads(value)) for value in outputs)])
 
 
 def downstream(shape: Shape, start: str) -> set[str]:

@@ -54,6 +54,13 @@ class TaskRecord:
     compensation_error: str | None
     recovery_attempts: int
     config_text: str | None = None  # the stored JSON, parsed only when asked for
+    wake_at: datetime | None = None
+    wait_event: str | None = None
+    waited: bool = False
+    received_text: str | None = None  # event payloads for its input (codec JSON)
+    map_parent: str | None = None
+    map_index: int | None = None
+    map_total: int | None = None
 
     @property
     def configuration(self) -> dict[str, Any]:
@@ -80,6 +87,12 @@ class TaskRecord:
             error=self.error,
             compensation=self.compensation,
             started_at=epoch(self.started_at),
+            wake_at=epoch(self.wake_at),
+            wait_event=self.wait_event,
+            waited=self.waited,
+            parent=self.map_parent,
+            index=self.map_index,
+            instances=self.map_total,
         )
 
 
@@ -103,6 +116,8 @@ class Claim:
     name: str
     attempt: int
     configuration: dict[str, Any]
+    wait_event: str | None = None  # claimed from an event wait past its timeout
+    map_parent: str | None = None  # an instance of this mapped task
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,9 @@ def take_over(rt: Runtime, tx: Tx, record: ExecutionRecord) -> None:
     if not rt.repo.claim_execution(tx, record.id, rt.worker_id, owner, now):
         raise ExecutionStateError(f"execution {record.id} was taken over by another process")
     for task in rt.repo.tasks(tx, record.id):
-        if task.status == RUNNING and rt.is_stale(task.claimed_by, epoch(task.heartbeat_at)):
+        if task.status != RUNNING or task.map_total is not None:
+            continue  # a mapped task runs through its instances, unclaimed
+        if rt.is_stale(task.claimed_by, epoch(task.heartbeat_at)):
             rt.recover(tx, StaleClaim.of(record.id, task), now)
 
 

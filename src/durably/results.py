@@ -12,7 +12,7 @@ from . import codec, plan
 from .context import Context
 from .records import AttemptRecord, ExecutionRecord, Snapshot, TaskRecord
 from .state import ExecutionState, Shape
-from .statuses import COMPLETED, EXECUTION_TERMINAL, FAILED, RUNNING
+from .statuses import COMPLETED, EXECUTION_TERMINAL, FAILED, RUNNING, WAITING
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,10 @@ class TaskResult:
     """``None`` (nothing to undo), ``"completed"`` or ``"failed"``."""
     history: tuple[Attempt, ...] = ()
     """Every attempt, oldest first: an earlier attempt's error stays visible here."""
+    wake_at: datetime | None = None
+    """Waiting: when its timer is over, or when its event wait times out."""
+    wait_event: str | None = None
+    """Waiting for this event (``engine.send``)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,8 @@ def result_of(snapshot: Snapshot, shape: Shape | None) -> ExecutionResult:
             completed_at=t.completed_at,
             compensation=t.compensation,
             history=_history(t, snapshot.attempts.get(t.name, ())),
+            wake_at=t.wake_at if t.status == WAITING else None,
+            wait_event=t.wait_event if t.status == WAITING else None,
         )
         for t in snapshot.tasks
     }

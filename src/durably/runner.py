@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import queue as queue_module
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from . import plan
-from .exceptions import StoreConnectionError, StoreError, TaskInterrupted
+from .exceptions import StoreConnectionError, StoreError, TaskInterrupted, WaitTimeout
 from .executor import run_inline
 from .logs import log
 from .plan import Start
@@ -50,6 +52,10 @@ class Runner:
         self.inputs: dict[str, dict[str, Any]] = {}
         self.running: dict[concurrent.futures.Future[dict[str, Any]], Job] = {}
         self.inline: Job | None = None
+        self.poked = threading.Event()
+        self.completions: queue_module.SimpleQueue[concurrent.futures.Future[dict[str, Any]]] = (
+            queue_module.SimpleQueue()
+        )
 
     @property
     def id(self) -> str:
@@ -97,7 +103,7 @@ class Runner:
                 queue.clear()
             while queue:
                 name, attempt = queue.popleft()
-                task = self.wf.tasks[name]
+                task = self.wf.tasks[self.state.tasks[name].parent or name]
                 data = self.inputs.pop(name, None)
                 ctx = self.rt.context(self.state, name, data or plan.input_for(self.state, name))
                 handle = self.rt.handle(self.state, name, attempt)
@@ -113,12 +119,11 @@ class Runner:
                     continue
                 future = executor.submit(task, ctx, handle)
                 self.running[future] = (name, attempt)
+                # Finished futures arrive on a queue: waiting costs O(1) per completion, not
+                # a scan of every future in flight (a map runs thousands at once).
+                future.add_done_callback(self.completions.put)
             if self.running:
-                done, _ = concurrent.futures.wait(
-                    self.running,
-                    timeout=self._wake_in(),
-                    return_when=concurrent.futures.FIRST_COMPLETED,
-                )
+                done = self._completed(timeout=0.5 if queue else self._wake_in())
                 for future in done:
                     name, attempt = self.running.pop(future)
                     exc = future.exception()
@@ -129,10 +134,17 @@ class Runner:
             if self.cancelled and not self.running:
                 return
             queue.extend(self._start_ready())
+            queue.extend(self._wake_due())
             if queue or self.running:
                 continue
             if self.state.all_done() or self.cancelled:
                 return
+            if plan.waiting(self.state):
+                # Until the next wake time, or until an event arrives (send() pokes a run of
+                # this engine; PostgreSQL's NOTIFY wakes us for another process's send).
+                self._pause(self._wake_in())
+                queue.extend(self._follow_others())
+                continue
             if plan.next_retry(self.state) is None:
                 # Tasks claimed by another process: follow them, and take over a stale claim.
                 queue.extend(self._follow_others())
@@ -140,9 +152,61 @@ class Runner:
                     continue
             self.rt.clock.sleep(min(self._wake_in(), 0.5))
 
+    def _completed(self, timeout: float) -> list[concurrent.futures.Future[dict[str, Any]]]:
+        try:
+            done = [self.completions.get(timeout=timeout)]
+        except queue_module.Empty:
+            return []
+        while True:
+            try:
+                done.append(self.completions.get_nowait())
+            except queue_module.Empty:
+                return [future for future in done if future in self.running]
+
     def _wake_in(self) -> float:
-        due = plan.next_retry(self.state)
+        due = plan.next_wake(self.state)
         return 0.5 if due is None else max(0.0, min(due - self.rt.now(), 0.5))
+
+    def poke(self) -> None:
+        """Something changed for this execution (an event was sent): look again now."""
+        self.poked.set()
+
+    def _pause(self, seconds: float) -> None:
+        if self.rt.store.dialect == "postgres" and not self.poked.is_set():
+            self.rt.store.wait_for_work(seconds)
+        else:
+            self.poked.wait(seconds)
+        self.poked.clear()
+
+    def _wake_due(self) -> list[Job]:
+        """Start the waiting tasks whose time came; an event wait past its timeout starts an
+        attempt that fails with WaitTimeout (retried by the task's policy)."""
+        due = plan.due(self.state, self.rt.now())
+        if not due:
+            return []
+        expired = [name for name in due if self.state.tasks[name].wait_event is not None]
+
+        def wake(tx: Tx) -> list[Start]:
+            now = self.rt.now()
+            started = []
+            for name in due:
+                if self.rt.claim(tx, self.state, name, now):
+                    started.append(Start(name, {} if name in expired else self._input(name)))
+            return started
+
+        jobs = self._take(self._write(wake))
+        queue: list[Job] = []
+        for name, attempt in jobs:
+            if name in expired:
+                event = self.state.tasks[name].wait_event
+                timeout = WaitTimeout(f"no event {event!r} arrived before the wait's timeout")
+                queue.extend(self._commit(name, attempt, None, timeout))
+            else:
+                queue.append((name, attempt))
+        return queue
+
+    def _input(self, name: str) -> dict[str, Any]:
+        return plan.input_for(self.state, name)
 
     def _start_ready(self) -> list[Job]:
         if not plan.startable(self.state, self.rt.now()):
@@ -198,7 +262,11 @@ class Runner:
                 attempt=attempt,
             )
             return []
-        started = self.rt.dispatch(tx, self.state, unblocked, now)
+        started = []
+        if self.state.tasks[name].parent is not None:
+            starts, unblocked = self.rt.close_instance(tx, self.state, name, now, in_process=True)
+            started.extend(starts)
+        started.extend(self.rt.dispatch(tx, self.state, unblocked, now))
         if not started and self.state.all_done() and not plan.compensation_order(self.state):
             self.rt.finish(tx, self.state, now)
             self.finished = True
@@ -208,14 +276,16 @@ class Runner:
         """Run ``work(tx)`` in a transaction; while the database is unreachable, retry for up
         to one lease, reloading the execution after each failure (the failed transaction
         may or may not have committed)."""
-        deadline = self.rt.now() + self.rt.lease
+        deadline: float | None = None
         delay = 0.05
         while True:
             try:
                 with self.rt.store.transaction() as tx:
                     return work(tx)
             except StoreConnectionError as exc:
-                if self.rt.now() >= deadline:
+                if deadline is None:
+                    deadline = self.rt.now() + self.rt.lease
+                elif self.rt.now() >= deadline:
                     raise StoreConnectionError(
                         f"execution {self.id}: the database stayed unreachable for "
                         f"{self.rt.lease:g}s ({exc}); resume it with engine.resume() or "
@@ -246,7 +316,8 @@ class Runner:
             assert execution is not None
             fresh = self.rt.load(tx, execution, self.wf)
         self.state.tasks, self.state.outputs = fresh.tasks, fresh.outputs
-        self.state.remaining = fresh.remaining
+        self.state.remaining, self.state.received = fresh.remaining, fresh.received
+        self.state.open = fresh.open
 
     # -- others' claims ----------------------------------------------------------------------
 
@@ -257,7 +328,9 @@ class Runner:
         stale = [
             t
             for t in self.state.tasks.values()
-            if t.status == RUNNING and self.rt.is_stale(t.claimed_by, t.heartbeat_at)
+            if t.status == RUNNING
+            and t.instances is None  # a mapped task runs through its instances, unclaimed
+            and self.rt.is_stale(t.claimed_by, t.heartbeat_at)
         ]
         if not stale:
             return self._start_ready()

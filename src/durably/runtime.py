@@ -28,8 +28,16 @@ from .plan import Start
 from .records import AttemptRef, ExecutionRecord, StaleClaim, TaskRecord
 from .registry import Registry
 from .repository import Repository
-from .state import ExecutionState
-from .statuses import COMPLETED, FAILED, READY, RUNNING
+from .state import ExecutionState, TaskState
+from .statuses import (
+    COMPLETED,
+    FAILED,
+    FAILED_LIKE,
+    READY,
+    RUNNING,
+    TASK_TERMINAL,
+    WAITING,
+)
 from .store import Store, Tx
 from .workflow import Workflow
 
@@ -112,11 +120,8 @@ class Runtime:
             [task.state() for task in tasks],
             self.repo.outputs(tx, execution.id),
             self.repo.context(tx, execution.context_id),
-            {
-                t.name: p
-                for t in tasks
-                if t.patched and (p := patch_of(t.configuration)) is not None
-            },
+            patches_of(tasks),
+            received_of(tasks),
         )
 
     def load_partial(
@@ -137,11 +142,8 @@ class Runtime:
             [task.state() for task in tasks],
             self.repo.outputs(tx, execution_id, outputs),
             self.repo.context(tx, context_id) if context_id else None,
-            {
-                t.name: p
-                for t in tasks
-                if t.patched and (p := patch_of(t.configuration)) is not None
-            },
+            patches_of(tasks),
+            received_of(tasks),
         )
 
     # -- transitions -------------------------------------------------------------------------
@@ -159,7 +161,7 @@ class Runtime:
         """Write an attempt's outcome; return the dependents it unblocked, or None when this
         process no longer held the claim (a zombie: nothing is written)."""
         task = state.tasks[name]
-        policy = state.shape.tasks[name].retry
+        policy = state.definition(name).retry
         outcome = plan.attempt_outcome(policy, attempt, output, error, now, self.max_context_bytes)
         ref = AttemptRef(state.id, task.id, name, attempt, self.worker_id, task.started_at)
         if isinstance(outcome, plan.Completed):
@@ -204,20 +206,160 @@ class Runtime:
         self, tx: Tx, state: ExecutionState, unblocked: Iterable[str], now: float
     ) -> list[Start]:
         """In-process: decide the unblocked tasks (and what settling them unblocks) and claim
-        those that run; return them."""
+        those that run; a task with a wait waits instead, unless its wait is over already."""
         started = []
         for decision in plan.advance(state, unblocked, now):
             if isinstance(decision, plan.Settle):
                 task = state.tasks[decision.name]
                 self.repo.settle_task(tx, task.id, decision.status, decision.reason, now)
-            elif isinstance(decision, Start) and self._claim(tx, state, decision.name, now):
+                continue
+            if isinstance(decision, plan.WaitFor):
+                if not self.wait(tx, state, decision, now, claimed=False):
+                    continue
+                decision = Start(decision.name, plan.input_for(state, decision.name))
+            if isinstance(decision, plan.Expand):
+                starts, unblocked = self.expand(tx, state, decision, now, in_process=True)
+                started.extend(starts)
+                started.extend(self.dispatch(tx, state, unblocked, now))
+                continue
+            if isinstance(decision, Start) and self.claim(tx, state, decision.name, now):
                 started.append(decision)
         return started
 
-    def _claim(self, tx: Tx, state: ExecutionState, name: str, now: float) -> bool:
+    # -- mapped tasks --------------------------------------------------------------------------
+
+    def expand(
+        self, tx: Tx, state: ExecutionState, decision: plan.Expand, now: float, *,
+        in_process: bool,
+    ) -> tuple[list[Start], list[str]]:  # fmt: skip
+        """Fan a mapped task out into its instances (one bulk insert): in-process, the first
+        ``max_parallel`` are claimed here at once; for workers they are ready. Returns the
+        instances to run and, for an empty list (the task completes), what that unblocks."""
+        name = decision.name
+        task = state.tasks[name]
+        definition = state.definition(name)
+        if decision.count == 0:
+            value = codec.dumps(decision.input, max_bytes=self.max_context_bytes)
+            self.repo.settle_task(tx, task.id, COMPLETED, None, now)
+            context_id = self.repo.insert_context(tx, value, now)
+            self.repo.link_output(tx, state.id, task.id, name, context_id, now)
+            state.outputs[name] = value
+            return [], state.mark(name, COMPLETED)
+        worker = self.worker_id if not in_process else ""
+        if not self.repo.expand_task(tx, task.id, decision.count, worker, now):
+            return [], []
+        limit = definition.max_parallel or decision.count
+        wf = state.shape
+        assert isinstance(wf, Workflow), "a mapped task expands under its registered workflow"
+        template = next(row for row in self.repo.template(wf) if row["name"] == name)
+        instances = self.repo.insert_instances(
+            tx, state.id, name, template, decision.count, min(limit, decision.count),
+            self.worker_id if in_process else None, now,
+        )  # fmt: skip
+        task.status, task.instances, task.claimed_by, task.attempt = (
+            RUNNING,
+            decision.count,
+            None,
+            1,
+        )
+        for instance in instances:
+            state.add(instance)
+        starts = [
+            Start(i.name, plan.input_for(state, i.name)) for i in instances if i.status == RUNNING
+        ]
+        return starts, []
+
+    def close_instance(
+        self, tx: Tx, state: ExecutionState, name: str, now: float, *, in_process: bool
+    ) -> tuple[list[Start], list[str]]:
+        """An instance finished: free its slot under max_parallel, and when it was the last
+        open one finish the mapped task. Returns instances to run now (in-process) and the
+        tasks the mapped task's end unblocked."""
+        parent = state.tasks[name].parent
+        assert parent is not None
+        if state.tasks[name].status not in TASK_TERMINAL:
+            return [], []  # it waits for a retry: its slot stays taken
+        definition = state.definition(name)
+        starts: list[Start] = []
+        if definition.max_parallel is not None:
+            promoted = self.repo.promote_instance(tx, state.id, parent, now)
+            if promoted is not None:
+                task_id, instance, index = promoted
+                state.add(TaskState(task_id, instance, READY, parent=parent, index=index))
+                if in_process and self.claim(tx, state, instance, now):
+                    starts.append(Start(instance, plan.input_for(state, instance)))
+        task = state.tasks[parent]
+        lost = state.tasks[name].status in FAILED_LIKE
+        total, done, failed = self.repo.count_instance_done(tx, task.id, lost, now)
+        if done < total:
+            return starts, []
+        error = None
+        value = None
+        if failed:
+            status, error = FAILED, f"{failed} of its {total} instances failed"
+        else:
+            outputs = self.repo.instance_outputs(tx, state.id, parent)
+            merged = plan.mapped_output(definition, plan.input_for(state, parent), list(outputs))
+            try:
+                value = codec.dumps(merged, max_bytes=self.max_context_bytes)
+                status = COMPLETED
+            except Exception as exc:
+                status, error = FAILED, plan.describe(exc)
+        self.repo.finish_mapped_task(tx, state.id, task.id, parent, status, error, value, now)
+        if value is not None:
+            state.outputs[parent] = value
+        return starts, state.mark(parent, status, error)
+
+    def wait(
+        self, tx: Tx, state: ExecutionState, decision: plan.WaitFor, now: float, *, claimed: bool
+    ) -> bool:
+        """Put a task into its wait; True when the wait is over already (a past time, or an
+        event waiting in the mailbox, which this task now consumed)."""
+        task = state.tasks[decision.name]
+        if decision.event is None:
+            if decision.wake_at is not None and decision.wake_at <= now:
+                self.repo.mark_waited(tx, task.id, now)
+                task.waited = True
+                return True
+        else:
+            # Under the execution's lock, as send() is: an event is either in the mailbox
+            # now, or send() will find this task waiting: never neither.
+            self.repo.lock_execution(tx, state.id)
+            payload = self.repo.take_event(tx, state.id, decision.event, task.id, now)
+            if payload is not None:
+                received = {**state.received.get(decision.name, {})}
+                received[decision.key or decision.event] = codec.loads_value(payload)
+                self.repo.set_received(tx, task.id, codec.dumps(received), now)
+                state.received[decision.name] = received
+                task.waited = True
+                return True
+        worker = self.worker_id if claimed else ""
+        if self.repo.wait_task(tx, task.id, decision.wake_at, decision.event, worker, now):
+            task.status, task.wake_at, task.wait_event = WAITING, decision.wake_at, decision.event
+            task.claimed_by, task.retry_at = None, None
+            if claimed:
+                task.attempt -= 1
+            log(
+                logger,
+                logging.INFO,
+                "task %r of execution %s waits for %s",
+                decision.name,
+                state.id,
+                f"event {decision.event!r}" if decision.event else "its time",
+                action="task_waiting",
+                execution_id=state.id,
+                workflow=getattr(state.shape, "name", None),
+                task=decision.name,
+            )
+        return False
+
+    def claim(self, tx: Tx, state: ExecutionState, name: str, now: float) -> bool:
+        """Start the task's next attempt here (in-process runs claim what they unblock)."""
         task = state.tasks[name]
         if not self.repo.start_task(tx, task.id, self.worker_id, now):
             return False  # settled elsewhere meanwhile (cancelled, or taken by another driver)
+        if task.status == WAITING and task.wait_event is None:
+            task.waited = True  # as start_task records: its timer is over
         task.status, task.attempt, task.retry_at = RUNNING, task.attempt + 1, None
         task.claimed_by, task.started_at = self.worker_id, now
         return True
@@ -296,8 +438,16 @@ class Runtime:
     # -- running a task ------------------------------------------------------------------------
 
     def handle(self, state: ExecutionState, name: str, attempt: int) -> TaskHandle:
-        task_id = state.tasks[name].id
-        return TaskHandle(state.uuid, name, attempt, lambda: self.heartbeat.beat_task(task_id))
+        task = state.tasks[name]
+        task_id = task.id
+        return TaskHandle(
+            state.uuid,
+            name,
+            attempt,
+            lambda: self.heartbeat.beat_task(task_id),
+            item=plan.item_of(state, name),
+            index=task.index,
+        )
 
     def context(self, state: ExecutionState, name: str, data: dict[str, Any]) -> Context:
         scope = ExecutionScope(state.uuid, uuid.UUID(state.tasks[name].id), name)
@@ -315,6 +465,11 @@ def patch_of(configuration: dict[str, Any]) -> dict[str, Any] | None:
         return None
     # Stored as the codec's text (older rows: as a JSON object).
     return codec.loads(patch if isinstance(patch, str) else json.dumps(patch))
+
+
+def received_of(tasks: Iterable[TaskRecord]) -> dict[str, dict[str, Any]]:
+    """The event payloads each task received, for its input."""
+    return {t.name: codec.loads(t.received_text) for t in tasks if t.received_text}
 
 
 def patches_of(tasks: Iterable[TaskRecord]) -> dict[str, dict[str, Any]]:

@@ -7,9 +7,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import waits
 from .records import TaskRecord
 from .retry import NO_RETRY, RetryPolicy
 from .triggers import TriggerRule, all_success
+from .waits import Wait
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,10 @@ class StoredTask:
     compensate: Any = None
     trigger: TriggerRule = all_success
     retry: RetryPolicy = NO_RETRY
+    wait: Wait | None = None
+    map_over: str | None = None
+    max_parallel: int | None = None
+    collect: str | None = None
 
 
 class StoredShape:
@@ -39,6 +45,8 @@ class StoredShape:
         """The shape stored with these tasks; None for rows that predate stored dependencies."""
         tasks = []
         for record in records:
+            if record.map_parent is not None:
+                continue  # an instance of a mapped task, not a declared task
             deps = record.configuration.get("dependencies")
             if not isinstance(deps, list):
                 return None
@@ -48,6 +56,8 @@ class StoredShape:
                     dependencies=tuple(str(dep) for dep in deps),
                     merge=str(record.configuration.get("merge") or "latest_wins"),
                     compensate=True if record.configuration.get("compensate") else None,
+                    wait=waits.from_json(record.configuration.get("wait")),
+                    **_mapping(record.configuration.get("map")),
                 )
             )
         return cls(tasks) if tasks else None
@@ -69,3 +79,13 @@ class StoredShape:
                         following.append(child)
             level = following
         return order
+
+
+def _mapping(stored: object) -> dict[str, Any]:
+    if not isinstance(stored, dict):
+        return {}
+    return {
+        "map_over": stored.get("over"),
+        "max_parallel": stored.get("max_parallel"),
+        "collect": stored.get("collect"),
+    }

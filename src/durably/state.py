@@ -13,6 +13,7 @@ from .merge import MergeFn
 from .retry import RetryPolicy
 from .statuses import TASK_TERMINAL, UNSTARTED
 from .triggers import TriggerRule
+from .waits import Wait
 
 
 class IncompleteState(Exception):
@@ -32,6 +33,14 @@ class TaskShape(Protocol):
     def retry(self) -> RetryPolicy: ...
     @property
     def compensate(self) -> Any: ...
+    @property
+    def wait(self) -> Wait | None: ...
+    @property
+    def map_over(self) -> str | None: ...
+    @property
+    def max_parallel(self) -> int | None: ...
+    @property
+    def collect(self) -> str | None: ...
 
 
 class Shape(Protocol):
@@ -60,11 +69,18 @@ class TaskState:
     error: str | None = None
     compensation: str | None = None
     started_at: float | None = None
+    wake_at: float | None = None  # waiting: when it wakes, or when its event wait times out
+    wait_event: str | None = None  # waiting for this event
+    waited: bool = False  # its wait was satisfied: it does not wait again
+    parent: str | None = None  # an instance of a mapped task: that task's name
+    index: int | None = None  # ...and its index
+    instances: int | None = None  # a mapped task that expanded: how many instances
 
 
 class ExecutionState:
-    """One execution in memory: tasks, saved outputs (codec text), the initial context, and a
-    fork's context patches. ``remaining[name]`` counts a task's unfinished dependencies among
+    """One execution in memory: tasks, saved outputs (codec text), the initial context, a
+    fork's context patches, and the event payloads tasks received (``received``: task name ->
+    {context key: payload}). ``remaining[name]`` counts a task's unfinished dependencies among
     the loaded tasks."""
 
     def __init__(
@@ -75,6 +91,7 @@ class ExecutionState:
         outputs: Mapping[str, str] | None = None,
         initial: str | None = None,
         patches: Mapping[str, dict[str, Any]] | None = None,
+        received: Mapping[str, dict[str, Any]] | None = None,
     ) -> None:
         self.shape = shape
         self.id = execution_id
@@ -82,15 +99,35 @@ class ExecutionState:
         self.outputs = dict(outputs or {})
         self.initial = initial
         self.patches = dict(patches or {})
+        self.received = dict(received or {})
+        self.cache: dict[tuple[str, str], Any] = {}  # the plan's memo (a mapped task's input)
+        # Tasks not terminal yet, kept up to date by mark() and add(): all_done() stays O(1)
+        # with 10,000 instances.
+        self.open = sum(task.status not in TASK_TERMINAL for task in self.tasks.values())
         self.dependents = shape.dependents()
         self.remaining = {
             name: sum(
                 self.tasks[dep].status not in TASK_TERMINAL
-                for dep in shape.tasks[name].dependencies
+                for dep in self.definition(name).dependencies
                 if dep in self.tasks
             )
             for name in self.tasks
         }
+
+    def definition(self, name: str) -> TaskShape:
+        """The declared task a loaded task runs (an instance runs its mapped task's)."""
+        task = self.tasks.get(name)
+        return self.shape.tasks[task.parent if task is not None and task.parent else name]
+
+    def add(self, task: TaskState) -> None:
+        """A task row created while the execution runs (an instance of a mapped task)."""
+        known = self.tasks.get(task.name)
+        if known is None or known.status in TASK_TERMINAL:
+            self.open += task.status not in TASK_TERMINAL
+        elif task.status in TASK_TERMINAL:
+            self.open -= 1
+        self.tasks[task.name] = task
+        self.remaining[task.name] = 0  # its mapped task started: its dependencies are done
 
     @property
     def uuid(self) -> UUID:
@@ -108,8 +145,9 @@ class ExecutionState:
         task.status, task.error, task.claimed_by = status, error, None
         if was_terminal or status not in TASK_TERMINAL:
             return []
+        self.open -= 1
         unblocked = []
-        for child in self.dependents[name]:
+        for child in self.dependents.get(name, ()):
             if child in self.remaining:
                 self.remaining[child] -= 1
                 if self.remaining[child] == 0 and self.tasks[child].status in UNSTARTED:
@@ -117,4 +155,4 @@ class ExecutionState:
         return unblocked
 
     def all_done(self) -> bool:
-        return all(task.status in TASK_TERMINAL for task in self.tasks.values())
+        return self.open == 0

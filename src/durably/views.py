@@ -21,7 +21,7 @@ from . import codec
 from .diffs import Diff, task_diffs
 from .engine import Engine
 from .exceptions import DurablyError
-from .results import ExecutionResult
+from .results import ExecutionResult, TaskResult
 from .store import parse_timestamp
 
 if TYPE_CHECKING:
@@ -33,6 +33,8 @@ STYLES = {
     "failed": "bold red",
     "errored": "bold red",
     "abandoned": "bold magenta",
+    "upstream_failed": "red",
+    "waiting": "bold cyan",
     "cancelled": "yellow",
     "skipped": "yellow",
     "paused": "yellow",
@@ -129,6 +131,8 @@ def task_table(result: ExecutionResult, *, live: bool = False) -> RenderableType
         if not live:
             row.append(styled(task.compensation) if task.compensation else "")
         table.add_row(*row)
+        if task.status == "waiting":
+            errors.append(f"  {name} {waiting_for(task)}\n", style="cyan")
         earlier = [a for a in task.history if a.error and a.error != task.error]
         for attempt in earlier:  # an earlier attempt's error stays visible after a success
             errors.append(
@@ -138,6 +142,14 @@ def task_table(result: ExecutionResult, *, live: bool = False) -> RenderableType
             errors.append(f"  {name} ({task.status}): {task.error}\n")
     errors.rstrip()
     return Group(table, errors) if errors else table
+
+
+def waiting_for(task: TaskResult) -> str:
+    """What a waiting task waits for, and until when."""
+    when = clock(task.wake_at, date=True) if task.wake_at else None
+    if task.wait_event:
+        return f"waits for event {task.wait_event!r}" + (f" (times out {when})" if when else "")
+    return f"waits until {when}" if when else "waits"
 
 
 def execution_header(result: ExecutionResult) -> Text:

@@ -16,15 +16,18 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from . import plan
-from .exceptions import StoreConnectionError, StoreError, TaskInterrupted
+from .exceptions import StoreConnectionError, StoreError, TaskInterrupted, WaitTimeout
 from .logs import log
 from .records import Claim, ExecutionRecord
+from .retention import Pruner
 from .runtime import Runtime
+from .scheduler import Scheduler
 from .state import ExecutionState
-from .statuses import NOT_STARTED, RUNNING, TASK_TERMINAL
+from .statuses import COMPLETED, NOT_STARTED, RUNNING, TASK_TERMINAL
 from .store import Tx
 from .workflow import Workflow
 
@@ -38,6 +41,7 @@ class Job:
     name: str
     attempt: int
     input: dict[str, Any]
+    timed_out: str | None = None  # an event wait past its timeout: this attempt fails
 
     @property
     def task_id(self) -> str:
@@ -65,6 +69,7 @@ class Worker:
         *,
         concurrency: int | None = None,
         poll_interval: float = 0.5,
+        retain: timedelta | None = None,
     ) -> None:
         # An Engine carries its runtime; the worker needs only that (no arrow back to it).
         runtime = engine if isinstance(engine, Runtime) else getattr(engine, "runtime", None)
@@ -85,6 +90,10 @@ class Worker:
         # is conditional on the claim, so a retry never applies twice).
         self._unsaved: list[Finished] = []
         self._active: set[str] = set()
+        # Between tasks: fire due schedules and, with ``retain``, prune old executions.
+        self._upkeep: list[Scheduler | Pruner] = [Scheduler(runtime)]
+        if retain is not None:
+            self._upkeep.append(Pruner(runtime, retain))
 
     def stop(self) -> None:
         """Finish the running tasks, claim nothing more, and make ``run()`` return."""
@@ -122,14 +131,24 @@ class Worker:
         self._save_outcomes()
         if time.monotonic() - self._last_sweep > self.rt.lease / 2:
             self.sweep()
+        if not self._stopping.is_set():
+            for chore in self._upkeep:
+                chore.tick()
         claimed = False
         if not self._stopping.is_set() and len(running) < self.concurrency:
             jobs = self.claim(self.concurrency - len(running))
             claimed = bool(jobs)
             for job in jobs:
+                if job.timed_out is not None:
+                    timeout = WaitTimeout(
+                        f"no event {job.timed_out!r} arrived before the wait's timeout"
+                    )
+                    self._unsaved.append(Finished(job, None, timeout))
+                    continue
                 ctx = self.rt.context(job.state, job.name, job.input)
                 handle = self.rt.handle(job.state, job.name, job.attempt)
-                future = self.rt.executor.submit(job.wf.tasks[job.name], ctx, handle)
+                declared = job.state.tasks[job.name].parent or job.name
+                future = self.rt.executor.submit(job.wf.tasks[declared], ctx, handle)
                 running[future] = job
         if running:
             done, _ = concurrent.futures.wait(
@@ -143,7 +162,16 @@ class Worker:
                 self._unsaved.append(Finished(job, None if exc else future.result(), exc))
             self._save_outcomes()
         elif not claimed:
-            self.rt.store.wait_for_work(self.poll_interval)
+            self.rt.store.wait_for_work(self._idle_wait())
+
+    def _idle_wait(self) -> float:
+        """Until new work is signalled, or the next timer or event timeout is due, or the poll
+        interval ends, whichever comes first (a wake time already past is not ours to claim:
+        another driver holds that execution)."""
+        with self.rt.store.read() as tx:
+            wake = self.rt.repo.next_wake(tx)
+        delay = None if wake is None else wake - self.rt.now()
+        return self.poll_interval if delay is None or delay <= 0 else min(self.poll_interval, delay)
 
     # -- claiming ------------------------------------------------------------------------------
 
@@ -195,36 +223,67 @@ class Worker:
         execution = self.rt.repo.execution(tx, claim.execution_id)
         assert execution is not None
         wf = self.rt.workflow(execution.workflow, execution.version)
-        deps = wf.tasks[claim.name].dependencies
+        # An instance of a mapped task takes that task's dependencies (and its fork patch).
+        declared = claim.map_parent or claim.name
+        deps = wf.tasks[declared].dependencies
         state = self.rt.load_partial(
             tx,
             execution.id,
             wf,
-            [claim.name, *deps],
+            list(dict.fromkeys([claim.name, declared, *deps])),
             deps,
             context_id=None if deps else execution.context_id,
         )
+        if claim.wait_event is not None:  # claimed from an event wait past its timeout
+            return Job(wf, state, claim.name, claim.attempt, {}, claim.wait_event), None
         if plan.needs_whole_execution(state, claim.name):
             # A dependency that did not complete passes on its own input: that needs the
             # whole execution (rare: only after a failure or a skip).
             state = self.rt.load(tx, execution, wf)
         decision = plan.decide(state, claim.name, now)
+        if isinstance(decision, plan.WaitFor):
+            if not self.rt.wait(tx, state, decision, now, claimed=True):
+                return None, None  # it waits; the claim started no attempt
+            decision = plan.Start(claim.name, plan.input_for(state, claim.name))
         if isinstance(decision, plan.Start):
             return Job(wf, state, claim.name, claim.attempt, decision.input), None
         if isinstance(decision, plan.Defer):  # cannot happen: the claim filters retry times
             return None, None
+        if isinstance(decision, plan.Expand):
+            _, unblocked = self.rt.expand(tx, state, decision, now, in_process=False)
+            self.rt.repo.notify_work(tx)  # its instances are ready for any worker
+            if not unblocked and state.tasks[claim.name].status != COMPLETED:
+                return None, None
+            around = self._around(tx, wf, execution.id, claim.name)
+            self._mark_ready(tx, around, unblocked, now)
+            return None, self._after(tx, wf, around, execution)
         around = self._around(tx, wf, execution.id, claim.name)
         unblocked = self.rt.settle(tx, around, decision, now)
         self._mark_ready(tx, around, unblocked, now)
         return None, self._after(tx, wf, around, execution)
 
-    def _around(self, tx: Tx, wf: Workflow, execution_id: str, name: str) -> ExecutionState:
-        """The tasks a change of ``name`` can affect: it, its dependents, and theirs."""
-        children = wf.dependents()[name]
-        touched = dict.fromkeys([name, *children])
+    def _around(
+        self, tx: Tx, wf: Workflow, execution_id: str, name: str, parent: str | None = None
+    ) -> ExecutionState:
+        """The tasks a change of ``name`` can affect: it, its dependents, and theirs. For an
+        instance of a mapped task: it, that task (with what its input needs, for its output
+        once the last instance is done), and what that task unblocks."""
+        declared = parent or name
+        children = wf.dependents()[declared]
+        touched = dict.fromkeys([name, declared, *children])
         for child in children:
             touched.update(dict.fromkeys(wf.tasks[child].dependencies))
-        return self.rt.load_partial(tx, execution_id, wf, list(touched))
+        deps: tuple[str, ...] = ()
+        context_id = None
+        if parent is not None:
+            deps = wf.tasks[parent].dependencies
+            touched.update(dict.fromkeys(deps))
+            if not deps:
+                execution = self.rt.repo.execution(tx, execution_id)
+                context_id = execution.context_id if execution else None
+        return self.rt.load_partial(
+            tx, execution_id, wf, list(touched), deps, context_id=context_id
+        )
 
     def _mark_ready(self, tx: Tx, state: ExecutionState, names: list[str], now: float) -> None:
         if self.rt.make_ready(tx, state, names, now):
@@ -328,7 +387,8 @@ class Worker:
                     # statuses under the lock so exactly one completion marks a dependent ready.
                     self.rt.repo.lock_execution(tx, job.state.id)
                     locked.add(job.state.id)
-                fresh = self._around(tx, job.wf, job.state.id, job.name)
+                parent = job.state.tasks[job.name].parent
+                fresh = self._around(tx, job.wf, job.state.id, job.name, parent)
                 now = self.rt.now()
                 unblocked = self.rt.record(
                     tx, fresh, job.name, job.attempt, item.output, item.error, now
@@ -336,6 +396,11 @@ class Worker:
                 saved.append(unblocked is not None)
                 if unblocked is None:
                     continue
+                if parent is not None:
+                    _, unblocked = self.rt.close_instance(
+                        tx, fresh, job.name, now, in_process=False
+                    )
+                    self.rt.repo.notify_work(tx)  # a freed slot, or what its end unblocked
                 self._mark_ready(tx, fresh, unblocked, now)
                 if (done := self._after(tx, job.wf, fresh, None)) is not None:
                     finished.append(done)
@@ -391,6 +456,7 @@ class Worker:
                     name
                     for name, task in state.tasks.items()
                     if task.status == NOT_STARTED
+                    and task.parent is None  # instances wait for a slot, not for dependencies
                     and all(
                         state.tasks[dep].status in TASK_TERMINAL
                         for dep in wf.tasks[name].dependencies

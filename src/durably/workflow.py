@@ -15,7 +15,9 @@ from typing import Any
 from .exceptions import WorkflowDefinitionError
 from .merge import STRATEGIES, MergeFn
 from .retry import MAX_SECONDS, NO_RETRY, RetryPolicy, is_seconds, shown
+from .schedules import Schedule
 from .triggers import TriggerRule, as_rule
+from .waits import Wait
 
 TaskFn = Callable[..., Any]
 
@@ -38,6 +40,10 @@ class Task:
     position: int
     is_async: bool
     wants_handle: bool
+    wait: Wait | None = None
+    map_over: str | None = None  # one instance per element of this input key (a list)
+    max_parallel: int | None = None
+    collect: str | None = None  # instances return values, gathered in a list at this key
 
 
 def _wants_handle(fn: Callable[..., Any], what: str) -> bool:
@@ -73,6 +79,26 @@ def _names_task_handle(annotation: Any) -> bool:
     return any(_names_task_handle(arg) for arg in typing.get_args(annotation))
 
 
+def _check_map(map_over: object, max_parallel: object, collect: object, wait: object) -> None:
+    """``map_over`` / ``max_parallel`` / ``collect`` (SPEC §3.4), refused when malformed."""
+    for name, value in (("map_over", map_over), ("collect", collect)):
+        if value is not None and (not isinstance(value, str) or not value or value[0] == "_"):
+            raise WorkflowDefinitionError(
+                f"{name} must name a context key (a non-empty str not starting with '_'), "
+                f"not {value!r}"
+            )
+    if max_parallel is not None and (
+        isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
+    ):
+        raise WorkflowDefinitionError(f"max_parallel must be an int >= 1, not {max_parallel!r}")
+    if map_over is None and (max_parallel is not None or collect is not None):
+        raise WorkflowDefinitionError("max_parallel and collect apply to a task with map_over")
+    if map_over is not None and wait is not None:
+        raise WorkflowDefinitionError(
+            "a mapped task cannot also wait: put the wait on a task before it"
+        )
+
+
 def _code_digest(code: CodeType, h: Any) -> None:
     h.update(code.co_code)
     for const in code.co_consts:
@@ -95,6 +121,8 @@ class Workflow:
         self._checked: tuple[str, ...] | None = None
         self._version: str | None = None
         self._dependents: dict[str, tuple[str, ...]] | None = None
+        # Schedule name -> its definition (:meth:`schedule`); workers fire them.
+        self.schedules: dict[str, Schedule] = {}
         with _registry_lock:
             _registry[name] = self
 
@@ -112,6 +140,10 @@ class Workflow:
         trigger: TriggerRule | str | None = None,
         merge: str | MergeFn | None = None,
         compensate: Callable[..., Any] | None = None,
+        wait: Wait | None = None,
+        map_over: str | None = None,
+        max_parallel: int | None = None,
+        collect: str | None = None,
     ) -> Callable[[TaskFn], TaskFn]:
         """Declare the decorated function as a task; it is returned unchanged."""
         if callable(name):
@@ -143,6 +175,11 @@ class Workflow:
             )
         if compensate is not None and not callable(compensate):
             raise WorkflowDefinitionError("compensate must be a callable taking (ctx)")
+        _check_map(map_over, max_parallel, collect, wait)
+        if wait is not None and not isinstance(wait, Wait):
+            raise WorkflowDefinitionError(
+                f"wait must be delay(...), until(...) or event(...), not {wait!r}"
+            )
 
         def decorate(fn: TaskFn) -> TaskFn:
             if not callable(fn):
@@ -170,6 +207,10 @@ class Workflow:
                 position=len(self.tasks),
                 is_async=inspect.iscoroutinefunction(fn),
                 wants_handle=_wants_handle(fn, f"task {task_name!r}"),
+                wait=wait,
+                map_over=map_over,
+                max_parallel=max_parallel,
+                collect=collect,
             )
             # A function declared under two names cannot stand for either as a dependency.
             self._by_fn[fn] = None if fn in self._by_fn else task_name
@@ -177,6 +218,30 @@ class Workflow:
             return fn
 
         return decorate
+
+    def schedule(
+        self,
+        cron: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        timezone: str = "UTC",
+        catch_up: str = "latest",
+    ) -> Schedule:
+        """Start an execution of this workflow at every slot of ``cron`` (5 fields, wall-clock
+        time in ``timezone``), with ``context``. Workers fire the slots, once each across all
+        of them; ``catch_up`` ("none", "latest" or "all") says what an outage's missed slots
+        get (see :mod:`durably.schedules`). ``name`` defaults to the cron text."""
+        schedule = Schedule.define(
+            self.name, cron, context, name=name, timezone=timezone, catch_up=catch_up
+        )
+        if schedule.name in self.schedules:
+            raise WorkflowDefinitionError(
+                f"workflow {self.name!r} already has a schedule named {schedule.name!r}: "
+                "pass name= to tell them apart"
+            )
+        self.schedules[schedule.name] = schedule
+        return schedule
 
     def _dependency_name(self, dep: str | TaskFn) -> str:
         if isinstance(dep, str):
@@ -305,6 +370,10 @@ class Workflow:
         h = hashlib.sha256(self.name.encode())
         for task in self.tasks.values():
             h.update(f"\0{task.name}\0{','.join(task.dependencies)}\0".encode())
+            if task.wait is not None:
+                h.update(repr(sorted(task.wait.to_json().items())).encode())
+            if task.map_over is not None:
+                h.update(f"\0map:{task.map_over}:{task.max_parallel}:{task.collect}".encode())
             code = getattr(task.fn, "__code__", None)
             if isinstance(code, CodeType):
                 _code_digest(code, h)

@@ -6,16 +6,18 @@ create an execution, start a task, record an attempt — and gets typed records 
 decides what commits together. Times come in as epoch seconds from the engine's clock.
 
 Split by aggregate: :mod:`.contexts` (contexts and outputs), :mod:`.tasks` (task states,
-attempts, claims), :mod:`.executions` (executions and whole-execution reads).
+attempts, claims), :mod:`.executions` (executions and whole-execution reads),
+:mod:`.maintenance` (pruning finished executions, schedules' shared state).
 """
 
 from __future__ import annotations
 
 from .executions import Executions
+from .maintenance import Maintenance
 from .rows import new_id
 
 
-class Repository(Executions):
+class Repository(Executions, Maintenance):
     """Named queries in, typed records out. Holds one cache: each workflow version's task-row
     template, built once (it is the same for every execution)."""
 

@@ -12,11 +12,11 @@ from ..state import TaskState
 from ..statuses import COMPLETED, NOT_STARTED, READY
 from ..store import Tx, timestamp
 from ..workflow import Workflow
+from .maps import Maps
 from .rows import execution_of, new_id, stored
-from .tasks import Tasks
 
 
-class Executions(Tasks):
+class Executions(Maps):
     def __init__(self) -> None:
         self._templates: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
@@ -37,6 +37,14 @@ class Executions(Tasks):
                             "timeout": task.timeout,
                             "merge": task.merge if isinstance(task.merge, str) else "callable",
                             "compensate": task.compensate is not None,
+                            "wait": task.wait.to_json() if task.wait is not None else None,
+                            "map": {
+                                "over": task.map_over,
+                                "max_parallel": task.max_parallel,
+                                "collect": task.collect,
+                            }
+                            if task.map_over is not None
+                            else None,
                         }
                     ),
                 }
@@ -219,3 +227,11 @@ class Executions(Tasks):
             final=final,
             attempts=self.attempts(tx, execution_id),
         )
+
+    def executions_by_prefix(
+        self, tx: Tx, low: str, high: str, *, limit: int
+    ) -> list[tuple[str, str]]:
+        """``(id, "workflow" | "saga")`` of the executions of either kind whose id lies in
+        ``low..high`` (the ids starting with a prefix, :class:`durably.lookup.IdPrefix`)."""
+        rows = tx.fetch_all("executions_by_prefix", {"low": low, "high": high, "limit": limit})
+        return [(str(row["id"]), row["kind"]) for row in rows]

@@ -59,6 +59,13 @@ def task_of(row: Row) -> TaskRecord:
         compensation_error=row["compensation_error"],
         recovery_attempts=row["recovery_attempts"],
         config_text=_text(row["task_configuration"]),
+        wake_at=parse_timestamp(row["wake_at"]),
+        wait_event=row["wait_event"],
+        waited=bool(row["waited"]),
+        received_text=row["received"],
+        map_parent=row["map_parent"],
+        map_index=row["map_index"],
+        map_total=row["map_total"],
     )
 
 

@@ -32,10 +32,18 @@ class Tasks(Contexts):
     def complete_task(self, tx: Tx, ref: AttemptRef, value: str, now: float) -> bool:
         """Mark the attempt completed and save its output, only if ``ref.worker`` still holds
         the claim for that attempt (a zombie's output is discarded: False)."""
-        if not tx.execute("complete_task", _fence(ref, now)):
+        stamp = timestamp(now)
+        fence = {"id": ref.task_id, "worker": ref.worker, "attempt": ref.number, "now": stamp}
+        if not tx.execute("complete_task", fence):
             return False
-        context_id = self.insert_context(tx, value, now)
-        self.link_output(tx, ref.execution_id, ref.task_id, ref.name, context_id, now)
+        # The output and its link, written here rather than through the contexts methods:
+        # this runs once per task, so its statements are spelled out.
+        context_id = new_id()
+        tx.execute("insert_context", {"id": context_id, "value": value, "now": stamp})
+        link = {"id": new_id(), "task_id": ref.task_id, "execution_id": ref.execution_id}
+        tx.execute(
+            "save_output", {**link, "name": ref.name, "context_id": context_id, "now": stamp}
+        )
         return True
 
     def fail_task(
@@ -127,6 +135,8 @@ class Tasks(Contexts):
                 name=row["task_name"],
                 attempt=row["attempt"],
                 configuration=configuration_of(row["task_configuration"]),
+                wait_event=row["wait_event"],
+                map_parent=row["map_parent"],
             )
             for row in tx.fetch_all("claim_tasks", params)
         ]

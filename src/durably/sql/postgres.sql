@@ -13,11 +13,13 @@ SELECT id FROM pipeline_executions WHERE id = :id FOR UPDATE;
 -- SKIP LOCKED: concurrent workers each take a different ready row without waiting.
 UPDATE task_executions
 SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_at = :now,
-    started_at = :now, retry_at = NULL, updated_at = :now
+    started_at = :now, retry_at = NULL, updated_at = :now,
+    waited = CASE WHEN status = 'waiting' AND wait_event IS NULL THEN 1 ELSE waited END
 WHERE id IN (
     SELECT t.id FROM task_executions t
     JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
-    WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
+    WHERE (t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
+           OR t.status = 'waiting' AND t.wake_at <= CAST(:now AS timestamptz))
       AND p.status = 'running' AND p.claimed_by IS NULL
       AND p.pipeline_name || '@' || p.pipeline_version IN (
           SELECT jsonb_array_elements_text(CAST(:names AS jsonb))
@@ -26,7 +28,8 @@ WHERE id IN (
     LIMIT :limit
     FOR UPDATE OF t SKIP LOCKED
 )
-RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration;
+RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration, wait_event,
+    map_parent;
 
 -- name: get_task_states
 -- The named tasks of an execution (a JSON array of names): one query, however many.
@@ -63,3 +66,63 @@ SELECT CAST(:attempt_id AS uuid), id, pipeline_execution_id, task_name, attempt,
        started_at, COALESCE(completed_at, CAST(:now AS timestamptz)), claimed_by, error_details
 FROM task_executions
 WHERE id = :id AND attempt > 0 AND status IN ('completed', 'failed');
+
+-- Retention and schedules ----------------------------------------------------------------------
+
+-- name: prunable_executions
+SELECT id, context_id, final_context_id FROM pipeline_executions
+WHERE status = :status AND completed_at < CAST(:cutoff AS timestamptz)
+ORDER BY completed_at
+LIMIT :limit
+FOR UPDATE SKIP LOCKED;
+
+-- name: pruned_output_contexts
+SELECT DISTINCT context_id FROM task_execution_metadata
+WHERE pipeline_execution_id IN (
+    SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:ids AS jsonb))
+);
+
+-- name: prune_attempts
+DELETE FROM task_attempts WHERE pipeline_execution_id IN (
+    SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:ids AS jsonb))
+);
+
+-- name: prune_outputs
+DELETE FROM task_execution_metadata WHERE pipeline_execution_id IN (
+    SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:ids AS jsonb))
+);
+
+-- name: prune_tasks
+DELETE FROM task_executions WHERE pipeline_execution_id IN (
+    SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:ids AS jsonb))
+);
+
+-- name: prune_executions
+DELETE FROM pipeline_executions
+WHERE id IN (SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:ids AS jsonb)))
+  AND status IN ('completed', 'failed', 'cancelled');
+
+-- name: prune_contexts
+DELETE FROM contexts
+WHERE id IN (SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:ids AS jsonb)))
+  AND NOT EXISTS (SELECT 1 FROM pipeline_executions p WHERE p.context_id = contexts.id)
+  AND NOT EXISTS (SELECT 1 FROM pipeline_executions p WHERE p.final_context_id = contexts.id)
+  AND NOT EXISTS (SELECT 1 FROM task_execution_metadata m WHERE m.context_id = contexts.id)
+  AND NOT EXISTS (SELECT 1 FROM saga_executions s WHERE s.context_id = contexts.id);
+
+-- name: prunable_sagas
+SELECT id, context_id FROM saga_executions
+WHERE status = :status AND updated_at < CAST(:cutoff AS timestamptz)
+ORDER BY updated_at
+LIMIT :limit
+FOR UPDATE SKIP LOCKED;
+
+-- name: prune_saga_replies
+DELETE FROM saga_replies WHERE saga_execution_id IN (
+    SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:ids AS jsonb))
+);
+
+-- name: prune_sagas
+DELETE FROM saga_executions
+WHERE id IN (SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:ids AS jsonb)))
+  AND status IN ('finished', 'errored');

@@ -36,7 +36,8 @@ INSERT INTO task_executions (
 SELECT * FROM pipeline_executions WHERE id = :id;
 
 -- name: get_tasks
-SELECT * FROM task_executions WHERE pipeline_execution_id = :id ORDER BY position;
+SELECT * FROM task_executions WHERE pipeline_execution_id = :id
+ORDER BY position, COALESCE(map_index, -1);
 
 -- name: get_outputs
 -- Every saved task output of an execution: one query, cached by the caller.
@@ -61,11 +62,14 @@ ORDER BY created_at DESC, id
 LIMIT :limit;
 
 -- name: start_task
--- The attempt starts: claimed by this engine or worker, counted before it runs.
+-- The attempt starts: claimed by this engine or worker, counted before it runs. From a
+-- timer wait that is over, the wait is satisfied; from an event wait past its timeout it is
+-- not (that attempt records the timeout, and a retry waits again).
 UPDATE task_executions
 SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_at = :now,
-    started_at = :now, retry_at = NULL, updated_at = :now
-WHERE id = :id AND status IN ('not_started', 'ready');
+    started_at = :now, retry_at = NULL, updated_at = :now,
+    waited = CASE WHEN status = 'waiting' AND wait_event IS NULL THEN 1 ELSE waited END
+WHERE id = :id AND status IN ('not_started', 'ready', 'waiting');
 
 -- name: complete_task
 -- Conditional on still holding the claim for this attempt: a zombie's output is discarded.
@@ -86,13 +90,13 @@ SET task_execution_id = excluded.task_execution_id, context_id = excluded.contex
 -- name: fail_task
 UPDATE task_executions
 SET status = 'failed', completed_at = :now, error_details = :error, last_error = :error,
-    updated_at = :now
+    wake_at = NULL, wait_event = NULL, updated_at = :now
 WHERE id = :id AND status = 'running' AND claimed_by = :worker AND attempt = :attempt;
 
 -- name: retry_task_later
 UPDATE task_executions
 SET status = 'ready', retry_at = :retry_at, last_error = :error, claimed_by = NULL,
-    updated_at = :now
+    wake_at = NULL, wait_event = NULL, updated_at = :now
 WHERE id = :id AND status = 'running' AND claimed_by = :worker AND attempt = :attempt;
 
 -- name: settle_unstarted_task
@@ -166,7 +170,7 @@ WHERE id = :id AND status IN ('pending', 'running', 'paused');
 UPDATE task_executions
 SET status = 'skipped', completed_at = :now, error_details = 'cancelled', claimed_by = NULL,
     updated_at = :now
-WHERE pipeline_execution_id = :id AND status IN ('not_started', 'ready');
+WHERE pipeline_execution_id = :id AND status IN ('not_started', 'ready', 'waiting');
 
 -- name: archive_attempt
 -- retry() is about to reset a task: its last attempt, so far told by the task row itself,
@@ -186,7 +190,7 @@ WHERE id = :id AND attempt > 0 AND status IN ('completed', 'failed');
 UPDATE task_executions
 SET status = 'not_started', attempt = 0, retry_at = NULL, error_details = NULL,
     completed_at = NULL, claimed_by = NULL, compensation_status = NULL,
-    compensation_error = NULL, updated_at = :now
+    compensation_error = NULL, wake_at = NULL, wait_event = NULL, updated_at = :now
 WHERE id = :id AND status IN ('failed', 'skipped', 'upstream_failed', 'abandoned', 'completed');
 
 -- name: delete_output
@@ -213,7 +217,7 @@ WHERE status = 'running' AND (claimed_by IS NULL OR heartbeat_at < :cutoff)
   AND NOT EXISTS (
       SELECT 1 FROM task_executions t
       WHERE t.pipeline_execution_id = pipeline_executions.id
-        AND t.status IN ('not_started', 'ready', 'running')
+        AND t.status IN ('not_started', 'ready', 'waiting', 'running')
   );
 
 -- name: notify_work
@@ -242,17 +246,20 @@ WHERE id = :id AND claimed_by = :previous;
 -- SQLite runs it in an IMMEDIATE transaction, so two workers never claim the same row.
 UPDATE task_executions
 SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_at = :now,
-    started_at = :now, retry_at = NULL, updated_at = :now
+    started_at = :now, retry_at = NULL, updated_at = :now,
+    waited = CASE WHEN status = 'waiting' AND wait_event IS NULL THEN 1 ELSE waited END
 WHERE id IN (
     SELECT t.id FROM task_executions t
     JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
-    WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= :now)
+    WHERE (t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= :now)
+           OR t.status = 'waiting' AND t.wake_at <= :now)
       AND p.status = 'running' AND p.claimed_by IS NULL
       AND p.pipeline_name || '@' || p.pipeline_version IN (SELECT value FROM json_each(:names))
     ORDER BY t.created_at, t.position
     LIMIT :limit
 )
-RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration;
+RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration, wait_event,
+    map_parent;
 
 -- name: worker_claims
 -- The worker-path tasks a worker holds: any it is not running lost their claim's owner.
@@ -263,7 +270,7 @@ WHERE t.claimed_by = :worker AND t.status = 'running' AND p.claimed_by IS NULL;
 
 -- name: count_unfinished
 SELECT count(*) AS unfinished FROM task_executions
-WHERE pipeline_execution_id = :id AND status IN ('not_started', 'ready', 'running');
+WHERE pipeline_execution_id = :id AND status IN ('not_started', 'ready', 'waiting', 'running');
 
 -- name: get_task_states
 -- The named tasks of an execution (a JSON array of names): one query, however many.
@@ -291,3 +298,219 @@ INSERT INTO task_attempts (
 SELECT task_name, number, status, started_at, finished_at, worker, error
 FROM task_attempts WHERE pipeline_execution_id = :id
 ORDER BY finished_at, number;
+
+
+-- CLI lookups
+
+-- name: executions_by_prefix
+-- The workflow and saga executions whose id starts with a prefix, given as the range of the
+-- ids that do (:low = the prefix padded with 0s, :high = with fs). Ids compare as their hex
+-- digits on both backends (lowercase text on SQLite, uuid on PostgreSQL), so each side is a
+-- range scan of its primary key.
+SELECT id, 'workflow' AS kind FROM pipeline_executions WHERE id BETWEEN :low AND :high
+UNION ALL
+SELECT id, 'saga' AS kind FROM saga_executions WHERE id BETWEEN :low AND :high
+ORDER BY id
+LIMIT :limit;
+
+-- Waits and events (SPEC §3.4) ----------------------------------------------------------------
+
+-- name: wait_task
+-- A ready task with a wait starts waiting: from unstarted (in-process), or from a worker's
+-- claim, which then did not start an attempt (its count goes back).
+UPDATE task_executions
+SET status = 'waiting', wake_at = :wake_at, wait_event = :event, claimed_by = NULL,
+    retry_at = NULL,
+    attempt = CASE WHEN status = 'running' THEN attempt - 1 ELSE attempt END,
+    started_at = CASE WHEN status = 'running' THEN NULL ELSE started_at END, updated_at = :now
+WHERE id = :id
+  AND (status IN ('not_started', 'ready') OR (status = 'running' AND claimed_by = :worker));
+
+-- name: take_event
+-- Mailbox: the oldest event of that name nobody consumed, now consumed by this task. The
+-- outer condition makes two concurrent takers consume it once.
+UPDATE execution_events SET consumed_by = :task_id, consumed_at = :now
+WHERE seq = (
+    SELECT seq FROM execution_events
+    WHERE pipeline_execution_id = :id AND name = :name AND consumed_by IS NULL
+    ORDER BY seq
+    LIMIT 1
+) AND consumed_by IS NULL
+RETURNING payload;
+
+-- name: set_received
+UPDATE task_executions SET received = :received, waited = 1, updated_at = :now WHERE id = :id;
+
+-- name: mark_waited
+-- A timer wait already over when the task became ready: it counts as waited.
+UPDATE task_executions SET waited = 1, updated_at = :now WHERE id = :id;
+
+-- name: waiting_for_event
+SELECT id, task_name, task_configuration, received FROM task_executions
+WHERE pipeline_execution_id = :id AND status = 'waiting' AND wait_event = :name
+ORDER BY position
+LIMIT 1;
+
+-- name: insert_event
+-- A repeated idempotency key inserts nothing (idempotent send).
+INSERT INTO execution_events (
+    pipeline_execution_id, name, idempotency_key, payload, consumed_by, created_at, consumed_at
+) VALUES (:id, :name, :key, :payload, :consumed_by, :now, :consumed_at)
+ON CONFLICT (pipeline_execution_id, idempotency_key) DO NOTHING;
+
+-- name: deliver_event
+UPDATE task_executions
+SET status = 'ready', waited = 1, wake_at = NULL, wait_event = NULL, received = :received,
+    retry_at = NULL, updated_at = :now
+WHERE id = :id AND status = 'waiting';
+
+-- name: next_wake
+-- When a worker must look again: the earliest timer or event timeout of a waiting task.
+SELECT min(wake_at) AS wake_at FROM task_executions WHERE status = 'waiting';
+
+-- name: get_events
+SELECT name, idempotency_key, consumed_by, created_at, consumed_at FROM execution_events
+WHERE pipeline_execution_id = :id
+ORDER BY seq;
+
+-- Retention and schedules ----------------------------------------------------------------------
+-- Pruning works on a batch of executions given as a JSON array of ids (:ids): their rows are
+-- deleted children first, then the contexts only they referenced.
+
+-- name: prunable_executions
+-- The oldest finished executions of one status (index pipeline_executions_finished).
+-- PostgreSQL locks them (SKIP LOCKED), so a concurrent retry cannot reopen one mid-prune.
+SELECT id, context_id, final_context_id FROM pipeline_executions
+WHERE status = :status AND completed_at < :cutoff
+ORDER BY completed_at
+LIMIT :limit;
+
+-- name: count_prunable_executions
+SELECT count(*) AS n FROM pipeline_executions WHERE status = :status AND completed_at < :cutoff;
+
+-- name: pruned_output_contexts
+SELECT DISTINCT context_id FROM task_execution_metadata
+WHERE pipeline_execution_id IN (SELECT value FROM json_each(:ids));
+
+-- name: prune_attempts
+DELETE FROM task_attempts WHERE pipeline_execution_id IN (SELECT value FROM json_each(:ids));
+
+-- name: prune_outputs
+DELETE FROM task_execution_metadata
+WHERE pipeline_execution_id IN (SELECT value FROM json_each(:ids));
+
+-- name: prune_tasks
+DELETE FROM task_executions WHERE pipeline_execution_id IN (SELECT value FROM json_each(:ids));
+
+-- name: prune_executions
+-- Events (execution_events) go with their execution by its ON DELETE CASCADE.
+DELETE FROM pipeline_executions
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status IN ('completed', 'failed', 'cancelled');
+
+-- name: prune_contexts
+-- Only contexts nothing references any more: a fork shares its parent's initial context and
+-- the outputs it reused, so a pruned parent's rows may still be needed.
+DELETE FROM contexts
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND NOT EXISTS (SELECT 1 FROM pipeline_executions p WHERE p.context_id = contexts.id)
+  AND NOT EXISTS (SELECT 1 FROM pipeline_executions p WHERE p.final_context_id = contexts.id)
+  AND NOT EXISTS (SELECT 1 FROM task_execution_metadata m WHERE m.context_id = contexts.id)
+  AND NOT EXISTS (SELECT 1 FROM saga_executions s WHERE s.context_id = contexts.id);
+
+-- name: prunable_sagas
+-- Finished saga executions: a finished or errored saga is not written again after updated_at.
+SELECT id, context_id FROM saga_executions
+WHERE status = :status AND updated_at < :cutoff
+ORDER BY updated_at
+LIMIT :limit;
+
+-- name: count_prunable_sagas
+SELECT count(*) AS n FROM saga_executions WHERE status = :status AND updated_at < :cutoff;
+
+-- name: prune_saga_replies
+DELETE FROM saga_replies WHERE saga_execution_id IN (SELECT value FROM json_each(:ids));
+
+-- name: prune_sagas
+DELETE FROM saga_executions
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status IN ('finished', 'errored');
+
+-- name: ensure_schedule
+-- A schedule seen for the first time starts at this moment: no slot before it is missed.
+INSERT INTO schedules (
+    workflow_name, name, cron, timezone, catch_up, checked_at, missed, created_at, updated_at
+) VALUES (:workflow, :name, :cron, :timezone, :catch_up, :now, 0, :now, :now)
+ON CONFLICT (workflow_name, name) DO NOTHING;
+
+-- name: get_schedule
+SELECT * FROM schedules WHERE workflow_name = :workflow AND name = :name;
+
+-- name: advance_schedule
+-- Compare-and-swap on the cursor: of two workers that read the same state, exactly one moves
+-- it (and counts the missed slots once).
+UPDATE schedules
+SET checked_at = :checked_at, missed = missed + :missed, cron = :cron, timezone = :timezone,
+    catch_up = :catch_up, updated_at = :now
+WHERE workflow_name = :workflow AND name = :name AND checked_at = :previous_at;
+
+-- name: record_schedule_run
+UPDATE schedules SET last_slot = :slot_at, last_execution_id = :execution_id, updated_at = :now
+WHERE workflow_name = :workflow AND name = :name;
+
+-- name: list_schedules
+SELECT s.*, p.status AS last_status
+FROM schedules s LEFT JOIN pipeline_executions p ON p.id = s.last_execution_id
+ORDER BY s.workflow_name, s.name;
+
+-- Mapped tasks (SPEC §3.4) --------------------------------------------------------------------
+
+-- name: insert_instance
+-- One instance of a mapped task (sent as one executemany for all of them): running when the
+-- in-process runner claims it at once, ready for a worker, not_started behind max_parallel.
+INSERT INTO task_executions (
+    id, pipeline_execution_id, task_name, position, status, attempt, max_attempts,
+    trigger_rules, task_configuration, claimed_by, heartbeat_at, started_at, map_parent,
+    map_index, created_at, updated_at
+) VALUES (
+    :id, :execution_id, :name, :position, :status, :attempt, :max_attempts,
+    :trigger_rules, :configuration, :claimed_by, :heartbeat_at, :started_at, :parent,
+    :index, :now, :now
+);
+
+-- name: expand_task
+-- The mapped task fanned out: it stays running, held by nobody, until its instances are done.
+UPDATE task_executions
+SET status = 'running', map_total = :total, attempt = 1, claimed_by = NULL, started_at = :now,
+    updated_at = :now
+WHERE id = :id
+  AND (status IN ('not_started', 'ready') OR (status = 'running' AND claimed_by = :worker));
+
+-- name: promote_instance
+-- A slot under max_parallel freed up: the next instance, by index, may run.
+UPDATE task_executions SET status = 'ready', updated_at = :now
+WHERE id = (
+    SELECT id FROM task_executions
+    WHERE pipeline_execution_id = :id AND map_parent = :parent AND status = 'not_started'
+    ORDER BY map_index
+    LIMIT 1
+) AND status = 'not_started'
+RETURNING id, task_name, map_index;
+
+-- name: count_instance_done
+-- An instance finished: count it on its mapped task's row, which says whether it was the last.
+UPDATE task_executions
+SET map_done = map_done + 1, map_failed = map_failed + :failed, updated_at = :now
+WHERE id = :id
+RETURNING map_total, map_done, map_failed;
+
+-- name: instance_outputs
+SELECT t.map_index, c.value
+FROM task_executions t
+JOIN task_execution_metadata m ON m.task_execution_id = t.id
+JOIN contexts c ON c.id = m.context_id
+WHERE t.pipeline_execution_id = :id AND t.map_parent = :parent
+ORDER BY t.map_index;
+
+-- name: finish_mapped_task
+UPDATE task_executions
+SET status = :status, completed_at = :now, error_details = :error, updated_at = :now
+WHERE id = :id AND status = 'running' AND map_total IS NOT NULL;

@@ -53,10 +53,22 @@ CREATE TABLE task_executions (
     compensation_error TEXT,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
+    wake_at TEXT,
+    wait_event TEXT,
+    waited INTEGER NOT NULL DEFAULT 0,
+    received TEXT,
+    map_parent TEXT,
+    map_index INTEGER,
+    map_total INTEGER,
+    map_done INTEGER NOT NULL DEFAULT 0,
+    map_failed INTEGER NOT NULL DEFAULT 0,
     UNIQUE (pipeline_execution_id, task_name)
 );
 CREATE INDEX task_executions_ready ON task_executions (status, retry_at)
     WHERE status = 'ready';
+CREATE INDEX task_executions_waiting ON task_executions (wake_at) WHERE status = 'waiting';
+CREATE INDEX task_executions_instances ON task_executions (pipeline_execution_id, map_parent, map_index)
+    WHERE map_parent IS NOT NULL;
 
 CREATE TABLE task_execution_metadata (
     id TEXT PRIMARY KEY,
@@ -84,6 +96,20 @@ CREATE TABLE task_attempts (
 );
 CREATE INDEX task_attempts_execution ON task_attempts (pipeline_execution_id, finished_at);
 
+CREATE TABLE execution_events (
+    seq INTEGER PRIMARY KEY,
+    pipeline_execution_id TEXT NOT NULL REFERENCES pipeline_executions (id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    idempotency_key TEXT,
+    payload TEXT NOT NULL,
+    consumed_by TEXT,
+    created_at TEXT NOT NULL,
+    consumed_at TEXT,
+    UNIQUE (pipeline_execution_id, idempotency_key)
+);
+CREATE INDEX execution_events_pending ON execution_events (pipeline_execution_id, name, seq)
+    WHERE consumed_by IS NULL;
+
 CREATE TABLE saga_executions (
     id TEXT PRIMARY KEY,
     saga_name TEXT NOT NULL,
@@ -102,4 +128,29 @@ CREATE TABLE saga_replies (
     idempotency_key TEXT NOT NULL,
     created_at TEXT NOT NULL,
     PRIMARY KEY (saga_execution_id, idempotency_key)
+);
+
+-- Retention and schedules (0005): the indexes pruning relies on, and each schedule's state.
+CREATE INDEX pipeline_executions_finished ON pipeline_executions (status, completed_at);
+CREATE INDEX pipeline_executions_context ON pipeline_executions (context_id);
+CREATE INDEX pipeline_executions_final_context ON pipeline_executions (final_context_id);
+CREATE INDEX task_execution_metadata_context ON task_execution_metadata (context_id);
+CREATE INDEX task_execution_metadata_task ON task_execution_metadata (task_execution_id);
+CREATE INDEX task_attempts_task ON task_attempts (task_execution_id);
+CREATE INDEX saga_executions_finished ON saga_executions (status, updated_at);
+CREATE INDEX saga_executions_context ON saga_executions (context_id);
+
+CREATE TABLE schedules (
+    workflow_name TEXT NOT NULL,
+    name TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    timezone TEXT NOT NULL,
+    catch_up TEXT NOT NULL,
+    checked_at TEXT NOT NULL,
+    last_slot TEXT,
+    last_execution_id TEXT,
+    missed INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (workflow_name, name)
 );
