@@ -219,6 +219,8 @@ SAMPLES: dict[str, Callable[[], Any]] = {
     "configuration": lambda: "{}",
     "error": lambda: "boom",
     "names": lambda: '["wf@v1"]',
+    "reply_status": lambda: 200,
+    "lease_until": timestamp,
 }
 
 

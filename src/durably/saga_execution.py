@@ -15,10 +15,10 @@ first. A failed compensation is recorded and the others still run.
 from __future__ import annotations
 
 import inspect
+import secrets
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, Protocol
 from uuid import UUID, uuid4
 
@@ -32,6 +32,14 @@ from .exceptions import (
 )
 from .saga import ConditionalSagaStep, LocalSagaStep, RemoteSagaStep, Saga, SagaOperation, SagaStep
 from .saga_messages import SagaRequest, SagaResponse, SagaResponseStatus
+from .saga_records import (
+    COMPENSATING,
+    FORWARD,
+    PendingRequest,
+    SagaStatus,
+    SagaStepRecord,
+    SagaStepStatus,
+)
 
 __all__ = [
     "PendingRequest",
@@ -43,80 +51,20 @@ __all__ = [
 ]
 
 MAX_CONTEXT_BYTES = 1024 * 1024
-FORWARD, COMPENSATING = "forward", "compensating"
-
-
-class SagaStatus(StrEnum):
-    """Where a saga execution is (minos names and values)."""
-
-    Created = "created"
-    Running = "running"
-    Paused = "paused"
-    Finished = "finished"
-    Errored = "errored"
-
-
-class SagaStepStatus(StrEnum):
-    """Where one step is (minos names and values, plus ``Compensated``)."""
-
-    Created = "created"
-    RunningOnExecute = "running-on-execute"
-    FinishedOnExecute = "finished-on-execute"
-    ErroredOnExecute = "errored-on-execute"
-    PausedByOnExecute = "paused-by-on-execute"
-    ErroredByOnExecute = "errored-by-on-execute"
-    RunningOnFailure = "running-on-failure"
-    PausedOnFailure = "paused-on-failure"
-    ErroredOnFailure = "errored-on-failure"
-    RunningOnSuccess = "running-on-success"
-    ErroredOnSuccess = "errored-on-success"
-    RunningOnError = "running-on-error"
-    ErroredOnError = "errored-on-error"
-    Finished = "finished"
-    Compensated = "compensated"
-
-
-@dataclass
-class SagaStepRecord:
-    """A step as executed: its path ("1", "2.0"), kind, display name, status and error. A
-    conditional step also records the branch it ran: an ``if_then`` index, -1 for
-    ``else_then``, ``None`` for nothing."""
-
-    path: str
-    kind: str
-    name: str
-    status: SagaStepStatus = SagaStepStatus.Created
-    error: str | None = None
-    branch: int | None = None
-
-    def to_state(self) -> dict[str, Any]:
-        return {**asdict(self), "status": self.status.value}
-
-    @classmethod
-    def from_state(cls, data: Mapping[str, Any]) -> SagaStepRecord:
-        return cls(**{**data, "status": SagaStepStatus(data["status"])})
-
-
-@dataclass(frozen=True)
-class PendingRequest:
-    """The request a paused execution waits on: ``phase`` is "execute" or "failure"."""
-
-    path: str
-    phase: str
-    key: str
-    target: str
-    body: str  # the content as JSON (codec.dumps_value)
 
 
 class SagaRuntime(Protocol):
     """What an execution needs from its manager: durable saves and request/reply."""
 
-    def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
+    async def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
         """Save the execution (its context too) in one transaction, recording ``reply_key`` as
         applied; return False, writing nothing, if that reply was applied already."""
         ...
 
-    async def send(self, execution: SagaExecution, request: PendingRequest) -> None: ...
+    async def send(self, execution: SagaExecution, request: PendingRequest) -> None:
+        """Save the execution, paused on ``request``, and queue the request in the same
+        transaction (the outbox): it goes out if and only if that state is saved."""
+        ...
 
     async def wait_reply(
         self, execution: SagaExecution, request: PendingRequest
@@ -128,7 +76,7 @@ class SagaRuntime(Protocol):
 class _Detached:
     """The runtime of an execution run on its own: no storage, no broker."""
 
-    def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
+    async def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
         return True
 
     async def send(self, execution: SagaExecution, request: PendingRequest) -> None:
@@ -286,14 +234,14 @@ class SagaExecution:
                     await self._run_saga(self.definition, "")
                 except _StepFailed as failure:
                     self._plan_compensation(failure)
-                    self._save(failure.reply_key)
+                    await self._save(failure.reply_key)
                 else:
                     self.status = SagaStatus.Finished
-                    self._save()
+                    await self._save()
                     return self.context
             await self._compensate()
             self.status = SagaStatus.Errored
-            self._save()
+            await self._save()
         except _Paused:
             return self.context
         finally:
@@ -322,7 +270,7 @@ class SagaExecution:
         except Exception as exc:
             raise self._fail(record, SagaStepStatus.ErroredOnExecute, exc) from None
         record.status = SagaStepStatus.Finished
-        self._save()
+        await self._save()
 
     async def _run_remote(self, path: str, step: RemoteSagaStep) -> None:
         record = self._record(path, step)
@@ -331,6 +279,8 @@ class SagaExecution:
                 request, body = _request(await _call(step.on_execute_operation, self._copy(path)))
             except Exception as exc:
                 raise self._fail(record, SagaStepStatus.ErroredOnExecute, exc) from None
+            if step.on_execute_operation is not None and step.on_execute_operation.anonymous:
+                record.name = f"{step.kind} {request.target}"  # says more than "<lambda>"
             await self._send(record, "execute", request.target, body)
         response, key, target = await self._reply()
         if response.status is SagaResponseStatus.SYSTEM_ERROR:
@@ -347,10 +297,12 @@ class SagaExecution:
                     if response.ok
                     else SagaStepStatus.ErroredOnError
                 )
-                own = step.on_failure_operation is not None
+                # The step's own compensation runs only when the participant fulfilled the
+                # request (SUCCESS): after an ERROR reply there is nothing of it to undo.
+                own = step.on_failure_operation is not None and response.ok
                 raise self._fail(record, status, exc, own=own, reply_key=key) from None
         record.status = SagaStepStatus.Finished
-        self._save(key)
+        await self._save(key)
 
     async def _run_conditional(self, path: str, step: ConditionalSagaStep) -> None:
         record = self._records.get(path)
@@ -368,7 +320,7 @@ class SagaExecution:
                 record.status = SagaStepStatus.ErroredByOnExecute
                 raise
         record.status = SagaStepStatus.Finished
-        self._save()
+        await self._save()
 
     # -- compensation ----------------------------------------------------------------------
 
@@ -383,6 +335,49 @@ class SagaExecution:
         ]
         self.compensations = ([failure.path] if failure.own else []) + finished[::-1]
         self.phase = COMPENSATING
+
+    def begin_rollback(self, reason: str) -> PendingRequest | None:
+        """Turn a created, running or paused execution to compensating its finished steps, in
+        reverse order; return the request it waited on, now abandoned. A step whose request is
+        unanswered is not compensated: like a failing step, it never finished (minos' rule)."""
+        if self.status in (SagaStatus.Finished, SagaStatus.Errored):
+            raise SagaExecutionAlreadyExecutedException(
+                f"saga execution {self.uuid} is {self.status.value}: nothing to roll back"
+            )
+        abandoned, self.pending = self.pending, None
+        if self.phase == FORWARD:
+            if abandoned is not None:
+                record = self._records[abandoned.path]
+                record.status = SagaStepStatus.ErroredByOnExecute
+                record.error = reason
+            self.error = reason
+            self.compensations = [
+                path
+                for path, r in reversed(self._records.items())
+                if r.status is SagaStepStatus.Finished and _undo_operation(self._step_at(path))
+            ]
+            self.phase = COMPENSATING
+        elif abandoned is not None and self.compensations:
+            # Rolling back a rollback: the compensation awaited is given up, the others run.
+            record = self._records[self.compensations.pop(0)]
+            record.status, record.error = SagaStepStatus.ErroredOnFailure, reason
+            self.rollback_errors.append(f"compensation of step {record.path} abandoned: {reason}")
+        self.status = SagaStatus.Running
+        return abandoned
+
+    def __eq__(self, other: object) -> bool:
+        # Value equality (minos): what was saved, not when or by which run.
+        if not isinstance(other, SagaExecution):
+            return NotImplemented
+        return (
+            self.uuid == other.uuid
+            and self.definition == other.definition
+            and self.context == other.context
+            and self.status == other.status
+            and self.state() == other.state()
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
     async def _compensate(self) -> None:
         while self.compensations:
@@ -401,7 +396,7 @@ class SagaExecution:
             else:
                 record.status = SagaStepStatus.Compensated
             self.compensations.pop(0)
-            self._save(key)
+            await self._save(key)
 
     async def _undo_local(self, path: str, step: LocalSagaStep) -> None:
         ctx = self._copy(path)
@@ -441,7 +436,7 @@ class SagaExecution:
         errors = [
             self._raised.get(m) or SagaRollbackExecutionException(m) for m in self.rollback_errors
         ]
-        exc = SagaFailedExecutionException(message, rollback_errors=errors)
+        exc = SagaFailedExecutionException(message, rollback_errors=errors, exception=self._cause)
         exc.__cause__ = self._cause
         return exc
 
@@ -490,8 +485,16 @@ class SagaExecution:
         return _StepFailed(record.path, exc, own, reply_key)
 
     async def _send(self, record: SagaStepRecord, phase: str, target: str, body: str) -> None:
+        # The key names the request (a participant dedupes on it, it is the same on every
+        # delivery); the token is its unguessable secret, which only the participant that
+        # received the request can echo in a reply.
         self.pending = PendingRequest(
-            record.path, phase, f"{self.uuid}:{record.path}:{phase}", target, body
+            record.path,
+            phase,
+            f"{self.uuid}:{record.path}:{phase}",
+            target,
+            body,
+            secrets.token_urlsafe(16),
         )
         record.status = (
             SagaStepStatus.PausedByOnExecute
@@ -499,8 +502,9 @@ class SagaExecution:
             else SagaStepStatus.PausedOnFailure
         )
         self.status = SagaStatus.Paused
-        self._save()  # before sending: the reply must find this state
         assert self._runtime is not None
+        # Saved with the request in one transaction, before it goes out: the reply must find
+        # this state, and the request must not go out unless this state is saved.
         await self._runtime.send(self, self.pending)
 
     async def _reply(self) -> tuple[SagaResponse, str, str]:
@@ -518,9 +522,9 @@ class SagaExecution:
         self.status = SagaStatus.Running
         return response, response.idempotency_key or pending.key, pending.target
 
-    def _save(self, reply_key: str | None = None) -> None:
+    async def _save(self, reply_key: str | None = None) -> None:
         assert self._runtime is not None
-        if not self._runtime.save(self, reply_key):
+        if not await self._runtime.save(self, reply_key):
             raise SagaExecutionAlreadyExecutedException(
                 f"the reply {reply_key} to saga execution {self.uuid} was already applied"
             )

@@ -2,11 +2,21 @@
 
 An execution is one ``saga_executions`` row (status, fingerprint, step states as JSON) and one
 ``contexts`` row, whose id is the execution's. Each save writes both in one transaction, with
-the key of the reply it applies, if any (``saga_replies``), so a reply is applied exactly once.
+the key of the reply it applies, if any (``saga_replies``), so a reply is applied exactly once,
+and the request the new state sends, if any (``saga_outbox``, see ``saga_outbox.py``), so a
+request goes out if and only if the state that awaits its reply is saved.
+
+The database drivers block; every coroutine here runs them on a worker thread
+(``asyncio.to_thread``), so a slow save never stalls the event loop that the broker consumers
+share. ``bench/saga_storage.py`` measured that against psycopg's async connection (see its
+docstring): the thread offload over the pooled store was as fast or faster, and serves SQLite
+too, so it is the one kept. The plain methods (``save``, ``load_execution``) are for code that
+has no event loop (the CLI).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +27,9 @@ from . import codec
 from .context import SagaContext
 from .exceptions import SagaDefinitionNotFound, SagaExecutionNotFoundException
 from .saga import registered_saga
-from .saga_execution import SagaExecution, SagaStatus, SagaStepRecord
+from .saga_execution import SagaExecution
+from .saga_outbox import OutboxEntry
+from .saga_records import SagaStatus, SagaStepRecord
 from .store import Row, Store, open_store, parse_timestamp, timestamp
 
 __all__ = ["SagaExecutionRepository", "SagaExecutionSummary"]
@@ -57,25 +69,51 @@ class SagaExecutionRepository:
 
     async def store(self, execution: SagaExecution) -> None:
         """Save ``execution`` and its context."""
-        self.save(execution)
+        await asyncio.to_thread(self.save, execution)
 
     async def load(self, uuid: UUID | str) -> SagaExecution:
         """The stored execution, with its definition from this process's registry."""
-        return self.load_execution(uuid)
+        return await asyncio.to_thread(self.load_execution, uuid)
 
     async def delete(self, uuid: UUID | str | SagaExecution) -> None:
-        """Remove the execution, its context and its reply keys."""
+        """Remove the execution, its context, its reply keys and its unsent requests."""
+        await asyncio.to_thread(self.delete_sync, uuid)
+
+    async def apply(
+        self,
+        execution: SagaExecution,
+        reply_key: str | None = None,
+        *,
+        outbox: OutboxEntry | None = None,
+        discard: str | None = None,
+    ) -> bool:
+        """:meth:`save` off the event loop."""
+        return await asyncio.to_thread(
+            self.save, execution, reply_key, outbox=outbox, discard=discard
+        )
+
+    # -- what the manager and the CLI use ----------------------------------------------------
+
+    def delete_sync(self, uuid: UUID | str | SagaExecution) -> None:
         key = str(uuid.uuid if isinstance(uuid, SagaExecution) else _as_uuid(uuid))
         with self.db.transaction() as tx:
+            tx.execute("saga_delete_outbox", {"id": key})
             tx.execute("saga_delete_replies", {"id": key})
             tx.execute("saga_delete_execution", {"id": key})
             tx.execute("saga_delete_context", {"id": key})
 
-    # -- what the manager and the CLI use ----------------------------------------------------
-
-    def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
+    def save(
+        self,
+        execution: SagaExecution,
+        reply_key: str | None = None,
+        *,
+        outbox: OutboxEntry | None = None,
+        discard: str | None = None,
+    ) -> bool:
         """Save the execution and its context in one transaction, recording ``reply_key`` as
-        applied; return False, writing nothing, when that reply was applied already."""
+        applied; return False, writing nothing, when that reply was applied already. The same
+        transaction drops the unsent requests of idempotency key ``discard`` and queues
+        ``outbox``, the request the saved state waits on."""
         # Encoded before the transaction: a context that cannot be stored writes nothing.
         value = codec.dumps(execution.context, max_bytes=execution.max_context_bytes)
         state = json.dumps(execution.state(), separators=(",", ":"))
@@ -100,8 +138,18 @@ class SagaExecutionRepository:
                     "now": now,
                 },
             )
+            if discard is not None:
+                tx.execute("saga_outbox_discard", {"id": key, "key": discard})
+            if outbox is not None:
+                tx.execute("saga_outbox_insert", outbox.row(now))
         execution.updated_at = parse_timestamp(now) or execution.updated_at
         return True
+
+    def outbox_count(self, uuid: UUID | str) -> int:
+        """How many requests of the execution wait in the outbox, unsent."""
+        with self.db.read() as tx:
+            row = tx.fetch_one("saga_outbox_count", {"id": str(_as_uuid(uuid))})
+        return int(row["n"]) if row is not None else 0
 
     def load_execution(self, uuid: UUID | str) -> SagaExecution:
         """``load`` without the event loop. Raises ``SagaExecutionNotFoundException``, and

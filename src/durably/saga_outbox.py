@@ -1,0 +1,252 @@
+"""The transactional outbox of saga requests, and the relay that publishes it.
+
+A step that sends a request does not publish it: it saves its paused state and the request
+(an :class:`OutboxEntry`) in one transaction, then hands the entry to its manager's
+:class:`OutboxRelay`. The relay publishes it and deletes the row; when the broker fails (any
+exception a driver raises), the row stays, and the relay tries again with exponential backoff
+for as long as its process lives. So a request goes out if and only if the state that awaits
+its reply was saved, a broker outage only delays it, and no saga is compensated because a
+broker was down.
+
+Each row is leased to the relay that wrote it. A relay that finds rows whose lease ran out
+(their writer died) takes them over: ``durably worker`` (``SagaManager.serve_replies``) does
+that continuously. A request written by a manager that waited for the reply in memory names
+that manager's private reply queue; a relay taking it over sends it to the shared reply topic
+instead (``fallback_reply_to``), where the reply listener resumes the execution from disk.
+
+Delivery is at least once: a relay that dies between publishing and deleting the row leaves it
+to be published again after the lease, under the same idempotency key and token, so the
+participant's inbox and the saga's applied-reply keys absorb the repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import uuid4
+
+from .broker import Broker, Message
+from .saga_messages import HEADER_REPLY_TO
+from .store import Row, Store, timestamp
+
+__all__ = ["OutboxEntry", "OutboxRelay"]
+
+logger = logging.getLogger(__name__)
+
+LEASE = 30.0  # seconds a row stays with the relay that wrote or last tried it
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One request waiting to be published."""
+
+    saga: str  # the execution uuid
+    key: str  # the request's idempotency key
+    topic: str
+    body: str
+    headers: dict[str, str]
+    creator: str  # the relay that wrote it
+    fallback_reply_to: str | None = None
+    attempts: int = 0
+    id: str = field(default_factory=lambda: str(uuid4()))
+
+    def message(self, relay: str) -> Message:
+        """The message ``relay`` publishes: a row taken over from a dead writer gets the
+        shared reply topic, since nobody consumes the writer's private one any more."""
+        headers = dict(self.headers)
+        if relay != self.creator and self.fallback_reply_to:
+            headers[HEADER_REPLY_TO] = self.fallback_reply_to
+        return Message(self.topic, self.body, headers)
+
+    def row(self, now: str) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "saga_execution_id": self.saga,
+            "idempotency_key": self.key,
+            "topic": self.topic,
+            "body": self.body,
+            "headers": json.dumps(self.headers, separators=(",", ":")),
+            "fallback_reply_to": self.fallback_reply_to,
+            "creator": self.creator,
+            "lease_until": timestamp(time.time() + LEASE),
+            "now": now,
+        }
+
+    @classmethod
+    def from_row(cls, row: Row) -> OutboxEntry:
+        return cls(
+            saga=str(row["saga_execution_id"]),
+            key=row["idempotency_key"],
+            topic=row["topic"],
+            body=row["body"],
+            headers=dict(json.loads(row["headers"])),
+            creator=row["creator"],
+            fallback_reply_to=row["fallback_reply_to"],
+            attempts=int(row["attempts"]),
+            id=str(row["id"]),
+        )
+
+
+class OutboxRelay:
+    """Publishes the outbox rows of ``store`` on ``broker``.
+
+    ``publish(entry)`` is the fast path for a row just written; ``run()`` serves every due row
+    (this relay's and those whose lease ran out) until cancelled; ``start()`` runs, in the
+    background, the retries of this relay's own rows until none is left. ``prepare(entry)``
+    runs before each publish of a row this relay wrote (the manager subscribes its private
+    reply queue there, which needs the broker too). Backoff: ``initial_delay`` doubling up to
+    ``max_delay`` seconds, with jitter."""
+
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        *,
+        name: str | None = None,
+        prepare: Callable[[OutboxEntry], Awaitable[None]] | None = None,
+        initial_delay: float = 0.05,
+        max_delay: float = 5.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.id = name or f"relay-{uuid4().hex[:12]}"
+        self.prepare = prepare
+        self.initial_delay = initial_delay
+        self.max_delay = max_delay
+        self.poll_interval = poll_interval
+        self.failures: dict[str, BaseException] = {}  # idempotency key -> last broker error
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def publish(self, entry: OutboxEntry) -> bool:
+        """Publish ``entry`` and delete its row; on a broker failure keep the row for a retry
+        (started in the background) and return False."""
+        try:
+            if self.prepare is not None and entry.creator == self.id:
+                await self.prepare(entry)
+            await self.broker.publish(entry.message(self.id))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # whatever the driver raises: the row is retried
+            await self._retry_later(entry, exc)
+            return False
+        await asyncio.to_thread(self._execute, "saga_outbox_published", {"id": entry.id})
+        if self.failures.pop(entry.key, None) is not None:
+            logger.info(
+                "request %s published after %d failed attempt(s)",
+                entry.key,
+                entry.attempts,
+                extra=_extra(entry, "saga_outbox_published"),
+            )
+        return True
+
+    def start(self) -> None:
+        """Retry this relay's unpublished rows in the background until none is left."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._serve(own_only=True))
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Publish every due row, this relay's and abandoned ones, until cancelled."""
+        await self._serve(own_only=False)
+
+    async def close(self) -> None:
+        """Stop the background retries; rows left go to another relay after their lease."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _serve(self, *, own_only: bool) -> None:
+        while True:
+            self._wake.clear()
+            entries = await asyncio.to_thread(self._due)
+            for entry in entries:
+                if own_only and entry.creator != self.id:
+                    continue
+                if await asyncio.to_thread(self._claim, entry):
+                    await self.publish(entry)
+            if own_only and not entries and not await asyncio.to_thread(self._owned):
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._pause())
+
+    def _pause(self) -> float:
+        if not self.failures:
+            return self.poll_interval
+        return min(self.poll_interval, self.initial_delay * 2)
+
+    async def _retry_later(self, entry: OutboxEntry, exc: BaseException) -> None:
+        attempts = entry.attempts + 1
+        delay = min(self.max_delay, self.initial_delay * 2 ** (attempts - 1))
+        delay *= random.uniform(0.75, 1.25)
+        first = entry.key not in self.failures
+        self.failures[entry.key] = exc
+        if first:
+            logger.warning(
+                "cannot publish request %s to %r (%s: %s): it stays in the outbox and is "
+                "retried with backoff",
+                entry.key,
+                entry.topic,
+                type(exc).__name__,
+                exc,
+                extra=_extra(entry, "saga_outbox_retry"),
+            )
+        now = time.time()
+        params = {
+            "id": entry.id,
+            "me": self.id,
+            "next_attempt_at": timestamp(now + delay),
+            "lease_until": timestamp(now + LEASE),
+            "error": f"{type(exc).__name__}: {exc}"[:1000],
+        }
+        await asyncio.to_thread(self._execute, "saga_outbox_retry", params)
+        self.start()
+
+    def _due(self) -> list[OutboxEntry]:
+        with self.store.read() as tx:
+            rows = tx.fetch_all(
+                "saga_outbox_due", {"now": timestamp(), "me": self.id, "limit": 100}
+            )
+        return [OutboxEntry.from_row(row) for row in rows]
+
+    def _claim(self, entry: OutboxEntry) -> bool:
+        now = time.time()
+        params = {
+            "id": entry.id,
+            "me": self.id,
+            "now": timestamp(now),
+            "lease_until": timestamp(now + LEASE),
+        }
+        with self.store.transaction() as tx:
+            return tx.execute("saga_outbox_claim", params) > 0
+
+    def _owned(self) -> bool:
+        with self.store.read() as tx:
+            row = tx.fetch_one("saga_outbox_owned", {"me": self.id})
+        return bool(row is not None and int(row["n"]))
+
+    def _execute(self, name: str, params: dict[str, Any]) -> None:
+        with self.store.transaction() as tx:
+            tx.execute(name, params)
+
+
+def _extra(entry: OutboxEntry, action: str) -> dict[str, Any]:
+    return {
+        "execution_id": entry.saga,
+        "workflow": None,
+        "task": entry.headers.get("step"),
+        "attempt": entry.attempts + 1,
+        "action": action,
+        "topic": entry.topic,
+    }
