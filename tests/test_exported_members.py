@@ -20,6 +20,11 @@ SPEC_NAMES = {
     "SagaExecutionNotFoundException", "SagaExecutionAlreadyExecutedException",
     "SagaFailedExecutionException", "SagaRollbackExecutionException", "SagaDefinitionNotFound",
     "DurablyError",
+    "SagaStepException", "SagaNotDefinedException", "SagaExecutionException",
+    "SagaStepExecutionException", "SagaFailedExecutionStepException",
+    "SagaPausedExecutionStepException", "SagaRollbackExecutionStepException",
+    "SagaFailedCommitCallbackException", "SagaResponseException", "BrokerError",
+    "SagaOperation", "IfThenAlternative", "ElseThenAlternative",
 }  # fmt: skip
 
 

@@ -14,7 +14,9 @@ stream until a consumer acknowledges it, then it is gone, as in a queue.
   same name, so every process that subscribes to a topic shares its messages, each delivered
   to one of them. A message is acknowledged when the handler returns; when it raises, it is
   ``nak``-ed with ``redelivery_delay``, so the server redelivers it after that pause. A message
-  not settled within ``ack_wait`` (a process that died holding it) is redelivered too.
+  not settled within ``ack_wait`` (a process that died holding it) is redelivered too. One
+  whose handler raises ``UndecodableMessageError`` (or whose body is not UTF-8) is logged once
+  and ``term``-inated: never delivered again.
   ``durable=False`` uses an ephemeral consumer instead, deleted with the subscription.
 
 Driver errors come out as :class:`~durably.exceptions.BrokerError`, naming the server without
@@ -29,10 +31,11 @@ import hashlib
 import logging
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
-from .broker import Broker, Message, MessageHandler, Subscription, redacted
-from .exceptions import BrokerError
+from .broker import Broker, Message, MessageHandler, Subscription, log_rejected, redacted
+from .exceptions import BrokerError, UndecodableMessageError
 
 __all__ = ["NatsBroker", "subject_token"]
 
@@ -121,11 +124,17 @@ class NatsBroker(Broker):
         subject = self.subject(message.topic)
         js = await self._jetstream()
         with self._wrapped(f"publish to {message.topic!r}"):
+            headers = dict(message.headers)
+            if message.id:
+                # JetStream drops a message whose id it stored within its duplicate window:
+                # a relay that publishes again, not knowing the first publish got through,
+                # does not send the request twice.
+                headers["Nats-Msg-Id"] = message.id
             await js.publish(
                 subject,
                 message.body.encode(),
                 stream=self.stream,  # the server refuses it if another stream would take it
-                headers=dict(message.headers) or None,
+                headers=headers or None,
             )
 
     async def subscribe(
@@ -290,16 +299,20 @@ class _NatsSubscription(Subscription):
         from nats.errors import Error
 
         headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
-        try:
-            message = Message(self._topic, msg.data.decode(), headers)
-        except UnicodeDecodeError:
-            logger.error("message on %r is not UTF-8 text: terminated", self._topic)
-            with contextlib.suppress(Error, OSError):
-                await msg.term()  # never delivered again
-            return
+        message = Message(self._topic, "", headers, id=_message_id(self._broker.stream, msg))
         keepalive = asyncio.get_running_loop().create_task(self._keep_alive(msg))
         try:
+            try:
+                message = replace(message, body=msg.data.decode())
+            except UnicodeDecodeError:
+                raise UndecodableMessageError("the body is not UTF-8 text") from None
             await self._handler(message)
+        except UndecodableMessageError as exc:
+            # No redelivery can make it decodable: logged once and terminated (never again).
+            log_rejected(message, exc, "terminated")
+            with contextlib.suppress(Error, OSError):
+                await msg.term()
+            return
         except Exception:
             delay = self._broker.redelivery_delay
             logger.exception("handler of %r failed; redelivering in %g s", self._topic, delay)
@@ -357,6 +370,14 @@ class _NatsSubscription(Subscription):
             except (Error, OSError) as exc:
                 logger.debug("deleting the consumer of %r: %s", self._topic, _reason(exc))
         self._broker._subscriptions.discard(self)
+
+
+def _message_id(stream: str, msg: Any) -> str:
+    """The stream sequence of a JetStream message: the same on every redelivery."""
+    try:
+        return f"{stream}:{msg.metadata.sequence.stream}"
+    except Exception:  # not a JetStream message (no metadata in its reply subject)
+        return ""
 
 
 def _require_nats() -> None:

@@ -241,7 +241,8 @@ class SagaManager:
         except TimeoutError:
             if not deadline.expired():
                 raise
-            raise self._timed_out(execution, timeout) from None
+            error = self._timed_out(execution, timeout)
+            raise error from error.__cause__
         finally:
             runtime.close()
         return execution if return_execution else execution.uuid
@@ -275,13 +276,17 @@ class SagaManager:
     async def _on_private_reply(self, message: Message) -> None:
         response = SagaResponse.from_message(message)  # undecodable: the broker rejects it
         key, token = response.idempotency_key, response.token
-        waiter = self._waiters.get(key or "")
+        if key is None:
+            _log_ignored(response.uuid, response, ("it has no idempotency key", True))
+            return
+        waiter = self._waiters.get(key)
         if waiter is None or waiter.reply.done():
             # Nobody here waits for it any more: the reply listener decides on it.
             await self.broker_pool.publish(replace(message, topic=self.reply_to))
             return
         if token != waiter.token:
-            _log_ignored(response.uuid, response, "its token does not match the request's")
+            reason = "it has no token" if token is None else "its token does not match"
+            _log_ignored(response.uuid, response, (reason, True))
             return
         waiter.reply.set_result(response)
         await waiter.applied  # acknowledged only once the step it resumes is saved
@@ -299,25 +304,32 @@ class SagaManager:
             )
 
 
-def _unexpected(execution: SagaExecution, response: SagaResponse) -> str | None:
-    """Why ``response`` is not the reply the execution waits for, or None when it is."""
+def _unexpected(execution: SagaExecution, response: SagaResponse) -> tuple[str, bool] | None:
+    """Why ``response`` is not the reply the execution waits for, and whether it is forged
+    (it could not come from the participant that got the request); None when it is the one."""
     pending = execution.pending
     if execution.status is not SagaStatus.Paused or pending is None:
-        return "no step waits for it"
+        return "no step waits for it", False
     if response.received or response.token is not None:
         # From a broker: it must name the request and echo its secret. (A pending request
         # saved before tokens existed has none to compare.)
+        if response.idempotency_key is None:
+            return "it has no idempotency key", True
+        if pending.token and response.token is None:
+            return "it has no token", True
         if response.idempotency_key != pending.key:
-            return "it answers another request"
+            return "it answers another request", False
         if pending.token and response.token != pending.token:
-            return "its token does not match the request's" if response.token else "no token"
+            return "its token does not match the request's", True
         return None
     # Handed to run(response=...) by the application itself, as minos does.
-    return None if response.idempotency_key in (None, pending.key) else "another request's key"
+    if response.idempotency_key in (None, pending.key):
+        return None
+    return "it answers another request", False
 
 
-def _log_ignored(uuid: UUID | None, response: SagaResponse, reason: str) -> None:
-    forged = "token" in reason
+def _log_ignored(uuid: UUID | None, response: SagaResponse, why: tuple[str, bool]) -> None:
+    reason, forged = why
     logger.log(
         logging.WARNING if forged else logging.INFO,
         "reply %s to saga execution %s ignored: %s",

@@ -63,7 +63,8 @@ class OutboxEntry:
         headers = dict(self.headers)
         if relay != self.creator and self.fallback_reply_to:
             headers[HEADER_REPLY_TO] = self.fallback_reply_to
-        return Message(self.topic, self.body, headers)
+        # The row's id names the message: NATS JetStream drops a second publish of it.
+        return Message(self.topic, self.body, headers, id=self.id)
 
     def row(self, now: str) -> dict[str, Any]:
         return {
@@ -178,8 +179,11 @@ class OutboxRelay:
                     await self.publish(entry)
             if own_only and not entries and not await asyncio.to_thread(self._owned):
                 return
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the wait ends, and close() would then wait for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._pause())
+                async with asyncio.timeout(self._pause()):
+                    await self._wake.wait()
 
     def _pause(self) -> float:
         if not self.failures:
@@ -210,7 +214,11 @@ class OutboxRelay:
             "lease_until": timestamp(now + LEASE),
             "error": f"{type(exc).__name__}: {exc}"[:1000],
         }
-        await asyncio.to_thread(self._execute, "saga_outbox_retry", params)
+        if not await asyncio.to_thread(self._execute, "saga_outbox_retry", params):
+            # The row is gone: its reply arrived meanwhile (the publish did get through) or
+            # its execution was rolled back. Nothing is left to retry.
+            self.failures.pop(entry.key, None)
+            return
         self.start()
 
     def _due(self) -> list[OutboxEntry]:
@@ -236,9 +244,9 @@ class OutboxRelay:
             row = tx.fetch_one("saga_outbox_owned", {"me": self.id})
         return bool(row is not None and int(row["n"]))
 
-    def _execute(self, name: str, params: dict[str, Any]) -> None:
+    def _execute(self, name: str, params: dict[str, Any]) -> int:
         with self.store.transaction() as tx:
-            tx.execute(name, params)
+            return tx.execute(name, params)
 
 
 def _extra(entry: OutboxEntry, action: str) -> dict[str, Any]:

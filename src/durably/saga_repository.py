@@ -138,8 +138,11 @@ class SagaExecutionRepository:
                     "now": now,
                 },
             )
-            if discard is not None:
-                tx.execute("saga_outbox_discard", {"id": key, "key": discard})
+            for done in (discard, reply_key):
+                # A request abandoned, or answered already (its reply is applied here), must
+                # not go out (again): a relay still trying to publish it finds no row.
+                if done is not None:
+                    tx.execute("saga_outbox_discard", {"id": key, "key": done})
             if outbox is not None:
                 tx.execute("saga_outbox_insert", outbox.row(now))
         execution.updated_at = parse_timestamp(now) or execution.updated_at
