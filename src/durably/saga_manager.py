@@ -173,14 +173,17 @@ class SagaManager:
             execution.uuid,
             extra=_extra(execution.uuid, "saga_rollback"),
         )
-        if abandoned is not None:
-            waiter = self._waiters.get(abandoned.key)
+        # A run of this process may wait for the abandoned reply in memory: unhooked now, so
+        # that a late reply cannot resume it, and told once the rollback is saved, so that it
+        # returns the rolled-back execution.
+        waiter = self._waiters.pop(abandoned.key, None) if abandoned is not None else None
+        try:
+            result = await self._execute(execution, None, pause_on_disk, False, True, timeout)
+        finally:
             if waiter is not None and not waiter.reply.done():
-                # A run of this process waits for it: it reloads what was saved here.
                 waiter.reply.set_exception(
                     SagaExecutionAlreadyExecutedException(f"{execution.uuid} was rolled back")
                 )
-        result = await self._execute(execution, None, pause_on_disk, False, True, timeout)
         assert isinstance(result, SagaExecution)
         return result
 
