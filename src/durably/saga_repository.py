@@ -8,9 +8,9 @@ request goes out if and only if the state that awaits its reply is saved.
 
 The database drivers block; every coroutine here runs them on a worker thread
 (``asyncio.to_thread``), so a slow save never stalls the event loop that the broker consumers
-share. ``bench/saga_storage.py`` measured that against psycopg's async connection (see its
-docstring): the thread offload over the pooled store was as fast or faster, and serves SQLite
-too, so it is the one kept. The plain methods (``save``, ``load_execution``) are for code that
+share. ``bench/saga_storage.py`` measured that against psycopg's async connection pool (see its
+docstring): within the run-to-run spread of each other, with no better loop lag for the async
+pool, so the thread offload is kept; it serves SQLite too. The plain methods (``save``, ``load_execution``) are for code that
 has no event loop (the CLI).
 """
 
