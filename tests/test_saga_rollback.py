@@ -27,7 +27,7 @@ from durably import (
 )
 from durably.broker import Message
 from durably.cli import cli as durably_cli
-from durably.exceptions import SagaExecutionAlreadyExecutedException
+from durably.exceptions import SagaExecutionAlreadyExecutedException, ServiceError
 from durably.store import open_store
 from tests import saga_cancel_app
 
@@ -290,3 +290,49 @@ def test_saga_storage_does_not_block_the_event_loop(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert repo.load_sync(execution.uuid).status is SagaStatus.Created
+
+
+def test_the_readme_rejected_payment_idiom_compensates_the_earlier_steps(tmp_path: Path) -> None:
+    broker = InMemoryBroker()
+    sent: list[tuple[str, Any]] = []
+
+    def service(name: str, reply: Any = None, reject: bool = False) -> None:
+        def handle(content: Any) -> Any:
+            sent.append((name, content))
+            if reject:
+                raise ServiceError({"reason": "card declined"})
+            return reply
+
+        broker.service(name)(handle)
+
+    service("readme-stock", {"reservation": "R-1"})
+    service("readme-release", {"released": True})
+    service("readme-pay", reject=True)
+    service("readme-refund", {"refunded": True})
+
+    def reserved(ctx: SagaContext, response: SagaResponse) -> None:
+        ctx["reservation"] = response.content()["reservation"]
+
+    def payment_rejected(ctx: SagaContext, response: SagaResponse) -> Exception:
+        return ValueError(f"payment rejected: {response.content()['reason']}")
+
+    saga = (
+        Saga()
+        .remote_step(lambda ctx: SagaRequest("readme-stock", {"order": 1}))
+        .on_success(reserved)
+        .on_failure(lambda ctx: SagaRequest("readme-release", {"r": ctx["reservation"]}))
+        .remote_step(lambda ctx: SagaRequest("readme-pay", {"order": 1}))
+        .on_error(payment_rejected)
+        .on_failure(lambda ctx: SagaRequest("readme-refund", {"order": 1}))
+        .commit()
+    )
+
+    async def main() -> None:
+        async with SagaManager(repo_at(tmp_path), broker) as manager:
+            execution = await manager.run(saga, {}, raise_on_error=False)
+            assert isinstance(execution, SagaExecution)
+            assert execution.status is SagaStatus.Errored
+            assert "payment rejected: card declined" in (execution.error or "")
+
+    asyncio.run(main())
+    assert [name for name, _ in sent] == ["readme-stock", "readme-pay", "readme-release"]

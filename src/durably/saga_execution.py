@@ -7,38 +7,41 @@ transaction, see ``SagaRuntime.save``); before a request goes out it is saved as
 that request, so a reply can never arrive before the state that expects it, and a crashed
 process can be resumed from the last finished step.
 
-On a failure the finished steps are compensated in reverse order. The failing step is not,
-except a remote step whose ``on_success``/``on_error`` failed: its own ``on_failure`` runs
-first. A failed compensation is recorded and the others still run.
+Requests leave through the runtime's ``send``, which saves the paused state and queues the
+request in one transaction (the outbox). Compensation is in ``saga_compensation``.
 """
 
 from __future__ import annotations
 
-import inspect
 import secrets
 from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID, uuid4
 
 from . import codec
 from .context import ExecutionScope, SagaContext
-from .exceptions import (
-    SagaException,
-    SagaExecutionAlreadyExecutedException,
-    SagaFailedExecutionException,
-    SagaRollbackExecutionException,
-)
-from .saga import ConditionalSagaStep, LocalSagaStep, RemoteSagaStep, Saga, SagaOperation, SagaStep
-from .saga_messages import SagaRequest, SagaResponse, SagaResponseStatus
+from .exceptions import SagaException, SagaExecutionAlreadyExecutedException
+from .saga import ConditionalSagaStep, LocalSagaStep, RemoteSagaStep, Saga, SagaStep
+from .saga_compensation import Compensation
+from .saga_messages import SagaResponse, SagaResponseStatus
 from .saga_records import (
-    COMPENSATING,
     FORWARD,
     PendingRequest,
     SagaStatus,
     SagaStepRecord,
     SagaStepStatus,
+)
+from .saga_runtime import (
+    Detached,
+    Paused,
+    SagaRuntime,
+    StepFailed,
+    call,
+    choose,
+    describe,
+    request_of,
 )
 
 __all__ = [
@@ -53,58 +56,7 @@ __all__ = [
 MAX_CONTEXT_BYTES = 1024 * 1024
 
 
-class SagaRuntime(Protocol):
-    """What an execution needs from its manager: durable saves and request/reply."""
-
-    async def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
-        """Save the execution (its context too) in one transaction, recording ``reply_key`` as
-        applied; return False, writing nothing, if that reply was applied already."""
-        ...
-
-    async def send(self, execution: SagaExecution, request: PendingRequest) -> None:
-        """Save the execution, paused on ``request``, and queue the request in the same
-        transaction (the outbox): it goes out if and only if that state is saved."""
-        ...
-
-    async def wait_reply(
-        self, execution: SagaExecution, request: PendingRequest
-    ) -> SagaResponse | None:
-        """The reply to ``request``, or None to pause the execution on disk."""
-        ...
-
-
-class _Detached:
-    """The runtime of an execution run on its own: no storage, no broker."""
-
-    async def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
-        return True
-
-    async def send(self, execution: SagaExecution, request: PendingRequest) -> None:
-        pass
-
-    async def wait_reply(
-        self, execution: SagaExecution, request: PendingRequest
-    ) -> SagaResponse | None:
-        return None
-
-
-class _Paused(Exception):
-    """Unwinds the run: the execution is saved as paused, waiting for a reply."""
-
-
-class _StepFailed(Exception):
-    def __init__(self, path: str, error: BaseException, own: bool, reply_key: str | None) -> None:
-        super().__init__(path)
-        self.path, self.error, self.own, self.reply_key = path, error, own, reply_key
-
-
-class _CompensationFailed(Exception):
-    def __init__(self, error: BaseException, key: str | None = None) -> None:
-        super().__init__(key)
-        self.error, self.key = error, key
-
-
-class SagaExecution:
+class SagaExecution(Compensation):
     """One run of a saga: its uuid, definition, context, status and steps."""
 
     max_context_bytes = MAX_CONTEXT_BYTES
@@ -226,13 +178,13 @@ class SagaExecution:
             raise SagaExecutionAlreadyExecutedException(
                 f"saga execution {self.uuid} is {self.status.value}: it cannot run again"
             )
-        self._runtime, self._response = runtime or _Detached(), response
+        self._runtime, self._response = runtime or Detached(), response
         self.status = SagaStatus.Running
         try:
             if self.phase == FORWARD:
                 try:
                     await self._run_saga(self.definition, "")
-                except _StepFailed as failure:
+                except StepFailed as failure:
                     self._plan_compensation(failure)
                     await self._save(failure.reply_key)
                 else:
@@ -242,7 +194,7 @@ class SagaExecution:
             await self._compensate()
             self.status = SagaStatus.Errored
             await self._save()
-        except _Paused:
+        except Paused:
             return self.context
         finally:
             self._runtime = self._response = None
@@ -266,7 +218,7 @@ class SagaExecution:
         record = self._record(path, step)
         ctx = self._copy(path)
         try:
-            self.context = self._adopt(await _call(step.on_execute_operation, ctx), ctx)
+            self.context = self._adopt(await call(step.on_execute_operation, ctx), ctx)
         except Exception as exc:
             raise self._fail(record, SagaStepStatus.ErroredOnExecute, exc) from None
         record.status = SagaStepStatus.Finished
@@ -276,7 +228,7 @@ class SagaExecution:
         record = self._record(path, step)
         if record.status is not SagaStepStatus.PausedByOnExecute:
             try:
-                request, body = _request(await _call(step.on_execute_operation, self._copy(path)))
+                request, body = request_of(await call(step.on_execute_operation, self._copy(path)))
             except Exception as exc:
                 raise self._fail(record, SagaStepStatus.ErroredOnExecute, exc) from None
             if step.on_execute_operation is not None and step.on_execute_operation.anonymous:
@@ -290,7 +242,7 @@ class SagaExecution:
         if op is not None:
             ctx = self._copy(path)
             try:
-                self.context = self._adopt(await _call(op, ctx, response), ctx)
+                self.context = self._adopt(await call(op, ctx, response), ctx)
             except Exception as exc:
                 status = (
                     SagaStepStatus.ErroredOnSuccess
@@ -309,61 +261,18 @@ class SagaExecution:
         if record is None:
             record = self._record(path, step)
             try:
-                record.branch = await _choose(step, self._copy(path))
+                record.branch = await choose(step, self._copy(path))
             except Exception as exc:
                 raise self._fail(record, SagaStepStatus.ErroredOnExecute, exc) from None
             record.status = SagaStepStatus.RunningOnSuccess
         if record.branch is not None:
             try:
                 await self._run_saga(step.branch(record.branch), path)
-            except _StepFailed:
+            except StepFailed:
                 record.status = SagaStepStatus.ErroredByOnExecute
                 raise
         record.status = SagaStepStatus.Finished
         await self._save()
-
-    # -- compensation ----------------------------------------------------------------------
-
-    def _plan_compensation(self, failure: _StepFailed) -> None:
-        record = self._records[failure.path]
-        self.error = f"step {record.path} ({record.name}) failed: {record.error}"
-        self._cause = failure.error
-        finished = [
-            path
-            for path, r in self._records.items()
-            if r.status is SagaStepStatus.Finished and _undo_operation(self._step_at(path))
-        ]
-        self.compensations = ([failure.path] if failure.own else []) + finished[::-1]
-        self.phase = COMPENSATING
-
-    def begin_rollback(self, reason: str) -> PendingRequest | None:
-        """Turn a created, running or paused execution to compensating its finished steps, in
-        reverse order; return the request it waited on, now abandoned. A step whose request is
-        unanswered is not compensated: like a failing step, it never finished (minos' rule)."""
-        if self.status in (SagaStatus.Finished, SagaStatus.Errored):
-            raise SagaExecutionAlreadyExecutedException(
-                f"saga execution {self.uuid} is {self.status.value}: nothing to roll back"
-            )
-        abandoned, self.pending = self.pending, None
-        if self.phase == FORWARD:
-            if abandoned is not None:
-                record = self._records[abandoned.path]
-                record.status = SagaStepStatus.ErroredByOnExecute
-                record.error = reason
-            self.error = reason
-            self.compensations = [
-                path
-                for path, r in reversed(self._records.items())
-                if r.status is SagaStepStatus.Finished and _undo_operation(self._step_at(path))
-            ]
-            self.phase = COMPENSATING
-        elif abandoned is not None and self.compensations:
-            # Rolling back a rollback: the compensation awaited is given up, the others run.
-            record = self._records[self.compensations.pop(0)]
-            record.status, record.error = SagaStepStatus.ErroredOnFailure, reason
-            self.rollback_errors.append(f"compensation of step {record.path} abandoned: {reason}")
-        self.status = SagaStatus.Running
-        return abandoned
 
     def __eq__(self, other: object) -> bool:
         # Value equality (minos): what was saved, not when or by which run.
@@ -378,67 +287,6 @@ class SagaExecution:
         )
 
     __hash__ = None  # type: ignore[assignment]
-
-    async def _compensate(self) -> None:
-        while self.compensations:
-            path = self.compensations[0]
-            step, record = self._step_at(path), self._records[path]
-            key: str | None = None
-            try:
-                if isinstance(step, LocalSagaStep):
-                    await self._undo_local(path, step)
-                else:
-                    assert isinstance(step, RemoteSagaStep)
-                    key = await self._undo_remote(path, step, record)
-            except _CompensationFailed as failed:
-                key = failed.key
-                self._compensation_failed(record, failed.error)
-            else:
-                record.status = SagaStepStatus.Compensated
-            self.compensations.pop(0)
-            await self._save(key)
-
-    async def _undo_local(self, path: str, step: LocalSagaStep) -> None:
-        ctx = self._copy(path)
-        try:
-            self.context = self._adopt(await _call(step.on_failure_operation, ctx), ctx)
-        except Exception as exc:
-            raise _CompensationFailed(exc) from None
-
-    async def _undo_remote(self, path: str, step: RemoteSagaStep, record: SagaStepRecord) -> str:
-        """Send the compensating request (unless it is out already) and await its reply;
-        return the key the reply is recorded under."""
-        if record.status is not SagaStepStatus.PausedOnFailure:
-            try:
-                request, body = _request(await _call(step.on_failure_operation, self._copy(path)))
-            except Exception as exc:
-                raise _CompensationFailed(exc) from None
-            await self._send(record, "failure", request.target, body)
-        response, key, target = await self._reply()
-        if not response.ok:
-            error = SagaRollbackExecutionException(
-                f"{target} replied {response.status.name}: {response.content()!r}"
-            )
-            raise _CompensationFailed(error, key)
-        return key
-
-    def _compensation_failed(self, record: SagaStepRecord, exc: BaseException) -> None:
-        record.status = SagaStepStatus.ErroredOnFailure
-        record.error = _describe(exc)
-        message = f"compensation of step {record.path} ({record.name}) failed: {record.error}"
-        self.rollback_errors.append(message)
-        self._raised[message] = exc
-
-    def _failed(self) -> SagaFailedExecutionException:
-        message = f"saga {self.saga_name!r} execution {self.uuid} failed: {self.error}"
-        if self.rollback_errors:
-            message += "; " + "; ".join(self.rollback_errors)
-        errors = [
-            self._raised.get(m) or SagaRollbackExecutionException(m) for m in self.rollback_errors
-        ]
-        exc = SagaFailedExecutionException(message, rollback_errors=errors, exception=self._cause)
-        exc.__cause__ = self._cause
-        return exc
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -480,9 +328,9 @@ class SagaExecution:
         *,
         own: bool = False,
         reply_key: str | None = None,
-    ) -> _StepFailed:
-        record.status, record.error = status, _describe(exc)
-        return _StepFailed(record.path, exc, own, reply_key)
+    ) -> StepFailed:
+        record.status, record.error = status, describe(exc)
+        return StepFailed(record.path, exc, own, reply_key)
 
     async def _send(self, record: SagaStepRecord, phase: str, target: str, body: str) -> None:
         # The key names the request (a participant dedupes on it, it is the same on every
@@ -517,7 +365,7 @@ class SagaExecution:
         if response is None:
             response = await runtime.wait_reply(self, pending)
             if response is None:
-                raise _Paused
+                raise Paused
         self.pending = None
         self.status = SagaStatus.Running
         return response, response.idempotency_key or pending.key, pending.target
@@ -528,34 +376,3 @@ class SagaExecution:
             raise SagaExecutionAlreadyExecutedException(
                 f"the reply {reply_key} to saga execution {self.uuid} was already applied"
             )
-
-
-async def _call(op: SagaOperation | None, *args: Any) -> Any:
-    assert op is not None  # validate() guarantees the callbacks this is called with
-    result = op.callback(*args, **op.parameters)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
-async def _choose(step: ConditionalSagaStep, ctx: SagaContext) -> int | None:
-    for index, alternative in enumerate(step.if_then_alternatives):
-        if await _call(alternative.condition, ctx):
-            return index
-    return -1 if step.else_then_alternative is not None else None
-
-
-def _request(result: Any) -> tuple[SagaRequest, str]:
-    if isinstance(result, BaseException):
-        raise result
-    if not isinstance(result, SagaRequest):
-        raise TypeError(f"a remote step callback must return a SagaRequest, not {result!r}")
-    return result, codec.dumps_value(result.content())
-
-
-def _undo_operation(step: SagaStep) -> SagaOperation | None:
-    return getattr(step, "on_failure_operation", None)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -24,25 +24,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 from uuid import UUID, uuid4
 
-from .broker import Broker, InMemoryBroker, Message, Subscription, request_message
+from .broker import Broker, InMemoryBroker, Message, Subscription
 from .exceptions import (
     BrokerError,
     SagaDefinitionNotFound,
-    SagaException,
     SagaExecutionAlreadyExecutedException,
     SagaExecutionNotFoundException,
     SagaFailedExecutionException,
     SagaTimeoutException,
 )
 from .saga import Saga, register_saga
+from .saga_delivery import ManagerRuntime, Waiter
 from .saga_execution import SagaExecution
 from .saga_messages import HEADER_REPLY_TO, SagaResponse
 from .saga_outbox import OutboxEntry, OutboxRelay
-from .saga_records import PendingRequest, SagaStatus
+from .saga_records import SagaStatus
 from .saga_repository import SagaExecutionRepository
 
 __all__ = ["DEFAULT_REPLY_TO", "SagaManager"]
@@ -50,13 +50,6 @@ __all__ = ["DEFAULT_REPLY_TO", "SagaManager"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_REPLY_TO = "durably.saga.replies"
-
-
-@dataclass(frozen=True)
-class _Waiter:
-    token: str
-    reply: asyncio.Future[SagaResponse]
-    applied: asyncio.Future[None]  # set once the state change the reply causes is committed
 
 
 class SagaManager:
@@ -79,7 +72,7 @@ class SagaManager:
         self._private_topic = f"{reply_to}.{name}"  # one per live manager
         self._private: Subscription | None = None
         self._private_lock = asyncio.Lock()
-        self._waiters: dict[str, _Waiter] = {}
+        self._waiters: dict[str, Waiter] = {}
         self.relay = OutboxRelay(
             storage.db, self.broker_pool, name=f"manager-{name}", prepare=self._prepare
         )
@@ -228,7 +221,7 @@ class SagaManager:
         *,
         resend: bool = False,
     ) -> SagaExecution | UUID:
-        runtime = _Runtime(self, pause_on_disk)
+        runtime = ManagerRuntime(self, pause_on_disk)
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
@@ -352,77 +345,3 @@ def _extra(uuid: UUID | None, action: str, *, message: Message | None = None) ->
         "action": action,
         "message_id": message.id if message is not None else None,
     }
-
-
-class _Runtime:
-    """What one ``execute`` call uses: the repository, and the broker in one waiting mode."""
-
-    def __init__(self, manager: SagaManager, pause_on_disk: bool) -> None:
-        self.manager = manager
-        self.pause_on_disk = pause_on_disk
-        self.sent: list[str] = []
-        self.taken: dict[str, _Waiter] = {}  # replies handed over, their step not saved yet
-
-    async def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
-        saved = await self.manager.storage.apply(execution, reply_key)
-        waiter = self.taken.pop(reply_key, None) if reply_key else None
-        if waiter is not None and not waiter.applied.done():
-            waiter.applied.set_result(None)
-        return saved
-
-    async def send(
-        self, execution: SagaExecution, request: PendingRequest, *, resend: bool = False
-    ) -> None:
-        manager = self.manager
-        if self.pause_on_disk:
-            reply_to = manager.reply_to
-        else:
-            reply_to = manager._private_topic
-            loop = asyncio.get_running_loop()
-            manager._waiters[request.key] = _Waiter(
-                request.token, loop.create_future(), loop.create_future()
-            )
-            self.sent.append(request.key)
-        message = request_message(
-            request.target,
-            request.body,
-            str(execution.uuid),
-            request.path,
-            reply_to,
-            request.key,
-            request.token,
-        )
-        entry = OutboxEntry(
-            saga=str(execution.uuid),
-            key=request.key,
-            topic=request.target,
-            body=request.body,
-            headers=dict(message.headers),
-            creator=manager.relay.id,
-            fallback_reply_to=manager.reply_to,
-        )
-        # A resend replaces an unsent copy of the request instead of adding a second one.
-        await manager.storage.apply(
-            execution, outbox=entry, discard=request.key if resend else None
-        )
-        await manager.relay.publish(entry)  # on failure it stays queued and is retried
-
-    async def wait_reply(
-        self, execution: SagaExecution, request: PendingRequest
-    ) -> SagaResponse | None:
-        waiter = self.manager._waiters.get(request.key)
-        if self.pause_on_disk or waiter is None:
-            return None  # saved as paused: the reply resumes it
-        try:
-            response = await waiter.reply
-        finally:
-            self.manager._waiters.pop(request.key, None)
-        self.taken[request.key] = waiter
-        return response
-
-    def close(self) -> None:
-        for key in self.sent:
-            self.manager._waiters.pop(key, None)
-        for waiter in self.taken.values():
-            if not waiter.applied.done():  # the run ended before saving it: redeliver
-                waiter.applied.set_exception(SagaException("the reply was not applied"))

@@ -10,8 +10,8 @@ The database drivers block; every coroutine here runs them on a worker thread
 (``asyncio.to_thread``), so a slow save never stalls the event loop that the broker consumers
 share. ``bench/saga_storage.py`` measured that against psycopg's async connection pool (see its
 docstring): within the run-to-run spread of each other, with no better loop lag for the async
-pool, so the thread offload is kept; it serves SQLite too. The plain methods (``save``, ``load_execution``) are for code that
-has no event loop (the CLI).
+pool, so the thread offload is kept; it serves SQLite too. The plain methods (``save``,
+``load_execution``) are for code that has no event loop (the CLI).
 """
 
 from __future__ import annotations
