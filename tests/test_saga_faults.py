@@ -282,7 +282,9 @@ def test_broker_down_mid_saga_finishes_it_once_the_broker_is_back(
         inbox.close()
 
 
-def test_a_broker_that_never_comes_back_is_a_broker_error_with_the_uuid(tmp_path: Path) -> None:
+def test_a_broker_that_never_comes_back_is_a_broker_error_with_the_uuid(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     repo = repository(tmp_path)
 
     class Broken(Broker):
@@ -310,15 +312,25 @@ def test_a_broker_that_never_comes_back_is_a_broker_error_with_the_uuid(tmp_path
             paused = finished(await manager.run(saga, {}, pause_on_disk=True))
             assert paused.status is SagaStatus.Paused
 
-    run_test(main)
+    with caplog.at_level(logging.DEBUG, logger="durably"):
+        run_test(main)
+    records = [r for r in caplog.records if r.name.startswith("durably.")]
+    assert records
+    for record in records:  # SPEC §8: the structured fields on every record
+        for name in ("execution_id", "workflow", "task", "attempt", "action"):
+            assert hasattr(record, name), (record.getMessage(), name)
 
 
 # -- replies that must not be applied ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("waiting", ["on-disk", "in-memory"])
 def test_duplicate_and_forged_replies_are_ignored(
-    kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    kind: str, waiting: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # On disk the reply listener judges replies against the stored step; in memory the
+    # waiting run's private consumer does (a duplicate it no longer waits for goes on to the
+    # listener).
     prefix = f"forged-{uuid.uuid4().hex[:8]}"
     seen: list[str] = []
     saga = three_steps(prefix, seen)
@@ -351,7 +363,8 @@ def test_duplicate_and_forged_replies_are_ignored(
                     {**headers, "idempotency_key": key},
                     headers,
                 ):
-                    message = Message(manager.reply_to, '{"from": "forger"}', forged)
+                    topic = manager.reply_to if waiting == "on-disk" else manager._private_topic
+                    message = Message(topic, '{"from": "forger"}', forged)
                     sent.append(message)
                     await r.participant.publish(message)
                 return {"from": f"{prefix}-1"}
@@ -361,7 +374,11 @@ def test_duplicate_and_forged_replies_are_ignored(
             listener = asyncio.create_task(manager.serve_replies())
             await asyncio.sleep(0.3)
             uuid_ = await manager.run(
-                saga, {"order": 3}, pause_on_disk=True, return_execution=False
+                saga,
+                {"order": 3},
+                pause_on_disk=waiting == "on-disk",
+                return_execution=False,
+                timeout=WAIT,
             )
             await until(
                 lambda: repo.load_sync(uuid_).status is SagaStatus.Finished, "the saga finishes"

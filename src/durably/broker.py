@@ -40,6 +40,7 @@ from .exceptions import (
     UndecodableMessageError,
 )
 from .participants import _serving
+from .saga_log import log_fields
 from .saga_messages import (
     HEADER_KEY,
     HEADER_REPLY_TO,
@@ -183,7 +184,11 @@ class Broker(abc.ABC):
                 status, body = await inbox.put(target, key, status, body)
         reply_to = message.headers.get(HEADER_REPLY_TO)
         if not reply_to:
-            logger.warning("request to %r has no reply_to header: reply dropped", target)
+            logger.warning(
+                "request to %r has no reply_to header: reply dropped",
+                target,
+                extra=_log_extra(message, "saga_reply_dropped"),
+            )
             return
         headers = {k: v for k, v in message.headers.items() if k in _ECHOED}
         headers[HEADER_STATUS] = str(int(status))
@@ -261,7 +266,12 @@ async def _call_service(handler: Callable[[Any], Any], body: str) -> tuple[SagaR
     except ServiceError as exc:
         return SagaResponseStatus.ERROR, exc.content
     except Exception as exc:
-        logger.warning("saga participant %r failed", handler, exc_info=True)
+        logger.warning(
+            "saga participant %r failed",
+            handler,
+            exc_info=True,
+            extra=log_fields("saga_participant_failed"),
+        )
         return SagaResponseStatus.SYSTEM_ERROR, f"{type(exc).__name__}: {exc}"
     return SagaResponseStatus.SUCCESS, result
 
@@ -350,7 +360,11 @@ class InMemoryBroker(Broker):
         except Exception:
             # Not acknowledged: redelivered after a pause (as the network brokers do), or
             # sooner by the next publish or subscribe; never in a hot loop.
-            logger.exception("handler of %r failed; the message stays queued", message.topic)
+            logger.exception(
+                "handler of %r failed; the message stays queued",
+                message.topic,
+                extra=_log_extra(message, "message_redelivered"),
+            )
             queue.appendleft(message)
             asyncio.get_running_loop().call_later(self.redelivery_delay, self._deliver_all)
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from .broker import Broker, Message, MessageHandler, Subscription, log_rejected, redacted
 from .exceptions import BrokerError, UndecodableMessageError
+from .saga_log import log_fields
 
 __all__ = ["NatsBroker", "subject_token"]
 
@@ -271,13 +272,13 @@ class NatsBroker(Broker):
             raise BrokerError(f"NATS at {self.where}: cannot {doing}: {_reason(exc)}") from exc
 
     async def _on_error(self, exc: Exception) -> None:
-        logger.warning("NATS at %s: %s", self.where, _reason(exc))
+        logger.warning("NATS at %s: %s", self.where, _reason(exc), extra=log_fields("broker_error"))
 
     async def _on_disconnected(self) -> None:
-        logger.info("NATS at %s: disconnected", self.where)
+        logger.info("NATS at %s: disconnected", self.where, extra=log_fields("broker_disconnected"))
 
     async def _on_reconnected(self) -> None:
-        logger.info("NATS at %s: reconnected", self.where)
+        logger.info("NATS at %s: reconnected", self.where, extra=log_fields("broker_reconnected"))
 
 
 class _NatsSubscription(Subscription):
@@ -315,7 +316,16 @@ class _NatsSubscription(Subscription):
             return
         except Exception:
             delay = self._broker.redelivery_delay
-            logger.exception("handler of %r failed; redelivering in %g s", self._topic, delay)
+            logger.exception(
+                "handler of %r failed; redelivering in %g s",
+                self._topic,
+                delay,
+                extra=log_fields(
+                    "message_redelivered",
+                    topic=self._topic,
+                    message_id=message.id if message is not None else "",
+                ),
+            )
             failed = True
         else:
             failed = False
@@ -329,6 +339,7 @@ class _NatsSubscription(Subscription):
                 "cannot settle a message on %r (%s): it will be redelivered after ack_wait",
                 self._topic,
                 _reason(exc),
+                extra=log_fields("message_settle_failed", topic=self._topic),
             )
 
     async def _keep_alive(self, msg: Any) -> None:
@@ -340,7 +351,12 @@ class _NatsSubscription(Subscription):
             try:
                 await msg.in_progress()
             except (Error, OSError) as exc:
-                logger.debug("in progress on %r: %s", self._topic, _reason(exc))
+                logger.debug(
+                    "in progress on %r: %s",
+                    self._topic,
+                    _reason(exc),
+                    extra=log_fields("message_in_progress_failed"),
+                )
                 return
 
     async def close(self) -> None:
@@ -356,7 +372,12 @@ class _NatsSubscription(Subscription):
             try:
                 await self.psub.drain()  # hands over the messages already received
             except (Error, OSError) as exc:
-                logger.debug("draining the subscription to %r: %s", self._topic, _reason(exc))
+                logger.debug(
+                    "draining the subscription to %r: %s",
+                    self._topic,
+                    _reason(exc),
+                    extra=log_fields("subscription_drain_failed"),
+                )
         others = self._running - {asyncio.current_task()}  # a handler may close its own sub
         if others:
             await asyncio.wait(others)
@@ -368,7 +389,12 @@ class _NatsSubscription(Subscription):
             except NotFoundError:
                 pass
             except (Error, OSError) as exc:
-                logger.debug("deleting the consumer of %r: %s", self._topic, _reason(exc))
+                logger.debug(
+                    "deleting the consumer of %r: %s",
+                    self._topic,
+                    _reason(exc),
+                    extra=log_fields("consumer_delete_failed"),
+                )
         self._broker._subscriptions.discard(self)
 
 

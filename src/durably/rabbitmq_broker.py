@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from .broker import Broker, Message, MessageHandler, Subscription, log_rejected, redacted
 from .exceptions import BrokerError, UndecodableMessageError
+from .saga_log import log_fields
 
 if TYPE_CHECKING:
     import aio_pika
@@ -240,7 +241,16 @@ class _RabbitMQSubscription(Subscription):
             return
         except Exception:
             delay = self._broker.redelivery_delay
-            logger.exception("handler of %r failed; redelivering in %g s", self._topic, delay)
+            logger.exception(
+                "handler of %r failed; redelivering in %g s",
+                self._topic,
+                delay,
+                extra=log_fields(
+                    "message_redelivered",
+                    topic=self._topic,
+                    message_id=message.id if message is not None else "",
+                ),
+            )
             await asyncio.sleep(delay)
             failed = True
         else:
@@ -253,6 +263,7 @@ class _RabbitMQSubscription(Subscription):
                 "cannot settle a message on %r (%s): it will be redelivered",
                 self._topic,
                 _reason(exc),
+                extra=log_fields("message_settle_failed", topic=self._topic),
             )
 
     async def close(self) -> None:
@@ -266,7 +277,12 @@ class _RabbitMQSubscription(Subscription):
             try:
                 await self._queue.cancel(self.consumer_tag)
             except (AMQPError, OSError, RuntimeError) as exc:
-                logger.debug("cancelling the consumer of %r: %s", self._topic, _reason(exc))
+                logger.debug(
+                    "cancelling the consumer of %r: %s",
+                    self._topic,
+                    _reason(exc),
+                    extra=log_fields("consumer_cancel_failed"),
+                )
         others = self._running - {asyncio.current_task()}  # a handler may close its own sub
         if others:
             await asyncio.wait(others)
@@ -279,7 +295,12 @@ class _RabbitMQSubscription(Subscription):
             try:
                 await broker._consumer.queue_delete(self._queue.name)
             except (AMQPError, OSError, RuntimeError) as exc:
-                logger.debug("deleting the queue of %r: %s", self._topic, _reason(exc))
+                logger.debug(
+                    "deleting the queue of %r: %s",
+                    self._topic,
+                    _reason(exc),
+                    extra=log_fields("queue_delete_failed"),
+                )
 
 
 async def _send(channel: AbstractRobustChannel, name: str, message: aio_pika.Message) -> None:

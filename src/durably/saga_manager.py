@@ -40,6 +40,7 @@ from .exceptions import (
 from .saga import Saga, register_saga
 from .saga_delivery import ManagerRuntime, Waiter
 from .saga_execution import SagaExecution
+from .saga_log import log_fields
 from .saga_messages import HEADER_REPLY_TO, SagaResponse
 from .saga_outbox import OutboxEntry, OutboxRelay
 from .saga_records import SagaStatus
@@ -206,7 +207,11 @@ class SagaManager:
             try:
                 await private.close()
             except BrokerError as exc:
-                logger.warning("closing the private reply queue: %s", exc)
+                logger.warning(
+                    "closing the private reply queue: %s",
+                    exc,
+                    extra=log_fields("saga_private_queue_close_failed"),
+                )
 
     # -- internals -------------------------------------------------------------------------
 

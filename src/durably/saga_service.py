@@ -23,6 +23,7 @@ from .broker import Broker, InMemoryBroker, Message, MessageHandler, Subscriptio
 from .exceptions import BrokerError
 from .saga import Saga
 from .saga_execution import SagaExecution
+from .saga_log import log_fields
 from .saga_manager import DEFAULT_REPLY_TO, SagaManager
 from .saga_repository import SagaExecutionRepository
 
@@ -93,7 +94,12 @@ class SagaService:
         except Exception as exc:
             self.error = exc
             if self._ready.is_set():
-                logger.error("saga service failed: %s", exc, exc_info=exc)
+                logger.error(
+                    "saga service failed: %s",
+                    exc,
+                    exc_info=exc,
+                    extra=log_fields("saga_service_failed"),
+                )
                 if self.on_error is not None:
                     self.on_error(exc)
         finally:
@@ -131,7 +137,7 @@ class SagaService:
                 try:
                     await each.close()
                 except Exception as exc:  # the others must still be closed
-                    logger.warning("closing %r: %s", each, exc)
+                    logger.warning("closing %r: %s", each, exc, extra=log_fields("close_failed"))
             if repo is not None:
                 repo.close()
 
