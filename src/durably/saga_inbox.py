@@ -11,9 +11,8 @@ window inside its own transaction).
 
 from __future__ import annotations
 
-import asyncio
-
 from .saga_messages import SagaResponseStatus
+from .saga_threads import off_loop
 from .store import Store, timestamp
 
 __all__ = ["ParticipantInbox"]
@@ -27,14 +26,14 @@ class ParticipantInbox:
 
     async def get(self, target: str, key: str) -> tuple[SagaResponseStatus, str] | None:
         """The reply recorded for ``key`` at ``target``: its status and JSON body."""
-        return await asyncio.to_thread(self._get, target, key)
+        return await off_loop(self.store, self._get, target, key)
 
     async def put(
         self, target: str, key: str, status: SagaResponseStatus, body: str
     ) -> tuple[SagaResponseStatus, str]:
         """Record the reply; return the one recorded for ``key`` (an earlier one wins, when
         two deliveries of one request ran at once)."""
-        return await asyncio.to_thread(self._put, target, key, status, body)
+        return await off_loop(self.store, self._put, target, key, status, body)
 
     def _get(self, target: str, key: str) -> tuple[SagaResponseStatus, str] | None:
         with self.store.read() as tx:

@@ -121,7 +121,8 @@ class SagaManager:
         else:
             execution = SagaExecution.from_definition(definition, context)
             register_saga(definition)
-            await self.storage.apply(execution)
+            # Not saved yet: its first step saves it (a transaction less per saga), and until
+            # then nothing has happened that a crash could lose.
         return await self._execute(
             execution, response, pause_on_disk, raise_on_error, return_execution, timeout
         )

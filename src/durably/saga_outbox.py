@@ -34,6 +34,7 @@ from uuid import uuid4
 
 from .broker import Broker, Message
 from .saga_messages import HEADER_REPLY_TO
+from .saga_threads import off_loop
 from .store import Row, Store, timestamp
 
 __all__ = ["OutboxEntry", "OutboxRelay"]
@@ -41,6 +42,7 @@ __all__ = ["OutboxEntry", "OutboxRelay"]
 logger = logging.getLogger(__name__)
 
 LEASE = 30.0  # seconds a row stays with the relay that wrote or last tried it
+FLUSH_DELAY = 0.05  # seconds published rows wait to be deleted together
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,10 @@ class OutboxRelay:
         self.failures: dict[str, BaseException] = {}  # idempotency key -> last broker error
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Published rows whose deletion is batched (one transaction per FLUSH_DELAY): saved
+        # a transaction per request on the saga's path. Until deleted, this relay skips them.
+        self._published: set[str] = set()
+        self._flusher: asyncio.Task[None] | None = None
 
     async def publish(self, entry: OutboxEntry) -> bool:
         """Publish ``entry`` and delete its row; on a broker failure keep the row for a retry
@@ -139,7 +145,9 @@ class OutboxRelay:
         except Exception as exc:  # whatever the driver raises: the row is retried
             await self._retry_later(entry, exc)
             return False
-        await asyncio.to_thread(self._execute, "saga_outbox_published", {"id": entry.id})
+        self._published.add(entry.id)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
         if self.failures.pop(entry.key, None) is not None:
             logger.info(
                 "request %s published after %d failed attempt(s)",
@@ -161,23 +169,41 @@ class OutboxRelay:
 
     async def close(self) -> None:
         """Stop the background retries; rows left go to another relay after their lease."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        for task in (self._task, self._flusher):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._flusher = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Delete the rows published so far (a row left by a crash before this is published
+        again after its lease: at least once)."""
+        ids = sorted(self._published)
+        if ids:
+            await off_loop(self.store, self._delete_published, ids)
+            self._published.difference_update(ids)
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(FLUSH_DELAY)
+        await self.flush()
+
+    def _delete_published(self, ids: list[str]) -> None:
+        with self.store.transaction() as tx:
+            tx.execute_many("saga_outbox_published", [{"id": row_id} for row_id in ids])
 
     # -- internals -------------------------------------------------------------------------
 
     async def _serve(self, *, own_only: bool) -> None:
         while True:
             self._wake.clear()
-            entries = await asyncio.to_thread(self._due)
+            entries = await off_loop(self.store, self._due)
             for entry in entries:
-                if own_only and entry.creator != self.id:
+                if entry.id in self._published or (own_only and entry.creator != self.id):
                     continue
-                if await asyncio.to_thread(self._claim, entry):
+                if await off_loop(self.store, self._claim, entry):
                     await self.publish(entry)
-            if own_only and not entries and not await asyncio.to_thread(self._owned):
+            if own_only and not entries and not await off_loop(self.store, self._owned):
                 return
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # arrives as the wait ends, and close() would then wait for this loop forever.
@@ -214,7 +240,7 @@ class OutboxRelay:
             "lease_until": timestamp(now + LEASE),
             "error": f"{type(exc).__name__}: {exc}"[:1000],
         }
-        if not await asyncio.to_thread(self._execute, "saga_outbox_retry", params):
+        if not await off_loop(self.store, self._execute, "saga_outbox_retry", params):
             # The row is gone: its reply arrived meanwhile (the publish did get through) or
             # its execution was rolled back. Nothing is left to retry.
             self.failures.pop(entry.key, None)

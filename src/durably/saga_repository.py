@@ -6,17 +6,16 @@ the key of the reply it applies, if any (``saga_replies``), so a reply is applie
 and the request the new state sends, if any (``saga_outbox``, see ``saga_outbox.py``), so a
 request goes out if and only if the state that awaits its reply is saved.
 
-The database drivers block; every coroutine here runs them on a worker thread
-(``asyncio.to_thread``), so a slow save never stalls the event loop that the broker consumers
-share. ``bench/saga_storage.py`` measured that against psycopg's async connection pool (see its
-docstring): within the run-to-run spread of each other, with no better loop lag for the async
-pool, so the thread offload is kept; it serves SQLite too. The plain methods (``save``,
-``load_execution``) are for code that has no event loop (the CLI).
+The database drivers block; every coroutine here runs them off the event loop, on threads of
+the store's own (``saga_threads.off_loop``), so a slow save never stalls the loop that the
+broker consumers share. ``bench/saga_storage.py`` measured that against psycopg's async
+connection pool (see its docstring): within the run-to-run spread of each other, with no better
+loop lag for the async pool, so the thread offload is kept; it serves SQLite too. The plain
+methods (``save``, ``load_execution``) are for code that has no event loop (the CLI).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +29,7 @@ from .saga import registered_saga
 from .saga_execution import SagaExecution
 from .saga_outbox import OutboxEntry
 from .saga_records import SagaStatus, SagaStepRecord
+from .saga_threads import off_loop
 from .store import Row, Store, open_store, parse_timestamp, timestamp
 
 __all__ = ["SagaExecutionRepository", "SagaExecutionSummary"]
@@ -69,15 +69,15 @@ class SagaExecutionRepository:
 
     async def store(self, execution: SagaExecution) -> None:
         """Save ``execution`` and its context."""
-        await asyncio.to_thread(self.save, execution)
+        await off_loop(self.db, self.save, execution)
 
     async def load(self, uuid: UUID | str) -> SagaExecution:
         """The stored execution, with its definition from this process's registry."""
-        return await asyncio.to_thread(self.load_execution, uuid)
+        return await off_loop(self.db, self.load_execution, uuid)
 
     async def delete(self, uuid: UUID | str | SagaExecution) -> None:
         """Remove the execution, its context, its reply keys and its unsent requests."""
-        await asyncio.to_thread(self.delete_sync, uuid)
+        await off_loop(self.db, self.delete_sync, uuid)
 
     async def apply(
         self,
@@ -88,8 +88,8 @@ class SagaExecutionRepository:
         discard: str | None = None,
     ) -> bool:
         """:meth:`save` off the event loop."""
-        return await asyncio.to_thread(
-            self.save, execution, reply_key, outbox=outbox, discard=discard
+        return await off_loop(
+            self.db, self.save, execution, reply_key, outbox=outbox, discard=discard
         )
 
     # -- what the manager and the CLI use ----------------------------------------------------
