@@ -1,6 +1,6 @@
 """Which way keeps saga storage off the event loop faster on PostgreSQL: the blocking store on
-a worker thread (``asyncio.to_thread``, what ``SagaExecutionRepository`` does), or psycopg's
-async connection pool running the same statements?
+worker threads (``saga_threads.off_loop``, what ``SagaExecutionRepository`` does), or
+psycopg's async connection pool running the same statements?
 
     python bench/saga_storage.py [--url postgresql://postgres@127.0.0.1:5432/postgres]
                                  [--saves 2000] [--concurrency 16]
@@ -10,12 +10,13 @@ from ``concurrency`` coroutines, while a ticker measures how late the event loop
 (the stall a broker consumer sharing the loop would see). Prints saves/s and the worst lag.
 Both write to a scratch database created for the run and dropped after it.
 
-Measured on the development machine (PostgreSQL on localhost, 16 at once), three runs of two
-rounds each: to_thread 790-1,480 saves/s, worst loop lag 9-14 ms; psycopg async pool
-900-1,580 saves/s, worst lag 9-21 ms. The async pool is ahead by about 10% on average, less
-than the run-to-run spread, and its loop lag is no better. The thread offload is kept: it
-serves SQLite as well, and keeps one store implementation (and its named-query layer) for the
-sync callers (CLI, engine) and the async ones.
+Measured on the development machine (PostgreSQL on localhost, 2 CPUs, 16 at once), four runs
+of two rounds each: threads 790-1,480 saves/s, worst loop lag 9-14 ms; psycopg async pool
+900-1,580 saves/s, worst lag 9-21 ms; the last run, on the store's own 8 threads, 1,293 and
+1,474 against 1,088 and 1,246. Neither wins beyond the run-to-run spread, and the async pool's
+loop lag is no better. The thread offload is kept: it serves SQLite as well, and keeps one
+store implementation (and its named-query layer) for the sync callers (CLI, engine) and the
+async ones.
 """
 
 from __future__ import annotations
@@ -131,9 +132,7 @@ def main() -> None:
         print("| way | saves/s | worst loop lag ms |")
         print("| --- | ---: | ---: |")
         for _ in range(2):  # alternated, twice, so neither profits from a warm server alone
-            asyncio.run(
-                measure("to_thread + pool", with_threads, url, args.saves, args.concurrency)
-            )
+            asyncio.run(measure("threads + pool", with_threads, url, args.saves, args.concurrency))
             asyncio.run(
                 measure("psycopg async pool", with_async_pool, url, args.saves, args.concurrency)
             )
