@@ -336,3 +336,19 @@ def test_the_readme_rejected_payment_idiom_compensates_the_earlier_steps(tmp_pat
 
     asyncio.run(main())
     assert [name for name, _ in sent] == ["readme-stock", "readme-pay", "readme-release"]
+
+
+def test_a_request_published_for_a_saga_paused_on_disk_leaves_no_row(tmp_path: Path) -> None:
+    # The process may exit as soon as run() returns: a row left behind would be published a
+    # second time by a worker once its lease ran out.
+    saga = Saga().remote_step(lambda ctx: SagaRequest("rb-nobody", {})).commit()
+    repo = repo_at(tmp_path)
+    broker = InMemoryBroker()
+
+    async def main() -> Any:
+        manager = SagaManager(repo, broker)  # never closed, as scripts often do
+        return await manager.run(saga, {}, pause_on_disk=True, return_execution=False)
+
+    uuid = asyncio.run(main())
+    assert broker.pending("rb-nobody") == 1
+    assert repo.outbox_count(uuid) == 0

@@ -83,7 +83,10 @@ class ManagerRuntime:
         await manager.storage.apply(
             execution, outbox=entry, discard=request.key if resend else None
         )
-        await manager.relay.publish(entry)  # on failure it stays queued and is retried
+        # On failure it stays queued and is retried. Waiting in memory, the reply's save
+        # deletes the row, so the relay's own delete can wait and be batched; paused on disk,
+        # this process may exit at once, and a row left behind would be published again.
+        await manager.relay.publish(entry, batch_delete=not self.pause_on_disk)
 
     async def wait_reply(
         self, execution: SagaExecution, request: PendingRequest

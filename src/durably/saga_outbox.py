@@ -133,9 +133,11 @@ class OutboxRelay:
         self._published: set[str] = set()
         self._flusher: asyncio.Task[None] | None = None
 
-    async def publish(self, entry: OutboxEntry) -> bool:
+    async def publish(self, entry: OutboxEntry, *, batch_delete: bool = False) -> bool:
         """Publish ``entry`` and delete its row; on a broker failure keep the row for a retry
-        (started in the background) and return False."""
+        (started in the background) and return False. With ``batch_delete`` the row is
+        deleted a moment later with others, off the caller's path: for a request whose reply
+        this process awaits, whose save deletes the row anyway."""
         try:
             if self.prepare is not None and entry.creator == self.id:
                 await self.prepare(entry)
@@ -145,9 +147,12 @@ class OutboxRelay:
         except Exception as exc:  # whatever the driver raises: the row is retried
             await self._retry_later(entry, exc)
             return False
-        self._published.add(entry.id)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
+        if batch_delete:
+            self._published.add(entry.id)
+            if self._flusher is None or self._flusher.done():
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
+        else:
+            await off_loop(self.store, self._delete_published, [entry.id])
         if self.failures.pop(entry.key, None) is not None:
             logger.info(
                 "request %s published after %d failed attempt(s)",
