@@ -352,3 +352,40 @@ def test_a_request_published_for_a_saga_paused_on_disk_leaves_no_row(tmp_path: P
     uuid = asyncio.run(main())
     assert broker.pending("rb-nobody") == 1
     assert repo.outbox_count(uuid) == 0
+
+
+def test_a_manager_used_from_two_event_loops_sends_what_failed_in_the_first(
+    tmp_path: Path,
+) -> None:
+    saga = Saga().remote_step(lambda ctx: SagaRequest("rb-two-loops", {})).commit()
+    repo = repo_at(tmp_path)
+
+    class Flaky(InMemoryBroker):
+        down = True
+
+        async def publish(self, message: Message) -> None:
+            if self.down:
+                raise OSError("down")
+            await super().publish(message)
+
+    broker = Flaky()
+    manager = SagaManager(repo, broker)
+
+    async def first() -> Any:
+        return await manager.run(saga, {}, pause_on_disk=True, return_execution=False)
+
+    async def second() -> Any:
+        uuid = await manager.run(saga, {}, pause_on_disk=True, return_execution=False)
+        for _ in range(200):
+            if broker.pending("rb-two-loops") == 2:
+                break
+            await asyncio.sleep(0.01)
+        await manager.close()
+        return uuid
+
+    failed = asyncio.run(first())  # the loop ends while the relay still retries
+    assert repo.outbox_count(failed) == 1
+    broker.down = False
+    asyncio.run(second())
+    assert broker.pending("rb-two-loops") == 2
+    assert repo.outbox_count(failed) == 0

@@ -126,7 +126,8 @@ class OutboxRelay:
         self.max_delay = max_delay
         self.poll_interval = poll_interval
         self.failures: dict[str, BaseException] = {}  # idempotency key -> last broker error
-        self._wake = asyncio.Event()
+        self._wake: asyncio.Event | None = None
+        self._wake_loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         # Published rows whose deletion is batched (one transaction per FLUSH_DELAY): saved
         # a transaction per request on the saga's path. Until deleted, this relay skips them.
@@ -149,10 +150,19 @@ class OutboxRelay:
             return False
         if batch_delete:
             self._published.add(entry.id)
-            if self._flusher is None or self._flusher.done():
-                self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
+            loop = asyncio.get_running_loop()
+            if (
+                self._flusher is None
+                or self._flusher.done()
+                or self._flusher.get_loop() is not loop
+            ):
+                self._flusher = loop.create_task(self._flush_soon())
         else:
             await off_loop(self.store, self._delete_published, [entry.id])
+        if self.failures and not self._running():
+            # Rows that failed earlier (in a loop since ended, say) go out now that the broker
+            # answers again, instead of waiting for another relay to take them over.
+            self.start()
         if self.failures.pop(entry.key, None) is not None:
             logger.info(
                 "request %s published after %d failed attempt(s)",
@@ -164,9 +174,10 @@ class OutboxRelay:
 
     def start(self) -> None:
         """Retry this relay's unpublished rows in the background until none is left."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._serve(own_only=True))
-        self._wake.set()
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._task = loop.create_task(self._serve(own_only=True))
+        self._event().set()
 
     async def run(self) -> None:
         """Publish every due row, this relay's and abandoned ones, until cancelled."""
@@ -174,8 +185,10 @@ class OutboxRelay:
 
     async def close(self) -> None:
         """Stop the background retries; rows left go to another relay after their lease."""
+        loop = asyncio.get_running_loop()
         for task in (self._task, self._flusher):
-            if task is not None:
+            # A task of an earlier event loop ended with that loop.
+            if task is not None and not task.done() and task.get_loop() is loop:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._task = self._flusher = None
@@ -199,9 +212,24 @@ class OutboxRelay:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _running(self) -> bool:
+        task = self._task
+        return (
+            task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop()
+        )
+
+    def _event(self) -> asyncio.Event:
+        # One per event loop: a manager may be used from one asyncio.run() after another, and
+        # an Event stays bound to the loop it first waited on.
+        loop = asyncio.get_running_loop()
+        if self._wake is None or self._wake_loop is not loop:
+            self._wake, self._wake_loop = asyncio.Event(), loop
+        return self._wake
+
     async def _serve(self, *, own_only: bool) -> None:
         while True:
-            self._wake.clear()
+            wake = self._event()
+            wake.clear()
             entries = await off_loop(self.store, self._due)
             for entry in entries:
                 if entry.id in self._published or (own_only and entry.creator != self.id):
@@ -214,7 +242,7 @@ class OutboxRelay:
             # arrives as the wait ends, and close() would then wait for this loop forever.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._pause()):
-                    await self._wake.wait()
+                    await wake.wait()
 
     def _pause(self) -> float:
         if not self.failures:
