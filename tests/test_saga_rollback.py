@@ -269,13 +269,13 @@ def test_saga_storage_does_not_block_the_event_loop(tmp_path: Path) -> None:
     saga = Saga().local_step(lambda ctx: None).commit()
     execution = SagaExecution.from_definition(saga, {})
     gate = threading.Event()
-    original = repo.save
+    original = repo._write
 
-    def slow_save(*args: Any, **kwargs: Any) -> bool:
+    def slow_write(*args: Any, **kwargs: Any) -> bool:
         gate.wait(5)  # a database that stalls
         return original(*args, **kwargs)
 
-    repo.save = slow_save  # type: ignore[method-assign]
+    repo._write = slow_write  # type: ignore[method-assign]
 
     async def main() -> None:
         saving = asyncio.create_task(repo.store(execution))
@@ -389,3 +389,59 @@ def test_a_manager_used_from_two_event_loops_sends_what_failed_in_the_first(
     asyncio.run(second())
     assert broker.pending("rb-two-loops") == 2
     assert repo.outbox_count(failed) == 0
+
+
+# -- what a saga costs -------------------------------------------------------------------------
+
+
+def test_a_three_step_saga_costs_three_transactions(tmp_path: Path) -> None:
+    # The first step's state and request, the first reply with the second request, the second
+    # reply with the end: a state change is saved with the next request or at the end.
+    broker = InMemoryBroker()
+    broker.service("cost-a")(lambda content: {"a": 1})
+    broker.service("cost-b")(lambda content: {"b": 2})
+    saga = (
+        Saga()
+        .local_step(lambda ctx: None)
+        .remote_step(lambda ctx: SagaRequest("cost-a", {}))
+        .remote_step(lambda ctx: SagaRequest("cost-b", {}))
+        .commit()
+    )
+    repo = repo_at(tmp_path)
+
+    async def main() -> None:
+        async with SagaManager(repo, broker) as manager:
+            await manager.run(saga, {})  # warm-up
+            repo.db.stats.reset()
+            execution = await manager.run(saga, {})
+            assert isinstance(execution, SagaExecution)
+            assert execution.status is SagaStatus.Finished
+            assert repo.db.stats.transactions == 3
+
+    asyncio.run(main())
+
+
+def test_a_local_step_runs_only_once_what_led_to_it_is_saved(tmp_path: Path) -> None:
+    broker = InMemoryBroker()
+    broker.service("before-local")(lambda content: {"ok": True})
+    repo = repo_at(tmp_path)
+    seen: list[Any] = []
+
+    def act(ctx: SagaContext) -> None:
+        [summary] = repo.list_executions()
+        seen.append([(step.path, step.status) for step in summary.steps])
+
+    saga = (
+        Saga()
+        .remote_step(lambda ctx: SagaRequest("before-local", {}))
+        .on_success(lambda ctx, response: None)
+        .local_step(act)
+        .commit()
+    )
+
+    async def main() -> None:
+        async with SagaManager(repo, broker) as manager:
+            await manager.run(saga, {})
+
+    asyncio.run(main())
+    assert seen == [[("0", SagaStepStatus.Finished)]]

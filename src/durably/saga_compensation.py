@@ -76,6 +76,8 @@ class Compensation:
 
         async def _save(self, reply_key: str | None = None) -> None: ...
 
+        async def _flush(self) -> None: ...
+
     def _plan_compensation(self, failure: StepFailed) -> None:
         record = self._records[failure.path]
         self.error = f"step {record.path} ({record.name}) failed: {record.error}"
@@ -137,6 +139,7 @@ class Compensation:
             await self._save(key)
 
     async def _undo_local(self, path: str, step: LocalSagaStep) -> None:
+        await self._flush()  # a local compensation acts on the world: the plan is saved first
         ctx = self._copy(path)
         try:
             self.context = self._adopt(await call(step.on_failure_operation, ctx), ctx)

@@ -43,14 +43,23 @@ class ManagerRuntime:
 
     async def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
         saved = await self.manager.storage.apply(execution, reply_key)
+        self._applied(reply_key)
+        return saved
+
+    def _applied(self, reply_key: str | None) -> None:
+        """The reply's state change is committed: its message can be acknowledged."""
         waiter = self.taken.pop(reply_key, None) if reply_key else None
         if waiter is not None and not waiter.applied.done():
             waiter.applied.set_result(None)
-        return saved
 
     async def send(
-        self, execution: SagaExecution, request: PendingRequest, *, resend: bool = False
-    ) -> None:
+        self,
+        execution: SagaExecution,
+        request: PendingRequest,
+        *,
+        reply_key: str | None = None,
+        resend: bool = False,
+    ) -> bool:
         manager = self.manager
         if self.pause_on_disk:
             reply_to = manager.reply_to
@@ -80,13 +89,17 @@ class ManagerRuntime:
             fallback_reply_to=manager.reply_to,
         )
         # A resend replaces an unsent copy of the request instead of adding a second one.
-        await manager.storage.apply(
-            execution, outbox=entry, discard=request.key if resend else None
+        saved = await manager.storage.apply(
+            execution, reply_key, outbox=entry, discard=request.key if resend else None
         )
+        self._applied(reply_key)
+        if not saved:
+            return False  # that reply was applied by another run: nothing was written
         # On failure it stays queued and is retried. Waiting in memory, the reply's save
         # deletes the row, so the relay's own delete can wait and be batched; paused on disk,
         # this process may exit at once, and a row left behind would be published again.
         await manager.relay.publish(entry, batch_delete=not self.pause_on_disk)
+        return True
 
     async def wait_reply(
         self, execution: SagaExecution, request: PendingRequest

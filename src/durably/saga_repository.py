@@ -69,7 +69,7 @@ class SagaExecutionRepository:
 
     async def store(self, execution: SagaExecution) -> None:
         """Save ``execution`` and its context."""
-        await off_loop(self.db, self.save, execution)
+        await self.apply(execution)
 
     async def load(self, uuid: UUID | str) -> SagaExecution:
         """The stored execution, with its definition from this process's registry."""
@@ -87,10 +87,13 @@ class SagaExecutionRepository:
         outbox: OutboxEntry | None = None,
         discard: str | None = None,
     ) -> bool:
-        """:meth:`save` off the event loop."""
-        return await off_loop(
-            self.db, self.save, execution, reply_key, outbox=outbox, discard=discard
-        )
+        """:meth:`save` off the event loop. The execution is encoded here, on the caller's
+        thread (it is the caller's to change), and only the database work moves."""
+        write = _Write.of(execution, reply_key, outbox, discard)
+        saved = await off_loop(self.db, self._write, write)
+        if saved:
+            execution.updated_at = parse_timestamp(write.now) or execution.updated_at
+        return saved
 
     # -- what the manager and the CLI use ----------------------------------------------------
 
@@ -114,38 +117,28 @@ class SagaExecutionRepository:
         applied; return False, writing nothing, when that reply was applied already. The same
         transaction drops the unsent requests of idempotency key ``discard`` and queues
         ``outbox``, the request the saved state waits on."""
-        # Encoded before the transaction: a context that cannot be stored writes nothing.
-        value = codec.dumps(execution.context, max_bytes=execution.max_context_bytes)
-        state = json.dumps(execution.state(), separators=(",", ":"))
-        key, now = str(execution.uuid), timestamp()
+        write = _Write.of(execution, reply_key, outbox, discard)
+        saved = self._write(write)
+        if saved:
+            execution.updated_at = parse_timestamp(write.now) or execution.updated_at
+        return saved
+
+    def _write(self, write: _Write) -> bool:
+        key, now = write.key, write.now
         with self.db.transaction() as tx:
-            if reply_key is not None:
-                fresh = tx.execute("saga_insert_reply", {"id": key, "key": reply_key, "now": now})
-                if not fresh:
+            if write.reply_key is not None:
+                params = {"id": key, "key": write.reply_key, "now": now}
+                if not tx.execute("saga_insert_reply", params):
                     return False
-            tx.execute("saga_save_context", {"id": key, "value": value, "now": now})
-            tx.execute(
-                "saga_save_execution",
-                {
-                    "id": key,
-                    "saga_name": execution.saga_name,
-                    "fingerprint": execution.fingerprint,
-                    "status": execution.status.value,
-                    "context_id": key,
-                    "state": state,
-                    "error_details": execution.error,
-                    "created_at": execution.created_at.isoformat(timespec="microseconds"),
-                    "now": now,
-                },
-            )
-            for done in (discard, reply_key):
+            tx.execute("saga_save_context", {"id": key, "value": write.value, "now": now})
+            tx.execute("saga_save_execution", write.row)
+            for done in (write.discard, write.reply_key):
                 # A request abandoned, or answered already (its reply is applied here), must
                 # not go out (again): a relay still trying to publish it finds no row.
                 if done is not None:
                     tx.execute("saga_outbox_discard", {"id": key, "key": done})
-            if outbox is not None:
-                tx.execute("saga_outbox_insert", outbox.row(now))
-        execution.updated_at = parse_timestamp(now) or execution.updated_at
+            if write.outbox is not None:
+                tx.execute("saga_outbox_insert", write.outbox.row(now))
         return True
 
     def outbox_count(self, uuid: UUID | str) -> int:
@@ -201,6 +194,43 @@ class SagaExecutionRepository:
         if row is None:
             raise SagaExecutionNotFoundException(f"no saga execution has the uuid {key}")
         return row
+
+
+@dataclass(frozen=True)
+class _Write:
+    """One save, encoded: what the transaction writes."""
+
+    key: str
+    now: str
+    value: str
+    row: dict[str, Any]
+    reply_key: str | None
+    outbox: OutboxEntry | None
+    discard: str | None
+
+    @classmethod
+    def of(
+        cls,
+        execution: SagaExecution,
+        reply_key: str | None,
+        outbox: OutboxEntry | None,
+        discard: str | None,
+    ) -> _Write:
+        # Encoded before the transaction: a context that cannot be stored writes nothing.
+        value = codec.dumps(execution.context, max_bytes=execution.max_context_bytes)
+        key, now = str(execution.uuid), timestamp()
+        row = {
+            "id": key,
+            "saga_name": execution.saga_name,
+            "fingerprint": execution.fingerprint,
+            "status": execution.status.value,
+            "context_id": key,
+            "state": json.dumps(execution.state(), separators=(",", ":")),
+            "error_details": execution.error,
+            "created_at": execution.created_at.isoformat(timespec="microseconds"),
+            "now": now,
+        }
+        return cls(key, now, value, row, reply_key, outbox, discard)
 
 
 def _as_uuid(value: Any) -> UUID:

@@ -30,9 +30,12 @@ class SagaRuntime(Protocol):
         applied; return False, writing nothing, if that reply was applied already."""
         ...
 
-    async def send(self, execution: SagaExecution, request: PendingRequest) -> None:
+    async def send(
+        self, execution: SagaExecution, request: PendingRequest, *, reply_key: str | None = None
+    ) -> bool:
         """Save the execution, paused on ``request``, and queue the request in the same
-        transaction (the outbox): it goes out if and only if that state is saved."""
+        transaction (the outbox): it goes out if and only if that state is saved. Like
+        ``save``, record ``reply_key`` and return False, writing nothing, if it was applied."""
         ...
 
     async def wait_reply(
@@ -48,8 +51,10 @@ class Detached:
     async def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
         return True
 
-    async def send(self, execution: SagaExecution, request: PendingRequest) -> None:
-        pass
+    async def send(
+        self, execution: SagaExecution, request: PendingRequest, *, reply_key: str | None = None
+    ) -> bool:
+        return True
 
     async def wait_reply(
         self, execution: SagaExecution, request: PendingRequest
