@@ -421,7 +421,7 @@ def test_a_three_step_saga_costs_three_transactions(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_a_local_step_runs_only_once_what_led_to_it_is_saved(tmp_path: Path) -> None:
+def test_what_led_to_a_local_step_is_saved_before_it_runs(tmp_path: Path) -> None:
     broker = InMemoryBroker()
     broker.service("before-local")(lambda content: {"ok": True})
     repo = repo_at(tmp_path)
