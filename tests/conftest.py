@@ -51,7 +51,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from durably import Engine
-from durably.store import Store, open_store
+from durably.backends import open_store
+from durably.store import Store
 
 BACKENDS = ("sqlite", "postgres")
 PG_URL = os.environ.get("DURABLY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -19,8 +19,10 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from durably import Engine, cli, diffs
+from durably import Engine, cli_common
 from durably.cli import cli as durably_cli
+from durably.registry import Registry
+from durably.shape import StoredShape
 
 from . import cli_app
 
@@ -272,7 +274,7 @@ def test_show_without_the_workflow_uses_the_stored_dependencies(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     execution_id = run_pipeline(db)
-    monkeypatch.setattr(diffs, "registered", lambda name: None)
+    monkeypatch.setattr(Registry, "find", lambda self, name, version: None)
     data = as_json(invoke("show", execution_id, "--db", db, "--json"))
     # Each task's dependencies are stored with it, so the input is rebuilt exactly.
     assert data["diff_basis"] == "dependencies"
@@ -283,8 +285,8 @@ def test_show_without_any_dependencies_diffs_against_the_previous_task(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     execution_id = run_pipeline(db)
-    monkeypatch.setattr(diffs, "registered", lambda name: None)
-    monkeypatch.setattr(diffs, "stored_dependencies", lambda configs: None)
+    monkeypatch.setattr(Registry, "find", lambda self, name, version: None)
+    monkeypatch.setattr(StoredShape, "of", classmethod(lambda cls, records: None))
     data = as_json(invoke("show", execution_id, "--db", db, "--json"))
     assert data["diff_basis"] == "previous_task"
     # right is compared with left's output (its predecessor in declaration order).
@@ -299,7 +301,7 @@ def test_show_a_failed_execution_with_errors(db: str) -> None:
     assert data["tasks"]["fragile"]["status"] == "failed"
     assert "fragile is broken" in data["tasks"]["fragile"]["error"]
     assert data["tasks"]["fragile"]["diff"] is None
-    assert data["tasks"]["last"]["status"] == "skipped"
+    assert data["tasks"]["last"]["status"] == "upstream_failed"
     human = ok(invoke("show", execution_id, "--db", db)).stdout
     assert "fragile is broken" in human
 
@@ -356,7 +358,7 @@ def test_retry_and_fork_need_the_workflow_imported(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     execution_id = run_flaky(db)
-    monkeypatch.setattr(cli, "registered", lambda name: None)
+    monkeypatch.setattr(cli_common, "registered", lambda name: None)
     assert_one_line_error(invoke("retry", execution_id, "--db", db), "--module")
     assert_one_line_error(invoke("fork", execution_id, "--from", "fragile", "--db", db), "--module")
 
@@ -421,7 +423,7 @@ def test_worker_registers_the_modules_workflows_and_stops_on_a_signal(
     seen: dict[str, Any] = {}
 
     def worker(self: Engine, concurrency: int | None = None, **options: Any) -> _FakeWorker:
-        seen["workflows"] = sorted(name for name, _ in self._workflows)
+        seen["workflows"] = sorted(name for name, _ in self.registry.versions())
         seen["concurrency"] = concurrency
         seen["lease"] = self.lease
         return fake

@@ -27,6 +27,7 @@ from durably import (
     TaskReturnError,
     Workflow,
     WorkflowDefinitionError,
+    WorkflowNotRegistered,
     all_of,
     any_of,
     none_of,
@@ -97,7 +98,9 @@ def test_a_completed_execution(engine: Engine) -> None:
         assert task.started_at <= task.completed_at
 
 
-def test_a_failed_task_fails_the_execution_and_skips_its_dependents(engine: Engine) -> None:
+def test_a_failed_task_fails_the_execution_and_its_dependents_are_upstream_failed(
+    engine: Engine,
+) -> None:
     wf = Workflow(unique())
     calls: list[str] = []
 
@@ -118,10 +121,10 @@ def test_a_failed_task_fails_the_execution_and_skips_its_dependents(engine: Engi
     assert sorted(calls) == ["a", "d", "f"]
     assert statuses(result) == {
         "a": "failed",
-        "b": "skipped",
-        "c": "skipped",
+        "b": "upstream_failed",
+        "c": "upstream_failed",
         "d": "completed",
-        "e": "skipped",
+        "e": "upstream_failed",
         "f": "completed",
     }
     assert "kaboom" in (result.error or "")
@@ -310,7 +313,7 @@ def test_timeout_fails_an_attempt_which_may_be_retried(engine: Engine) -> None:
         "async_retried": "completed",
         "sync_fails": "failed",
         "async_fails": "failed",
-        "after_sync": "skipped",
+        "after_sync": "upstream_failed",
     }
     assert result.tasks["sync_retried"].attempts == 2
     assert result.tasks["async_retried"].attempts == 2
@@ -382,13 +385,13 @@ def test_trigger_rules_decide_run_or_skip(engine: Engine) -> None:
     expected.update(
         ok="completed",
         bad="failed",
-        default_after_fail="skipped",
+        default_after_fail="upstream_failed",
         one_failed_all_ok="skipped",
-        none_failed_after_fail="skipped",
+        none_failed_after_fail="upstream_failed",
         when_false="skipped",
         after_when_false="skipped",
         one_failed_after_skip="skipped",
-        when_after_fail="skipped",
+        when_after_fail="upstream_failed",
         none_of_false="skipped",
         exists_false="skipped",
         type_mismatch="failed",
@@ -397,7 +400,8 @@ def test_trigger_rules_decide_run_or_skip(engine: Engine) -> None:
     assert result.status == "failed"
     # A task that runs after a failed dependency receives the completed dependencies' outputs.
     assert ran["all_done_after_fail"] == {"total": 150, "tags": ["vip", "eu"]}
-    assert all(result.tasks[name].attempts == 0 for name in expected if expected[name] == "skipped")
+    not_run = ("skipped", "upstream_failed")
+    assert all(result.tasks[name].attempts == 0 for name in expected if expected[name] in not_run)
     assert "trigger" in (result.tasks["when_false"].error or "")
     assert "tags" in (result.tasks["type_mismatch"].error or "")
     assert result.tasks["type_mismatch"].attempts == 0
@@ -467,7 +471,7 @@ def test_an_unserializable_context_fails_the_task_without_retry(engine: Engine) 
         assert result.tasks[name].attempts == 1
         assert str(error) in (result.tasks[name].error or "")
     assert result.status == "failed"
-    assert result.tasks["after"].status == "skipped"
+    assert result.tasks["after"].status == "upstream_failed"
     for name in ("callback", "nested", "bad_keys"):
         task = result.tasks[name]
         assert task.status == "failed"
@@ -521,8 +525,10 @@ def test_a_bad_initial_context_is_rejected_before_anything_is_written(engine: En
     for bad in ([("a", 1)], "a=1", 5, object()):
         with pytest.raises(TypeError, match="context"):
             engine.run(wf, bad)  # type: ignore[arg-type]
+    with pytest.raises(WorkflowNotRegistered, match="not a workflow"):
+        engine.run("not a workflow", {})
     with pytest.raises(WorkflowDefinitionError, match="Workflow"):
-        engine.run("not a workflow", {})  # type: ignore[arg-type]
+        engine.run(42, {})  # type: ignore[arg-type]
     assert calls == []
     assert engine.list(workflow=wf.name) == []
 
@@ -739,7 +745,7 @@ def test_retry_reruns_failed_and_skipped_tasks_and_keeps_completed_ones(engine: 
     assert statuses(first) == {
         "extract": "completed",
         "transform": "failed",
-        "load": "skipped",
+        "load": "upstream_failed",
         "index": "completed",
     }
     assert calls == {"extract": 1, "transform": 1, "index": 1}

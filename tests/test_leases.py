@@ -1,7 +1,7 @@
 """Claims, leases and recovery on the worker path (SPEC §3.3), driven step by step.
 
-Workers are used through their claim / complete / sweep steps so that every interleaving is
-chosen by the test, not by timing.
+Workers are used through their claim / record / sweep steps so that every interleaving is
+chosen by the test, not by timing, and time is a ManualClock the test moves: nothing sleeps.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from durably import Context, Engine, Workflow
-
-FAR_PAST = "2000-01-01T00:00:00.000000+00:00"
+from durably.clock import ManualClock
 
 
 def pipeline(name: str) -> Workflow:
@@ -30,25 +29,25 @@ def pipeline(name: str) -> Workflow:
 
 
 @pytest.fixture
-def engines(store_url: str) -> Iterator[tuple[Engine, Engine]]:
-    first = Engine(store_url, lease=5.0, max_recovery_attempts=1)
-    second = Engine(store_url, lease=5.0, max_recovery_attempts=1)
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def engines(store_url: str, clock: ManualClock) -> Iterator[tuple[Engine, Engine]]:
+    first = Engine(store_url, lease=5.0, max_recovery_attempts=1, clock=clock)
+    second = Engine(store_url, lease=5.0, max_recovery_attempts=1, clock=clock)
     yield first, second
     first.close()
     second.close()
 
 
-def expire_claims(engine: Engine) -> None:
-    """Make every running claim look as if its worker stopped beating long ago."""
-    executions = engine.list()
-    with engine.store.transaction() as tx:
-        for execution in executions:
-            for row in tx.fetch_all("get_tasks", {"id": str(execution.execution_id)}):
-                if row["status"] == "running":
-                    tx.execute(
-                        "heartbeat_task",
-                        {"id": str(row["id"]), "worker": row["claimed_by"], "now": FAR_PAST},
-                    )
+def stop_beating(engine: Engine) -> None:
+    """The engine's process is gone: nothing refreshes its claims any more."""
+    engine.runtime.heartbeat.stop()
+    engine.runtime.heartbeat = type(engine.runtime.heartbeat)(
+        engine.store, engine.runtime.repo, engine.worker_id, engine.runtime.clock, 3600
+    )
 
 
 def task_row(engine: Engine, execution_id: object, name: str) -> dict[str, object]:
@@ -63,7 +62,7 @@ def task_row(engine: Engine, execution_id: object, name: str) -> dict[str, objec
 
 
 def test_a_zombie_cannot_commit_after_its_claim_was_taken_over(
-    engines: tuple[Engine, Engine],
+    engines: tuple[Engine, Engine], clock: ManualClock
 ) -> None:
     first, second = engines
     wf = pipeline("lease_zombie")
@@ -72,33 +71,37 @@ def test_a_zombie_cannot_commit_after_its_claim_was_taken_over(
     execution_id = first.start(wf, {})
     zombie, rescuer = first.worker(concurrency=1), second.worker(concurrency=1)
 
-    [(run, name, attempt)] = zombie._claim(1)
-    expire_claims(first)
+    [job] = zombie.claim(1)
+    stop_beating(first)
+    clock.advance(6)  # past the 5 s lease
     rescuer.sweep()  # the stale claim goes back to ready, and counts a recovery
     row = task_row(second, execution_id, "work")
     assert row["status"] == "ready"
     assert row["recovery_attempts"] == 1
     assert row["last_recovery_at"] is not None
 
-    [retaken] = rescuer._claim(1)
-    assert retaken[2] == attempt + 1
-    rescuer._complete(*retaken, {"by": "the rescuer"}, None)
+    [retaken] = rescuer.claim(1)
+    assert retaken.attempt == job.attempt + 1
+    rescuer.record(retaken, {"by": "the rescuer"})
 
-    zombie._complete(run, name, attempt, {"by": "the zombie"}, None)  # discarded
+    zombie.record(job, {"by": "the zombie"})  # discarded
     assert zombie.completed == 0
     assert second.task_context(execution_id, "work")["by"] == "the rescuer"
 
-    [job] = rescuer._claim(1)
-    ctx = job[0].context_for(job[1])  # its input: the rescuer's output of `work`
-    ctx["after"] = True
-    rescuer._complete(*job, ctx.to_dict(), None)
+    [after] = rescuer.claim(1)
+    assert after.input["by"] == "the rescuer"  # its input: the rescuer's output of `work`
+    rescuer.record(after, {**after.input, "after": True})
     result = second.get(execution_id)
     assert result.status == "completed"
     assert result.context["by"] == "the rescuer"
+    # The lost attempt stays in the history, with who lost it.
+    history = result.tasks["work"].history
+    assert [(a.number, a.status) for a in history] == [(1, "lost"), (2, "completed")]
+    assert history[0].worker == first.worker_id
 
 
 def test_a_task_losing_its_claim_too_often_is_abandoned(
-    engines: tuple[Engine, Engine],
+    engines: tuple[Engine, Engine], clock: ManualClock
 ) -> None:
     first, second = engines
     wf = pipeline("lease_abandon")
@@ -106,37 +109,58 @@ def test_a_task_losing_its_claim_too_often_is_abandoned(
         engine.register(wf)
     execution_id = first.start(wf, {})
     worker, sweeper = first.worker(concurrency=1), second.worker(concurrency=1)
+    stop_beating(first)
 
     for _ in range(2):  # max_recovery_attempts=1: the second loss abandons it
-        assert len(worker._claim(1)) == 1
-        worker._active.clear()  # the process that claimed it is gone
-        expire_claims(first)
+        assert len(worker.claim(1)) == 1
+        clock.advance(6)
         sweeper.sweep()
 
     row = task_row(second, execution_id, "work")
     assert row["status"] == "abandoned"
     assert row["recovery_attempts"] == 2
-    assert (
-        sweeper._claim(1) == []
-    )  # `after` is ready: its claimer skips it, which finishes the execution
+    # `after` is ready: its claimer settles it, which finishes the execution.
+    assert sweeper.claim(1) == []
     result = second.wait(execution_id, timeout=10)
     assert result.status == "failed"
     assert result.tasks["work"].status == "abandoned"
-    assert result.tasks["after"].status == "skipped"
+    assert result.tasks["after"].status == "upstream_failed"
     assert "abandoned" in (result.error or "")
 
 
-def test_a_live_claim_is_left_alone(engines: tuple[Engine, Engine]) -> None:
+def test_a_live_claim_is_left_alone(engines: tuple[Engine, Engine], clock: ManualClock) -> None:
     first, second = engines
     wf = pipeline("lease_live")
     for engine in engines:
         engine.register(wf)
     execution_id = first.start(wf, {})
     worker, sweeper = first.worker(concurrency=1), second.worker(concurrency=1)
-    assert len(worker._claim(1)) == 1
-    first.beat()  # a fresh heartbeat
+    assert len(worker.claim(1)) == 1
+    clock.advance(4)
+    first.runtime.heartbeat.beat()  # a fresh heartbeat, within the lease
+    clock.advance(4)  # 8 s after the claim, 4 s after the beat
     sweeper.sweep()
     row = task_row(second, execution_id, "work")
     assert row["status"] == "running"
     assert row["recovery_attempts"] == 0
     assert row["heartbeat_at"] is not None
+
+
+def test_a_worker_never_takes_over_its_own_claims(
+    engines: tuple[Engine, Engine], clock: ManualClock
+) -> None:
+    """Cut off from the database longer than the lease, a worker comes back: its own claims
+    in flight are not recovered (and so not run twice) by its own sweeper."""
+    first, _ = engines
+    wf = pipeline("lease_self")
+    first.register(wf)
+    execution_id = first.start(wf, {})
+    worker = first.worker(concurrency=1)
+    [job] = worker.claim(1)
+    stop_beating(first)  # no beat reached the database during the outage
+    clock.advance(60)
+    worker.sweep()
+    assert task_row(first, execution_id, "work")["status"] == "running"
+    worker.record(job, {"by": "the worker"})
+    assert worker.completed == 1
+    assert first.task_context(execution_id, "work")["by"] == "the worker"

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from durably import sql
+from durably.backends import open_store
 from durably.exceptions import MigrationError
-from durably.store import Store, open_store
+from durably.store import Store
 
 # -- the .sql parser ---------------------------------------------------------------------------
 

@@ -215,7 +215,7 @@ def test_a_resent_request_has_the_same_key_and_the_side_effect_happens_once(kind
 def test_serve_with_a_store_answers_a_repeated_request_from_the_inbox(
     tmp_path: Any, outcome: str
 ) -> None:
-    from durably.store import open_store
+    from durably.backends import open_store
 
     store = open_store(f"sqlite:///{tmp_path}/inbox.db")
     broker = InMemoryBroker()

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from durably.backends import open_store
 from durably.broker import Broker, InMemoryBroker, Message, MessageHandler, Subscription
 from durably.exceptions import BrokerError
 from durably.nats_broker import NatsBroker
@@ -30,7 +31,6 @@ from durably.saga_execution import SagaExecution, SagaStatus
 from durably.saga_manager import SagaManager
 from durably.saga_messages import SagaRequest, SagaResponse
 from durably.saga_repository import SagaExecutionRepository
-from durably.store import open_store
 from tests.tcp_proxy import TcpProxy
 from tests.test_brokers import (
     ACK_WAIT,

@@ -25,10 +25,10 @@ from durably import (
     SagaStatus,
     SagaStepStatus,
 )
+from durably.backends import open_store
 from durably.broker import Message
 from durably.cli import cli as durably_cli
 from durably.exceptions import SagaExecutionAlreadyExecutedException, ServiceError
-from durably.store import open_store
 from tests import saga_cancel_app
 
 

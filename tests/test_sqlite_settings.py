@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from durably import Engine, StoreError
-from durably.store import open_store
+from durably.backends import open_store
 
 
 def pragmas(store: object) -> tuple[str, int]:

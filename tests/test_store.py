@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from durably import sql
+from durably.backends import open_store
 from durably.exceptions import StoreConnectionError, StoreError
-from durably.store import Store, open_store, timestamp
+from durably.store import Store, timestamp
 
 
 class Boom(Exception):
@@ -150,6 +151,7 @@ def seed_execution(store: Store, tasks: int = 1) -> tuple[str, list[str]]:
                 "context_id": context_id,
                 "claimed_by": None,
                 "parent_id": None,
+                "key": None,
                 "now": now,
             },
         )
@@ -221,6 +223,8 @@ SAMPLES: dict[str, Callable[[], Any]] = {
     "names": lambda: '["wf@v1"]',
     "reply_status": lambda: 200,
     "lease_until": timestamp,
+    "ids": lambda: json.dumps([new_id()]),
+    "executions": lambda: json.dumps([new_id()]),
 }
 
 

@@ -46,6 +46,7 @@ from .exceptions import (
     ServiceError,
     StoreConnectionError,
     StoreError,
+    TaskInterrupted,
     TaskReturnError,
     TaskTimeoutError,
     UndecodableMessageError,
@@ -73,6 +74,7 @@ from .saga_manager import SagaManager
 from .saga_messages import SagaRequest, SagaResponse, SagaResponseStatus
 from .saga_repository import SagaExecutionRepository
 from .triggers import TriggerRule, all_of, any_of, none_of, when
+from .worker import Worker
 from .workflow import Task, Workflow
 
 __version__ = "0.1.0"
@@ -151,12 +153,14 @@ __all__ = [
     "StoreError",
     "Task",
     "TaskHandle",
+    "TaskInterrupted",
     "TaskResult",
     "TaskReturnError",
     "TaskTimeoutError",
     "TriggerRule",
     "UndecodableMessageError",
     "UndefinedOnExecuteException",
+    "Worker",
     "Workflow",
     "WorkflowDefinitionError",
     "WorkflowError",

@@ -24,6 +24,8 @@ import base64
 import dataclasses
 import json
 import math
+import re
+import reprlib
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, time, timedelta, timezone
@@ -139,12 +141,15 @@ def _index_of(seq: Iterable[Any], value: Any) -> int:
 _CONTAINERS: dict[type, Callable[[Any], Any]] = {dict: _encode_dict, list: _encode_items}
 
 
-def _encode_set(value: set[Any] | frozenset[Any]) -> Any:
+def _set_items(value: set[Any] | frozenset[Any]) -> list[Any]:
     try:  # sorted when possible: the same set must give the same JSON in every process
-        items: list[Any] = sorted(value)
+        return sorted(value)
     except TypeError:
-        items = list(value)
-    return {TAG: type(value).__name__, "v": _encode_items(items)}
+        return list(value)
+
+
+def _encode_set(value: set[Any] | frozenset[Any]) -> Any:
+    return {TAG: type(value).__name__, "v": _encode_items(_set_items(value))}
 
 
 def _split_offset(kind: str, value: datetime | time) -> dict[str, Any] | None:
@@ -238,6 +243,32 @@ def _find_cycle(value: Any, enclosing: set[int]) -> _Unencodable | None:
     return None
 
 
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_SURROGATE_REASON = "a str with a lone surrogate, which UTF-8 cannot encode"
+
+
+def _find_surrogate(value: Any) -> _Unencodable | None:
+    """Where a lone surrogate is, in a key or a value; only called once the text has one."""
+    if isinstance(value, str):
+        if _SURROGATE.search(value) is None:
+            return None
+        return _Unencodable(f"{_SURROGATE_REASON}: {reprlib.repr(value)}")
+    if isinstance(value, Enum):
+        return _find_surrogate(value.value)
+    if type(value) is set or type(value) is frozenset:  # indexes as stored: sorted
+        value = _set_items(value)
+    for key, child in _children(value):
+        if isinstance(key, str) and _SURROGATE.search(key):
+            return _Unencodable(
+                f"a key with a lone surrogate, which UTF-8 cannot encode: {reprlib.repr(key)}"
+            )
+        found = _find_surrogate(child)
+        if found is not None:
+            found.path.append(key)
+            return found
+    return None
+
+
 def _class_ref(cls: type) -> str:
     name = f"{cls.__module__}:{cls.__qualname__}"
     _registry[name] = cls  # so that this process can load what it wrote, even local classes
@@ -270,9 +301,15 @@ def _format_path(path: list[str | int]) -> str:
 def _to_json(value: Any, what: str) -> str:
     try:
         try:
-            return _ENCODER.encode(_encode(value))
+            text: str = _ENCODER.encode(_encode(value))
         except RecursionError:
             raise _find_cycle(value, set()) or _Unencodable("it is nested too deeply") from None
+        # A lone surrogate (os.fsdecode of a non-UTF-8 name, or "\\udce9" parsed from JSON) is
+        # valid in a str but not in UTF-8: the store's driver would fail on it with a bare
+        # UnicodeEncodeError, after the task had already completed.
+        if not text.isascii() and _SURROGATE.search(text):
+            raise _find_surrogate(value) or _Unencodable(_SURROGATE_REASON)
+        return text
     except _Unencodable as exc:
         path = _format_path(exc.path)
         message = f"cannot store {what}: " + (f"{path}: " if path else "") + exc.reason

@@ -13,6 +13,7 @@
     │   ├── WorkflowNotRegistered
     │   ├── TaskReturnError             (also TypeError)
     │   ├── TaskTimeoutError            (also TimeoutError)
+    │   ├── TaskInterrupted             (a task raised SystemExit or KeyboardInterrupt)
     │   ├── ExecutionNotFound           (also LookupError)
     │   └── ExecutionStateError
     ├── NonRetryable                    (raised by a task: fail now, never retry)
@@ -116,6 +117,11 @@ class TaskReturnError(WorkflowError, TypeError):
 
 class TaskTimeoutError(WorkflowError, TimeoutError):
     """The task attempt ran longer than its timeout."""
+
+
+class TaskInterrupted(WorkflowError):
+    """The task raised SystemExit or KeyboardInterrupt: that attempt fails (without retry)
+    instead of stopping the engine's threads."""
 
 
 class ExecutionNotFound(WorkflowError, LookupError):

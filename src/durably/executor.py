@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from .context import Context
-from .exceptions import TaskReturnError, TaskTimeoutError
+from .exceptions import TaskInterrupted, TaskReturnError, TaskTimeoutError
 from .workflow import Task
 
 _R = TypeVar("_R")
@@ -136,6 +136,9 @@ class Executor:
             raise TaskTimeoutError(
                 f"task {task.name!r} attempt {handle.attempt} timed out after {task.timeout}s"
             ) from exc
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # Let out, either would stop the event loop's thread and wedge every async task.
+            raise TaskInterrupted(f"the task raised {type(exc).__name__}: {exc}") from exc
         return output_of(task, ctx, returned)
 
     def _with_timeout(

@@ -78,6 +78,17 @@ def task_json(task: TaskResult, diff: Diff | None, basis: TaskInput | None) -> d
         "context": encode_context(task.context),
         "input_from": basis.basis if basis else None,
         "diff": diff_json(diff) if diff is not None else None,
+        "history": [
+            {
+                "attempt": a.number,
+                "status": a.status,
+                "started_at": iso(a.started_at),
+                "finished_at": iso(a.finished_at),
+                "worker": a.worker,
+                "error": a.error,
+            }
+            for a in task.history
+        ],
     }
 
 

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, LiteralString
+from typing import Any, LiteralString, Self
 
 import psycopg
 import psycopg.conninfo
@@ -167,12 +167,18 @@ class PostgresStore(Store):
         self._listen_lock = threading.Lock()
         self._listener: Connection | None = None
         self._closed = False
+        # What tells a dead server from a busy pool when no connection comes within timeout:
+        # how many pooled connections we hold, and the last connect attempt's error (None
+        # once one succeeds).
+        self._in_use = 0
+        self.last_connect_error: str | None = None
+        self._connection_class = _recording_connection_class(self)
         # One direct connection first: a dead server, a bad password or a missing database
         # fails here at once with libpq's own message, instead of after the pool's wait.
         self._connect().close()
         self._pool: ConnectionPool[Connection] = ConnectionPool(
             self.conninfo,
-            connection_class=Connection,
+            connection_class=self._connection_class,
             kwargs={"autocommit": True, "row_factory": dict_row, "context": ADAPTERS},
             min_size=self.min_size,
             max_size=self.max_size,
@@ -194,7 +200,7 @@ class PostgresStore(Store):
     def _connect(self) -> Connection:
         """A connection outside the pool (the probe, the LISTEN connection)."""
         try:
-            conn = Connection.connect(
+            conn = self._connection_class.connect(
                 self.conninfo, autocommit=True, row_factory=dict_row, context=ADAPTERS
             )
         except psycopg.Error as exc:
@@ -235,26 +241,18 @@ class PostgresStore(Store):
             except psycopg.Error as exc:
                 raise _wrap(conn, "commit failed", exc) from exc
         finally:
-            self._pool.putconn(conn)
+            self._putconn(conn)
 
     def _start(self, read_only: bool) -> Connection:
         """A pooled connection with a transaction begun; dead connections are replaced."""
         for attempt in range(len(RETRY_DELAYS) + 1):
-            try:
-                conn = self._pool.getconn()
-            except PoolClosed as exc:
-                raise StoreError("the store is closed") from exc
-            except PoolTimeout as exc:
-                raise StoreConnectionError(
-                    f"no PostgreSQL connection ({self.where}) free within {self.timeout:g} s "
-                    f"(max_size={self.max_size})"
-                ) from exc
+            conn = self._getconn()
             try:
                 # A read sees one snapshot for the whole block; REPEATABLE READ READ ONLY
                 # cannot fail with a serialization error.
                 conn.execute(_BEGIN_READ if read_only else _BEGIN_WRITE, prepare=False)
             except psycopg.Error as exc:
-                self._pool.putconn(conn)  # a broken connection is discarded by the pool
+                self._putconn(conn)  # a broken connection is discarded by the pool
                 if not conn.broken or attempt == len(RETRY_DELAYS):
                     raise _wrap(conn, f"cannot begin a transaction ({self.where})", exc) from exc
                 logger.warning(
@@ -268,6 +266,39 @@ class PostgresStore(Store):
                 continue
             return conn
         raise AssertionError("unreachable")
+
+    def _getconn(self) -> Connection:
+        try:
+            conn = self._pool.getconn()
+        except PoolClosed as exc:
+            raise StoreError("the store is closed") from exc
+        except PoolTimeout as exc:
+            raise self._no_connection() from exc
+        with self._stats_lock:
+            self._in_use += 1
+        return conn
+
+    def _putconn(self, conn: Connection) -> None:
+        with self._stats_lock:
+            self._in_use -= 1
+        self._pool.putconn(conn)
+
+    def _no_connection(self) -> StoreConnectionError:
+        """Why the pool gave no connection within the timeout: all of them are ours and busy,
+        or the pool cannot open any (the server is down, or unreachable)."""
+        error = self.last_connect_error
+        with self._stats_lock:
+            in_use = self._in_use
+        if in_use < self.max_size or error is not None:
+            cause = f"last connect error: {error}" if error else "no connect attempt finished"
+            return StoreConnectionError(
+                f"PostgreSQL is unreachable ({self.where}): no connection could be opened "
+                f"within {self.timeout:g} s ({cause})"
+            )
+        return StoreConnectionError(
+            f"all {self.max_size} PostgreSQL connections ({self.where}) are busy: none came "
+            f"free within {self.timeout:g} s; raise max_size, or hold transactions shorter"
+        )
 
     def _count(self, *, transactions: int = 0, statements: int = 0) -> None:
         with self._stats_lock:
@@ -368,6 +399,24 @@ _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version ("
     "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
 )
+
+
+def _recording_connection_class(store: PostgresStore) -> type[Connection]:
+    """A connection class that tells ``store`` how its last connect attempt went: the pool
+    retries in its own threads and keeps the driver's error to itself (it only logs it)."""
+
+    class RecordingConnection(Connection):
+        @classmethod
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+            try:
+                conn = super().connect(conninfo, **kwargs)
+            except psycopg.Error as exc:
+                store.last_connect_error = _oneline(exc)
+                raise
+            store.last_connect_error = None
+            return conn
+
+    return RecordingConnection
 
 
 def _sizes(min_size: Any, max_size: Any) -> tuple[int, int]:

@@ -11,7 +11,8 @@ from uuid import UUID
 from rich.console import Console
 
 from .engine import Engine
-from .results import EXECUTION_TERMINAL, ExecutionResult
+from .results import ExecutionResult
+from .statuses import EXECUTION_TERMINAL
 from .views import task_table
 
 POLL_SECONDS = 0.1

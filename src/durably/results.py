@@ -1,29 +1,31 @@
-"""What an execution looks like from outside: its status, context, and each task's outcome."""
+"""What an execution looks like from outside: its status, context, and each task's outcome,
+with every attempt (its history)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Final
 from uuid import UUID
 
+from . import codec, plan
 from .context import Context
+from .records import AttemptRecord, ExecutionRecord, Snapshot, TaskRecord
+from .state import ExecutionState, Shape
+from .statuses import COMPLETED, EXECUTION_TERMINAL, FAILED, RUNNING
 
-# Execution statuses (SPEC §3.2).
-PENDING: Final = "pending"
-RUNNING: Final = "running"
-COMPLETED: Final = "completed"
-FAILED: Final = "failed"
-CANCELLED: Final = "cancelled"
-PAUSED: Final = "paused"
-EXECUTION_TERMINAL: Final = frozenset({COMPLETED, FAILED, CANCELLED})
 
-# Task statuses.
-NOT_STARTED: Final = "not_started"
-READY: Final = "ready"
-SKIPPED: Final = "skipped"
-ABANDONED: Final = "abandoned"
-TASK_TERMINAL: Final = frozenset({COMPLETED, FAILED, SKIPPED, ABANDONED})
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a task: ``status`` is ``completed``, ``failed``, ``running``, or
+    ``lost`` (its claim was taken back after its process stopped beating)."""
+
+    number: int
+    status: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str | None
+    error: str | None
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,9 @@ class TaskResult:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     compensation: str | None = None
-    """``None`` (nothing to undo), ``"pending"``, ``"completed"`` or ``"failed"``."""
+    """``None`` (nothing to undo), ``"completed"`` or ``"failed"``."""
+    history: tuple[Attempt, ...] = ()
+    """Every attempt, oldest first: an earlier attempt's error stays visible here."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,91 @@ class ExecutionResult:
     version: str = ""
     created_at: datetime | None = None
     completed_at: datetime | None = None
+    key: str | None = None
+    """The idempotency key it was started with, if any."""
+    parent_id: UUID | None = None
+    """The execution it was forked from."""
 
     @property
     def done(self) -> bool:
         return self.status in EXECUTION_TERMINAL
+
+
+def _attempt(record: AttemptRecord) -> Attempt:
+    return Attempt(
+        record.number,
+        record.status,
+        record.started_at,
+        record.finished_at,
+        record.worker,
+        record.error,
+    )
+
+
+def _history(task: TaskRecord, superseded: Sequence[AttemptRecord]) -> tuple[Attempt, ...]:
+    """The attempts a later one superseded (stored), then the current one (the task row)."""
+    attempts = [_attempt(record) for record in superseded]
+    if task.attempt > 0 and task.status in (RUNNING, COMPLETED, FAILED):
+        error = task.error if task.status == FAILED else None
+        attempts.append(
+            Attempt(
+                task.attempt,
+                task.status,
+                task.started_at,
+                task.completed_at,
+                task.claimed_by,
+                error,
+            )
+        )
+    return tuple(attempts)
+
+
+def summary_of(record: ExecutionRecord, context: Context | None = None) -> ExecutionResult:
+    """An execution without per-task detail (``list``)."""
+    return ExecutionResult(
+        execution_id=UUID(record.id),
+        workflow=record.workflow,
+        status=record.status,
+        context=context if context is not None else Context(),
+        error=record.error,
+        version=record.version,
+        created_at=record.created_at,
+        completed_at=record.completed_at,
+        key=record.key,
+        parent_id=UUID(record.parent_id) if record.parent_id else None,
+    )
+
+
+def result_of(snapshot: Snapshot, shape: Shape | None) -> ExecutionResult:
+    """The full result; before the execution finished, its context is what the finished
+    tasks produced so far (by the plan's final-context rule, when the shape is known)."""
+    if snapshot.final is not None:
+        context = codec.loads(snapshot.final)
+    elif shape is not None:
+        state = ExecutionState(
+            shape,
+            snapshot.execution.id,
+            [task.state() for task in snapshot.tasks],
+            snapshot.outputs,
+            snapshot.initial,
+        )
+        context = plan.final_context(state)
+    else:
+        context = codec.loads(snapshot.initial or "{}")
+    summary = summary_of(snapshot.execution, Context(context))
+    tasks = {
+        t.name: TaskResult(
+            status=t.status,
+            attempts=t.attempt,
+            error=t.error or (t.last_error if t.status != COMPLETED else None),
+            context=Context(codec.loads(snapshot.outputs[t.name]))
+            if t.name in snapshot.outputs
+            else None,
+            started_at=t.started_at,
+            completed_at=t.completed_at,
+            compensation=t.compensation,
+            history=_history(t, snapshot.attempts.get(t.name, ())),
+        )
+        for t in snapshot.tasks
+    }
+    return replace(summary, tasks=tasks)

@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import math
 import random
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from .exceptions import NonRetryable, WorkflowDefinitionError
 
 BACKOFFS = ("exponential", "fixed", "linear")
+# A bound on every delay and timeout: a larger one is a mistake, and an infinite or huge value
+# breaks later, far from its cause (an OverflowError computing a retry time, NaN in SQL).
+MAX_SECONDS = 365 * 24 * 3600
+
+
+def is_seconds(value: Any, *, zero_ok: bool) -> bool:
+    """Whether ``value`` is a finite number of seconds in range: > 0 (or >= 0), <= 365 days."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    # Comparisons are False for NaN, and exact for ints too large for a float.
+    return (value >= 0 if zero_ok else value > 0) and value <= MAX_SECONDS
+
+
+def shown(value: Any) -> str:
+    """A short form of a bad value for a message (repr fails on an int of 4,300+ digits)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an int of {value.bit_length()} bits"
+    return reprlib.repr(value)
 
 
 @dataclass(frozen=True)
@@ -34,8 +54,11 @@ class RetryPolicy:
             )
         for name in ("initial_delay", "max_delay"):
             value: Any = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise WorkflowDefinitionError(f"RetryPolicy.{name} must be a number >= 0")
+            if not is_seconds(value, zero_ok=True):
+                raise WorkflowDefinitionError(
+                    f"RetryPolicy.{name} must be a finite number of seconds >= 0 and at most "
+                    f"365 days ({MAX_SECONDS} s), not {shown(value)}"
+                )
         for name in ("retry_on", "give_up_on"):
             value = getattr(self, name)
             if isinstance(value, type):
@@ -51,7 +74,10 @@ class RetryPolicy:
         elif self.backoff == "linear":
             base = self.initial_delay * (n - 1)
         else:
-            base = self.initial_delay * 2 ** (n - 2)
+            try:
+                base = math.ldexp(self.initial_delay, n - 2)
+            except OverflowError:  # past 2**1023 every positive delay is over the cap anyway
+                base = self.max_delay
         base = min(base, self.max_delay)
         if self.jitter:
             base *= (rng or random).uniform(0.75, 1.25)

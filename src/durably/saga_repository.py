@@ -23,6 +23,7 @@ from typing import Any
 from uuid import UUID
 
 from . import codec
+from .backends import open_store
 from .context import SagaContext
 from .exceptions import SagaDefinitionNotFound, SagaExecutionNotFoundException
 from .saga import registered_saga
@@ -30,7 +31,7 @@ from .saga_execution import SagaExecution
 from .saga_outbox import OutboxEntry
 from .saga_records import SagaStatus, SagaStepRecord
 from .saga_threads import off_loop
-from .store import Row, Store, open_store, parse_timestamp, timestamp
+from .store import Row, Store, parse_timestamp, timestamp
 
 __all__ = ["SagaExecutionRepository", "SagaExecutionSummary"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -17,6 +18,8 @@ VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version "
     "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
 )
+# busy_timeout is a C int of milliseconds.
+MAX_TIMEOUT = 2**31 // 1000
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL", "extra": "EXTRA", "off": "OFF"}
 
 
@@ -67,27 +70,46 @@ class SQLiteStore(Store):
         self._queries = sql.queries(self.dialect)
         self._lock = threading.RLock()
         try:
+            seconds = float(timeout)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not 0 <= seconds <= MAX_TIMEOUT:
+            raise StoreError(
+                f"timeout must be a number of seconds from 0 to {MAX_TIMEOUT}, not {timeout!r}"
+            )
+        try:
             # isolation_level=None: we issue BEGIN ourselves, so every transaction is explicit.
             self._conn = sqlite3.connect(
                 path,
-                timeout=float(timeout),
+                timeout=seconds,
                 isolation_level=None,
                 check_same_thread=False,
                 cached_statements=256,
             )
-            self._conn.row_factory = sqlite3.Row
-            if path != ":memory:":
-                # WAL: readers never block the writer, and a commit appends to the log instead
-                # of rewriting pages.
-                self._conn.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL survives a killed process (a commit is in the log before it
-            # returns); FULL also fsyncs each commit, so it survives a power loss.
-            self._conn.execute(f"PRAGMA synchronous={sync}")
-            # Another process holding the write lock is a short wait, not an error.
-            self._conn.execute(f"PRAGMA busy_timeout={int(float(timeout) * 1000)}")
-            self._conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
             raise StoreConnectionError(f"cannot open SQLite database {path!r}: {exc}") from exc
+        try:
+            self._configure(sync, seconds)
+        except BaseException as exc:
+            # The caller never gets this store to close: its file descriptor would leak (and
+            # stay referenced from the traceback) until the garbage collector found it.
+            self._conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreConnectionError(f"cannot open SQLite database {path!r}: {exc}") from exc
+            raise
+
+    def _configure(self, sync: str, seconds: float) -> None:
+        self._conn.row_factory = sqlite3.Row
+        if self.path != ":memory:":
+            # WAL: readers never block the writer, and a commit appends to the log instead of
+            # rewriting pages.
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL survives a killed process (a commit is in the log before it returns);
+        # FULL also fsyncs each commit, so it survives a power loss.
+        self._conn.execute(f"PRAGMA synchronous={sync}")
+        # Another process holding the write lock is a short wait, not an error.
+        self._conn.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
+        self._conn.execute("PRAGMA foreign_keys=ON")
 
     @contextmanager
     def _begin(self, mode: str) -> Iterator[Tx]:

@@ -1,25 +1,18 @@
-"""The storage interface: a few execute verbs over named queries, and one way to open a store.
+"""The storage interface: a few execute verbs over named queries.
 
-The engine and the saga manager turn their domain operations into named queries (``sql/``);
-a store only executes them inside transactions. SQLite (``sqlite_store``) and PostgreSQL
-(``postgres_store``) implement it.
+The repositories turn domain operations into named queries (``sql/``); a store only executes
+them inside transactions. SQLite (``sqlite_store``) and PostgreSQL (``postgres_store``)
+implement it; :mod:`durably.backends` opens the one a URL names.
 """
 
 from __future__ import annotations
 
 import abc
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
-from urllib.parse import parse_qs, urlsplit
-
-from .exceptions import StoreError
-
-DEFAULT_URL = "sqlite:///durably.db"
-URL_ENV = "DURABLY_DATABASE_URL"
 
 Params = Mapping[str, Any]
 
@@ -105,10 +98,20 @@ class Store(abc.ABC):
         self.close()
 
 
+_last: tuple[float, str] = (0.0, "")
+
+
 def timestamp(at: float | None = None) -> str:
     """A stored time: ISO-8601 UTC with fixed microseconds, so text comparison orders it."""
-    moment = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
-    return moment.isoformat(timespec="microseconds")
+    global _last
+    if at is None:
+        return datetime.now(UTC).isoformat(timespec="microseconds")
+    seen, text = _last
+    if at != seen or not text:
+        # One transaction stamps many rows with the same time: format it once.
+        text = datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds")
+        _last = (at, text)
+    return text
 
 
 def parse_timestamp(value: Any) -> datetime | None:
@@ -116,56 +119,6 @@ def parse_timestamp(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return datetime.fromisoformat(str(value))
-
-
-def resolve_url(url: str | None) -> str:
-    """The URL given, else ``$DURABLY_DATABASE_URL``, else ``./durably.db``."""
-    return url or os.environ.get(URL_ENV) or DEFAULT_URL
-
-
-def open_store(url: str | None = None, *, migrate: bool = True, **options: Any) -> Store:
-    """Open (and, unless ``migrate=False``, migrate) the store a URL names:
-    ``sqlite:///path.db``, ``sqlite://:memory:``, ``postgresql://user@host/db``. Query
-    parameters and ``options`` tune it (``synchronous=full`` on SQLite, ``schema=tenant`` on
-    PostgreSQL)."""
-    url = resolve_url(url)
-    if not isinstance(url, str):
-        raise StoreError(f"database URL must be a string, not {type(url).__name__}")
-    parts = urlsplit(url)
-    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
-    merged = {**query, **{k: v for k, v in options.items() if v is not None}}
-    store: Store
-    if parts.scheme == "sqlite":
-        from .sqlite_store import SQLiteStore
-
-        if "schema" in merged:
-            raise StoreError("schema= selects a PostgreSQL schema; SQLite has none")
-
-        # sqlite:///rel.db and sqlite:////abs.db as SQLAlchemy spells them; sqlite://:memory:.
-        path = ":memory:" if parts.netloc == ":memory:" else parts.path.removeprefix("/")
-        if not path:
-            raise StoreError(f"database URL {url!r} names no file: use sqlite:///path.db")
-        try:
-            store = SQLiteStore(path, **merged)
-        except TypeError as exc:
-            raise StoreError(f"unknown SQLite option in {url!r}: {exc}") from exc
-    elif parts.scheme in ("postgresql", "postgres"):
-        from .postgres_store import PostgresStore
-
-        store = PostgresStore(url.split("?", 1)[0], **merged)
-    else:
-        raise StoreError(
-            f"unsupported database URL {url!r}: use sqlite:///path.db, sqlite://:memory: "
-            "or postgresql://user@host/dbname"
-        )
-    if not migrate:
-        return store
-    try:
-        store.migrate()
-    except BaseException:
-        store.close()
-        raise
-    return store
 
 
 def iter_statements(script: str) -> Iterator[str]:

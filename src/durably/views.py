@@ -129,6 +129,11 @@ def task_table(result: ExecutionResult, *, live: bool = False) -> RenderableType
         if not live:
             row.append(styled(task.compensation) if task.compensation else "")
         table.add_row(*row)
+        earlier = [a for a in task.history if a.error and a.error != task.error]
+        for attempt in earlier:  # an earlier attempt's error stays visible after a success
+            errors.append(
+                f"  {name} attempt {attempt.number} ({attempt.status}): {attempt.error}\n"
+            )
         if task.error:
             errors.append(f"  {name} ({task.status}): {task.error}\n")
     errors.rstrip()

@@ -6,6 +6,7 @@ import difflib
 import hashlib
 import inspect
 import threading
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import CodeType
@@ -13,7 +14,7 @@ from typing import Any
 
 from .exceptions import WorkflowDefinitionError
 from .merge import STRATEGIES, MergeFn
-from .retry import NO_RETRY, RetryPolicy
+from .retry import MAX_SECONDS, NO_RETRY, RetryPolicy, is_seconds, shown
 from .triggers import TriggerRule, as_rule
 
 TaskFn = Callable[..., Any]
@@ -40,7 +41,10 @@ class Task:
 
 
 def _wants_handle(fn: Callable[..., Any], what: str) -> bool:
-    """Whether ``fn`` takes ``(ctx, handle)`` rather than ``(ctx)``."""
+    """Whether ``fn`` takes ``(ctx, handle)`` rather than ``(ctx)``.
+
+    A second positional parameter with a default is a closure variable bound in a loop
+    (``def step(ctx, i=i)``), not a handle, unless its annotation says ``TaskHandle``."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
@@ -51,7 +55,22 @@ def _wants_handle(fn: Callable[..., Any], what: str) -> bool:
     keyword_only = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
     if len(required) > 2 or keyword_only or (not positional and not varargs):
         raise WorkflowDefinitionError(f"{what} must take (ctx) or (ctx, handle)")
-    return len(positional) >= 2 or varargs
+    if len(positional) >= 2:
+        second = positional[1]
+        return second.default is second.empty or _names_task_handle(second.annotation)
+    return varargs
+
+
+def _names_task_handle(annotation: Any) -> bool:
+    """Whether an annotation is ``TaskHandle``, ``TaskHandle | None`` or such; a string one
+    (``from __future__ import annotations``) is compared by name, never evaluated."""
+    if isinstance(annotation, str):
+        parts = annotation.replace("Optional[", "|").replace("]", "|").split("|")
+        return any(part.strip().strip("'\"").rpartition(".")[2] == "TaskHandle" for part in parts)
+    # By name too: the executor, which defines TaskHandle, imports this module.
+    if getattr(annotation, "__name__", None) == "TaskHandle":
+        return True
+    return any(_names_task_handle(arg) for arg in typing.get_args(annotation))
 
 
 def _code_digest(code: CodeType, h: Any) -> None:
@@ -111,10 +130,11 @@ class Workflow:
             raise WorkflowDefinitionError(f"dependencies list a task twice: {list(deps)}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise WorkflowDefinitionError("retry must be a RetryPolicy")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-        ):
-            raise WorkflowDefinitionError("timeout must be a number of seconds > 0")
+        if timeout is not None and not is_seconds(timeout, zero_ok=False):
+            raise WorkflowDefinitionError(
+                f"timeout must be a finite number of seconds > 0 and at most 365 days "
+                f"({MAX_SECONDS} s), not {shown(timeout)}"
+            )
         rule = as_rule(trigger)
         strategy = "latest_wins" if merge is None else merge
         if not callable(strategy) and strategy not in STRATEGIES:

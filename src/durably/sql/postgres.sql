@@ -30,7 +30,7 @@ RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration;
 
 -- name: get_task_states
 -- The named tasks of an execution (a JSON array of names): one query, however many.
-SELECT id, task_name, status, attempt, retry_at, claimed_by, error_details, compensation_status
+SELECT *
 FROM task_executions
 WHERE pipeline_execution_id = :id
   AND task_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb)));
@@ -40,3 +40,26 @@ SELECT m.task_name, c.value
 FROM task_execution_metadata m JOIN contexts c ON c.id = m.context_id
 WHERE m.pipeline_execution_id = :id
   AND m.task_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb)));
+
+-- name: heartbeat_executions
+UPDATE pipeline_executions SET heartbeat_at = :now
+WHERE claimed_by = :worker
+  AND id IN (SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:ids AS jsonb)));
+
+-- name: heartbeat_tasks
+UPDATE task_executions SET heartbeat_at = :now
+WHERE claimed_by = :worker AND status = 'running'
+  AND (id IN (SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:ids AS jsonb)))
+       OR pipeline_execution_id IN (
+           SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:executions AS jsonb))
+       ));
+
+-- name: archive_attempt
+INSERT INTO task_attempts (
+    id, task_execution_id, pipeline_execution_id, task_name, number, status, started_at,
+    finished_at, worker, error
+)
+SELECT CAST(:attempt_id AS uuid), id, pipeline_execution_id, task_name, attempt, status,
+       started_at, COALESCE(completed_at, CAST(:now AS timestamptz)), claimed_by, error_details
+FROM task_executions
+WHERE id = :id AND attempt > 0 AND status IN ('completed', 'failed');

@@ -8,13 +8,18 @@ INSERT INTO contexts (id, value, created_at, updated_at) VALUES (:id, :value, :n
 SELECT value FROM contexts WHERE id = :id;
 
 -- name: insert_execution
+-- A second start with the same workflow name and idempotency key inserts nothing.
 INSERT INTO pipeline_executions (
     id, pipeline_name, pipeline_version, status, context_id, started_at, claimed_by,
-    heartbeat_at, parent_execution_id, created_at, updated_at
+    heartbeat_at, parent_execution_id, idempotency_key, created_at, updated_at
 ) VALUES (
     :id, :name, :version, :status, :context_id, :now, :claimed_by,
-    :now, :parent_id, :now, :now
-);
+    :now, :parent_id, :key, :now, :now
+)
+ON CONFLICT (pipeline_name, idempotency_key) DO NOTHING;
+
+-- name: find_execution_by_key
+SELECT * FROM pipeline_executions WHERE pipeline_name = :name AND idempotency_key = :key;
 
 -- name: insert_task
 INSERT INTO task_executions (
@@ -64,9 +69,10 @@ WHERE id = :id AND status IN ('not_started', 'ready');
 
 -- name: complete_task
 -- Conditional on still holding the claim for this attempt: a zombie's output is discarded.
+-- claimed_by stays: once the task is finished it names who ran its last attempt (the task
+-- row is that attempt's history entry; task_attempts keeps the attempts before it).
 UPDATE task_executions
-SET status = 'completed', completed_at = :now, claimed_by = NULL, error_details = NULL,
-    updated_at = :now
+SET status = 'completed', completed_at = :now, error_details = NULL, updated_at = :now
 WHERE id = :id AND status = 'running' AND claimed_by = :worker AND attempt = :attempt;
 
 -- name: save_output
@@ -80,7 +86,7 @@ SET task_execution_id = excluded.task_execution_id, context_id = excluded.contex
 -- name: fail_task
 UPDATE task_executions
 SET status = 'failed', completed_at = :now, error_details = :error, last_error = :error,
-    claimed_by = NULL, updated_at = :now
+    updated_at = :now
 WHERE id = :id AND status = 'running' AND claimed_by = :worker AND attempt = :attempt;
 
 -- name: retry_task_later
@@ -120,11 +126,18 @@ UPDATE pipeline_executions SET claimed_by = NULL, updated_at = :now
 WHERE id = :id AND claimed_by = :worker;
 
 -- name: heartbeat_executions
-UPDATE pipeline_executions SET heartbeat_at = :now WHERE claimed_by = :worker;
+-- Only the claims this process is still driving (a JSON array of ids): a claim orphaned by
+-- an error goes stale, so another process can take it over.
+UPDATE pipeline_executions SET heartbeat_at = :now
+WHERE claimed_by = :worker AND id IN (SELECT value FROM json_each(:ids));
 
 -- name: heartbeat_tasks
+-- The tasks held one by one (a worker's), and every task of a held execution that this
+-- process runs (the in-process runner's, which then needs no bookkeeping per task).
 UPDATE task_executions SET heartbeat_at = :now
-WHERE claimed_by = :worker AND status = 'running';
+WHERE claimed_by = :worker AND status = 'running'
+  AND (id IN (SELECT value FROM json_each(:ids))
+       OR pipeline_execution_id IN (SELECT value FROM json_each(:executions)));
 
 -- name: heartbeat_task
 UPDATE task_executions SET heartbeat_at = :now
@@ -155,14 +168,26 @@ SET status = 'skipped', completed_at = :now, error_details = 'cancelled', claime
     updated_at = :now
 WHERE pipeline_execution_id = :id AND status IN ('not_started', 'ready');
 
+-- name: archive_attempt
+-- retry() is about to reset a task: its last attempt, so far told by the task row itself,
+-- moves to task_attempts (PostgreSQL casts the id).
+INSERT INTO task_attempts (
+    id, task_execution_id, pipeline_execution_id, task_name, number, status, started_at,
+    finished_at, worker, error
+)
+SELECT :attempt_id, id, pipeline_execution_id, task_name, attempt, status, started_at,
+       COALESCE(completed_at, :now), claimed_by, error_details
+FROM task_executions
+WHERE id = :id AND attempt > 0 AND status IN ('completed', 'failed');
+
 -- name: reset_task
--- retry(): a task runs again with a fresh attempt budget (failed, skipped, abandoned, or
--- completed and then compensated, or after one of those).
+-- retry(): a task runs again with a fresh attempt budget (failed, skipped, upstream_failed,
+-- abandoned, or completed and then compensated, or after one of those).
 UPDATE task_executions
 SET status = 'not_started', attempt = 0, retry_at = NULL, error_details = NULL,
     completed_at = NULL, claimed_by = NULL, compensation_status = NULL,
     compensation_error = NULL, updated_at = :now
-WHERE id = :id AND status IN ('failed', 'skipped', 'abandoned', 'completed');
+WHERE id = :id AND status IN ('failed', 'skipped', 'upstream_failed', 'abandoned', 'completed');
 
 -- name: delete_output
 DELETE FROM task_execution_metadata WHERE pipeline_execution_id = :id AND task_name = :name;
@@ -174,10 +199,12 @@ SET status = :status, completed_at = NULL, error_details = NULL, final_context_i
 WHERE id = :id AND status IN ('failed', 'cancelled');
 
 -- name: stale_claims
--- Running tasks whose claim has not beaten since the cutoff (the sweeper's work list).
-SELECT t.id, t.pipeline_execution_id, t.task_name, t.claimed_by, t.recovery_attempts
+-- Running tasks whose claim has not beaten since the cutoff (the sweeper's work list); never
+-- the sweeper's own: a worker does not take over from itself after an outage.
+SELECT t.id, t.pipeline_execution_id, t.task_name, t.claimed_by, t.attempt,
+       t.recovery_attempts, t.started_at
 FROM task_executions t
-WHERE t.status = 'running' AND t.heartbeat_at < :cutoff;
+WHERE t.status = 'running' AND t.heartbeat_at < :cutoff AND t.claimed_by <> :worker;
 
 -- name: orphaned_executions
 -- Executions with no live driver: workers finish or compensate them.
@@ -201,7 +228,8 @@ SELECT id FROM pipeline_executions WHERE id = :id;
 -- name: stale_executions
 -- Executions whose in-process driver stopped beating: a worker takes them over.
 SELECT id, claimed_by FROM pipeline_executions
-WHERE status = 'running' AND claimed_by IS NOT NULL AND heartbeat_at < :cutoff;
+WHERE status = 'running' AND claimed_by IS NOT NULL AND heartbeat_at < :cutoff
+  AND claimed_by <> :worker;
 
 -- name: hand_to_workers
 UPDATE pipeline_executions
@@ -228,7 +256,8 @@ RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration;
 
 -- name: worker_claims
 -- The worker-path tasks a worker holds: any it is not running lost their claim's owner.
-SELECT t.id, t.pipeline_execution_id, t.task_name, t.claimed_by, t.recovery_attempts
+SELECT t.id, t.pipeline_execution_id, t.task_name, t.claimed_by, t.attempt,
+       t.recovery_attempts, t.started_at
 FROM task_executions t JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
 WHERE t.claimed_by = :worker AND t.status = 'running' AND p.claimed_by IS NULL;
 
@@ -239,7 +268,7 @@ WHERE pipeline_execution_id = :id AND status IN ('not_started', 'ready', 'runnin
 -- name: get_task_states
 -- The named tasks of an execution (a JSON array of names): one query, however many.
 -- json_each is SQLite; PostgreSQL overrides with jsonb_array_elements_text.
-SELECT id, task_name, status, attempt, retry_at, claimed_by, error_details, compensation_status
+SELECT *
 FROM task_executions
 WHERE pipeline_execution_id = :id AND task_name IN (SELECT value FROM json_each(:names));
 
@@ -247,3 +276,18 @@ WHERE pipeline_execution_id = :id AND task_name IN (SELECT value FROM json_each(
 SELECT m.task_name, c.value
 FROM task_execution_metadata m JOIN contexts c ON c.id = m.context_id
 WHERE m.pipeline_execution_id = :id AND m.task_name IN (SELECT value FROM json_each(:names));
+
+-- name: insert_attempt
+-- An attempt that a later one supersedes (failed and retried, or lost), kept for the task's
+-- history; the task row itself tells its current attempt.
+INSERT INTO task_attempts (
+    id, task_execution_id, pipeline_execution_id, task_name, number, status, started_at,
+    finished_at, worker, error
+) VALUES (
+    :id, :task_id, :execution_id, :name, :attempt, :status, :started_at, :now, :worker, :error
+);
+
+-- name: get_attempts
+SELECT task_name, number, status, started_at, finished_at, worker, error
+FROM task_attempts WHERE pipeline_execution_id = :id
+ORDER BY finished_at, number;

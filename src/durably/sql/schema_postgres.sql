@@ -26,9 +26,11 @@ CREATE TABLE pipeline_executions (
     heartbeat_at TIMESTAMPTZ,
     parent_execution_id UUID,
     created_at TIMESTAMPTZ NOT NULL,
-    updated_at TIMESTAMPTZ NOT NULL
+    updated_at TIMESTAMPTZ NOT NULL,
+    idempotency_key TEXT
 );
 CREATE INDEX pipeline_executions_status ON pipeline_executions (status, created_at);
+CREATE UNIQUE INDEX pipeline_executions_key ON pipeline_executions (pipeline_name, idempotency_key);
 
 CREATE TABLE task_executions (
     id UUID PRIMARY KEY,
@@ -68,6 +70,21 @@ CREATE TABLE task_execution_metadata (
     updated_at TIMESTAMPTZ NOT NULL,
     UNIQUE (pipeline_execution_id, task_name)
 );
+
+CREATE TABLE task_attempts (
+    id UUID PRIMARY KEY,
+    task_execution_id UUID NOT NULL REFERENCES task_executions (id) ON DELETE CASCADE,
+    pipeline_execution_id UUID NOT NULL REFERENCES pipeline_executions (id) ON DELETE CASCADE,
+    task_name TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    started_at TIMESTAMPTZ,
+    finished_at TIMESTAMPTZ NOT NULL,
+    worker TEXT,
+    error TEXT,
+    logs TEXT
+);
+CREATE INDEX task_attempts_execution ON task_attempts (pipeline_execution_id, finished_at);
 
 CREATE TABLE saga_executions (
     id UUID PRIMARY KEY,

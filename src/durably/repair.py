@@ -1,0 +1,87 @@
+"""Repairing executions: taking over a stale one (``resume``), reopening a failed one
+(``retry``), and forking one from a task (``fork``). The re-run rules are the plan's; this
+module writes them through the repository inside the caller's transaction."""
+
+from __future__ import annotations
+
+from . import codec, plan
+from .exceptions import ExecutionStateError, WorkflowDefinitionError
+from .records import ExecutionRecord, StaleClaim, epoch
+from .runner import Runner
+from .runtime import Runtime
+from .state import ExecutionState
+from .statuses import CANCELLED, FAILED, RUNNING
+from .store import Tx
+
+
+def take_over(rt: Runtime, tx: Tx, record: ExecutionRecord) -> None:
+    """Claim an unfinished execution for this process, and take back the task claims whose
+    owner is gone or stale (a live owner's are followed, not taken)."""
+    owner = record.claimed_by
+    # Our own claim with no run of ours behind it was left by a driver that stopped.
+    if owner != rt.worker_id and not rt.is_stale(owner, epoch(record.heartbeat_at)):
+        raise ExecutionStateError(
+            f"execution {record.id} is being run by live process {owner}; it can be "
+            f"resumed once that process exits or its lease ({rt.lease:g}s) expires"
+        )
+    now = rt.now()
+    if not rt.repo.claim_execution(tx, record.id, rt.worker_id, owner, now):
+        raise ExecutionStateError(f"execution {record.id} was taken over by another process")
+    for task in rt.repo.tasks(tx, record.id):
+        if task.status == RUNNING and rt.is_stale(task.claimed_by, epoch(task.heartbeat_at)):
+            rt.recover(tx, StaleClaim.of(record.id, task), now)
+
+
+def reopen(rt: Runtime, tx: Tx, record: ExecutionRecord) -> None:
+    """``retry``: reset the tasks the plan re-runs (failed, not run, or compensated, and all
+    after them) and reopen the execution; completed work is kept."""
+    if record.status not in (FAILED, CANCELLED):
+        raise ExecutionStateError(
+            f"execution {record.id} is {record.status}: only failed or cancelled "
+            "executions can be retried"
+        )
+    wf = rt.workflow(record.workflow, record.version)
+    now = rt.now()
+    tasks = {task.name: task for task in rt.repo.tasks(tx, record.id)}
+    for name in plan.to_rerun(wf, {n: t.state() for n, t in tasks.items()}):
+        rt.repo.reset_task(tx, tasks[name].id, now)
+        rt.repo.delete_output(tx, record.id, name)
+    rt.repo.reopen_execution(tx, record.id, now)
+
+
+def fork(rt: Runtime, tx: Tx, record: ExecutionRecord, from_task: str, patch: str | None) -> Runner:
+    """A new execution reusing the outputs the plan allows (none of a compensated task),
+    with ``patch`` (codec text) on top of ``from_task``'s input; returns its runner."""
+    wf = rt.workflow(record.workflow, record.version)
+    if from_task not in wf.tasks:
+        raise WorkflowDefinitionError(f"workflow {wf.name!r} has no task {from_task!r}")
+    tasks = {task.name: task for task in rt.repo.tasks(tx, record.id)}
+    saved = rt.repo.output_context_ids(tx, record.id)
+    keep = plan.reusable(wf, {n: t.state() for n, t in tasks.items()}, from_task)
+    reused = {name: tasks[name] for name in keep if name in saved}
+    now = rt.now()
+    created = rt.repo.create_execution(
+        tx,
+        wf,
+        now,
+        initial=None,
+        claimed_by=rt.worker_id,
+        context_id=record.context_id,
+        parent_id=record.id,
+        reused=reused,
+        patches={from_task: patch} if patch else None,
+    )
+    assert created is not None  # no key: nothing to conflict with
+    new_id, states = created
+    ids = {state.name: state.id for state in states}
+    for name in reused:
+        rt.repo.link_output(tx, new_id, ids[name], name, saved[name], now)
+    state = ExecutionState(
+        wf,
+        new_id,
+        states,
+        rt.repo.outputs(tx, new_id) if reused else {},
+        rt.repo.context(tx, record.context_id),
+        {from_task: codec.loads(patch)} if patch else None,
+    )
+    return Runner(rt, wf, state)

@@ -1,0 +1,23 @@
+"""The workflow repository: the one place that knows the query names (``sql/queries.sql``).
+
+Everything above it (runtime, runner, worker, engine, CLI views) speaks in domain terms —
+create an execution, start a task, record an attempt — and gets typed records back
+(:mod:`durably.records`). Every method runs inside the caller's transaction, so the caller
+decides what commits together. Times come in as epoch seconds from the engine's clock.
+
+Split by aggregate: :mod:`.contexts` (contexts and outputs), :mod:`.tasks` (task states,
+attempts, claims), :mod:`.executions` (executions and whole-execution reads).
+"""
+
+from __future__ import annotations
+
+from .executions import Executions
+from .rows import new_id
+
+
+class Repository(Executions):
+    """Named queries in, typed records out. Holds one cache: each workflow version's task-row
+    template, built once (it is the same for every execution)."""
+
+
+__all__ = ["Repository", "new_id"]

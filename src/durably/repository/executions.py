@@ -1,0 +1,221 @@
+"""Executions: creating one with its task rows, claiming and releasing it, finishing,
+cancelling and reopening it, the sweeper's lists, and reading a whole execution."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ..records import ExecutionRecord, Snapshot, TaskRecord
+from ..state import TaskState
+from ..statuses import COMPLETED, NOT_STARTED, READY
+from ..store import Tx, timestamp
+from ..workflow import Workflow
+from .rows import execution_of, new_id, stored
+from .tasks import Tasks
+
+
+class Executions(Tasks):
+    def __init__(self) -> None:
+        self._templates: dict[tuple[str, str], list[dict[str, Any]]] = {}
+
+    def template(self, wf: Workflow) -> list[dict[str, Any]]:
+        key = (wf.name, wf.version)
+        rows = self._templates.get(key)
+        if rows is None:
+            rows = [
+                {
+                    "name": task.name,
+                    "position": task.position,
+                    "max_attempts": task.retry.max_attempts,
+                    "trigger_rules": json.dumps(task.trigger.to_json()),
+                    "configuration": json.dumps(
+                        {
+                            "dependencies": list(task.dependencies),
+                            "retry": task.retry.to_json(),
+                            "timeout": task.timeout,
+                            "merge": task.merge if isinstance(task.merge, str) else "callable",
+                            "compensate": task.compensate is not None,
+                        }
+                    ),
+                }
+                for task in wf.tasks.values()
+            ]
+            self._templates[key] = rows
+        return rows
+
+    def create_execution(
+        self,
+        tx: Tx,
+        wf: Workflow,
+        now: float,
+        *,
+        initial: str | None,
+        claimed_by: str | None,
+        key: str | None = None,
+        context_id: str | None = None,
+        parent_id: str | None = None,
+        reused: Mapping[str, TaskRecord] | None = None,
+        patches: Mapping[str, str] | None = None,
+    ) -> tuple[str, list[TaskState]] | None:
+        """Insert an execution and its task rows; return its id and its tasks' states, or
+        None when an execution of that workflow with that key exists already (then the
+        caller must roll back: only the initial context was inserted).
+
+        ``reused`` tasks (a fork's) start completed; ``patches`` (codec text) are stored in
+        their task's configuration."""
+        stamp = timestamp(now)
+        execution_id = new_id()
+        if context_id is None:
+            context_id = self.insert_context(tx, initial or "{}", now)
+        inserted = tx.execute(
+            "insert_execution",
+            {
+                "id": execution_id,
+                "name": wf.name,
+                "version": wf.version,
+                "status": "running",
+                "context_id": context_id,
+                "claimed_by": claimed_by,
+                "parent_id": parent_id,
+                "key": key,
+                "now": stamp,
+            },
+        )
+        if not inserted:
+            return None
+        reused = reused or {}
+        rows = []
+        for template in self.template(wf):
+            name = template["name"]
+            old = reused.get(name)
+            configuration = template["configuration"]
+            if patches and name in patches:
+                configuration = json.dumps(
+                    {**json.loads(configuration), "context_patch": patches[name]}
+                )
+            rows.append(
+                {
+                    **template,
+                    "id": new_id(),
+                    "execution_id": execution_id,
+                    "status": COMPLETED
+                    if old
+                    else (READY if not wf.tasks[name].dependencies else NOT_STARTED),
+                    "attempt": old.attempt if old else 0,
+                    "claimed_by": None,
+                    "heartbeat_at": None,
+                    "started_at": stored(old.started_at) if old else None,
+                    "completed_at": stored(old.completed_at) if old else None,
+                    "configuration": configuration,
+                    "now": stamp,
+                }
+            )
+        tx.execute_many("insert_task", rows)
+        states = [TaskState(r["id"], r["name"], r["status"], r["attempt"]) for r in rows]
+        return execution_id, states
+
+    def execution(self, tx: Tx, execution_id: str) -> ExecutionRecord | None:
+        row = tx.fetch_one("get_execution", {"id": execution_id})
+        return execution_of(row) if row is not None else None
+
+    def execution_by_key(self, tx: Tx, workflow: str, key: str) -> ExecutionRecord | None:
+        row = tx.fetch_one("find_execution_by_key", {"name": workflow, "key": key})
+        return execution_of(row) if row is not None else None
+
+    def list_executions(
+        self, tx: Tx, status: str | None, workflow: str | None, limit: int
+    ) -> list[ExecutionRecord]:
+        rows = tx.fetch_all(
+            "list_executions", {"status": status, "workflow": workflow, "limit": limit}
+        )
+        return [execution_of(row) for row in rows]
+
+    def lock_execution(self, tx: Tx, execution_id: str) -> None:
+        tx.fetch_one("lock_execution", {"id": execution_id})
+
+    def claim_execution(
+        self, tx: Tx, execution_id: str, worker: str, previous: str | None, now: float
+    ) -> bool:
+        """Compare-and-swap the execution's driver from ``previous`` (None: nobody) to us."""
+        return bool(
+            tx.execute(
+                "claim_execution",
+                {
+                    "id": execution_id,
+                    "worker": worker,
+                    "previous": previous or "",
+                    "recovered": 1 if previous else 0,
+                    "now": timestamp(now),
+                },
+            )
+        )
+
+    def release_execution(self, tx: Tx, execution_id: str, worker: str, now: float) -> None:
+        params = {"id": execution_id, "worker": worker, "now": timestamp(now)}
+        tx.execute("release_execution", params)
+
+    def hand_to_workers(self, tx: Tx, execution_id: str, previous: str, now: float) -> bool:
+        params = {"id": execution_id, "previous": previous, "now": timestamp(now)}
+        return bool(tx.execute("hand_to_workers", params))
+
+    def finish_execution(
+        self, tx: Tx, execution_id: str, status: str, final: str, error: str | None, now: float
+    ) -> None:
+        context_id = self.insert_context(tx, final, now)
+        tx.execute(
+            "finish_execution",
+            {
+                "id": execution_id,
+                "status": status,
+                "context_id": context_id,
+                "error": error,
+                "now": timestamp(now),
+            },
+        )
+
+    def cancel_execution(self, tx: Tx, execution_id: str, now: float) -> None:
+        params = {"id": execution_id, "now": timestamp(now), "error": "cancelled"}
+        tx.execute("cancel_execution", params)
+        tx.execute("cancel_tasks", params)
+
+    def reopen_execution(self, tx: Tx, execution_id: str, now: float) -> None:
+        params = {"id": execution_id, "status": "running", "now": timestamp(now)}
+        tx.execute("reopen_execution", params)
+
+    def stale_executions(self, tx: Tx, cutoff: float, worker: str) -> list[tuple[str, str]]:
+        rows = tx.fetch_all("stale_executions", {"cutoff": timestamp(cutoff), "worker": worker})
+        return [(str(row["id"]), row["claimed_by"]) for row in rows]
+
+    def orphaned_executions(self, tx: Tx, cutoff: float) -> list[str]:
+        rows = tx.fetch_all("orphaned_executions", {"cutoff": timestamp(cutoff)})
+        return [str(row["id"]) for row in rows]
+
+    def unfinished_tasks(self, tx: Tx, execution_id: str) -> int:
+        row = tx.fetch_one("count_unfinished", {"id": execution_id})
+        return int(row["unfinished"]) if row is not None else 0
+
+    def notify_work(self, tx: Tx) -> None:
+        tx.execute("notify_work", {})
+
+    def snapshot(self, tx: Tx, execution_id: str, *, initial: bool = True) -> Snapshot | None:
+        """Everything stored about an execution; the initial context only when asked or
+        when there is no final context yet (a result needs one of them)."""
+        execution = self.execution(tx, execution_id)
+        if execution is None:
+            return None
+        final = None
+        if execution.final_context_id is not None:
+            final = self.context(tx, execution.final_context_id)
+        first = None
+        if initial or final is None:
+            first = self.context(tx, execution.context_id) or "{}"
+        return Snapshot(
+            execution=execution,
+            tasks=self.tasks(tx, execution_id),
+            outputs=self.outputs(tx, execution_id),
+            initial=first,
+            final=final,
+            attempts=self.attempts(tx, execution_id),
+        )

@@ -1,0 +1,176 @@
+"""Tasks: their states, the fenced transitions of their attempts, claims and heartbeats,
+and the attempt history."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+from ..records import AttemptRecord, AttemptRef, Claim, StaleClaim, TaskRecord
+from ..statuses import ABANDONED, READY
+from ..store import Tx, parse_timestamp, timestamp
+from .contexts import Contexts
+from .rows import configuration_of, new_id, stale_of, task_of
+
+
+class Tasks(Contexts):
+    def tasks(
+        self, tx: Tx, execution_id: str, names: Sequence[str] | None = None
+    ) -> list[TaskRecord]:
+        """The execution's tasks in declaration order, or only those named."""
+        if names is None:
+            rows = tx.fetch_all("get_tasks", {"id": execution_id})
+        else:
+            params = {"id": execution_id, "names": json.dumps(list(names))}
+            rows = tx.fetch_all("get_task_states", params)
+        return [task_of(row) for row in rows]
+
+    def start_task(self, tx: Tx, task_id: str, worker: str, now: float) -> bool:
+        params = {"id": task_id, "worker": worker, "now": timestamp(now)}
+        return bool(tx.execute("start_task", params))
+
+    def complete_task(self, tx: Tx, ref: AttemptRef, value: str, now: float) -> bool:
+        """Mark the attempt completed and save its output, only if ``ref.worker`` still holds
+        the claim for that attempt (a zombie's output is discarded: False)."""
+        if not tx.execute("complete_task", _fence(ref, now)):
+            return False
+        context_id = self.insert_context(tx, value, now)
+        self.link_output(tx, ref.execution_id, ref.task_id, ref.name, context_id, now)
+        return True
+
+    def fail_task(
+        self, tx: Tx, ref: AttemptRef, error: str, now: float, retry_at: float | None = None
+    ) -> bool:
+        """The attempt failed: the task fails, or (``retry_at``) waits for its next attempt.
+        Fenced on the claim like :meth:`complete_task`."""
+        params = {**_fence(ref, now), "error": error}
+        if retry_at is None:
+            return bool(tx.execute("fail_task", params))
+        if not tx.execute("retry_task_later", {**params, "retry_at": timestamp(retry_at)}):
+            return False
+        self._attempt(tx, ref, "failed", error, now)  # superseded by the next attempt
+        return True
+
+    def _attempt(self, tx: Tx, ref: AttemptRef, status: str, error: str | None, now: float) -> None:
+        started = timestamp(ref.started_at) if ref.started_at is not None else None
+        tx.execute(
+            "insert_attempt",
+            {
+                "id": new_id(),
+                "task_id": ref.task_id,
+                "execution_id": ref.execution_id,
+                "name": ref.name,
+                "attempt": ref.number,
+                "status": status,
+                "worker": ref.worker,
+                "error": error,
+                "started_at": started,
+                "now": timestamp(now),
+            },
+        )
+
+    def settle_task(
+        self, tx: Tx, task_id: str, status: str, reason: str | None, now: float
+    ) -> None:
+        """Finish a task that did not run (skipped, upstream_failed, failed building its
+        input)."""
+        params = {"id": task_id, "status": status, "error": reason, "now": timestamp(now)}
+        tx.execute("settle_unstarted_task", params)
+
+    def mark_ready(self, tx: Tx, task_id: str, now: float) -> None:
+        tx.execute("mark_ready", {"id": task_id, "now": timestamp(now)})
+
+    def recover_task(self, tx: Tx, claim: StaleClaim, abandon: bool, now: float) -> bool:
+        """Take a lost claim back: the task is ready again, or abandoned past the recovery
+        cap; the lost attempt is kept in the history. False when the claim moved meanwhile."""
+        error = (
+            f"abandoned after {claim.recovery_attempts + 1} recoveries of lost claims"
+            if abandon
+            else None
+        )
+        changed = tx.execute(
+            "recover_task",
+            {
+                "id": claim.task_id,
+                "previous": claim.claimed_by,
+                "status": ABANDONED if abandon else READY,
+                "error": error,
+                "now": timestamp(now),
+            },
+        )
+        if changed:
+            lost = f"claim of {claim.claimed_by} lost (no heartbeat within the lease)"
+            self._attempt(tx, claim.ref(), "lost", lost, now)
+        return bool(changed)
+
+    def set_compensation(
+        self, tx: Tx, task_id: str, status: str, error: str | None, now: float
+    ) -> None:
+        params = {"id": task_id, "status": status, "error": error, "now": timestamp(now)}
+        tx.execute("set_compensation", params)
+
+    def reset_task(self, tx: Tx, task_id: str, now: float) -> None:
+        """``retry``: keep the task's last attempt in the history, then reset it."""
+        params = {"id": task_id, "now": timestamp(now)}
+        tx.execute("archive_attempt", {**params, "attempt_id": new_id()})
+        tx.execute("reset_task", params)
+
+    def claim_tasks(
+        self, tx: Tx, worker: str, versions: Iterable[tuple[str, str]], limit: int, now: float
+    ) -> list[Claim]:
+        names = json.dumps([f"{name}@{version}" for name, version in versions])
+        params = {"worker": worker, "now": timestamp(now), "names": names, "limit": limit}
+        return [
+            Claim(
+                task_id=str(row["id"]),
+                execution_id=str(row["pipeline_execution_id"]),
+                name=row["task_name"],
+                attempt=row["attempt"],
+                configuration=configuration_of(row["task_configuration"]),
+            )
+            for row in tx.fetch_all("claim_tasks", params)
+        ]
+
+    def stale_claims(self, tx: Tx, cutoff: float, worker: str) -> list[StaleClaim]:
+        params = {"cutoff": timestamp(cutoff), "worker": worker}
+        return [stale_of(row) for row in tx.fetch_all("stale_claims", params)]
+
+    def worker_claims(self, tx: Tx, worker: str) -> list[StaleClaim]:
+        return [stale_of(row) for row in tx.fetch_all("worker_claims", {"worker": worker})]
+
+    def heartbeat(
+        self, tx: Tx, worker: str, executions: Sequence[str], tasks: Sequence[str], now: float
+    ) -> None:
+        """Refresh the claims of the held executions, their running tasks, and the tasks
+        held one by one (all claimed by ``worker``)."""
+        stamp = timestamp(now)
+        held = json.dumps(list(executions))
+        if executions:
+            params = {"worker": worker, "ids": held, "now": stamp}
+            tx.execute("heartbeat_executions", params)
+        if executions or tasks:
+            params = {"worker": worker, "ids": json.dumps(list(tasks)), "executions": held}
+            tx.execute("heartbeat_tasks", {**params, "now": stamp})
+
+    def heartbeat_task(self, tx: Tx, task_id: str, worker: str, now: float) -> None:
+        tx.execute("heartbeat_task", {"id": task_id, "worker": worker, "now": timestamp(now)})
+
+    def attempts(self, tx: Tx, execution_id: str) -> dict[str, list[AttemptRecord]]:
+        found: dict[str, list[AttemptRecord]] = {}
+        for row in tx.fetch_all("get_attempts", {"id": execution_id}):
+            found.setdefault(row["task_name"], []).append(
+                AttemptRecord(
+                    task=row["task_name"],
+                    number=row["number"],
+                    status=row["status"],
+                    started_at=parse_timestamp(row["started_at"]),
+                    finished_at=parse_timestamp(row["finished_at"]),
+                    worker=row["worker"],
+                    error=row["error"],
+                )
+            )
+        return found
+
+
+def _fence(ref: AttemptRef, now: float) -> dict[str, object]:
+    return {"id": ref.task_id, "worker": ref.worker, "attempt": ref.number, "now": timestamp(now)}

@@ -1,0 +1,321 @@
+"""What the in-process runner and the workers share: the store, the repository, the executor,
+the clock, the worker id, the lease, the heartbeat and the registry, and the transitions they
+both apply.
+
+The rules come from :mod:`durably.plan`; this module writes their decisions through the
+repository inside the caller's transaction and keeps the in-memory state in step. Nothing here
+knows the :class:`~durably.Engine`: ``engine → runner/worker → runtime → repository/plan``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from . import codec, plan
+from .clock import Clock
+from .context import Context, ExecutionScope
+from .executor import Executor, TaskHandle
+from .heartbeat import Heartbeat
+from .logs import log
+from .ownership import new_worker_id, owner_is_dead
+from .plan import Start
+from .records import AttemptRef, ExecutionRecord, StaleClaim, TaskRecord
+from .registry import Registry
+from .repository import Repository
+from .state import ExecutionState
+from .statuses import COMPLETED, FAILED, READY, RUNNING
+from .store import Store, Tx
+from .workflow import Workflow
+
+logger = logging.getLogger("durably.runtime")
+
+DEFAULT_MAX_CONTEXT_BYTES = 1024 * 1024
+
+
+class Runtime:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock,
+        lease: float,
+        concurrency: int,
+        max_recovery_attempts: int,
+        max_context_bytes: int,
+        registry: Registry,
+    ) -> None:
+        self.store = store
+        self.repo = Repository()
+        self.clock = clock
+        self.lease = lease
+        self.max_recovery_attempts = max_recovery_attempts
+        self.max_context_bytes = max_context_bytes
+        self.registry = registry
+        self.worker_id = new_worker_id()
+        self.executor = Executor(concurrency)
+        self.heartbeat = Heartbeat(store, self.repo, self.worker_id, clock, lease / 3)
+        # The clock's own method: read on every transition, so no wrapper in between.
+        self.now: Callable[[], float] = clock.now
+
+    def workflow(self, name: str, version: str) -> Workflow:
+        return self.registry.get(name, version)
+
+    # -- claims ------------------------------------------------------------------------------
+
+    def is_stale(self, claimed_by: str | None, heartbeat_at: float | None) -> bool:
+        """Whether a claim can be taken over: nobody holds it, its process is gone (this
+        host), or it has not beaten within the lease. Our own claims are never stale."""
+        if not claimed_by:
+            return True
+        if claimed_by == self.worker_id:
+            return False
+        if owner_is_dead(claimed_by):
+            return True
+        return heartbeat_at is None or heartbeat_at < self.now() - self.lease
+
+    def recover(self, tx: Tx, claim: StaleClaim, now: float) -> bool:
+        """Return a lost claim's task to ``ready``, or abandon it past the recovery cap; True
+        when it was abandoned (its dependents may now be decided)."""
+        abandon = claim.recovery_attempts + 1 > self.max_recovery_attempts
+        changed = self.repo.recover_task(tx, claim, abandon, now)
+        if changed:
+            log(
+                logger,
+                logging.WARNING,
+                "recovered the lost claim of %s on task %r attempt %d of execution %s%s",
+                claim.claimed_by,
+                claim.name,
+                claim.attempt,
+                claim.execution_id,
+                ": abandoned" if abandon else "",
+                action="task_abandoned" if abandon else "claim_recovered",
+                execution_id=claim.execution_id,
+                task=claim.name,
+                attempt=claim.attempt,
+            )
+        return abandon and changed
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self, tx: Tx, execution: ExecutionRecord, wf: Workflow) -> ExecutionState:
+        """The whole execution: every task, every output, the initial context."""
+        tasks = self.repo.tasks(tx, execution.id)
+        return ExecutionState(
+            wf,
+            execution.id,
+            [task.state() for task in tasks],
+            self.repo.outputs(tx, execution.id),
+            self.repo.context(tx, execution.context_id),
+            {
+                t.name: p
+                for t in tasks
+                if t.patched and (p := patch_of(t.configuration)) is not None
+            },
+        )
+
+    def load_partial(
+        self,
+        tx: Tx,
+        execution_id: str,
+        wf: Workflow,
+        names: Sequence[str],
+        outputs: Sequence[str] = (),
+        *,
+        context_id: str | None = None,
+    ) -> ExecutionState:
+        """Only the named tasks, the named outputs and, given its id, the initial context."""
+        tasks = self.repo.tasks(tx, execution_id, names)
+        return ExecutionState(
+            wf,
+            execution_id,
+            [task.state() for task in tasks],
+            self.repo.outputs(tx, execution_id, outputs),
+            self.repo.context(tx, context_id) if context_id else None,
+            {
+                t.name: p
+                for t in tasks
+                if t.patched and (p := patch_of(t.configuration)) is not None
+            },
+        )
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def record(
+        self,
+        tx: Tx,
+        state: ExecutionState,
+        name: str,
+        attempt: int,
+        output: dict[str, Any] | None,
+        error: BaseException | None,
+        now: float,
+    ) -> list[str] | None:
+        """Write an attempt's outcome; return the dependents it unblocked, or None when this
+        process no longer held the claim (a zombie: nothing is written)."""
+        task = state.tasks[name]
+        policy = state.shape.tasks[name].retry
+        outcome = plan.attempt_outcome(policy, attempt, output, error, now, self.max_context_bytes)
+        ref = AttemptRef(state.id, task.id, name, attempt, self.worker_id, task.started_at)
+        if isinstance(outcome, plan.Completed):
+            if not self.repo.complete_task(tx, ref, outcome.value, now):
+                return None
+            state.outputs[name] = outcome.value
+            if logger.isEnabledFor(logging.INFO):
+                self._log_outcome(logging.INFO, "completed", state, name, attempt, None)
+            return state.mark(name, COMPLETED)
+        retry_at = outcome.at if isinstance(outcome, plan.RetryAt) else None
+        if not self.repo.fail_task(tx, ref, outcome.error, now, retry_at):
+            return None
+        if retry_at is not None:
+            task.status, task.retry_at, task.error, task.claimed_by = READY, retry_at, None, None
+            self._log_outcome(logging.WARNING, "will retry", state, name, attempt, outcome.error)
+            return []
+        self._log_outcome(logging.WARNING, "failed", state, name, attempt, outcome.error)
+        return state.mark(name, FAILED, outcome.error)
+
+    def _log_outcome(
+        self, level: int, what: str, state: ExecutionState, name: str, attempt: int,
+        error: str | None,
+    ) -> None:  # fmt: skip
+        action = {"completed": "task_completed", "failed": "task_failed"}.get(what, "task_retry")
+        log(
+            logger,
+            level,
+            "task %r attempt %d of execution %s %s%s",
+            name,
+            attempt,
+            state.id,
+            what,
+            f": {error}" if error else "",
+            action=action,
+            execution_id=state.id,
+            workflow=getattr(state.shape, "name", None),
+            task=name,
+            attempt=attempt,
+        )
+
+    def dispatch(
+        self, tx: Tx, state: ExecutionState, unblocked: Iterable[str], now: float
+    ) -> list[Start]:
+        """In-process: decide the unblocked tasks (and what settling them unblocks) and claim
+        those that run; return them."""
+        started = []
+        for decision in plan.advance(state, unblocked, now):
+            if isinstance(decision, plan.Settle):
+                task = state.tasks[decision.name]
+                self.repo.settle_task(tx, task.id, decision.status, decision.reason, now)
+            elif isinstance(decision, Start) and self._claim(tx, state, decision.name, now):
+                started.append(decision)
+        return started
+
+    def _claim(self, tx: Tx, state: ExecutionState, name: str, now: float) -> bool:
+        task = state.tasks[name]
+        if not self.repo.start_task(tx, task.id, self.worker_id, now):
+            return False  # settled elsewhere meanwhile (cancelled, or taken by another driver)
+        task.status, task.attempt, task.retry_at = RUNNING, task.attempt + 1, None
+        task.claimed_by, task.started_at = self.worker_id, now
+        return True
+
+    def settle(self, tx: Tx, state: ExecutionState, decision: plan.Settle, now: float) -> list[str]:
+        """Finish a task without running it; return the dependents that unblocks."""
+        self.repo.settle_task(
+            tx, state.tasks[decision.name].id, decision.status, decision.reason, now
+        )
+        return state.mark(decision.name, decision.status, decision.reason)
+
+    def make_ready(self, tx: Tx, state: ExecutionState, names: Iterable[str], now: float) -> bool:
+        """Worker path: leave unblocked tasks for whichever worker claims them first."""
+        marked = False
+        for name in names:
+            task = state.tasks[name]
+            if task.status == "not_started":
+                self.repo.mark_ready(tx, task.id, now)
+                task.status = READY
+                marked = True
+        return marked
+
+    def finish(self, tx: Tx, state: ExecutionState, now: float | None = None) -> str:
+        """Write the final context and status once every task is terminal; return it."""
+        status, error = plan.execution_outcome(state)
+        final = codec.dumps(plan.final_context(state))
+        self.repo.finish_execution(tx, state.id, status, final, error, now or self.now())
+        log(
+            logger,
+            logging.INFO if status == COMPLETED else logging.WARNING,
+            "execution %s %s",
+            state.id,
+            status,
+            action=f"execution_{status}",
+            execution_id=state.id,
+            workflow=getattr(state.shape, "name", None),
+        )
+        return status
+
+    def compensate(self, state: ExecutionState) -> None:
+        """Run the pending compensations, each recorded in its own transaction so a crash
+        during rollback resumes it."""
+        for name in plan.compensation_order(state):
+            task = state.tasks[name]
+            fn = state.shape.tasks[name].compensate
+            ctx = Context._from_data(
+                codec.loads(state.outputs[name]),
+                ExecutionScope(state.uuid, uuid.UUID(task.id), name),
+            )
+            status, error = COMPLETED, None
+            try:
+                self.call(fn, ctx)
+            except Exception as exc:
+                status, error = FAILED, plan.describe(exc)
+                log(
+                    logger,
+                    logging.WARNING,
+                    "compensation of task %r of execution %s failed: %s",
+                    name,
+                    state.id,
+                    error,
+                    action="compensation_failed",
+                    execution_id=state.id,
+                    task=name,
+                )
+            with self.store.transaction() as tx:
+                self.repo.set_compensation(tx, task.id, status, error, self.now())
+            task.compensation = status
+
+    def call(self, fn: Callable[..., Any], ctx: Context) -> None:
+        if inspect.iscoroutinefunction(fn):
+            asyncio.run_coroutine_threadsafe(fn(ctx), self.executor.loop).result()
+        else:
+            fn(ctx)
+
+    # -- running a task ------------------------------------------------------------------------
+
+    def handle(self, state: ExecutionState, name: str, attempt: int) -> TaskHandle:
+        task_id = state.tasks[name].id
+        return TaskHandle(state.uuid, name, attempt, lambda: self.heartbeat.beat_task(task_id))
+
+    def context(self, state: ExecutionState, name: str, data: dict[str, Any]) -> Context:
+        scope = ExecutionScope(state.uuid, uuid.UUID(state.tasks[name].id), name)
+        return Context._from_data(data, scope)
+
+    def close(self) -> None:
+        self.heartbeat.stop()
+        self.executor.close()
+
+
+def patch_of(configuration: dict[str, Any]) -> dict[str, Any] | None:
+    """A fork's context patch for a task, kept (as codec text) in its configuration."""
+    patch = configuration.get("context_patch")
+    if not patch:
+        return None
+    # Stored as the codec's text (older rows: as a JSON object).
+    return codec.loads(patch if isinstance(patch, str) else json.dumps(patch))
+
+
+def patches_of(tasks: Iterable[TaskRecord]) -> dict[str, dict[str, Any]]:
+    return {t.name: p for t in tasks if t.patched and (p := patch_of(t.configuration)) is not None}

@@ -1,3 +1,0 @@
--- 0002: reserved for the task_attempts migration of the execution-core branch: this
--- placeholder (no statements) keeps the versions gapless until the branches merge, and
--- is deleted then in favour of the real 0002.
