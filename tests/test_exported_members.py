@@ -20,6 +20,11 @@ SPEC_NAMES = {
     "SagaExecutionNotFoundException", "SagaExecutionAlreadyExecutedException",
     "SagaFailedExecutionException", "SagaRollbackExecutionException", "SagaDefinitionNotFound",
     "DurablyError", "Worker", "TaskHandle",
+    "SagaStepException", "SagaNotDefinedException", "SagaExecutionException",
+    "SagaStepExecutionException", "SagaFailedExecutionStepException",
+    "SagaPausedExecutionStepException", "SagaRollbackExecutionStepException",
+    "SagaFailedCommitCallbackException", "SagaResponseException", "BrokerError",
+    "SagaOperation", "IfThenAlternative", "ElseThenAlternative",
 }  # fmt: skip
 # Provided on first access (their drivers are optional extras).
 LAZY = {"RabbitMQBroker", "NatsBroker"}

@@ -206,3 +206,44 @@ def test_a_resent_request_has_the_same_key_and_the_side_effect_happens_once(kind
     assert a.idempotency_key == f"{uuid}:1:execute"
     assert ledger.side_effects == [7]  # charged once
     assert ledger.charges == {f"{uuid}:1:execute": {"payment": "P-1"}}
+
+
+# -- the inbox: broker.serve(..., store=...) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("outcome", ["success", "error"])
+def test_serve_with_a_store_answers_a_repeated_request_from_the_inbox(
+    tmp_path: Any, outcome: str
+) -> None:
+    from durably.backends import open_store
+
+    store = open_store(f"sqlite:///{tmp_path}/inbox.db")
+    broker = InMemoryBroker()
+    calls: list[Any] = []
+
+    @broker.service("inbox-payments")
+    def pay(content: Any) -> Any:
+        calls.append(content)
+        if outcome == "error":
+            raise ServiceError({"declined": len(calls)})
+        return {"payment": len(calls)}
+
+    headers = {"saga": "s", "step": "1", "reply_to": "inbox-replies", "idempotency_key": "k-1"}
+    request = Message("inbox-payments", '{"amount": 3}', {**headers, "token": "t"})
+
+    async def main() -> None:
+        await broker.serve("inbox-payments", request, store=store)
+        await broker.serve("inbox-payments", request, store=store)  # redelivered
+        other = Message("inbox-payments", '{"amount": 4}', {**headers, "idempotency_key": "k-2"})
+        await broker.serve("inbox-payments", other, store=store)  # another request: handled
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
+    assert calls == [{"amount": 3}, {"amount": 4}]
+    first, second, third = [m for m in broker.sent if m.topic == "inbox-replies"]
+    assert (first.body, dict(first.headers)) == (second.body, dict(second.headers))
+    assert first.headers["token"] == "t"  # the token is echoed, from the inbox too
+    assert first.headers["status"] == ("200" if outcome == "success" else "400")
+    assert third.body != first.body

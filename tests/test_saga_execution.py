@@ -275,9 +275,8 @@ def test_system_error_reply_fails_the_step_without_its_own_compensation(
     assert broker.calls == [("crash", {"n": 1})]  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("target", ["echo", "reject"])
-def test_failing_reply_handler_sends_the_steps_own_on_failure_first(
-    manager: SagaManager, broker: InMemoryBroker, target: str
+def test_failing_success_handler_sends_the_steps_own_on_failure_first(
+    manager: SagaManager, broker: InMemoryBroker
 ) -> None:
     order: list[str] = []
 
@@ -286,26 +285,54 @@ def test_failing_reply_handler_sends_the_steps_own_on_failure_first(
 
     def undo_remote(ctx: SagaContext) -> SagaRequest:
         order.append("remote")
-        return SagaRequest("echo", {"undo": target})
+        return SagaRequest("echo", {"undo": "echo"})
 
     saga = (
         Saga()
         .local_step(lambda ctx: None)
         .on_failure(lambda ctx: order.append("local"))
-        .remote_step(lambda ctx: SagaRequest(target, {"do": 1}))
+        .remote_step(lambda ctx: SagaRequest("echo", {"do": 1}))
         .on_success(handler)
-        .on_error(handler)
         .on_failure(undo_remote)
         .commit()
     )
     error = fail(manager, saga)
     assert isinstance(error.__cause__, RuntimeError)
     assert order == ["remote", "local"]
-    assert broker.calls[-1] == ("echo", {"undo": target})  # type: ignore[attr-defined]
+    assert broker.calls[-1] == ("echo", {"undo": "echo"})  # type: ignore[attr-defined]
     [summary] = manager.storage.list_executions()
     step = summary.steps[1]
     assert step.status is SagaStepStatus.Compensated
     assert step.error == "RuntimeError: cannot use the reply"
+
+
+def test_a_rejected_request_is_not_compensated_by_its_own_on_failure(
+    manager: SagaManager, broker: InMemoryBroker
+) -> None:
+    # The rule: a step's own on_failure undoes what its participant did, so it is sent only
+    # after a SUCCESS reply. After an ERROR reply (the participant rejected the request and did
+    # nothing) a failing on_error compensates the earlier steps alone.
+    order: list[str] = []
+
+    def rejected(ctx: SagaContext, response: SagaResponse) -> Exception:
+        return RuntimeError(f"payment rejected: {response.content()['why']}")
+
+    saga = (
+        Saga()
+        .local_step(lambda ctx: None)
+        .on_failure(lambda ctx: order.append("local"))
+        .remote_step(lambda ctx: SagaRequest("reject", {"do": 1}))
+        .on_error(rejected)
+        .on_failure(lambda ctx: order.append("remote") or SagaRequest("echo", {"undo": 1}))
+        .commit()
+    )
+    error = fail(manager, saga)
+    assert isinstance(error.__cause__, RuntimeError)
+    assert order == ["local"]
+    assert ("echo", {"undo": 1}) not in broker.calls  # type: ignore[attr-defined]
+    [summary] = manager.storage.list_executions()
+    assert summary.status is SagaStatus.Errored
+    assert summary.steps[1].status is SagaStepStatus.ErroredOnError
 
 
 def test_remote_callback_must_return_a_request(manager: SagaManager) -> None:

@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from durably.broker import InMemoryBroker, broker_from_url
+from durably import codec
+from durably.broker import InMemoryBroker, Message, broker_from_url
 from durably.context import SagaContext
 from durably.exceptions import BrokerError
 from durably.nats_broker import NatsBroker, subject_token
@@ -216,6 +217,48 @@ def test_worker_serves_the_participant_and_resumes_the_paused_saga(
     assert "compensated" not in final
     assert worker.terminate() == 0, worker.stderr
     assert "worker stopped" in worker.stderr
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_the_worker_answers_a_request_sent_again_from_its_inbox(worker: SagaAppWorker) -> None:
+    worker.wait_started()
+    execution = start_and_wait(worker, order_id=9, qty=2)
+    assert execution.status is SagaStatus.Finished, worker.stderr
+    replies: list[Message] = []
+
+    async def main() -> None:
+        broker = broker_from_url(worker.broker_url)
+        topic = f"{worker.reply_to}-again"
+
+        async def on_reply(message: Message) -> None:
+            replies.append(message)
+
+        try:
+            subscription = await broker.subscribe(topic, on_reply, durable=False)
+            # The same request again (a resumed saga, a redelivery), now with content the
+            # handler would reject: the inbox answers as the first time, the handler is not run.
+            headers = {
+                "saga": str(execution.uuid),
+                "step": "1",
+                "reply_to": topic,
+                "idempotency_key": f"{execution.uuid}:1:execute",
+                "token": "t",
+            }
+            body = codec.dumps_value({"order_id": 9, "qty": 99})
+            await broker.publish(Message(worker.target, body, headers))
+            deadline = time.monotonic() + WAIT
+            while not replies and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await subscription.close()
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+    [reply] = replies
+    assert reply.headers["status"] == "200", worker.stderr
+    assert codec.loads_value(reply.body) == {"reservation": "R-9"}
+    assert worker.terminate() == 0, worker.stderr
 
 
 @pytest.mark.broker

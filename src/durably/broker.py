@@ -6,7 +6,10 @@ built on them and is the same for every broker:
 - ``publish(message)`` puts a message on the durable queue (topic) it names;
 - ``subscribe(topic, handler, durable=True)`` consumes a queue. A message is acknowledged when
   ``handler`` returns and redelivered when it raises, so a consumer that changes saga state
-  acknowledges only once that change is committed. ``durable=False`` asks for a queue that lives
+  acknowledges only once that change is committed; when it raises
+  :class:`~durably.exceptions.UndecodableMessageError`, the message is logged once and rejected
+  without requeue (dead-lettered on RabbitMQ, terminated on NATS), since no redelivery can make
+  it decodable. ``durable=False`` asks for a queue that lives
   as long as the subscription (a waiting manager's private reply queue);
 - ``close()`` releases connections.
 
@@ -22,23 +25,35 @@ import abc
 import asyncio
 import functools
 import inspect
+import itertools
 import logging
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import codec
-from .exceptions import BrokerError, ContextSerializationError, ServiceError
+from .exceptions import (
+    BrokerError,
+    ContextSerializationError,
+    ServiceError,
+    UndecodableMessageError,
+)
 from .participants import _serving
+from .saga_log import log_fields
 from .saga_messages import (
     HEADER_KEY,
     HEADER_REPLY_TO,
     HEADER_SAGA,
     HEADER_STATUS,
     HEADER_STEP,
+    HEADER_TOKEN,
     SagaResponseStatus,
 )
+
+if TYPE_CHECKING:
+    from .saga_inbox import ParticipantInbox
+    from .store import Store
 
 __all__ = [
     "Broker",
@@ -61,6 +76,9 @@ class Message:
     topic: str
     body: str
     headers: Mapping[str, str] = field(default_factory=dict)
+    # What the broker knows the message by (RabbitMQ message id, NATS stream sequence), for
+    # logs; empty on a message not received yet.
+    id: str = ""
 
 
 MessageHandler = Callable[[Message], Awaitable[None]]
@@ -114,28 +132,64 @@ class Broker(abc.ABC):
     def _service_added(self, target: str) -> None:  # noqa: B027 - optional hook
         """Network brokers subscribe in ``start_services()``; the in-memory one at once."""
 
-    async def start_services(self) -> list[Subscription]:
-        """Subscribe every registered participant to its queue."""
+    async def start_services(self, *, store: Store | None = None) -> list[Subscription]:
+        """Subscribe every registered participant to its queue; with a ``store``, each keeps
+        an inbox there (see :meth:`serve`)."""
+        inbox = _inbox(store)
         return [
-            await self.subscribe(target, functools.partial(self.serve, target))
+            await self.subscribe(target, functools.partial(self.serve, target, inbox=inbox))
             for target in self.services
         ]
 
-    async def serve(self, target: str, message: Message) -> None:
+    async def serve(
+        self,
+        target: str,
+        message: Message,
+        *,
+        store: Store | None = None,
+        inbox: ParticipantInbox | None = None,
+    ) -> None:
         """Run the participant of ``target`` on one request and publish its reply. The request
         is acknowledged after the reply is out, so a crash in between redelivers it. While the
-        handler runs, :func:`durably.participants.current_request` describes the request."""
-        with _serving(target, message.headers):
-            status, content = await _call_service(self.services[target], message.body)
+        handler runs, :func:`durably.participants.current_request` describes the request.
+
+        With a ``store`` (or an ``inbox`` on one), the reply is recorded under the request's
+        idempotency key before it is published, and a request whose key is recorded already
+        (redelivered, or sent again by a resumed saga) gets the recorded reply: the handler is
+        not called again."""
+        inbox = inbox if inbox is not None else _inbox(store)
+        key = message.headers.get(HEADER_KEY) or None
+        stored = await inbox.get(target, key) if inbox is not None and key else None
+        if stored is not None:
+            status, body = stored
+            logger.info(
+                "request %s to %r answered from the inbox",
+                key,
+                target,
+                extra=_log_extra(message, "saga_inbox_replay"),
+            )
+        else:
+            with _serving(target, message.headers):
+                status, content = await _call_service(self.services[target], message.body)
+            try:
+                body = codec.dumps_value(content)
+            except ContextSerializationError as exc:
+                status = SagaResponseStatus.SYSTEM_ERROR
+                body = codec.dumps_value(
+                    f"{target} replied with content that cannot be sent: {exc}"
+                )
+            if inbox is not None and key:
+                # Recorded before the reply goes out: a crash after this point redelivers the
+                # request, which the inbox then answers without calling the handler.
+                status, body = await inbox.put(target, key, status, body)
         reply_to = message.headers.get(HEADER_REPLY_TO)
         if not reply_to:
-            logger.warning("request to %r has no reply_to header: reply dropped", target)
+            logger.warning(
+                "request to %r has no reply_to header: reply dropped",
+                target,
+                extra=_log_extra(message, "saga_reply_dropped"),
+            )
             return
-        try:
-            body = codec.dumps_value(content)
-        except ContextSerializationError as exc:
-            status = SagaResponseStatus.SYSTEM_ERROR
-            body = codec.dumps_value(f"{target} replied with content that cannot be sent: {exc}")
         headers = {k: v for k, v in message.headers.items() if k in _ECHOED}
         headers[HEADER_STATUS] = str(int(status))
         await self.publish(Message(reply_to, body, headers))
@@ -143,14 +197,65 @@ class Broker(abc.ABC):
     # -- the saga side ---------------------------------------------------------------------
 
     async def request(
-        self, target: str, body: str, *, saga: str, step: str, reply_to: str, key: str
+        self,
+        target: str,
+        body: str,
+        *,
+        saga: str,
+        step: str,
+        reply_to: str,
+        key: str,
+        token: str = "",
     ) -> None:
         """Send a saga request (``body`` already encoded) with its correlation headers."""
-        headers = {HEADER_SAGA: saga, HEADER_STEP: step, HEADER_REPLY_TO: reply_to, HEADER_KEY: key}
-        await self.publish(Message(target, body, headers))
+        await self.publish(request_message(target, body, saga, step, reply_to, key, token))
 
 
-_ECHOED = frozenset({HEADER_SAGA, HEADER_STEP, HEADER_KEY})
+def request_message(
+    target: str, body: str, saga: str, step: str, reply_to: str, key: str, token: str
+) -> Message:
+    """A saga request as it goes on the wire."""
+    headers = {HEADER_SAGA: saga, HEADER_STEP: step, HEADER_REPLY_TO: reply_to, HEADER_KEY: key}
+    if token:
+        headers[HEADER_TOKEN] = token
+    return Message(target, body, headers)
+
+
+_ECHOED = frozenset({HEADER_SAGA, HEADER_STEP, HEADER_KEY, HEADER_TOKEN})
+
+
+def _inbox(store: Store | None) -> ParticipantInbox | None:
+    if store is None:
+        return None
+    from .saga_inbox import ParticipantInbox
+
+    return ParticipantInbox(store)
+
+
+def _log_extra(message: Message, action: str) -> dict[str, Any]:
+    """The structured fields of a log record about a saga message (SPEC §8)."""
+    headers = message.headers
+    return {
+        "execution_id": headers.get(HEADER_SAGA),
+        "workflow": None,
+        "task": headers.get(HEADER_STEP),
+        "attempt": None,
+        "action": action,
+        "message_id": message.id,
+        "topic": message.topic,
+    }
+
+
+def log_rejected(message: Message, error: UndecodableMessageError, what: str) -> None:
+    """Log, once, a message a consumer rejects for good (``what``: "dead-lettered", ...)."""
+    logger.error(
+        "message %s on %r rejected (%s): %s",
+        message.id or "?",
+        message.topic,
+        what,
+        error,
+        extra=_log_extra(message, "message_rejected"),
+    )
 
 
 async def _call_service(handler: Callable[[Any], Any], body: str) -> tuple[SagaResponseStatus, Any]:
@@ -161,7 +266,12 @@ async def _call_service(handler: Callable[[Any], Any], body: str) -> tuple[SagaR
     except ServiceError as exc:
         return SagaResponseStatus.ERROR, exc.content
     except Exception as exc:
-        logger.warning("saga participant %r failed", handler, exc_info=True)
+        logger.warning(
+            "saga participant %r failed",
+            handler,
+            exc_info=True,
+            extra=log_fields("saga_participant_failed"),
+        )
         return SagaResponseStatus.SYSTEM_ERROR, f"{type(exc).__name__}: {exc}"
     return SagaResponseStatus.SUCCESS, result
 
@@ -181,8 +291,10 @@ class InMemoryBroker(Broker):
         self._consumers: dict[str, list[MessageHandler]] = defaultdict(list)
         self._deliveries: set[asyncio.Task[None]] = set()
         self._turn = 0
+        self._ids = itertools.count(1)
 
     async def publish(self, message: Message) -> None:
+        message = replace(message, id=str(next(self._ids)))
         self.sent.append(message)
         self._queues[message.topic].append(message)
         self._deliver_all()
@@ -204,8 +316,16 @@ class InMemoryBroker(Broker):
             return  # registered outside a loop: queued requests go out at the next publish
         self._deliver_all()
 
-    async def start_services(self) -> list[Subscription]:
-        return []  # every participant is consuming since it was registered
+    async def start_services(self, *, store: Store | None = None) -> list[Subscription]:
+        # Every participant is consuming since it was registered; a store gives them an inbox.
+        if store is not None:
+            inbox = _inbox(store)
+            for target in self.services:
+                consumers = self._consumers[target]
+                for index, consumer in enumerate(consumers):
+                    if getattr(consumer, "func", None) == self.serve:
+                        consumers[index] = functools.partial(self.serve, target, inbox=inbox)
+        return []
 
     def pending(self, topic: str) -> int:
         """How many messages wait in ``topic``'s queue."""
@@ -232,13 +352,19 @@ class InMemoryBroker(Broker):
     ) -> None:
         try:
             await handler(message)
+        except UndecodableMessageError as exc:
+            log_rejected(message, exc, "dropped")  # acknowledged: never delivered again
         except asyncio.CancelledError:
             queue.appendleft(message)  # not acknowledged: a later loop delivers it
             raise
         except Exception:
             # Not acknowledged: redelivered after a pause (as the network brokers do), or
             # sooner by the next publish or subscribe; never in a hot loop.
-            logger.exception("handler of %r failed; the message stays queued", message.topic)
+            logger.exception(
+                "handler of %r failed; the message stays queued",
+                message.topic,
+                extra=_log_extra(message, "message_redelivered"),
+            )
             queue.appendleft(message)
             asyncio.get_running_loop().call_later(self.redelivery_delay, self._deliver_all)
 

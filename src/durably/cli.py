@@ -15,15 +15,18 @@ What the commands print is in :mod:`durably.views` (tables) and :mod:`durably.js
 from __future__ import annotations
 
 from collections.abc import Sequence
+from uuid import UUID
 
 import click
 
 from .backends import resolve_url
+from .broker import InMemoryBroker, broker_from_url
 from .cli_common import (
     CLIError,
     cli,
     common_options,
     console,
+    modules_option,
     open_engine,
     print_json,
 )
@@ -33,33 +36,74 @@ from .cli_inspect import context, list_, show
 from .cli_ops import prune, schedules
 from .cli_run import fork, resume, retry, run, send, start
 from .cli_worker import worker
-from .json_views import summary_json
+from .json_views import saga_json, summary_json
+from .loading import import_modules, top_level_brokers
 from .lookup import find_execution, parse_id, resolve_id
 from .results import ExecutionResult
 from .statuses import EXECUTION_TERMINAL
-from .views import (
-    outcome,
-)
+from .views import outcome, render_saga
 
 
 @cli.command()
 @click.argument("execution_id", metavar="ID")
+@modules_option
+@click.option(
+    "--broker",
+    "broker_url",
+    metavar="URL",
+    envvar="DURABLY_BROKER_URL",
+    show_envvar=True,
+    help="Sagas: the broker remote compensations go out on [default: the one broker the "
+    "modules define; none: they wait in the outbox for a worker].",
+)
 @common_options
-def cancel(execution_id: str, db: str | None, as_json: bool) -> None:
-    """Cancel an execution: tasks not started are skipped, running ones finish."""
+def cancel(
+    execution_id: str,
+    modules: tuple[str, ...],
+    broker_url: str | None,
+    db: str | None,
+    as_json: bool,
+) -> None:
+    """Cancel an execution: tasks not started are skipped, running ones finish. A saga is
+    rolled back: its finished steps are compensated in reverse order (import its module with
+    -m) and it ends errored."""
     ref = parse_id(execution_id)
     with open_engine(db) as engine:
         key = resolve_id(engine, ref)
         before = find_execution(engine, key)
-        if not isinstance(before, ExecutionResult):
-            raise CLIError(f"{key} is a saga execution: sagas cannot be cancelled")
-        if before.status in EXECUTION_TERMINAL and before.status != "cancelled":
-            raise CLIError(f"execution {key} is already {before.status}: nothing to cancel")
-        result = engine.cancel(key)
+        if isinstance(before, ExecutionResult):
+            if before.status in EXECUTION_TERMINAL and before.status != "cancelled":
+                raise CLIError(f"execution {key} is already {before.status}: nothing to cancel")
+            result = engine.cancel(key)
+            if as_json:
+                print_json(summary_json(result))
+            else:
+                console().print(outcome(result))
+            return
+    _cancel_saga(key, modules, broker_url, db, as_json)
+
+
+def _cancel_saga(
+    key: UUID, modules: tuple[str, ...], broker_url: str | None, db: str | None, as_json: bool
+) -> None:
+    from .saga_repository import SagaExecutionRepository
+    from .saga_service import rollback_saga
+
+    loaded = import_modules(modules)
+    brokers = [b for module in loaded for b in top_level_brokers(module)]
+    broker = broker_from_url(broker_url) if broker_url else None
+    if broker is None and len(brokers) == 1 and not isinstance(brokers[0], InMemoryBroker):
+        broker = brokers[0]
+    rollback_saga(db, key, broker)
+    repo = SagaExecutionRepository(db)
+    try:
+        summary = repo.load_sync(key)
+    finally:
+        repo.close()
     if as_json:
-        print_json(summary_json(result))
+        print_json(saga_json(summary))
     else:
-        console().print(outcome(result))
+        console().print(render_saga(summary))
 
 
 @cli.command()

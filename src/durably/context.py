@@ -208,9 +208,11 @@ class Context(MutableMapping[str, Any]):
         raise AttributeError(f"{type(self).__name__} has no key or attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
+        # A method name written as an attribute writes the key, as minos does (the method
+        # still wins when it is read); a property such as ``scope`` is read-only.
         if name.startswith("_"):
             object.__setattr__(self, name, value)
-        elif name in _class_attributes(type(self)):
+        elif name in _properties(type(self)):
             raise AttributeError(
                 f"{name!r} is a {type(self).__name__} attribute, not a key: "
                 f"use ctx[{name!r}] = ... to store it"
@@ -221,7 +223,7 @@ class Context(MutableMapping[str, Any]):
     def __delattr__(self, name: str) -> None:
         if name.startswith("_"):
             object.__delattr__(self, name)
-        elif name in _class_attributes(type(self)):
+        elif name in _properties(type(self)):
             raise AttributeError(
                 f"{name!r} is a {type(self).__name__} attribute, not a key: "
                 f"use del ctx[{name!r}] to delete the key"
@@ -328,10 +330,14 @@ class _ItemsView(ItemsView[str, Any]):
 
 
 @functools.cache
-def _class_attributes(cls: type) -> frozenset[str]:
-    # What instance lookup finds on the class (methods, properties), not the metaclass's
-    # attributes such as ``register`` or ``mro``: those names are free for data.
-    return frozenset(name for klass in cls.__mro__ for name in vars(klass))
+def _properties(cls: type) -> frozenset[str]:
+    # The class attributes that are not methods: data descriptors such as ``scope``.
+    return frozenset(
+        name
+        for klass in cls.__mro__
+        for name, value in vars(klass).items()
+        if isinstance(value, property)
+    )
 
 
 def _name(tp: Any) -> str:

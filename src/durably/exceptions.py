@@ -21,19 +21,30 @@
     ├── StoreError
     │   ├── StoreConnectionError
     │   └── MigrationError
-    ├── BrokerError
+    ├── BrokerError                     (.uuid: the saga execution concerned, if any)
+    │   └── UndecodableMessageError     (a message that can never be handled: not redelivered)
     ├── ServiceError                    (raised by a saga participant: reply ERROR)
-    └── SagaException
-        ├── EmptySagaException, SagaNotCommittedException, AlreadyCommittedException,
-        │   AlreadyOnSagaException, EmptySagaStepException, UndefinedOnExecuteException,
-        │   MultipleOnExecuteException, MultipleOnSuccessException, MultipleOnErrorException,
-        │   MultipleOnFailureException, MultipleElseThenException
-        ├── SagaExecutionNotFoundException
-        ├── SagaExecutionAlreadyExecutedException
-        ├── SagaDefinitionNotFound
-        ├── SagaFailedExecutionException
-        ├── SagaRollbackExecutionException
-        └── SagaTimeoutException        (also TimeoutError)
+    └── SagaException                   (minos-microservice-saga's hierarchy from here)
+        ├── EmptySagaException, SagaNotCommittedException, AlreadyCommittedException
+        ├── SagaStepException
+        │   └── SagaNotDefinedException, EmptySagaStepException, AlreadyOnSagaException,
+        │       UndefinedOnExecuteException, MultipleOnExecuteException,
+        │       MultipleOnSuccessException, MultipleOnErrorException,
+        │       MultipleOnFailureException, MultipleElseThenException
+        ├── SagaExecutionException
+        │   ├── SagaExecutionNotFoundException   (also LookupError)
+        │   ├── SagaExecutionAlreadyExecutedException
+        │   ├── SagaDefinitionNotFound           (also LookupError)
+        │   ├── SagaRollbackExecutionException
+        │   ├── SagaTimeoutException             (also TimeoutError)
+        │   └── SagaFailedExecutionException
+        │       ├── SagaFailedCommitCallbackException
+        │       └── SagaFailedExecutionStepException  (also SagaStepExecutionException)
+        ├── SagaStepExecutionException
+        │   ├── SagaFailedExecutionStepException
+        │   ├── SagaPausedExecutionStepException
+        │   └── SagaRollbackExecutionStepException
+        └── SagaResponseException
 
 A class's docstring is its default message.
 """
@@ -148,6 +159,14 @@ class MigrationError(StoreError):
 class BrokerError(DurablyError):
     """The message broker reported an error."""
 
+    def __init__(self, message: str | None = None, *args: Any, uuid: Any = None) -> None:
+        super().__init__(message, *args)
+        self.uuid = uuid  # the saga execution the error concerns, when there is one
+
+
+class UndecodableMessageError(BrokerError):
+    """The message cannot be decoded: it is rejected, never redelivered."""
+
 
 class ServiceError(DurablyError):
     """A saga participant rejected the request; its content is sent back as an ERROR reply."""
@@ -164,6 +183,18 @@ class SagaException(DurablyError):
     """A saga could not be defined or run."""
 
 
+class SagaStepException(SagaException):
+    """A saga step is defined in a way that does not allow it to run."""
+
+
+class SagaNotDefinedException(SagaStepException):
+    """The saga step does not belong to a saga."""
+
+
+class SagaExecutionException(SagaException):
+    """A saga execution could not run."""
+
+
 class EmptySagaException(SagaException):
     """A saga must have at least one step."""
 
@@ -176,51 +207,51 @@ class AlreadyCommittedException(SagaException):
     """A committed saga cannot be changed."""
 
 
-class AlreadyOnSagaException(SagaException):
+class AlreadyOnSagaException(SagaStepException):
     """The step already belongs to a saga."""
 
 
-class EmptySagaStepException(SagaException):
+class EmptySagaStepException(SagaStepException):
     """The saga step has no callbacks."""
 
 
-class UndefinedOnExecuteException(SagaException):
+class UndefinedOnExecuteException(SagaStepException):
     """The saga step has no on_execute callback."""
 
 
-class MultipleOnExecuteException(SagaException):
+class MultipleOnExecuteException(SagaStepException):
     """The saga step already has an on_execute callback."""
 
 
-class MultipleOnSuccessException(SagaException):
+class MultipleOnSuccessException(SagaStepException):
     """The saga step already has an on_success callback."""
 
 
-class MultipleOnErrorException(SagaException):
+class MultipleOnErrorException(SagaStepException):
     """The saga step already has an on_error callback."""
 
 
-class MultipleOnFailureException(SagaException):
+class MultipleOnFailureException(SagaStepException):
     """The saga step already has an on_failure callback."""
 
 
-class MultipleElseThenException(SagaException):
+class MultipleElseThenException(SagaStepException):
     """The conditional step already has an else_then saga."""
 
 
-class SagaExecutionNotFoundException(SagaException, LookupError):
+class SagaExecutionNotFoundException(SagaExecutionException, LookupError):
     """No saga execution has that uuid."""
 
 
-class SagaExecutionAlreadyExecutedException(SagaException):
+class SagaExecutionAlreadyExecutedException(SagaExecutionException):
     """The saga execution has already finished."""
 
 
-class SagaDefinitionNotFound(SagaException, LookupError):
+class SagaDefinitionNotFound(SagaExecutionException, LookupError):
     """No saga definition with the execution's fingerprint is registered in this process."""
 
 
-class SagaFailedExecutionException(SagaException):
+class SagaFailedExecutionException(SagaExecutionException):
     """The saga execution failed and was rolled back."""
 
     def __init__(
@@ -228,12 +259,15 @@ class SagaFailedExecutionException(SagaException):
         message: str | None = None,
         *,
         rollback_errors: list[BaseException] | None = None,
+        exception: BaseException | None = None,
     ) -> None:
         super().__init__(message)
         self.rollback_errors: list[BaseException] = list(rollback_errors or [])
+        # minos' name for what failed the step (also the exception's __cause__).
+        self.exception = exception
 
 
-class SagaRollbackExecutionException(SagaException):
+class SagaRollbackExecutionException(SagaExecutionException):
     """One or more compensations failed while rolling the saga back."""
 
     def __init__(
@@ -243,5 +277,29 @@ class SagaRollbackExecutionException(SagaException):
         self.errors: list[BaseException] = list(errors or [])
 
 
-class SagaTimeoutException(SagaException, TimeoutError):
+class SagaTimeoutException(SagaExecutionException, TimeoutError):
     """The saga did not finish within its timeout."""
+
+
+class SagaFailedCommitCallbackException(SagaFailedExecutionException):
+    """A commit callback of the saga failed."""
+
+
+class SagaStepExecutionException(SagaException):
+    """A step of a saga execution could not run."""
+
+
+class SagaFailedExecutionStepException(SagaStepExecutionException, SagaFailedExecutionException):
+    """A step of the saga execution failed."""
+
+
+class SagaPausedExecutionStepException(SagaStepExecutionException):
+    """A step of the saga execution paused, waiting for a reply."""
+
+
+class SagaRollbackExecutionStepException(SagaStepExecutionException):
+    """A step of the saga execution failed while it was compensated."""
+
+
+class SagaResponseException(SagaException):
+    """A participant's reply is not a SUCCESS."""

@@ -41,16 +41,19 @@ def send(
         # The same lock a task takes to start waiting: it finds this event, or we find it.
         repo.lock_execution(tx, execution_id)
         now = rt.now()
-        waiter = repo.waiting_for_event(tx, execution_id, name)
-        consumer = waiter.task_id if waiter is not None else None
-        if not repo.insert_event(tx, execution_id, name, key, stored, consumer, now):
+        seq = repo.insert_event(tx, execution_id, name, key, stored, now)
+        if seq is None:
             return False
+        waiter = repo.waiting_for_event(tx, execution_id, name)
         if waiter is not None:
             config = json.loads(waiter.config_text or "{}")
             wait = waits.from_json(config.get("wait") if isinstance(config, dict) else None)
             at = wait.context_key if isinstance(wait, waits.Event) else name
             received = codec.loads(waiter.received_text) if waiter.received_text else {}
             received[at] = payload
-            repo.deliver_event(tx, waiter.task_id, codec.dumps(received), now)
-            repo.notify_work(tx)
+            # Consumed only if delivered: a task claimed meanwhile (its wait timed out)
+            # leaves the event in the mailbox, for its retry to take.
+            if repo.deliver_event(tx, waiter.task_id, codec.dumps(received), now):
+                repo.consume_event(tx, seq, waiter.task_id, now)
+                repo.notify_work(tx)
     return True

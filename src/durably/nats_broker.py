@@ -14,7 +14,9 @@ stream until a consumer acknowledges it, then it is gone, as in a queue.
   same name, so every process that subscribes to a topic shares its messages, each delivered
   to one of them. A message is acknowledged when the handler returns; when it raises, it is
   ``nak``-ed with ``redelivery_delay``, so the server redelivers it after that pause. A message
-  not settled within ``ack_wait`` (a process that died holding it) is redelivered too.
+  not settled within ``ack_wait`` (a process that died holding it) is redelivered too. One
+  whose handler raises ``UndecodableMessageError`` (or whose body is not UTF-8) is logged once
+  and ``term``-inated: never delivered again.
   ``durable=False`` uses an ephemeral consumer instead, deleted with the subscription.
 
 Driver errors come out as :class:`~durably.exceptions.BrokerError`, naming the server without
@@ -29,10 +31,12 @@ import hashlib
 import logging
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
-from .broker import Broker, Message, MessageHandler, Subscription, redacted
-from .exceptions import BrokerError
+from .broker import Broker, Message, MessageHandler, Subscription, log_rejected, redacted
+from .exceptions import BrokerError, UndecodableMessageError
+from .saga_log import log_fields
 
 __all__ = ["NatsBroker", "subject_token"]
 
@@ -121,11 +125,17 @@ class NatsBroker(Broker):
         subject = self.subject(message.topic)
         js = await self._jetstream()
         with self._wrapped(f"publish to {message.topic!r}"):
+            headers = dict(message.headers)
+            if message.id:
+                # JetStream drops a message whose id it stored within its duplicate window:
+                # a relay that publishes again, not knowing the first publish got through,
+                # does not send the request twice.
+                headers["Nats-Msg-Id"] = message.id
             await js.publish(
                 subject,
                 message.body.encode(),
                 stream=self.stream,  # the server refuses it if another stream would take it
-                headers=dict(message.headers) or None,
+                headers=headers or None,
             )
 
     async def subscribe(
@@ -262,13 +272,13 @@ class NatsBroker(Broker):
             raise BrokerError(f"NATS at {self.where}: cannot {doing}: {_reason(exc)}") from exc
 
     async def _on_error(self, exc: Exception) -> None:
-        logger.warning("NATS at %s: %s", self.where, _reason(exc))
+        logger.warning("NATS at %s: %s", self.where, _reason(exc), extra=log_fields("broker_error"))
 
     async def _on_disconnected(self) -> None:
-        logger.info("NATS at %s: disconnected", self.where)
+        logger.info("NATS at %s: disconnected", self.where, extra=log_fields("broker_disconnected"))
 
     async def _on_reconnected(self) -> None:
-        logger.info("NATS at %s: reconnected", self.where)
+        logger.info("NATS at %s: reconnected", self.where, extra=log_fields("broker_reconnected"))
 
 
 class _NatsSubscription(Subscription):
@@ -290,19 +300,32 @@ class _NatsSubscription(Subscription):
         from nats.errors import Error
 
         headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
-        try:
-            message = Message(self._topic, msg.data.decode(), headers)
-        except UnicodeDecodeError:
-            logger.error("message on %r is not UTF-8 text: terminated", self._topic)
-            with contextlib.suppress(Error, OSError):
-                await msg.term()  # never delivered again
-            return
+        message = Message(self._topic, "", headers, id=_message_id(self._broker.stream, msg))
         keepalive = asyncio.get_running_loop().create_task(self._keep_alive(msg))
         try:
+            try:
+                message = replace(message, body=msg.data.decode())
+            except UnicodeDecodeError:
+                raise UndecodableMessageError("the body is not UTF-8 text") from None
             await self._handler(message)
+        except UndecodableMessageError as exc:
+            # No redelivery can make it decodable: logged once and terminated (never again).
+            log_rejected(message, exc, "terminated")
+            with contextlib.suppress(Error, OSError):
+                await msg.term()
+            return
         except Exception:
             delay = self._broker.redelivery_delay
-            logger.exception("handler of %r failed; redelivering in %g s", self._topic, delay)
+            logger.exception(
+                "handler of %r failed; redelivering in %g s",
+                self._topic,
+                delay,
+                extra=log_fields(
+                    "message_redelivered",
+                    topic=self._topic,
+                    message_id=message.id if message is not None else "",
+                ),
+            )
             failed = True
         else:
             failed = False
@@ -316,6 +339,7 @@ class _NatsSubscription(Subscription):
                 "cannot settle a message on %r (%s): it will be redelivered after ack_wait",
                 self._topic,
                 _reason(exc),
+                extra=log_fields("message_settle_failed", topic=self._topic),
             )
 
     async def _keep_alive(self, msg: Any) -> None:
@@ -327,7 +351,12 @@ class _NatsSubscription(Subscription):
             try:
                 await msg.in_progress()
             except (Error, OSError) as exc:
-                logger.debug("in progress on %r: %s", self._topic, _reason(exc))
+                logger.debug(
+                    "in progress on %r: %s",
+                    self._topic,
+                    _reason(exc),
+                    extra=log_fields("message_in_progress_failed"),
+                )
                 return
 
     async def close(self) -> None:
@@ -343,7 +372,12 @@ class _NatsSubscription(Subscription):
             try:
                 await self.psub.drain()  # hands over the messages already received
             except (Error, OSError) as exc:
-                logger.debug("draining the subscription to %r: %s", self._topic, _reason(exc))
+                logger.debug(
+                    "draining the subscription to %r: %s",
+                    self._topic,
+                    _reason(exc),
+                    extra=log_fields("subscription_drain_failed"),
+                )
         others = self._running - {asyncio.current_task()}  # a handler may close its own sub
         if others:
             await asyncio.wait(others)
@@ -355,8 +389,21 @@ class _NatsSubscription(Subscription):
             except NotFoundError:
                 pass
             except (Error, OSError) as exc:
-                logger.debug("deleting the consumer of %r: %s", self._topic, _reason(exc))
+                logger.debug(
+                    "deleting the consumer of %r: %s",
+                    self._topic,
+                    _reason(exc),
+                    extra=log_fields("consumer_delete_failed"),
+                )
         self._broker._subscriptions.discard(self)
+
+
+def _message_id(stream: str, msg: Any) -> str:
+    """The stream sequence of a JetStream message: the same on every redelivery."""
+    try:
+        return f"{stream}:{msg.metadata.sequence.stream}"
+    except Exception:  # not a JetStream message (no metadata in its reply subject)
+        return ""
 
 
 def _require_nats() -> None:

@@ -13,8 +13,11 @@ the topic uses only the characters AMQP clients accept in a queue name (letters,
 - ``subscribe`` declares the durable queue (once per topic) and consumes it with manual acks:
   ``ack`` when the handler returns; when it raises, ``nack`` with requeue after
   ``redelivery_delay`` seconds (RabbitMQ puts a requeued message back at the head of its queue,
-  so without the pause a failing handler would spin on it). ``durable=False`` consumes an
-  exclusive, auto-deleted queue instead: it lives as long as the subscription.
+  so without the pause a failing handler would spin on it); when it raises
+  ``UndecodableMessageError`` (or the body is not UTF-8), ``reject`` without requeue: the
+  message is dead-lettered if the queue has a dead-letter exchange, logged once either way.
+  ``durable=False`` consumes a transient queue instead: deleted with the subscription, or by
+  RabbitMQ five minutes after its last consumer went away; it survives a reconnection.
 
 Connections are robust: aio-pika reconnects and restores queues and consumers by itself, and a
 call made meanwhile waits for it (up to 30 s). Driver errors come out as
@@ -27,11 +30,13 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .broker import Broker, Message, MessageHandler, Subscription, redacted
-from .exceptions import BrokerError
+from .broker import Broker, Message, MessageHandler, Subscription, log_rejected, redacted
+from .exceptions import BrokerError, UndecodableMessageError
+from .saga_log import log_fields
 
 if TYPE_CHECKING:
     import aio_pika
@@ -49,6 +54,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 _CONNECT_TIMEOUT = 10.0  # seconds; a dead server fails the first call instead of hanging it
 _RECONNECT_WAIT = 30.0  # seconds a call waits for a dropped connection to come back
+_PRIVATE_QUEUE_EXPIRES = 300_000  # ms a durable=False queue outlives its last consumer
 # What pamqp lets through in a queue name (the AMQP "queue-name" domain), "#" aside: it escapes.
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:@,/+ ")
 
@@ -111,6 +117,8 @@ class RabbitMQBroker(Broker):
             headers=dict(message.headers),
             content_type="application/json",
             content_encoding="utf-8",
+            # The same on every redelivery, so logs can name it.
+            message_id=message.id or uuid.uuid4().hex,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         with self._wrapped(f"publish to {message.topic!r}"):
@@ -135,7 +143,12 @@ class RabbitMQBroker(Broker):
                     queue = await channel.declare_queue(name, durable=True)
                     self._queues[topic] = queue
             else:
-                queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+                # Not exclusive: an exclusive queue dies with the connection, and a reply sent
+                # while aio-pika reconnects would be lost. x-expires removes it once nobody has
+                # consumed it for a while (its manager is gone); close() deletes it at once.
+                queue = await channel.declare_queue(
+                    name, auto_delete=False, arguments={"x-expires": _PRIVATE_QUEUE_EXPIRES}
+                )
             subscription = _RabbitMQSubscription(self, topic, queue, handler, durable)
             subscription.consumer_tag = await queue.consume(subscription.on_message)
         self._subscriptions.add(subscription)
@@ -214,18 +227,30 @@ class _RabbitMQSubscription(Subscription):
     async def _handle(self, incoming: AbstractIncomingMessage) -> None:
         from aio_pika.exceptions import AMQPError
 
+        message = _decode(self._topic, incoming)
         try:
-            message = _decode(self._topic, incoming)
-        except UnicodeDecodeError:
-            logger.error("message on %r is not UTF-8 text: rejected", self._topic)
-            with contextlib.suppress(AMQPError, OSError, RuntimeError):
-                await incoming.reject(requeue=False)  # dead-lettered if the queue has a DLX
-            return
-        try:
+            if message is None:
+                raise UndecodableMessageError("the body is not UTF-8 text")
             await self._handler(message)
+        except UndecodableMessageError as exc:
+            # No redelivery can make it decodable: logged once, dead-lettered if the queue has
+            # a dead-letter exchange, dropped otherwise.
+            log_rejected(message or _undecoded(self._topic, incoming), exc, "dead-lettered")
+            with contextlib.suppress(AMQPError, OSError, RuntimeError):
+                await incoming.reject(requeue=False)
+            return
         except Exception:
             delay = self._broker.redelivery_delay
-            logger.exception("handler of %r failed; redelivering in %g s", self._topic, delay)
+            logger.exception(
+                "handler of %r failed; redelivering in %g s",
+                self._topic,
+                delay,
+                extra=log_fields(
+                    "message_redelivered",
+                    topic=self._topic,
+                    message_id=message.id if message is not None else "",
+                ),
+            )
             await asyncio.sleep(delay)
             failed = True
         else:
@@ -238,6 +263,7 @@ class _RabbitMQSubscription(Subscription):
                 "cannot settle a message on %r (%s): it will be redelivered",
                 self._topic,
                 _reason(exc),
+                extra=log_fields("message_settle_failed", topic=self._topic),
             )
 
     async def close(self) -> None:
@@ -251,7 +277,12 @@ class _RabbitMQSubscription(Subscription):
             try:
                 await self._queue.cancel(self.consumer_tag)
             except (AMQPError, OSError, RuntimeError) as exc:
-                logger.debug("cancelling the consumer of %r: %s", self._topic, _reason(exc))
+                logger.debug(
+                    "cancelling the consumer of %r: %s",
+                    self._topic,
+                    _reason(exc),
+                    extra=log_fields("consumer_cancel_failed"),
+                )
         others = self._running - {asyncio.current_task()}  # a handler may close its own sub
         if others:
             await asyncio.wait(others)
@@ -264,7 +295,12 @@ class _RabbitMQSubscription(Subscription):
             try:
                 await broker._consumer.queue_delete(self._queue.name)
             except (AMQPError, OSError, RuntimeError) as exc:
-                logger.debug("deleting the queue of %r: %s", self._topic, _reason(exc))
+                logger.debug(
+                    "deleting the queue of %r: %s",
+                    self._topic,
+                    _reason(exc),
+                    extra=log_fields("queue_delete_failed"),
+                )
 
 
 async def _send(channel: AbstractRobustChannel, name: str, message: aio_pika.Message) -> None:
@@ -285,12 +321,27 @@ async def _restored(channel: AbstractRobustChannel) -> None:
         await asyncio.wait_for(channel.ready(), _RECONNECT_WAIT)
 
 
-def _decode(topic: str, incoming: AbstractIncomingMessage) -> Message:
+def _decode(topic: str, incoming: AbstractIncomingMessage) -> Message | None:
+    """The message, or None when its body is not UTF-8 text."""
     headers = {
-        str(key): value.decode() if isinstance(value, bytes | bytearray) else str(value)
+        str(key): value.decode("utf-8", "replace")
+        if isinstance(value, bytes | bytearray)
+        else str(value)
         for key, value in (incoming.headers or {}).items()
     }
-    return Message(topic, incoming.body.decode(), headers)
+    try:
+        body = incoming.body.decode()
+    except UnicodeDecodeError:
+        return None
+    return Message(topic, body, headers, id=_message_id(incoming))
+
+
+def _undecoded(topic: str, incoming: AbstractIncomingMessage) -> Message:
+    return Message(topic, "", {}, id=_message_id(incoming))
+
+
+def _message_id(incoming: AbstractIncomingMessage) -> str:
+    return incoming.message_id or f"delivery-{incoming.delivery_tag}"
 
 
 def _require_aio_pika() -> None:

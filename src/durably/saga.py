@@ -15,7 +15,7 @@ import json
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Self, TypeVar
 
 from .exceptions import (
@@ -30,6 +30,7 @@ from .exceptions import (
     MultipleOnSuccessException,
     SagaException,
     SagaNotCommittedException,
+    SagaNotDefinedException,
     UndefinedOnExecuteException,
 )
 
@@ -65,12 +66,44 @@ def callable_name(fn: Any) -> str:
     return name
 
 
-@dataclass(frozen=True)
 class SagaOperation:
-    """A callback and the extra keyword arguments it is called with (minos ``parameters``)."""
+    """A callback and the extra keyword arguments it is called with (minos ``parameters``):
+    ``SagaOperation(fn, **parameters)`` or ``SagaOperation(fn, parameters={...})``. Accepted
+    wherever a callback is."""
 
+    __slots__ = ("callback", "parameters")
     callback: Callback
-    parameters: Mapping[str, Any] = field(default_factory=dict)
+    parameters: Mapping[str, Any]
+
+    def __init__(
+        self,
+        callback: Callback | SagaOperation,
+        parameters: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(callback, SagaOperation):
+            parameters = {**callback.parameters, **(parameters or {})}
+            callback = callback.callback
+        if not callable(callback):
+            raise TypeError(f"a saga callback must be callable, not {callback!r}")
+        if parameters is not None and not isinstance(parameters, Mapping):
+            raise TypeError(f"parameters must be a mapping of names to values, not {parameters!r}")
+        object.__setattr__(self, "callback", callback)
+        object.__setattr__(self, "parameters", {**(parameters or {}), **kwargs})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a SagaOperation cannot change")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SagaOperation):
+            return NotImplemented
+        return self.callback == other.callback and dict(self.parameters) == dict(other.parameters)
+
+    def __hash__(self) -> int:
+        return hash((self.callback, tuple(sorted(self.parameters))))
+
+    def __repr__(self) -> str:
+        return f"SagaOperation({callable_name(self.callback)}, {dict(self.parameters)!r})"
 
     @property
     def name(self) -> str:
@@ -78,16 +111,21 @@ class SagaOperation:
         qualname = callable_name(self.callback).partition(":")[2]
         return qualname.rpartition(".")[2].partition("@")[0]
 
+    @property
+    def anonymous(self) -> bool:
+        """Whether the callback is a lambda, whose name says nothing."""
+        return self.name == "<lambda>"
+
     def signature(self) -> list[Any]:
         # Parameter names only: their values may not have a stable text form across processes.
         return [callable_name(self.callback), sorted(self.parameters)]
 
 
 def _operation(
-    callback: Callback, parameters: Mapping[str, Any] | None, kwargs: Mapping[str, Any]
+    callback: Callback | SagaOperation,
+    parameters: Mapping[str, Any] | None,
+    kwargs: Mapping[str, Any],
 ) -> SagaOperation:
-    if not callable(callback):
-        raise TypeError(f"a saga callback must be callable, not {callback!r}")
     return SagaOperation(callback, {**(parameters or {}), **kwargs})
 
 
@@ -100,11 +138,13 @@ class SagaStep(abc.ABC):
     def __init__(self, saga: Saga | None = None) -> None:
         self.saga = saga
 
-    def local_step(self, step: Callback | LocalSagaStep | None = None, **kw: Any) -> LocalSagaStep:
+    def local_step(
+        self, step: Callback | SagaOperation | LocalSagaStep | None = None, **kw: Any
+    ) -> LocalSagaStep:
         return self._continue().local_step(step, **kw)
 
     def remote_step(
-        self, step: Callback | RemoteSagaStep | None = None, **kw: Any
+        self, step: Callback | SagaOperation | RemoteSagaStep | None = None, **kw: Any
     ) -> RemoteSagaStep:
         return self._continue().remote_step(step, **kw)
 
@@ -117,8 +157,21 @@ class SagaStep(abc.ABC):
     def _continue(self) -> Saga:
         self.validate()
         if self.saga is None:
-            raise SagaException("the step does not belong to a saga")
+            raise SagaNotDefinedException()
         return self.saga
+
+    def __eq__(self, other: object) -> bool:
+        # Value equality (minos): the kind and the callbacks, never the saga it belongs to.
+        if not isinstance(other, SagaStep):
+            return NotImplemented
+        return type(self) is type(other) and self._value() == other._value()
+
+    def __hash__(self) -> int:
+        return hash((type(self), json.dumps(self.signature())))
+
+    @abc.abstractmethod
+    def _value(self) -> Any:
+        """What two equal steps have equal."""
 
     def _check_open(self) -> None:
         if self.saga is not None and self.saga.committed:
@@ -144,7 +197,9 @@ class _CallbackStep(SagaStep):
     on_execute_operation: SagaOperation | None
     on_failure_operation: SagaOperation | None
 
-    def __init__(self, saga: Saga | None = None, **callbacks: Callback | None) -> None:
+    def __init__(
+        self, saga: Saga | None = None, **callbacks: Callback | SagaOperation | None
+    ) -> None:
         super().__init__(saga)
         for name, callback in callbacks.items():
             op = _operation(callback, None, {}) if callback is not None else None
@@ -154,7 +209,7 @@ class _CallbackStep(SagaStep):
         self,
         slot: str,
         error: type[SagaException],
-        callback: Callback,
+        callback: Callback | SagaOperation,
         parameters: Mapping[str, Any] | None,
         kwargs: Mapping[str, Any],
     ) -> Self:
@@ -165,14 +220,20 @@ class _CallbackStep(SagaStep):
         return self
 
     def on_execute(
-        self, callback: Callback, parameters: Mapping[str, Any] | None = None, **kwargs: Any
+        self,
+        callback: Callback | SagaOperation,
+        parameters: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> Self:
         return self._set(
             "on_execute_operation", MultipleOnExecuteException, callback, parameters, kwargs
         )
 
     def on_failure(
-        self, callback: Callback, parameters: Mapping[str, Any] | None = None, **kwargs: Any
+        self,
+        callback: Callback | SagaOperation,
+        parameters: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> Self:
         return self._set(
             "on_failure_operation", MultipleOnFailureException, callback, parameters, kwargs
@@ -180,6 +241,9 @@ class _CallbackStep(SagaStep):
 
     def operations(self) -> list[SagaOperation | None]:
         return [getattr(self, slot) for slot in self._slots]
+
+    def _value(self) -> Any:
+        return self.operations()
 
     def validate(self) -> None:
         if all(op is None for op in self.operations()):
@@ -202,8 +266,8 @@ class LocalSagaStep(_CallbackStep):
 
     def __init__(
         self,
-        on_execute: Callback | None = None,
-        on_failure: Callback | None = None,
+        on_execute: Callback | SagaOperation | None = None,
+        on_failure: Callback | SagaOperation | None = None,
         saga: Saga | None = None,
     ) -> None:
         super().__init__(saga, on_execute=on_execute, on_failure=on_failure)
@@ -226,10 +290,10 @@ class RemoteSagaStep(_CallbackStep):
 
     def __init__(
         self,
-        on_execute: Callback | None = None,
-        on_success: Callback | None = None,
-        on_error: Callback | None = None,
-        on_failure: Callback | None = None,
+        on_execute: Callback | SagaOperation | None = None,
+        on_success: Callback | SagaOperation | None = None,
+        on_error: Callback | SagaOperation | None = None,
+        on_failure: Callback | SagaOperation | None = None,
         saga: Saga | None = None,
     ) -> None:
         super().__init__(
@@ -241,14 +305,20 @@ class RemoteSagaStep(_CallbackStep):
         )
 
     def on_success(
-        self, callback: Callback, parameters: Mapping[str, Any] | None = None, **kwargs: Any
+        self,
+        callback: Callback | SagaOperation,
+        parameters: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> Self:
         return self._set(
             "on_success_operation", MultipleOnSuccessException, callback, parameters, kwargs
         )
 
     def on_error(
-        self, callback: Callback, parameters: Mapping[str, Any] | None = None, **kwargs: Any
+        self,
+        callback: Callback | SagaOperation,
+        parameters: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> Self:
         return self._set(
             "on_error_operation", MultipleOnErrorException, callback, parameters, kwargs
@@ -257,10 +327,18 @@ class RemoteSagaStep(_CallbackStep):
 
 @dataclass(frozen=True)
 class IfThenAlternative:
-    """Run ``saga`` when ``condition(ctx)`` is true."""
+    """Run ``saga`` when ``condition(ctx)`` is true (a callback or a ``SagaOperation``)."""
 
     condition: SagaOperation
     saga: Saga
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "condition", SagaOperation(self.condition))
+        _saga(self.saga)
+
+    def validate(self) -> None:
+        """Raise the definition error of the alternative's saga, if any."""
+        self.saga.validate()
 
 
 @dataclass(frozen=True)
@@ -269,6 +347,13 @@ class ElseThenAlternative:
 
     saga: Saga
 
+    def __post_init__(self) -> None:
+        _saga(self.saga)
+
+    def validate(self) -> None:
+        """Raise the definition error of the alternative's saga, if any."""
+        self.saga.validate()
+
 
 class ConditionalSagaStep(SagaStep):
     """Runs the saga of the first ``if_then`` whose condition holds, else the ``else_then``
@@ -276,17 +361,32 @@ class ConditionalSagaStep(SagaStep):
 
     kind = "conditional"
 
-    def __init__(self, saga: Saga | None = None) -> None:
+    def __init__(
+        self,
+        saga: Saga | None = None,
+        *,
+        if_then: IfThenAlternative | Iterable[IfThenAlternative] | None = None,
+        else_then: ElseThenAlternative | None = None,
+    ) -> None:
         super().__init__(saga)
-        self.if_then_alternatives: list[IfThenAlternative] = []
-        self.else_then_alternative: ElseThenAlternative | None = None
+        if isinstance(if_then, IfThenAlternative):
+            if_then = [if_then]
+        alternatives = list(if_then or ())
+        for alternative in alternatives:
+            if not isinstance(alternative, IfThenAlternative):
+                raise TypeError(f"if_then takes IfThenAlternative objects, not {alternative!r}")
+        if else_then is not None and not isinstance(else_then, ElseThenAlternative):
+            raise TypeError(f"else_then takes an ElseThenAlternative, not {else_then!r}")
+        self.if_then_alternatives: list[IfThenAlternative] = alternatives
+        self.else_then_alternative: ElseThenAlternative | None = else_then
 
-    def if_then(self, condition: Callback, saga: Saga) -> ConditionalSagaStep:
+    def if_then(self, condition: Callback | SagaOperation, saga: Saga) -> ConditionalSagaStep:
         self._check_open()
-        self.if_then_alternatives.append(
-            IfThenAlternative(_operation(condition, None, {}), _saga(saga))
-        )
+        self.if_then_alternatives.append(IfThenAlternative(SagaOperation(condition), saga))
         return self
+
+    def _value(self) -> Any:
+        return [self.if_then_alternatives, self.else_then_alternative]
 
     def else_then(self, saga: Saga) -> ConditionalSagaStep:
         self._check_open()
@@ -333,17 +433,38 @@ class Saga:
     ``name`` is for display; by default it names the module and function that built it.
     """
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        steps: Iterable[SagaStep] | None = None,
+        committed: bool = False,
+    ) -> None:
         self.steps: list[SagaStep] = []
         self.committed = False
         self.name = name or _caller_name()
         self._fingerprint: str | None = None
+        for step in steps or ():
+            if not isinstance(step, SagaStep):
+                raise TypeError(f"a saga's steps are SagaStep objects, not {step!r}")
+            self._add(type(step), step)
+        if committed:
+            self.commit()  # minos' Saga(steps=..., committed=True): ready to run and resume
 
     def __repr__(self) -> str:
         return f"Saga({self.name!r}, steps={[step.describe() for step in self.steps]})"
 
+    def __eq__(self, other: object) -> bool:
+        # Value equality (minos): same steps, same commit state; the display name aside.
+        if not isinstance(other, Saga):
+            return NotImplemented
+        return self.committed == other.committed and self.steps == other.steps
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
     def local_step(
-        self, step: Callback | LocalSagaStep | None = None, **parameters: Any
+        self, step: Callback | SagaOperation | LocalSagaStep | None = None, **parameters: Any
     ) -> LocalSagaStep:
         """Add a local step; ``step`` may be its ``on_execute`` callback or a step."""
         if step is not None and not isinstance(step, SagaStep):
@@ -351,7 +472,7 @@ class Saga:
         return self._add(LocalSagaStep, step)
 
     def remote_step(
-        self, step: Callback | RemoteSagaStep | None = None, **parameters: Any
+        self, step: Callback | SagaOperation | RemoteSagaStep | None = None, **parameters: Any
     ) -> RemoteSagaStep:
         """Add a remote step; ``step`` may be its ``on_execute`` callback or a step."""
         if step is not None and not isinstance(step, SagaStep):

@@ -7,31 +7,42 @@ transaction, see ``SagaRuntime.save``); before a request goes out it is saved as
 that request, so a reply can never arrive before the state that expects it, and a crashed
 process can be resumed from the last finished step.
 
-On a failure the finished steps are compensated in reverse order. The failing step is not,
-except a remote step whose ``on_success``/``on_error`` failed: its own ``on_failure`` runs
-first. A failed compensation is recorded and the others still run.
+Requests leave through the runtime's ``send``, which saves the paused state and queues the
+request in one transaction (the outbox). Compensation is in ``saga_compensation``.
 """
 
 from __future__ import annotations
 
-import inspect
+import secrets
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID, uuid4
 
 from . import codec
 from .context import ExecutionScope, SagaContext
-from .exceptions import (
-    SagaException,
-    SagaExecutionAlreadyExecutedException,
-    SagaFailedExecutionException,
-    SagaRollbackExecutionException,
+from .exceptions import SagaException, SagaExecutionAlreadyExecutedException
+from .saga import ConditionalSagaStep, LocalSagaStep, RemoteSagaStep, Saga, SagaStep
+from .saga_compensation import Compensation
+from .saga_messages import SagaResponse, SagaResponseStatus
+from .saga_records import (
+    FORWARD,
+    PendingRequest,
+    SagaStatus,
+    SagaStepRecord,
+    SagaStepStatus,
 )
-from .saga import ConditionalSagaStep, LocalSagaStep, RemoteSagaStep, Saga, SagaOperation, SagaStep
-from .saga_messages import SagaRequest, SagaResponse, SagaResponseStatus
+from .saga_runtime import (
+    Detached,
+    Paused,
+    SagaRuntime,
+    StepFailed,
+    call,
+    choose,
+    describe,
+    request_of,
+)
 
 __all__ = [
     "PendingRequest",
@@ -43,120 +54,9 @@ __all__ = [
 ]
 
 MAX_CONTEXT_BYTES = 1024 * 1024
-FORWARD, COMPENSATING = "forward", "compensating"
 
 
-class SagaStatus(StrEnum):
-    """Where a saga execution is (minos names and values)."""
-
-    Created = "created"
-    Running = "running"
-    Paused = "paused"
-    Finished = "finished"
-    Errored = "errored"
-
-
-class SagaStepStatus(StrEnum):
-    """Where one step is (minos names and values, plus ``Compensated``)."""
-
-    Created = "created"
-    RunningOnExecute = "running-on-execute"
-    FinishedOnExecute = "finished-on-execute"
-    ErroredOnExecute = "errored-on-execute"
-    PausedByOnExecute = "paused-by-on-execute"
-    ErroredByOnExecute = "errored-by-on-execute"
-    RunningOnFailure = "running-on-failure"
-    PausedOnFailure = "paused-on-failure"
-    ErroredOnFailure = "errored-on-failure"
-    RunningOnSuccess = "running-on-success"
-    ErroredOnSuccess = "errored-on-success"
-    RunningOnError = "running-on-error"
-    ErroredOnError = "errored-on-error"
-    Finished = "finished"
-    Compensated = "compensated"
-
-
-@dataclass
-class SagaStepRecord:
-    """A step as executed: its path ("1", "2.0"), kind, display name, status and error. A
-    conditional step also records the branch it ran: an ``if_then`` index, -1 for
-    ``else_then``, ``None`` for nothing."""
-
-    path: str
-    kind: str
-    name: str
-    status: SagaStepStatus = SagaStepStatus.Created
-    error: str | None = None
-    branch: int | None = None
-
-    def to_state(self) -> dict[str, Any]:
-        return {**asdict(self), "status": self.status.value}
-
-    @classmethod
-    def from_state(cls, data: Mapping[str, Any]) -> SagaStepRecord:
-        return cls(**{**data, "status": SagaStepStatus(data["status"])})
-
-
-@dataclass(frozen=True)
-class PendingRequest:
-    """The request a paused execution waits on: ``phase`` is "execute" or "failure"."""
-
-    path: str
-    phase: str
-    key: str
-    target: str
-    body: str  # the content as JSON (codec.dumps_value)
-
-
-class SagaRuntime(Protocol):
-    """What an execution needs from its manager: durable saves and request/reply."""
-
-    def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
-        """Save the execution (its context too) in one transaction, recording ``reply_key`` as
-        applied; return False, writing nothing, if that reply was applied already."""
-        ...
-
-    async def send(self, execution: SagaExecution, request: PendingRequest) -> None: ...
-
-    async def wait_reply(
-        self, execution: SagaExecution, request: PendingRequest
-    ) -> SagaResponse | None:
-        """The reply to ``request``, or None to pause the execution on disk."""
-        ...
-
-
-class _Detached:
-    """The runtime of an execution run on its own: no storage, no broker."""
-
-    def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
-        return True
-
-    async def send(self, execution: SagaExecution, request: PendingRequest) -> None:
-        pass
-
-    async def wait_reply(
-        self, execution: SagaExecution, request: PendingRequest
-    ) -> SagaResponse | None:
-        return None
-
-
-class _Paused(Exception):
-    """Unwinds the run: the execution is saved as paused, waiting for a reply."""
-
-
-class _StepFailed(Exception):
-    def __init__(self, path: str, error: BaseException, own: bool, reply_key: str | None) -> None:
-        super().__init__(path)
-        self.path, self.error, self.own, self.reply_key = path, error, own, reply_key
-
-
-class _CompensationFailed(Exception):
-    def __init__(self, error: BaseException, key: str | None = None) -> None:
-        super().__init__(key)
-        self.error, self.key = error, key
-
-
-class SagaExecution:
+class SagaExecution(Compensation):
     """One run of a saga: its uuid, definition, context, status and steps."""
 
     max_context_bytes = MAX_CONTEXT_BYTES
@@ -194,6 +94,8 @@ class SagaExecution:
         self._response: SagaResponse | None = None
         self._cause: BaseException | None = None
         self._raised: dict[str, BaseException] = {}  # failed compensations' exceptions, by message
+        self._dirty = False  # changed since the last save (see _save)
+        self._dirty_key: str | None = None  # the reply that the next save records as applied
 
     @classmethod
     def from_definition(
@@ -278,23 +180,26 @@ class SagaExecution:
             raise SagaExecutionAlreadyExecutedException(
                 f"saga execution {self.uuid} is {self.status.value}: it cannot run again"
             )
-        self._runtime, self._response = runtime or _Detached(), response
+        self._runtime, self._response = runtime or Detached(), response
         self.status = SagaStatus.Running
         try:
             if self.phase == FORWARD:
                 try:
                     await self._run_saga(self.definition, "")
-                except _StepFailed as failure:
+                except StepFailed as failure:
                     self._plan_compensation(failure)
-                    self._save(failure.reply_key)
+                    await self._save(failure.reply_key)
                 else:
                     self.status = SagaStatus.Finished
-                    self._save()
+                    await self._save()
+                    await self._flush()
                     return self.context
             await self._compensate()
             self.status = SagaStatus.Errored
-            self._save()
-        except _Paused:
+            await self._save()
+            await self._flush()
+        except Paused:
+            await self._flush()  # nothing is left unsaved at a pause; kept as a guard
             return self.context
         finally:
             self._runtime = self._response = None
@@ -315,22 +220,25 @@ class SagaExecution:
                 await self._run_conditional(path, step)
 
     async def _run_local(self, path: str, step: LocalSagaStep) -> None:
+        await self._flush()  # a local step may act on the world: what led here is saved first
         record = self._record(path, step)
         ctx = self._copy(path)
         try:
-            self.context = self._adopt(await _call(step.on_execute_operation, ctx), ctx)
+            self.context = self._adopt(await call(step.on_execute_operation, ctx), ctx)
         except Exception as exc:
             raise self._fail(record, SagaStepStatus.ErroredOnExecute, exc) from None
         record.status = SagaStepStatus.Finished
-        self._save()
+        await self._save()
 
     async def _run_remote(self, path: str, step: RemoteSagaStep) -> None:
         record = self._record(path, step)
         if record.status is not SagaStepStatus.PausedByOnExecute:
             try:
-                request, body = _request(await _call(step.on_execute_operation, self._copy(path)))
+                request, body = request_of(await call(step.on_execute_operation, self._copy(path)))
             except Exception as exc:
                 raise self._fail(record, SagaStepStatus.ErroredOnExecute, exc) from None
+            if step.on_execute_operation is not None and step.on_execute_operation.anonymous:
+                record.name = f"{step.kind} {request.target}"  # says more than "<lambda>"
             await self._send(record, "execute", request.target, body)
         response, key, target = await self._reply()
         if response.status is SagaResponseStatus.SYSTEM_ERROR:
@@ -340,110 +248,51 @@ class SagaExecution:
         if op is not None:
             ctx = self._copy(path)
             try:
-                self.context = self._adopt(await _call(op, ctx, response), ctx)
+                self.context = self._adopt(await call(op, ctx, response), ctx)
             except Exception as exc:
                 status = (
                     SagaStepStatus.ErroredOnSuccess
                     if response.ok
                     else SagaStepStatus.ErroredOnError
                 )
-                own = step.on_failure_operation is not None
+                # The step's own compensation runs only when the participant fulfilled the
+                # request (SUCCESS): after an ERROR reply there is nothing of it to undo.
+                own = step.on_failure_operation is not None and response.ok
                 raise self._fail(record, status, exc, own=own, reply_key=key) from None
         record.status = SagaStepStatus.Finished
-        self._save(key)
+        await self._save(key)
 
     async def _run_conditional(self, path: str, step: ConditionalSagaStep) -> None:
         record = self._records.get(path)
         if record is None:
             record = self._record(path, step)
             try:
-                record.branch = await _choose(step, self._copy(path))
+                record.branch = await choose(step, self._copy(path))
             except Exception as exc:
                 raise self._fail(record, SagaStepStatus.ErroredOnExecute, exc) from None
             record.status = SagaStepStatus.RunningOnSuccess
         if record.branch is not None:
             try:
                 await self._run_saga(step.branch(record.branch), path)
-            except _StepFailed:
+            except StepFailed:
                 record.status = SagaStepStatus.ErroredByOnExecute
                 raise
         record.status = SagaStepStatus.Finished
-        self._save()
+        await self._save()
 
-    # -- compensation ----------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        # Value equality (minos): what was saved, not when or by which run.
+        if not isinstance(other, SagaExecution):
+            return NotImplemented
+        return (
+            self.uuid == other.uuid
+            and self.definition == other.definition
+            and self.context == other.context
+            and self.status == other.status
+            and self.state() == other.state()
+        )
 
-    def _plan_compensation(self, failure: _StepFailed) -> None:
-        record = self._records[failure.path]
-        self.error = f"step {record.path} ({record.name}) failed: {record.error}"
-        self._cause = failure.error
-        finished = [
-            path
-            for path, r in self._records.items()
-            if r.status is SagaStepStatus.Finished and _undo_operation(self._step_at(path))
-        ]
-        self.compensations = ([failure.path] if failure.own else []) + finished[::-1]
-        self.phase = COMPENSATING
-
-    async def _compensate(self) -> None:
-        while self.compensations:
-            path = self.compensations[0]
-            step, record = self._step_at(path), self._records[path]
-            key: str | None = None
-            try:
-                if isinstance(step, LocalSagaStep):
-                    await self._undo_local(path, step)
-                else:
-                    assert isinstance(step, RemoteSagaStep)
-                    key = await self._undo_remote(path, step, record)
-            except _CompensationFailed as failed:
-                key = failed.key
-                self._compensation_failed(record, failed.error)
-            else:
-                record.status = SagaStepStatus.Compensated
-            self.compensations.pop(0)
-            self._save(key)
-
-    async def _undo_local(self, path: str, step: LocalSagaStep) -> None:
-        ctx = self._copy(path)
-        try:
-            self.context = self._adopt(await _call(step.on_failure_operation, ctx), ctx)
-        except Exception as exc:
-            raise _CompensationFailed(exc) from None
-
-    async def _undo_remote(self, path: str, step: RemoteSagaStep, record: SagaStepRecord) -> str:
-        """Send the compensating request (unless it is out already) and await its reply;
-        return the key the reply is recorded under."""
-        if record.status is not SagaStepStatus.PausedOnFailure:
-            try:
-                request, body = _request(await _call(step.on_failure_operation, self._copy(path)))
-            except Exception as exc:
-                raise _CompensationFailed(exc) from None
-            await self._send(record, "failure", request.target, body)
-        response, key, target = await self._reply()
-        if not response.ok:
-            error = SagaRollbackExecutionException(
-                f"{target} replied {response.status.name}: {response.content()!r}"
-            )
-            raise _CompensationFailed(error, key)
-        return key
-
-    def _compensation_failed(self, record: SagaStepRecord, exc: BaseException) -> None:
-        record.status = SagaStepStatus.ErroredOnFailure
-        record.error = _describe(exc)
-        message = f"compensation of step {record.path} ({record.name}) failed: {record.error}"
-        self.rollback_errors.append(message)
-        self._raised[message] = exc
-
-    def _failed(self) -> SagaFailedExecutionException:
-        message = f"saga {self.saga_name!r} execution {self.uuid} failed: {self.error}"
-        if self.rollback_errors:
-            message += "; " + "; ".join(self.rollback_errors)
-        errors = [
-            self._raised.get(m) or SagaRollbackExecutionException(m) for m in self.rollback_errors
-        ]
-        exc = SagaFailedExecutionException(message, rollback_errors=errors)
-        exc.__cause__ = self._cause
-        return exc
+    __hash__ = None  # type: ignore[assignment]
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -485,13 +334,21 @@ class SagaExecution:
         *,
         own: bool = False,
         reply_key: str | None = None,
-    ) -> _StepFailed:
-        record.status, record.error = status, _describe(exc)
-        return _StepFailed(record.path, exc, own, reply_key)
+    ) -> StepFailed:
+        record.status, record.error = status, describe(exc)
+        return StepFailed(record.path, exc, own, reply_key)
 
     async def _send(self, record: SagaStepRecord, phase: str, target: str, body: str) -> None:
+        # The key names the request (a participant dedupes on it, it is the same on every
+        # delivery); the token is its unguessable secret, which only the participant that
+        # received the request can echo in a reply.
         self.pending = PendingRequest(
-            record.path, phase, f"{self.uuid}:{record.path}:{phase}", target, body
+            record.path,
+            phase,
+            f"{self.uuid}:{record.path}:{phase}",
+            target,
+            body,
+            secrets.token_urlsafe(16),
         )
         record.status = (
             SagaStepStatus.PausedByOnExecute
@@ -499,9 +356,15 @@ class SagaExecution:
             else SagaStepStatus.PausedOnFailure
         )
         self.status = SagaStatus.Paused
-        self._save()  # before sending: the reply must find this state
         assert self._runtime is not None
-        await self._runtime.send(self, self.pending)
+        # Saved with the request in one transaction, before it goes out: the reply must find
+        # this state, and the request must not go out unless this state is saved. The same
+        # transaction records the reply that led here, if its save was deferred.
+        key, self._dirty, self._dirty_key = self._dirty_key, False, None
+        if not await self._runtime.send(self, self.pending, reply_key=key):
+            raise SagaExecutionAlreadyExecutedException(
+                f"the reply {key} to saga execution {self.uuid} was already applied"
+            )
 
     async def _reply(self) -> tuple[SagaResponse, str, str]:
         """The reply the pending request waits for, the key it is recorded under, and the
@@ -513,45 +376,29 @@ class SagaExecution:
         if response is None:
             response = await runtime.wait_reply(self, pending)
             if response is None:
-                raise _Paused
+                raise Paused
         self.pending = None
         self.status = SagaStatus.Running
         return response, response.idempotency_key or pending.key, pending.target
 
-    def _save(self, reply_key: str | None = None) -> None:
+    async def _save(self, reply_key: str | None = None) -> None:
+        """Mark the execution to be saved, recording ``reply_key`` as applied, at the next
+        flush point: before a local callback (which may act on the world), with the next
+        request (one transaction for both), or when the run ends. Nothing else can observe
+        the state in between, so a crash loses the same as with a save here; a 3-step saga
+        with two remote steps costs 3 transactions instead of 6."""
+        if reply_key is not None and self._dirty_key not in (None, reply_key):
+            await self._flush()
+        self._dirty = True
+        if reply_key is not None:
+            self._dirty_key = reply_key
+
+    async def _flush(self) -> None:
+        if not self._dirty:
+            return
         assert self._runtime is not None
-        if not self._runtime.save(self, reply_key):
+        key, self._dirty, self._dirty_key = self._dirty_key, False, None
+        if not await self._runtime.save(self, key):
             raise SagaExecutionAlreadyExecutedException(
-                f"the reply {reply_key} to saga execution {self.uuid} was already applied"
+                f"the reply {key} to saga execution {self.uuid} was already applied"
             )
-
-
-async def _call(op: SagaOperation | None, *args: Any) -> Any:
-    assert op is not None  # validate() guarantees the callbacks this is called with
-    result = op.callback(*args, **op.parameters)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
-async def _choose(step: ConditionalSagaStep, ctx: SagaContext) -> int | None:
-    for index, alternative in enumerate(step.if_then_alternatives):
-        if await _call(alternative.condition, ctx):
-            return index
-    return -1 if step.else_then_alternative is not None else None
-
-
-def _request(result: Any) -> tuple[SagaRequest, str]:
-    if isinstance(result, BaseException):
-        raise result
-    if not isinstance(result, SagaRequest):
-        raise TypeError(f"a remote step callback must return a SagaRequest, not {result!r}")
-    return result, codec.dumps_value(result.content())
-
-
-def _undo_operation(step: SagaStep) -> SagaOperation | None:
-    return getattr(step, "on_failure_operation", None)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

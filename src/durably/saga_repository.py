@@ -2,7 +2,16 @@
 
 An execution is one ``saga_executions`` row (status, fingerprint, step states as JSON) and one
 ``contexts`` row, whose id is the execution's. Each save writes both in one transaction, with
-the key of the reply it applies, if any (``saga_replies``), so a reply is applied exactly once.
+the key of the reply it applies, if any (``saga_replies``), so a reply is applied exactly once,
+and the request the new state sends, if any (``saga_outbox``, see ``saga_outbox.py``), so a
+request goes out if and only if the state that awaits its reply is saved.
+
+The database drivers block; every coroutine here runs them off the event loop, on threads of
+the store's own (``saga_threads.off_loop``), so a slow save never stalls the loop that the
+broker consumers share. ``bench/saga_storage.py`` measured that against psycopg's async
+connection pool (see its docstring): within the run-to-run spread of each other, with no better
+loop lag for the async pool, so the thread offload is kept; it serves SQLite too. The plain
+methods (``save``, ``load_execution``) are for code that has no event loop (the CLI).
 """
 
 from __future__ import annotations
@@ -18,7 +27,10 @@ from .backends import open_store
 from .context import SagaContext
 from .exceptions import SagaDefinitionNotFound, SagaExecutionNotFoundException
 from .saga import registered_saga
-from .saga_execution import SagaExecution, SagaStatus, SagaStepRecord
+from .saga_execution import SagaExecution
+from .saga_outbox import OutboxEntry
+from .saga_records import SagaStatus, SagaStepRecord
+from .saga_threads import off_loop
 from .store import Row, Store, parse_timestamp, timestamp
 
 __all__ = ["SagaExecutionRepository", "SagaExecutionSummary"]
@@ -58,51 +70,83 @@ class SagaExecutionRepository:
 
     async def store(self, execution: SagaExecution) -> None:
         """Save ``execution`` and its context."""
-        self.save(execution)
+        await self.apply(execution)
 
     async def load(self, uuid: UUID | str) -> SagaExecution:
         """The stored execution, with its definition from this process's registry."""
-        return self.load_execution(uuid)
+        return await off_loop(self.db, self.load_execution, uuid)
 
     async def delete(self, uuid: UUID | str | SagaExecution) -> None:
-        """Remove the execution, its context and its reply keys."""
+        """Remove the execution, its context, its reply keys and its unsent requests."""
+        await off_loop(self.db, self.delete_sync, uuid)
+
+    async def apply(
+        self,
+        execution: SagaExecution,
+        reply_key: str | None = None,
+        *,
+        outbox: OutboxEntry | None = None,
+        discard: str | None = None,
+    ) -> bool:
+        """:meth:`save` off the event loop. The execution is encoded here, on the caller's
+        thread (it is the caller's to change), and only the database work moves."""
+        write = _Write.of(execution, reply_key, outbox, discard)
+        saved = await off_loop(self.db, self._write, write)
+        if saved:
+            execution.updated_at = parse_timestamp(write.now) or execution.updated_at
+        return saved
+
+    # -- what the manager and the CLI use ----------------------------------------------------
+
+    def delete_sync(self, uuid: UUID | str | SagaExecution) -> None:
         key = str(uuid.uuid if isinstance(uuid, SagaExecution) else _as_uuid(uuid))
         with self.db.transaction() as tx:
+            tx.execute("saga_delete_outbox", {"id": key})
             tx.execute("saga_delete_replies", {"id": key})
             tx.execute("saga_delete_execution", {"id": key})
             tx.execute("saga_delete_context", {"id": key})
 
-    # -- what the manager and the CLI use ----------------------------------------------------
-
-    def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
+    def save(
+        self,
+        execution: SagaExecution,
+        reply_key: str | None = None,
+        *,
+        outbox: OutboxEntry | None = None,
+        discard: str | None = None,
+    ) -> bool:
         """Save the execution and its context in one transaction, recording ``reply_key`` as
-        applied; return False, writing nothing, when that reply was applied already."""
-        # Encoded before the transaction: a context that cannot be stored writes nothing.
-        value = codec.dumps(execution.context, max_bytes=execution.max_context_bytes)
-        state = json.dumps(execution.state(), separators=(",", ":"))
-        key, now = str(execution.uuid), timestamp()
+        applied; return False, writing nothing, when that reply was applied already. The same
+        transaction drops the unsent requests of idempotency key ``discard`` and queues
+        ``outbox``, the request the saved state waits on."""
+        write = _Write.of(execution, reply_key, outbox, discard)
+        saved = self._write(write)
+        if saved:
+            execution.updated_at = parse_timestamp(write.now) or execution.updated_at
+        return saved
+
+    def _write(self, write: _Write) -> bool:
+        key, now = write.key, write.now
         with self.db.transaction() as tx:
-            if reply_key is not None:
-                fresh = tx.execute("saga_insert_reply", {"id": key, "key": reply_key, "now": now})
-                if not fresh:
+            if write.reply_key is not None:
+                params = {"id": key, "key": write.reply_key, "now": now}
+                if not tx.execute("saga_insert_reply", params):
                     return False
-            tx.execute("saga_save_context", {"id": key, "value": value, "now": now})
-            tx.execute(
-                "saga_save_execution",
-                {
-                    "id": key,
-                    "saga_name": execution.saga_name,
-                    "fingerprint": execution.fingerprint,
-                    "status": execution.status.value,
-                    "context_id": key,
-                    "state": state,
-                    "error_details": execution.error,
-                    "created_at": execution.created_at.isoformat(timespec="microseconds"),
-                    "now": now,
-                },
-            )
-        execution.updated_at = parse_timestamp(now) or execution.updated_at
+            tx.execute("saga_save_context", {"id": key, "value": write.value, "now": now})
+            tx.execute("saga_save_execution", write.row)
+            for done in (write.discard, write.reply_key):
+                # A request abandoned, or answered already (its reply is applied here), must
+                # not go out (again): a relay still trying to publish it finds no row.
+                if done is not None:
+                    tx.execute("saga_outbox_discard", {"id": key, "key": done})
+            if write.outbox is not None:
+                tx.execute("saga_outbox_insert", write.outbox.row(now))
         return True
+
+    def outbox_count(self, uuid: UUID | str) -> int:
+        """How many requests of the execution wait in the outbox, unsent."""
+        with self.db.read() as tx:
+            row = tx.fetch_one("saga_outbox_count", {"id": str(_as_uuid(uuid))})
+        return int(row["n"]) if row is not None else 0
 
     def load_execution(self, uuid: UUID | str) -> SagaExecution:
         """``load`` without the event loop. Raises ``SagaExecutionNotFoundException``, and
@@ -151,6 +195,43 @@ class SagaExecutionRepository:
         if row is None:
             raise SagaExecutionNotFoundException(f"no saga execution has the uuid {key}")
         return row
+
+
+@dataclass(frozen=True)
+class _Write:
+    """One save, encoded: what the transaction writes."""
+
+    key: str
+    now: str
+    value: str
+    row: dict[str, Any]
+    reply_key: str | None
+    outbox: OutboxEntry | None
+    discard: str | None
+
+    @classmethod
+    def of(
+        cls,
+        execution: SagaExecution,
+        reply_key: str | None,
+        outbox: OutboxEntry | None,
+        discard: str | None,
+    ) -> _Write:
+        # Encoded before the transaction: a context that cannot be stored writes nothing.
+        value = codec.dumps(execution.context, max_bytes=execution.max_context_bytes)
+        key, now = str(execution.uuid), timestamp()
+        row = {
+            "id": key,
+            "saga_name": execution.saga_name,
+            "fingerprint": execution.fingerprint,
+            "status": execution.status.value,
+            "context_id": key,
+            "state": json.dumps(execution.state(), separators=(",", ":")),
+            "error_details": execution.error,
+            "created_at": execution.created_at.isoformat(timespec="microseconds"),
+            "now": now,
+        }
+        return cls(key, now, value, row, reply_key, outbox, discard)
 
 
 def _as_uuid(value: Any) -> UUID:

@@ -1,5 +1,9 @@
 """The saga side of ``durably worker``: participants and the reply listener, over brokers.
 
+Participants answer from an inbox in the worker's database (a request answered before gets
+the recorded reply), and the reply listener also relays the outbox requests that managers
+which stopped left unsent.
+
 The workflow Worker is synchronous and owns the main thread, while brokers and SagaManager are
 asyncio; so sagas are served on a daemon thread with an event loop of its own, which
 ``start()`` and ``stop()`` drive from the main thread.
@@ -13,13 +17,17 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
+from uuid import UUID
 
 from .broker import Broker, InMemoryBroker, Message, MessageHandler, Subscription
+from .exceptions import BrokerError
 from .saga import Saga
+from .saga_execution import SagaExecution
+from .saga_log import log_fields
 from .saga_manager import DEFAULT_REPLY_TO, SagaManager
 from .saga_repository import SagaExecutionRepository
 
-__all__ = ["SagaService"]
+__all__ = ["SagaService", "rollback_saga"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +36,8 @@ class SagaService:
     """Serves the ``@service`` participants of ``brokers`` and ``broker`` and, when there are
     ``sagas``, a reply listener on ``reply_to`` that resumes their executions paused in the
     database ``db_url``. Replies arrive on ``broker`` or, without it, on the only one of
-    ``brokers`` (several: ``ValueError``). ``on_error`` hears of a failure after ``start()``."""
+    ``brokers`` (several: ``ValueError``). ``on_error`` hears of a failure after ``start()``.
+    The participants' inbox is in ``db_url`` too."""
 
     def __init__(
         self,
@@ -85,7 +94,12 @@ class SagaService:
         except Exception as exc:
             self.error = exc
             if self._ready.is_set():
-                logger.error("saga service failed: %s", exc, exc_info=exc)
+                logger.error(
+                    "saga service failed: %s",
+                    exc,
+                    exc_info=exc,
+                    extra=log_fields("saga_service_failed"),
+                )
                 if self.on_error is not None:
                     self.on_error(exc)
         finally:
@@ -97,11 +111,16 @@ class SagaService:
         listener: asyncio.Task[None] | None = None
         repo: SagaExecutionRepository | None = None
         try:
-            for broker in self.brokers:
-                subscriptions += await broker.start_services()
-            if self.sagas:
-                # Opened on this thread, which is the one that uses it.
+            if self.sagas or any(broker.services for broker in self.brokers):
+                # Opened on this thread, which is the one that uses it. Participants keep
+                # their inbox in it, sagas their executions and outbox.
                 repo = SagaExecutionRepository(self.db_url)
+            for broker in self.brokers:
+                subscriptions += await broker.start_services(
+                    store=repo.db if repo is not None else None
+                )
+            if self.sagas:
+                assert repo is not None
                 subscribed = asyncio.Event()
                 pool = _Announcing(self.pool or InMemoryBroker(), subscribed)
                 manager = SagaManager(repo, pool, sagas=self.sagas, reply_to=self.reply_to)
@@ -118,7 +137,7 @@ class SagaService:
                 try:
                     await each.close()
                 except Exception as exc:  # the others must still be closed
-                    logger.warning("closing %r: %s", each, exc)
+                    logger.warning("closing %r: %s", each, exc, extra=log_fields("close_failed"))
             if repo is not None:
                 repo.close()
 
@@ -152,3 +171,42 @@ class _Announcing(Broker):
         subscription = await self.broker.subscribe(topic, handler, durable=durable)
         self.subscribed.set()
         return subscription
+
+
+class _NoBroker(Broker):
+    """Stands in when no broker is given: a request "sent" through it stays in the outbox,
+    where the relay of a ``durably worker`` with a broker publishes it once its lease ends."""
+
+    async def publish(self, message: Message) -> None:
+        raise BrokerError("no broker given: the request waits in the outbox for a worker")
+
+    async def subscribe(
+        self, topic: str, handler: MessageHandler, *, durable: bool = True
+    ) -> Subscription:
+        raise BrokerError("no broker given")
+
+
+def rollback_saga(
+    db_url: str | None,
+    uuid: UUID | str,
+    broker: Broker | None = None,
+    *,
+    reply_to: str = DEFAULT_REPLY_TO,
+) -> SagaExecution:
+    """Roll a stored saga execution back (``durably cancel ID``): its local compensations run
+    here; its first remote compensation is sent through ``broker`` (or, without one, left in
+    the outbox for a worker), and the reply listener of a worker resumes the rest. The saga's
+    definition must be registered (import the module that commits it)."""
+
+    async def main() -> SagaExecution:
+        repo = SagaExecutionRepository(db_url)
+        pool = broker if broker is not None else _NoBroker()
+        try:
+            async with SagaManager(repo, pool, reply_to=reply_to) as manager:
+                return await manager.rollback(uuid, pause_on_disk=True)
+        finally:
+            if broker is not None:
+                await broker.close()
+            repo.close()
+
+    return asyncio.run(main())

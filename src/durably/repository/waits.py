@@ -74,21 +74,22 @@ class Waits(Tasks):
         )
 
     def insert_event(
-        self, tx: Tx, execution_id: str, name: str, key: str | None, payload: str,
-        consumed_by: str | None, now: float,
-    ) -> bool:  # fmt: skip
-        """Store an event; False when ``key`` was seen already for this execution."""
-        stamp = timestamp(now)
+        self, tx: Tx, execution_id: str, name: str, key: str | None, payload: str, now: float
+    ) -> int | None:
+        """Store an event, not consumed yet; its sequence number, or None when ``key`` was
+        seen already for this execution (nothing is stored then)."""
         params = {
             "id": execution_id,
             "name": name,
             "key": key,
             "payload": payload,
-            "consumed_by": consumed_by,
-            "consumed_at": stamp if consumed_by else None,
-            "now": stamp,
+            "now": timestamp(now),
         }
-        return bool(tx.execute("insert_event", params))
+        row = tx.fetch_one("insert_event", params)
+        return int(row["seq"]) if row is not None else None
+
+    def consume_event(self, tx: Tx, seq: int, task_id: str, now: float) -> None:
+        tx.execute("consume_event", {"seq": seq, "task_id": task_id, "now": timestamp(now)})
 
     def deliver_event(self, tx: Tx, task_id: str, received: str, now: float) -> bool:
         """The waiting task received its event: it is ready to run."""

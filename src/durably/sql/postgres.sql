@@ -126,3 +126,12 @@ DELETE FROM saga_replies WHERE saga_execution_id IN (
 DELETE FROM saga_executions
 WHERE id IN (SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:ids AS jsonb)))
   AND status IN ('finished', 'errored');
+
+-- name: waiting_for_event
+-- FOR UPDATE: a worker claiming this task as its wait times out holds the row; waiting for
+-- it re-checks the status, so an event sent meanwhile stays in the mailbox for the retry.
+SELECT id, task_name, task_configuration, received FROM task_executions
+WHERE pipeline_execution_id = :id AND status = 'waiting' AND wait_event = :name
+ORDER BY position
+LIMIT 1
+FOR UPDATE;

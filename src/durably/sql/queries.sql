@@ -352,11 +352,15 @@ ORDER BY position
 LIMIT 1;
 
 -- name: insert_event
--- A repeated idempotency key inserts nothing (idempotent send).
+-- A repeated idempotency key inserts nothing (idempotent send): no row comes back then.
 INSERT INTO execution_events (
     pipeline_execution_id, name, idempotency_key, payload, consumed_by, created_at, consumed_at
-) VALUES (:id, :name, :key, :payload, :consumed_by, :now, :consumed_at)
-ON CONFLICT (pipeline_execution_id, idempotency_key) DO NOTHING;
+) VALUES (:id, :name, :key, :payload, NULL, :now, NULL)
+ON CONFLICT (pipeline_execution_id, idempotency_key) DO NOTHING
+RETURNING seq;
+
+-- name: consume_event
+UPDATE execution_events SET consumed_by = :task_id, consumed_at = :now WHERE seq = :seq;
 
 -- name: deliver_event
 UPDATE task_executions

@@ -53,3 +53,62 @@ DELETE FROM saga_executions WHERE id = :id;
 
 -- name: saga_delete_context
 DELETE FROM contexts WHERE id = :id;
+
+-- name: saga_delete_outbox
+DELETE FROM saga_outbox WHERE saga_execution_id = :id;
+
+-- The outbox (see saga_outbox.py). A row is written with the save that pauses its step, owned
+-- by the relay of the manager that wrote it for a lease; another relay takes it only once the
+-- lease has run out (its writer is gone).
+-- name: saga_outbox_insert
+INSERT INTO saga_outbox (
+    id, saga_execution_id, idempotency_key, topic, body, headers, fallback_reply_to, creator,
+    claimed_by, lease_until, attempts, next_attempt_at, created_at
+) VALUES (
+    :id, :saga_execution_id, :idempotency_key, :topic, :body, :headers, :fallback_reply_to,
+    :creator, :creator, :lease_until, 0, :now, :now
+);
+
+-- name: saga_outbox_due
+SELECT id, saga_execution_id, idempotency_key, topic, body, headers, fallback_reply_to,
+       creator, attempts
+FROM saga_outbox
+WHERE next_attempt_at <= :now AND (claimed_by = :me OR lease_until < :now)
+ORDER BY created_at, id
+LIMIT :limit;
+
+-- name: saga_outbox_get
+SELECT id, saga_execution_id, idempotency_key, topic, body, headers, fallback_reply_to,
+       creator, attempts
+FROM saga_outbox WHERE id = :id;
+
+-- name: saga_outbox_claim
+UPDATE saga_outbox SET claimed_by = :me, lease_until = :lease_until
+WHERE id = :id AND (claimed_by = :me OR lease_until < :now);
+
+-- name: saga_outbox_published
+DELETE FROM saga_outbox WHERE id = :id;
+
+-- name: saga_outbox_retry
+UPDATE saga_outbox
+SET attempts = attempts + 1, next_attempt_at = :next_attempt_at, lease_until = :lease_until,
+    last_error = :error
+WHERE id = :id AND claimed_by = :me;
+
+-- name: saga_outbox_discard
+DELETE FROM saga_outbox WHERE saga_execution_id = :id AND idempotency_key = :key;
+
+-- name: saga_outbox_count
+SELECT count(*) AS n FROM saga_outbox WHERE saga_execution_id = :id;
+
+-- name: saga_outbox_owned
+SELECT count(*) AS n FROM saga_outbox WHERE claimed_by = :me;
+
+-- A participant's answered requests (saga_inbox.py).
+-- name: saga_inbox_get
+SELECT status, body FROM saga_inbox WHERE target = :target AND idempotency_key = :key;
+
+-- name: saga_inbox_put
+INSERT INTO saga_inbox (target, idempotency_key, status, body, created_at)
+VALUES (:target, :key, :reply_status, :body, :now)
+ON CONFLICT DO NOTHING;
