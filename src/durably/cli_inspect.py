@@ -81,8 +81,17 @@ def list_(
 @cli.command()
 @click.argument("execution_id", metavar="ID")
 @modules_option
+@click.option(
+    "--expand",
+    is_flag=True,
+    envvar="DURABLY_SHOW_EXPAND",
+    show_envvar=True,
+    help="List every instance of a mapped task (by default: one row with counts).",
+)
 @common_options
-def show(execution_id: str, modules: tuple[str, ...], db: str | None, as_json: bool) -> None:
+def show(
+    execution_id: str, modules: tuple[str, ...], expand: bool, db: str | None, as_json: bool
+) -> None:
     """Show an execution: its task timeline, attempts, errors, compensations and each
     task's context change as a diff against its input."""
     ref = parse_id(execution_id)
@@ -98,7 +107,7 @@ def show(execution_id: str, modules: tuple[str, ...], db: str | None, as_json: b
         elif as_json:
             print_json(execution_json(engine, found))
         else:
-            console().print(render_execution(engine, found))
+            console().print(render_execution(engine, found, expand=expand))
 
 
 @cli.command()

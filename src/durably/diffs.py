@@ -85,6 +85,9 @@ def task_inputs(engine: Engine, result: ExecutionResult) -> tuple[dict[str, Task
 
 
 def _basis(shape: Shape, state: ExecutionState, name: str) -> str:
+    loaded = state.tasks.get(name)
+    if loaded is not None and loaded.parent is not None:
+        return f"{loaded.parent}'s input, without its list (item {loaded.index})"
     task = shape.tasks[name]
     deps = task.dependencies
     if not deps:

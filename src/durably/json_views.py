@@ -78,6 +78,8 @@ def task_json(task: TaskResult, diff: Diff | None, basis: TaskInput | None) -> d
         "context": encode_context(task.context),
         "input_from": basis.basis if basis else None,
         "diff": diff_json(diff) if diff is not None else None,
+        "map_parent": task.parent,
+        "map_index": task.index,
         "wait": {"event": task.wait_event, "wake_at": iso(task.wake_at)}
         if task.status == "waiting"
         else None,

@@ -376,9 +376,15 @@ def execution_outcome(state: ExecutionState) -> tuple[str, str | None]:
     if not failed_like:
         return COMPLETED, None
     order = {name: i for i, name in enumerate(state.shape.tasks)}
-    causes = sorted(
-        (t for t in failed_like if t.status != UPSTREAM_FAILED), key=lambda t: order[t.name]
-    ) or sorted(failed_like, key=lambda t: order[t.name])
+
+    def place(task: TaskState) -> tuple[int, int]:  # an instance sorts within its task
+        return order.get(
+            task.parent or task.name, len(order)
+        ), -1 if task.index is None else task.index
+
+    causes = sorted((t for t in failed_like if t.status != UPSTREAM_FAILED), key=place) or sorted(
+        failed_like, key=place
+    )
     parts = [
         f"task {t.name!r} {t.status}: {_capped(t.error or '')}"
         for t in causes[:MAX_LISTED_FAILURES]

@@ -46,6 +46,9 @@ class TaskResult:
     """Waiting: when its timer is over, or when its event wait times out."""
     wait_event: str | None = None
     """Waiting for this event (``engine.send``)."""
+    parent: str | None = None
+    """An instance of a mapped task: that task's name (its own name is ``task[index]``)."""
+    index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,8 @@ def result_of(snapshot: Snapshot, shape: Shape | None) -> ExecutionResult:
             history=_history(t, snapshot.attempts.get(t.name, ())),
             wake_at=t.wake_at if t.status == WAITING else None,
             wait_event=t.wait_event if t.status == WAITING else None,
+            parent=t.map_parent,
+            index=t.map_index,
         )
         for t in snapshot.tasks
     }

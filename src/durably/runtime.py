@@ -404,7 +404,7 @@ class Runtime:
         during rollback resumes it."""
         for name in plan.compensation_order(state):
             task = state.tasks[name]
-            fn = state.shape.tasks[name].compensate
+            fn = state.definition(name).compensate
             ctx = Context._from_data(
                 codec.loads(state.outputs[name]),
                 ExecutionScope(state.uuid, uuid.UUID(task.id), name),

@@ -107,8 +107,23 @@ def borderless_table(title: str | None = None) -> Table:
 # -- workflow executions -------------------------------------------------------------------
 
 
-def task_table(result: ExecutionResult, *, live: bool = False) -> RenderableType:
-    """The task timeline; errors are listed under the table, where they have room."""
+def instance_counts(result: ExecutionResult) -> dict[str, dict[str, int]]:
+    """Per mapped task, how many of its instances are in each status."""
+    counts: dict[str, dict[str, int]] = {}
+    for task in result.tasks.values():
+        if task.parent is not None:
+            per = counts.setdefault(task.parent, {})
+            per[task.status] = per.get(task.status, 0) + 1
+    return counts
+
+
+def task_table(
+    result: ExecutionResult, *, live: bool = False, expand: bool = False
+) -> RenderableType:
+    """The task timeline; errors are listed under the table, where they have room. A mapped
+    task is one row with a count of its instances per status (each its own row with
+    ``expand``)."""
+    counts = instance_counts(result)
     table = borderless_table(f"{result.workflow}  {result.execution_id}")
     table.add_column("task", style="bold", no_wrap=True)
     table.add_column("status", no_wrap=True)
@@ -120,10 +135,20 @@ def task_table(result: ExecutionResult, *, live: bool = False) -> RenderableType
     now = datetime.now().astimezone()
     errors = Text(style="red")
     for name, task in result.tasks.items():
+        if task.parent is not None and not expand:
+            if task.error:
+                errors.append(f"  {name} ({task.status}): {task.error}\n")
+            continue
         end = task.completed_at or (now if task.status == "running" else None)
+        status = styled(task.status)
+        if name in counts:
+            status.append(
+                " (" + ", ".join(f"{n} {s}" for s, n in sorted(counts[name].items())) + ")",
+                style="dim",
+            )
         row: list[RenderableType] = [
             name,
-            styled(task.status),
+            status,
             str(task.attempts),
             clock(task.started_at),
             duration(task.started_at, end),
@@ -185,7 +210,9 @@ def render_diff(diff: Diff) -> Text:
     return lines
 
 
-def diff_section(engine: Engine, result: ExecutionResult) -> RenderableType:
+def diff_section(
+    engine: Engine, result: ExecutionResult, *, expand: bool = False
+) -> RenderableType:
     diffs, inputs, exact = task_diffs(engine, result)
     parts: list[RenderableType] = [Text("Context changes", style="bold underline")]
     if not exact:
@@ -197,6 +224,8 @@ def diff_section(engine: Engine, result: ExecutionResult) -> RenderableType:
             )
         )
     for name, task in result.tasks.items():
+        if task.parent is not None and not expand:
+            continue  # an instance of a mapped task: see its task's row (or --expand)
         head = Text(f"  {name}", style="bold")
         if name in diffs:
             head.append(f"  (input: {inputs[name].basis})", style="dim")
@@ -207,14 +236,16 @@ def diff_section(engine: Engine, result: ExecutionResult) -> RenderableType:
     return Group(*parts)
 
 
-def render_execution(engine: Engine, result: ExecutionResult) -> RenderableType:
+def render_execution(
+    engine: Engine, result: ExecutionResult, *, expand: bool = False
+) -> RenderableType:
     """The full ``show`` view: header, task timeline, context diffs, final context."""
     return Group(
         execution_header(result),
         Text(),
-        task_table(result),
+        task_table(result, expand=expand),
         Text(),
-        diff_section(engine, result),
+        diff_section(engine, result, expand=expand),
         Text(),
         context_table(result.context, title="Final context"),
     )
