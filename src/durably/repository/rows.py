@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from ..records import ExecutionRecord, StaleClaim, TaskRecord
 from ..store import Row, parse_timestamp
@@ -41,7 +42,16 @@ def configuration_of(value: Any) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def task_of(row: Row) -> TaskRecord:
+def as_dicts(rows: Sequence[Row]) -> list[Mapping[str, Any]]:
+    """Rows as dicts: a sqlite3.Row finds a column by name with a linear scan, which a
+    record of 30 columns read from each of many rows makes the cost of a read."""
+    if not rows or isinstance(rows[0], dict):
+        return [row for row in rows if isinstance(row, dict)]  # PostgreSQL's are dicts
+    keys = list(rows[0].keys())
+    return [dict(zip(keys, cast(Iterable[Any], row), strict=True)) for row in rows]
+
+
+def task_of(row: Row | Mapping[str, Any]) -> TaskRecord:
     return TaskRecord(
         id=str(row["id"]),
         name=row["task_name"],
