@@ -139,6 +139,26 @@ def merge(args: argparse.Namespace) -> _common.Result:
     return {**out, "how": f"{n} tasks writing {keys} keys each -> 1 task merging them"}
 
 
+def fanout_map(args: argparse.Namespace) -> _common.Result:
+    """Runtime fan-out: start -> map over a list of n items (collect) -> end."""
+    n = args.tasks
+    wf = Workflow(f"map{n}")
+    wf.task(name="start")(lambda ctx: ctx.update(items=list(range(n))))
+    wf.task(name="each", dependencies=["start"], map_over="items", collect="out")(
+        lambda ctx, handle: handle.item * 2
+    )
+
+    @wf.task(dependencies=["each"])
+    def end(ctx: Context) -> None:
+        ctx["sum"] = sum(ctx["out"])
+
+    def check(ctx: Context) -> None:
+        assert ctx["sum"] == n * (n - 1)
+
+    out = _measure(args, wf, n + 2, check)
+    return {**out, "how": f"Workflow start -> map over {n} items (collect) -> end"}
+
+
 def serve(url: str, n: int) -> None:
     """A worker process: what `durably worker` does, for the workflow the driver queues."""
     engine = Engine(url)
@@ -186,6 +206,6 @@ def workers(args: argparse.Namespace) -> _common.Result:
 if __name__ == "__main__":
     _common.main(
         "durably",
-        {"chain": chain, "fanout": fanout, "merge": merge, "workers": workers},
+        {"chain": chain, "fanout": fanout, "map": fanout_map, "merge": merge, "workers": workers},
         module="durably",
     )

@@ -152,6 +152,11 @@ def benches(postgres: str | None) -> list[Bench]:
             {"durably": SCALE["fan-out"][1]},
             [*per_task, *fan, TX, STATEMENTS, PEAK],
         ),
+        Bench(
+            "runtime fan-out 1 -> map(10,000) -> 1 (collect), in-process",
+            {"durably": ["map", "--tasks=10000", "--executions=1"]},
+            [*per_task, TX, STATEMENTS, PEAK],
+        ),
         Bench("import time", {s: ["import"] for s in SYSTEMS}, [("ms", "import_ms")]),
     ]
     if postgres:
