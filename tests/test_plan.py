@@ -22,8 +22,15 @@ from durably.exceptions import (
     TaskReturnError,
     TaskTimeoutError,
 )
-from durably.plan import (
+from durably.outcomes import (
     MAX_ERROR_CHARS,
+    compensation_order,
+    downstream,
+    execution_outcome,
+    reusable,
+    to_rerun,
+)
+from durably.plan import (
     Completed,
     Defer,
     ExecutionState,
@@ -35,16 +42,11 @@ from durably.plan import (
     TaskState,
     advance,
     attempt_outcome,
-    compensation_order,
     decide,
-    downstream,
-    execution_outcome,
     final_context,
     input_for,
     next_retry,
-    reusable,
     startable,
-    to_rerun,
 )
 from durably.retry import RetryPolicy
 from durably.statuses import (

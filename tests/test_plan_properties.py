@@ -10,13 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from durably import codec
+from durably.outcomes import (
+    execution_outcome,
+)
 from durably.plan import (
     ExecutionState,
     Settle,
     Start,
     TaskState,
     advance,
-    execution_outcome,
     final_context,
     input_for,
     startable,

@@ -4,7 +4,7 @@ module writes them through the repository inside the caller's transaction."""
 
 from __future__ import annotations
 
-from . import codec, plan
+from . import codec, outcomes
 from .exceptions import ExecutionStateError, WorkflowDefinitionError
 from .records import ExecutionRecord, StaleClaim, epoch
 from .runner import Runner
@@ -45,7 +45,7 @@ def reopen(rt: Runtime, tx: Tx, record: ExecutionRecord) -> None:
     wf = rt.workflow(record.workflow, record.version)
     now = rt.now()
     tasks = {task.name: task for task in rt.repo.tasks(tx, record.id)}
-    for name in plan.to_rerun(wf, {n: t.state() for n, t in tasks.items()}):
+    for name in outcomes.to_rerun(wf, {n: t.state() for n, t in tasks.items()}):
         rt.repo.reset_task(tx, tasks[name].id, now)
         rt.repo.delete_output(tx, record.id, name)
     rt.repo.reopen_execution(tx, record.id, now)
@@ -59,7 +59,7 @@ def fork(rt: Runtime, tx: Tx, record: ExecutionRecord, from_task: str, patch: st
         raise WorkflowDefinitionError(f"workflow {wf.name!r} has no task {from_task!r}")
     tasks = {task.name: task for task in rt.repo.tasks(tx, record.id)}
     saved = rt.repo.output_context_ids(tx, record.id)
-    keep = plan.reusable(wf, {n: t.state() for n, t in tasks.items()}, from_task)
+    keep = outcomes.reusable(wf, {n: t.state() for n, t in tasks.items()}, from_task)
     reused = {name: tasks[name] for name in keep if name in saved}
     now = rt.now()
     created = rt.repo.create_execution(

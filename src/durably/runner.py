@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import plan
+from . import outcomes, plan
 from .exceptions import StoreConnectionError, StoreError, TaskInterrupted, WaitTimeout
 from .executor import run_inline
 from .logs import log
@@ -267,7 +267,7 @@ class Runner:
             starts, unblocked = self.rt.close_instance(tx, self.state, name, now, in_process=True)
             started.extend(starts)
         started.extend(self.rt.dispatch(tx, self.state, unblocked, now))
-        if not started and self.state.all_done() and not plan.compensation_order(self.state):
+        if not started and self.state.all_done() and not outcomes.compensation_order(self.state):
             self.rt.finish(tx, self.state, now)
             self.finished = True
         return self._take(started)

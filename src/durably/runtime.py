@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from . import codec, plan
+from . import codec, outcomes, plan
 from .clock import Clock
 from .context import Context, ExecutionScope
 from .executor import Executor, TaskHandle
@@ -299,7 +299,9 @@ class Runtime:
             status, error = FAILED, f"{failed} of its {total} instances failed"
         else:
             outputs = self.repo.instance_outputs(tx, state.id, parent)
-            merged = plan.mapped_output(definition, plan.input_for(state, parent), list(outputs))
+            merged = outcomes.mapped_output(
+                definition, plan.input_for(state, parent), list(outputs)
+            )
             try:
                 value = codec.dumps(merged, max_bytes=self.max_context_bytes)
                 status = COMPLETED
@@ -384,7 +386,7 @@ class Runtime:
 
     def finish(self, tx: Tx, state: ExecutionState, now: float | None = None) -> str:
         """Write the final context and status once every task is terminal; return it."""
-        status, error = plan.execution_outcome(state)
+        status, error = outcomes.execution_outcome(state)
         final = codec.dumps(plan.final_context(state))
         self.repo.finish_execution(tx, state.id, status, final, error, now or self.now())
         log(
@@ -402,7 +404,7 @@ class Runtime:
     def compensate(self, state: ExecutionState) -> None:
         """Run the pending compensations, each recorded in its own transaction so a crash
         during rollback resumes it."""
-        for name in plan.compensation_order(state):
+        for name in outcomes.compensation_order(state):
             task = state.tasks[name]
             fn = state.definition(name).compensate
             ctx = Context._from_data(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from . import plan
+from . import outcomes, plan
 from .exceptions import StoreConnectionError, StoreError, TaskInterrupted, WaitTimeout
 from .logs import log
 from .records import Claim, ExecutionRecord
@@ -300,7 +300,7 @@ class Worker:
             execution = self.rt.repo.execution(tx, state.id)
             assert execution is not None
         whole = self.rt.load(tx, execution, wf)
-        if not plan.compensation_order(whole):
+        if not outcomes.compensation_order(whole):
             self.rt.finish(tx, whole)
             return None
         return wf, whole
