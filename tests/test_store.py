@@ -229,6 +229,7 @@ SAMPLES: dict[str, Callable[[], Any]] = {
     "consumed_by": new_id,
     "index": lambda: 0,
     "seq": lambda: 1,
+    "reopened": lambda: 1,
     "total": lambda: 3,
     "failed": lambda: 0,
     "low": lambda: "00000000-0000-0000-0000-000000000000",

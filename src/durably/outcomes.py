@@ -126,7 +126,13 @@ def to_rerun(shape: Shape, tasks: Mapping[str, TaskState]) -> set[str]:
     again: set[str] = set()
     for name, task in tasks.items():
         if task.status in RERUN or task.compensation == COMPLETED:
-            again |= downstream(shape, name)
+            if task.parent is not None:
+                # A failed instance runs again alone; its completed siblings are kept, and
+                # its mapped task and what follows it run (finish) again.
+                again.add(name)
+                again |= downstream(shape, task.parent)
+            else:
+                again |= downstream(shape, name)
     return again
 
 

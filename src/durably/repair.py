@@ -4,14 +4,17 @@ module writes them through the repository inside the caller's transaction."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from . import codec, outcomes
 from .exceptions import ExecutionStateError, WorkflowDefinitionError
-from .records import ExecutionRecord, StaleClaim, epoch
+from .records import ExecutionRecord, StaleClaim, TaskRecord, epoch
 from .runner import Runner
 from .runtime import Runtime
 from .state import ExecutionState
 from .statuses import CANCELLED, FAILED, RUNNING
 from .store import Tx
+from .workflow import Workflow
 
 
 def take_over(rt: Runtime, tx: Tx, record: ExecutionRecord) -> None:
@@ -45,10 +48,33 @@ def reopen(rt: Runtime, tx: Tx, record: ExecutionRecord) -> None:
     wf = rt.workflow(record.workflow, record.version)
     now = rt.now()
     tasks = {task.name: task for task in rt.repo.tasks(tx, record.id)}
-    for name in outcomes.to_rerun(wf, {n: t.state() for n, t in tasks.items()}):
-        rt.repo.reset_task(tx, tasks[name].id, now)
+    again = outcomes.to_rerun(wf, {n: t.state() for n, t in tasks.items()})
+    for name in again:
+        task = tasks[name]
+        if task.map_parent is not None:
+            if task.map_parent not in _reexpanded(wf, tasks, again):
+                rt.repo.reset_instance(tx, task.id, now)
+        elif task.map_total is not None and name not in _reexpanded(wf, tasks, again):
+            # Its input is unchanged: it keeps its completed instances and waits for the
+            # ones running again.
+            reopened = sum(1 for n in again if tasks[n].map_parent == name)
+            rt.repo.reopen_mapped_task(tx, task.id, reopened, now)
+        else:
+            if task.map_total is not None:  # its input changes: it fans out anew
+                rt.repo.delete_instances(tx, record.id, name)
+            rt.repo.reset_task(tx, task.id, now)
         rt.repo.delete_output(tx, record.id, name)
     rt.repo.reopen_execution(tx, record.id, now)
+
+
+def _reexpanded(wf: Workflow, tasks: Mapping[str, TaskRecord], again: set[str]) -> set[str]:
+    """Mapped tasks that re-run from scratch: one of their dependencies runs again."""
+    return {
+        name
+        for name in again
+        if tasks[name].map_total is not None
+        and any(dep in again for dep in wf.tasks[name].dependencies)
+    }
 
 
 def fork(rt: Runtime, tx: Tx, record: ExecutionRecord, from_task: str, patch: str | None) -> Runner:

@@ -27,8 +27,8 @@ from .retention import Pruner
 from .runtime import Runtime
 from .scheduler import Scheduler
 from .state import ExecutionState
-from .statuses import COMPLETED, NOT_STARTED, RUNNING, TASK_TERMINAL
 from .store import Tx
+from .sweeper import Sweeping
 from .workflow import Workflow
 
 logger = logging.getLogger("durably.worker")
@@ -57,7 +57,7 @@ class Finished:
     error: BaseException | None
 
 
-class Worker:
+class Worker(Sweeping):
     """Claims and runs tasks until ``stop()``; ``run()`` blocks.
 
     ``Worker(engine)`` (or ``engine.worker()``) serves the workflows registered with that
@@ -250,11 +250,14 @@ class Worker:
         if isinstance(decision, plan.Defer):  # cannot happen: the claim filters retry times
             return None, None
         if isinstance(decision, plan.Expand):
-            _, unblocked = self.rt.expand(tx, state, decision, now, in_process=False)
-            self.rt.repo.notify_work(tx)  # its instances are ready for any worker
-            if not unblocked and state.tasks[claim.name].status != COMPLETED:
+            if decision.count:
+                self.rt.expand(tx, state, decision, now, in_process=False)
+                self.rt.repo.notify_work(tx)  # its instances are ready for any worker
                 return None, None
+            # An empty list completes it: decided on the tasks around it, which its
+            # dependents are among.
             around = self._around(tx, wf, execution.id, claim.name)
+            _, unblocked = self.rt.expand(tx, around, decision, now, in_process=False)
             self._mark_ready(tx, around, unblocked, now)
             return None, self._after(tx, wf, around, execution)
         around = self._around(tx, wf, execution.id, claim.name)
@@ -405,75 +408,3 @@ class Worker:
                 if (done := self._after(tx, job.wf, fresh, None)) is not None:
                     finished.append(done)
         return saved, finished
-
-    # -- the sweeper ---------------------------------------------------------------------------
-
-    def sweep(self) -> None:
-        """Recover other processes' stale task claims, our own claims we no longer run, and
-        executions nobody drives any more."""
-        self._last_sweep = time.monotonic()
-        rt = self.rt
-        now = rt.now()
-        cutoff = now - rt.lease
-        handed = []
-        with rt.store.transaction() as tx:
-            for execution_id, owner in rt.repo.stale_executions(tx, cutoff, rt.worker_id):
-                if rt.repo.hand_to_workers(tx, execution_id, owner, now):
-                    handed.append(execution_id)
-                    log(
-                        logger,
-                        logging.WARNING,
-                        "took over execution %s from %s (no heartbeat within the lease)",
-                        execution_id,
-                        owner,
-                        action="execution_taken_over",
-                        execution_id=execution_id,
-                    )
-            mine = [
-                claim
-                for claim in rt.repo.worker_claims(tx, rt.worker_id)
-                if claim.task_id not in self._active
-            ]
-            for claim in [*rt.repo.stale_claims(tx, cutoff, rt.worker_id), *mine]:
-                if rt.recover(tx, claim, now):
-                    handed.append(claim.execution_id)
-            orphans = rt.repo.orphaned_executions(tx, cutoff)
-        for execution_id in dict.fromkeys([*handed, *orphans]):
-            self._reconcile(execution_id)
-
-    def _reconcile(self, execution_id: str) -> None:
-        """Mark ready the unblocked tasks of an execution handed over by an in-process driver
-        (which claims tasks instead of marking them ready), and finish it if it is done."""
-        try:
-            with self.rt.store.transaction() as tx:
-                self.rt.repo.lock_execution(tx, execution_id)
-                execution = self.rt.repo.execution(tx, execution_id)
-                if execution is None or execution.status != RUNNING or execution.claimed_by:
-                    return
-                wf = self.rt.workflow(execution.workflow, execution.version)
-                state = self.rt.load(tx, execution, wf)
-                ready = [
-                    name
-                    for name, task in state.tasks.items()
-                    if task.status == NOT_STARTED
-                    and task.parent is None  # instances wait for a slot, not for dependencies
-                    and all(
-                        state.tasks[dep].status in TASK_TERMINAL
-                        for dep in wf.tasks[name].dependencies
-                    )
-                ]
-                self._mark_ready(tx, state, ready, self.rt.now())
-                done = self._after(tx, wf, state, execution)
-        except Exception as exc:  # one broken execution must not stop the sweeper
-            log(
-                logger,
-                logging.ERROR,
-                "cannot reconcile execution %s: %s",
-                execution_id,
-                plan.describe(exc),
-                action="reconcile_failed",
-                execution_id=execution_id,
-            )
-            return
-        if done is not None:
-            self._finish_if_done(*done)

@@ -92,3 +92,16 @@ class Maps(Waits):
         if value is not None:
             context_id = self.insert_context(tx, value, now)
             self.link_output(tx, execution_id, task_id, name, context_id, now)
+
+    def reset_instance(self, tx: Tx, task_id: str, now: float) -> None:
+        """``retry``: a failed instance runs again (its last attempt kept in the history)."""
+        params = {"id": task_id, "now": timestamp(now)}
+        tx.execute("archive_attempt", {**params, "attempt_id": new_id()})
+        tx.execute("reset_instance", params)
+
+    def reopen_mapped_task(self, tx: Tx, task_id: str, reopened: int, now: float) -> None:
+        params = {"id": task_id, "reopened": reopened, "now": timestamp(now)}
+        tx.execute("reopen_mapped_task", params)
+
+    def delete_instances(self, tx: Tx, execution_id: str, parent: str) -> None:
+        tx.execute("delete_instances", {"id": execution_id, "parent": parent})

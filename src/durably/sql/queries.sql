@@ -190,7 +190,8 @@ WHERE id = :id AND attempt > 0 AND status IN ('completed', 'failed');
 UPDATE task_executions
 SET status = 'not_started', attempt = 0, retry_at = NULL, error_details = NULL,
     completed_at = NULL, claimed_by = NULL, compensation_status = NULL,
-    compensation_error = NULL, wake_at = NULL, wait_event = NULL, updated_at = :now
+    compensation_error = NULL, wake_at = NULL, wait_event = NULL, map_total = NULL,
+    map_done = 0, map_failed = 0, updated_at = :now
 WHERE id = :id AND status IN ('failed', 'skipped', 'upstream_failed', 'abandoned', 'completed');
 
 -- name: delete_output
@@ -518,3 +519,21 @@ ORDER BY t.map_index;
 UPDATE task_executions
 SET status = :status, completed_at = :now, error_details = :error, updated_at = :now
 WHERE id = :id AND status = 'running' AND map_total IS NOT NULL;
+
+-- name: reset_instance
+-- retry(): a failed instance of a mapped task runs again.
+UPDATE task_executions
+SET status = 'ready', attempt = 0, retry_at = NULL, error_details = NULL, completed_at = NULL,
+    started_at = NULL, claimed_by = NULL, compensation_status = NULL,
+    compensation_error = NULL, updated_at = :now
+WHERE id = :id AND map_parent IS NOT NULL;
+
+-- name: reopen_mapped_task
+-- retry(): the mapped task waits again for the instances that run again.
+UPDATE task_executions
+SET status = 'running', completed_at = NULL, error_details = NULL,
+    map_done = map_done - :reopened, map_failed = 0, updated_at = :now
+WHERE id = :id AND map_total IS NOT NULL;
+
+-- name: delete_instances
+DELETE FROM task_executions WHERE pipeline_execution_id = :id AND map_parent = :parent;
