@@ -135,13 +135,14 @@ def result_of(snapshot: Snapshot, shape: Shape | None) -> ExecutionResult:
         context = plan.final_context(state)
     else:
         context = codec.loads(snapshot.initial or "{}")
-    summary = summary_of(snapshot.execution, Context(context))
+    # Decoded by the codec, the data is valid context data: no need to check it key by key.
+    summary = summary_of(snapshot.execution, Context._from_data(context))
     tasks = {
         t.name: TaskResult(
             status=t.status,
             attempts=t.attempt,
             error=t.error or (t.last_error if t.status != COMPLETED else None),
-            context=Context(codec.loads(snapshot.outputs[t.name]))
+            context=Context._from_data(codec.loads(snapshot.outputs[t.name]))
             if t.name in snapshot.outputs
             else None,
             started_at=t.started_at,
