@@ -49,12 +49,13 @@ def reopen(rt: Runtime, tx: Tx, record: ExecutionRecord) -> None:
     now = rt.now()
     tasks = {task.name: task for task in rt.repo.tasks(tx, record.id)}
     again = outcomes.to_rerun(wf, {n: t.state() for n, t in tasks.items()})
+    anew = _reexpanded(wf, tasks, again)
     for name in again:
         task = tasks[name]
         if task.map_parent is not None:
-            if task.map_parent not in _reexpanded(wf, tasks, again):
+            if task.map_parent not in anew:
                 rt.repo.reset_instance(tx, task.id, now)
-        elif task.map_total is not None and name not in _reexpanded(wf, tasks, again):
+        elif task.map_total is not None and name not in anew:
             # Its input is unchanged: it keeps its completed instances and waits for the
             # ones running again.
             reopened = sum(1 for n in again if tasks[n].map_parent == name)

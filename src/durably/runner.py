@@ -191,7 +191,9 @@ class Runner:
             started = []
             for name in due:
                 if self.rt.claim(tx, self.state, name, now):
-                    started.append(Start(name, {} if name in expired else self._input(name)))
+                    started.append(
+                        Start(name, {} if name in expired else plan.input_for(self.state, name))
+                    )
             return started
 
         jobs = self._take(self._write(wake))
@@ -204,9 +206,6 @@ class Runner:
             else:
                 queue.append((name, attempt))
         return queue
-
-    def _input(self, name: str) -> dict[str, Any]:
-        return plan.input_for(self.state, name)
 
     def _start_ready(self) -> list[Job]:
         if not plan.startable(self.state, self.rt.now()):

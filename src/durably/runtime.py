@@ -112,28 +112,20 @@ class Runtime(WaitsAndMaps):
 
     def load(self, tx: Tx, execution: ExecutionRecord, wf: Workflow) -> ExecutionState:
         """The whole execution: every task, every output, the initial context."""
-        tasks = self.repo.tasks(tx, execution.id)
-        return ExecutionState(
-            wf,
-            execution.id,
-            [task.state() for task in tasks],
-            self.repo.outputs(tx, execution.id),
-            self.repo.context(tx, execution.context_id),
-            patches_of(tasks),
-            received_of(tasks),
-        )
+        return self.load_partial(tx, execution.id, wf, None, None, context_id=execution.context_id)
 
     def load_partial(
         self,
         tx: Tx,
         execution_id: str,
         wf: Workflow,
-        names: Sequence[str],
-        outputs: Sequence[str] = (),
+        names: Sequence[str] | None,
+        outputs: Sequence[str] | None = (),
         *,
         context_id: str | None = None,
     ) -> ExecutionState:
-        """Only the named tasks, the named outputs and, given its id, the initial context."""
+        """The named tasks, the named outputs (None: all of either) and, given its id, the
+        initial context."""
         tasks = self.repo.tasks(tx, execution_id, names)
         return ExecutionState(
             wf,
