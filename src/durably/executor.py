@@ -22,7 +22,7 @@ class TaskHandle:
     """What a task taking ``(ctx, handle)`` gets: its attempt number, a heartbeat, and for an
     instance of a mapped task its ``item`` and ``index`` (None otherwise)."""
 
-    __slots__ = ("_beat", "attempt", "execution_id", "index", "item", "task_name")
+    __slots__ = ("_beat", "attempt", "child", "execution_id", "index", "item", "task_name")
 
     def __init__(
         self,
@@ -33,6 +33,7 @@ class TaskHandle:
         *,
         item: Any = None,
         index: int | None = None,
+        child: dict[str, Any] | None = None,
     ) -> None:
         self.execution_id = execution_id
         self.task_name = task_name
@@ -40,6 +41,8 @@ class TaskHandle:
         self._beat = beat
         self.item = item
         self.index = index
+        # A sub-workflow task's child outcome (execution_id, status, context, error).
+        self.child = child
 
     def heartbeat(self) -> None:
         """Tell the engine this attempt is alive (the engine also beats on its own)."""

@@ -62,10 +62,11 @@ def _capped(text: str) -> str:
     return text[:MAX_ERROR_CHARS] + f"… ({len(text) - MAX_ERROR_CHARS} more characters)"
 
 
-def compensation_order(state: ExecutionState) -> list[str]:
+def compensation_order(state: ExecutionState, *, undo: bool = False) -> list[str]:
     """Completed tasks with a compensation not yet run, in reverse topological order; none
-    unless the execution failed."""
-    if not any(t.status in FAILED_LIKE for t in state.tasks.values()):
+    unless the execution failed (or, ``undo``, its parent did: a completed child is undone
+    whole)."""
+    if not undo and not any(t.status in FAILED_LIKE for t in state.tasks.values()):
         return []
     instances: dict[str, list[str]] = {}
     for task in state.tasks.values():

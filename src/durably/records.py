@@ -34,6 +34,17 @@ class ExecutionRecord:
     created_at: datetime | None
     completed_at: datetime | None
     recovery_attempts: int = 0
+    parent_task: str | None = None  # set on a sub-workflow's execution only
+
+
+@dataclass(frozen=True, slots=True)
+class ChildRecord:
+    """A sub-workflow execution, as its parent knows it."""
+
+    id: str
+    task: str  # the parent's task that started it
+    status: str
+    workflow: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,8 @@ CREATE TABLE pipeline_executions (
     parent_execution_id TEXT,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
-    idempotency_key TEXT
+    idempotency_key TEXT,
+    parent_task TEXT
 );
 CREATE INDEX pipeline_executions_status ON pipeline_executions (status, created_at);
 CREATE UNIQUE INDEX pipeline_executions_key ON pipeline_executions (pipeline_name, idempotency_key);
@@ -185,3 +186,7 @@ CREATE TABLE schedules (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (workflow_name, name)
 );
+
+-- Sub-workflows (0007): a child names its parent's task.
+CREATE INDEX pipeline_executions_children ON pipeline_executions (parent_execution_id)
+    WHERE parent_task IS NOT NULL;
