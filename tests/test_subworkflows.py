@@ -112,7 +112,7 @@ def test_an_unknown_dependency_is_reported_by_validate() -> None:
 def test_the_childs_version_is_part_of_the_parents() -> None:
     parent, child = pair()
     before = parent.version
-    other_parent, other_child = pair()
+    other_parent, _other_child = pair()
     assert parent.version != other_parent.version  # different child names
     child.task(name="extra", dependencies=["inc"])(lambda ctx: None)
     fresh = Workflow(parent.name + "_again")
@@ -345,7 +345,7 @@ def running_worker(engine: Engine, **options: Any) -> Iterator[Any]:
 
 
 def test_a_worker_runs_parent_and_child(engine: Engine) -> None:
-    parent, child = pair()
+    parent, _child = pair()
     engine.register(parent)
     execution_id = engine.start(parent, {})
     with running_worker(engine):
@@ -497,7 +497,8 @@ def test_a_worker_killed_after_the_child_finished_leaves_the_parent_to_another(
         status = engine.get(execution_id)
         assert status.tasks["fulfil"].status == "running"  # claimed by the "killed" worker
         child_id = status.tasks["fulfil"].child_id
-        assert child_id is not None and engine.get(child_id).status == "completed"
+        assert child_id is not None
+        assert engine.get(child_id).status == "completed"
     # Another process, whose lease check sees the first worker gone, finishes the parent.
     with Engine(postgres_url, workflows=[subworkflow_app.parent], lease=0.5) as engine:
         time.sleep(0.6)
