@@ -215,6 +215,10 @@ class Runtime(WaitsAndMaps, Children):
         those that run; a task with a wait waits instead, unless its wait is over already."""
         started = []
         for decision in plan.advance(state, unblocked, now):
+            if type(decision) is Start:  # the common case first: one check per task
+                if self.claim(tx, state, decision.name, now):
+                    started.append(decision)
+                continue
             if isinstance(decision, plan.Settle):
                 task = state.tasks[decision.name]
                 self.repo.settle_task(tx, task.id, decision.status, decision.reason, now)
@@ -328,15 +332,12 @@ class Runtime(WaitsAndMaps, Children):
     def handle(self, state: ExecutionState, name: str, attempt: int) -> TaskHandle:
         task = state.tasks[name]
         task_id = task.id
-        return TaskHandle(
-            state.uuid,
-            name,
-            attempt,
-            lambda: self.heartbeat.beat_task(task_id),
-            item=plan.item_of(state, name),
-            index=task.index,
-            child=plan.child_outcome(state, name),
-        )
+        handle = TaskHandle(state.uuid, name, attempt, lambda: self.heartbeat.beat_task(task_id))
+        if task.parent is not None:  # an instance of a mapped task
+            handle.item, handle.index = plan.item_of(state, name), task.index
+        elif name in state.received:  # a sub-workflow task's child outcome, among others
+            handle.child = plan.child_outcome(state, name)
+        return handle
 
     def context(self, state: ExecutionState, name: str, data: dict[str, Any]) -> Context:
         scope = ExecutionScope(state.uuid, uuid.UUID(state.tasks[name].id), name)

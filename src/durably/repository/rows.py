@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, cast
+from operator import itemgetter
+from typing import Any
 
 from ..records import ExecutionRecord, StaleClaim, TaskRecord
 from ..store import Row, parse_timestamp
@@ -43,41 +44,44 @@ def configuration_of(value: Any) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def as_dicts(rows: Sequence[Row]) -> list[Mapping[str, Any]]:
-    """Rows as dicts: a sqlite3.Row finds a column by name with a linear scan, which a
-    record of 30 columns read from each of many rows makes the cost of a read."""
-    if not rows or isinstance(rows[0], dict):
-        return [row for row in rows if isinstance(row, dict)]  # PostgreSQL's are dicts
-    keys = list(rows[0].keys())
-    return [dict(zip(keys, cast(Iterable[Any], row), strict=True)) for row in rows]
+# TaskRecord's fields in order, by the column each is read from.
+_TASK_COLUMNS = (
+    "id", "task_name", "status", "attempt", "max_attempts", "error_details", "last_error",
+    "started_at", "completed_at", "retry_at", "claimed_by", "heartbeat_at",
+    "compensation_status", "compensation_error", "recovery_attempts", "task_configuration",
+    "wake_at", "wait_event", "waited", "received", "map_parent", "map_index", "map_total",
+)  # fmt: skip
 
 
-def task_of(row: Row | Mapping[str, Any]) -> TaskRecord:
+def tasks_of(rows: Sequence[Row]) -> list[TaskRecord]:
+    """Task rows as records. Columns are picked by position, found once per result: a result
+    reads every task row of an execution, and a sqlite3.Row finds a name by a linear scan."""
+    if not rows:
+        return []
+    first = rows[0]
+    columns: tuple[Any, ...] = _TASK_COLUMNS  # PostgreSQL's rows are dicts
+    if not isinstance(first, dict):
+        keys = list(first.keys())
+        columns = tuple(keys.index(column) for column in _TASK_COLUMNS)
+    pick = itemgetter(*columns)
+    return [_task(pick(row)) for row in rows]
+
+
+def _task(values: tuple[Any, ...]) -> TaskRecord:
+    (id_, name, status, attempt, max_attempts, error, last_error, started, completed, retry,
+     claimed_by, heartbeat, compensation, compensation_error, recoveries, configuration,
+     wake, wait_event, waited, received, map_parent, map_index, map_total) = values  # fmt: skip
     return TaskRecord(
-        id=str(row["id"]),
-        name=row["task_name"],
-        status=row["status"],
-        attempt=row["attempt"],
-        max_attempts=row["max_attempts"],
-        error=row["error_details"],
-        last_error=row["last_error"],
-        started_at=parse_timestamp(row["started_at"]),
-        completed_at=parse_timestamp(row["completed_at"]),
-        retry_at=parse_timestamp(row["retry_at"]),
-        claimed_by=row["claimed_by"],
-        heartbeat_at=parse_timestamp(row["heartbeat_at"]),
-        compensation=row["compensation_status"],
-        compensation_error=row["compensation_error"],
-        recovery_attempts=row["recovery_attempts"],
-        config_text=_text(row["task_configuration"]),
-        wake_at=parse_timestamp(row["wake_at"]),
-        wait_event=row["wait_event"],
-        waited=bool(row["waited"]),
-        received_text=row["received"],
-        map_parent=row["map_parent"],
-        map_index=row["map_index"],
-        map_total=row["map_total"],
-    )
+        str(id_), name, status, attempt, max_attempts, error, last_error,
+        parse_timestamp(started) if started is not None else None,
+        parse_timestamp(completed) if completed is not None else None,
+        parse_timestamp(retry) if retry is not None else None,
+        claimed_by,
+        parse_timestamp(heartbeat) if heartbeat is not None else None,
+        compensation, compensation_error, recoveries, _text(configuration),
+        parse_timestamp(wake) if wake is not None else None,
+        wait_event, bool(waited), received, map_parent, map_index, map_total,
+    )  # fmt: skip
 
 
 def stale_of(row: Row) -> StaleClaim:

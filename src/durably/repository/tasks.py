@@ -10,7 +10,7 @@ from ..records import AttemptRecord, AttemptRef, Claim, StaleClaim, TaskRecord
 from ..statuses import ABANDONED, READY
 from ..store import Tx, parse_timestamp, timestamp
 from .contexts import Contexts
-from .rows import as_dicts, configuration_of, new_id, stale_of, task_of
+from .rows import configuration_of, new_id, stale_of, tasks_of
 
 
 class Tasks(Contexts):
@@ -23,7 +23,7 @@ class Tasks(Contexts):
         else:
             params = {"id": execution_id, "names": json.dumps(list(names))}
             rows = tx.fetch_all("get_task_states", params)
-        return [task_of(row) for row in as_dicts(rows)]
+        return tasks_of(rows)
 
     def start_task(self, tx: Tx, task_id: str, worker: str, now: float) -> bool:
         params = {"id": task_id, "worker": worker, "now": timestamp(now)}
