@@ -110,15 +110,17 @@ class Children:
         )  # fmt: skip
 
     def cancel_children(self, tx: Tx, execution_id: str, now: float) -> list[str]:
-        """Cancel the unfinished children of a cancelled execution, and theirs; return their
-        ids. Each one's parent task hears of it as a cancelled child."""
+        """Cancel the unfinished children of an execution being cancelled, and theirs; return
+        their ids. Call it before cancelling the execution itself: rows are locked child
+        first, then parent, the order in which a child's end reaches its parent (the other
+        order deadlocks with a worker finishing a child)."""
         cancelled = []
         for child in self.repo.children(tx, execution_id):
             if child.status in EXECUTION_TERMINAL:
                 continue
+            cancelled.extend(self.cancel_children(tx, child.id, now))
             self.repo.cancel_execution(tx, child.id, now)
             cancelled.append(child.id)
-            cancelled.extend(self.cancel_children(tx, child.id, now))
         return cancelled
 
     def report_cancel(self, tx: Tx, execution_id: str, parent: str | None, now: float) -> None:

@@ -372,8 +372,8 @@ class Engine:
             record = self._record(tx, key)
             if record.status not in EXECUTION_TERMINAL:
                 now = self.runtime.now()
-                self.runtime.repo.cancel_execution(tx, key, now)
                 cancelled += self.runtime.cancel_children(tx, key, now)
+                self.runtime.repo.cancel_execution(tx, key, now)
                 parent = record.parent_id if record.parent_task is not None else None
                 self.runtime.report_cancel(tx, key, parent, now)
         with self._lock:
