@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from . import codec, mailbox, repair, retention
+from . import attempt_logs, codec, mailbox, repair, retention
 from .arguments import as_id, check_int, check_key, check_lease, encode_initial
 from .backends import open_store
 from .clock import SYSTEM, Clock
@@ -62,6 +62,7 @@ class Engine:
         schema: str | None = None,
         store: Store | None = None,
         clock: Clock | None = None,
+        capture_logs: bool = False,
     ) -> None:
         lease = check_lease(lease)
         check_int("concurrency", concurrency, minimum=1, optional=True)
@@ -77,6 +78,7 @@ class Engine:
             max_recovery_attempts=max_recovery_attempts,
             max_context_bytes=max_context_bytes,
             registry=self.registry,
+            capture_logs=attempt_logs.capturing(capture_logs),
         )
         self.lease = lease
         self.worker_id = self.runtime.worker_id
@@ -414,6 +416,9 @@ class Engine:
             runner.cancelled = True
         self.runtime.close()
         self.store.close()
+        if self.runtime.logs.capture:
+            self.runtime.logs.capture = False
+            attempt_logs.stop_capture()
 
     def __enter__(self) -> Engine:
         return self

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import queue
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from . import attempt_logs
+from .attempt_logs import AttemptLog
 from .context import Context
 from .exceptions import TaskInterrupted, TaskReturnError, TaskTimeoutError
+from .logs import fields
 from .workflow import Task
 
 _R = TypeVar("_R")
@@ -19,10 +23,14 @@ _Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
 
 
 class TaskHandle:
-    """What a task taking ``(ctx, handle)`` gets: its attempt number, a heartbeat, and for an
-    instance of a mapped task its ``item`` and ``index`` (None otherwise)."""
+    """What a task taking ``(ctx, handle)`` gets: its attempt number, a heartbeat, a
+    ``logger`` whose records are stored with the attempt, and for an instance of a mapped task
+    its ``item`` and ``index`` (None otherwise)."""
 
-    __slots__ = ("_beat", "attempt", "execution_id", "index", "item", "task_name")
+    __slots__ = (
+        "_beat", "_capture", "_log", "_open_log", "attempt", "execution_id", "index", "item",
+        "task_name",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -33,6 +41,8 @@ class TaskHandle:
         *,
         item: Any = None,
         index: int | None = None,
+        log: Callable[[], AttemptLog] | None = None,
+        capture: bool = False,
     ) -> None:
         self.execution_id = execution_id
         self.task_name = task_name
@@ -40,10 +50,30 @@ class TaskHandle:
         self._beat = beat
         self.item = item
         self.index = index
+        self._open_log = log  # made on first use: a task that never logs costs nothing
+        self._log: AttemptLog | None = None
+        self._capture = capture
 
     def heartbeat(self) -> None:
         """Tell the engine this attempt is alive (the engine also beats on its own)."""
         self._beat()
+
+    @property
+    def logger(self) -> logging.Logger:
+        """A ``logging.Logger`` (``durably.task.<name>``) whose records are stored with this
+        attempt (``durably show``, ``TaskResult.history``) and passed on to the application's
+        logging configuration."""
+        return self._attempt_log().logger
+
+    def _attempt_log(self) -> AttemptLog:
+        if self._log is None:
+            if self._open_log is not None:
+                self._log = self._open_log()
+            else:  # a handle made by hand (tests): its records are kept nowhere
+                self._log = AttemptLog(
+                    fields("task_log", str(self.execution_id), None, self.task_name, self.attempt)
+                )
+        return self._log
 
 
 def output_of(task: Task, ctx: Context, returned: Any) -> dict[str, Any]:
@@ -69,6 +99,12 @@ def _args(task: Task, ctx: Context, handle: TaskHandle) -> tuple[Any, ...]:
 
 def run_inline(task: Task, ctx: Context, handle: TaskHandle) -> dict[str, Any]:
     """Run a sync task without a timeout on the calling thread."""
+    if handle._capture:
+        token = attempt_logs.current.set(handle._attempt_log())
+        try:
+            return output_of(task, ctx, task.fn(*_args(task, ctx, handle)))
+        finally:
+            attempt_logs.current.reset(token)
     return output_of(task, ctx, task.fn(*_args(task, ctx, handle)))
 
 
@@ -142,6 +178,8 @@ class Executor:
         return self._with_timeout(future, task)
 
     async def _run_async(self, task: Task, ctx: Context, handle: TaskHandle) -> dict[str, Any]:
+        if handle._capture:  # this coroutine runs as its own asyncio task: a context of its own
+            attempt_logs.current.set(handle._attempt_log())
         coro: Coroutine[Any, Any, Any] = task.fn(*_args(task, ctx, handle))
         try:
             returned = await asyncio.wait_for(coro, task.timeout)

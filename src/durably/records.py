@@ -61,6 +61,7 @@ class TaskRecord:
     map_parent: str | None = None
     map_index: int | None = None
     map_total: int | None = None
+    logs_text: str | None = None  # the current attempt's log records (JSON text)
 
     @property
     def configuration(self) -> dict[str, Any]:
@@ -105,6 +106,7 @@ class AttemptRecord:
     finished_at: datetime | None
     worker: str | None
     error: str | None
+    logs_text: str | None = None  # its log records (JSON text, attempt_logs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +164,7 @@ class AttemptRef:
     number: int
     worker: str
     started_at: float | None
+    logs: str | None = None  # its log records (JSON text), written with its outcome
 
 
 @dataclass

@@ -18,11 +18,12 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import codec, outcomes, plan
+from .attempt_logs import AttemptLogs
 from .clock import Clock
 from .context import Context, ExecutionScope
 from .executor import Executor, TaskHandle
 from .heartbeat import Heartbeat
-from .logs import log
+from .logs import fields, log
 from .ownership import new_worker_id, owner_is_dead
 from .plan import Start
 from .records import AttemptRef, ExecutionRecord, StaleClaim, TaskRecord
@@ -56,6 +57,7 @@ class Runtime(WaitsAndMaps):
         max_recovery_attempts: int,
         max_context_bytes: int,
         registry: Registry,
+        capture_logs: bool = False,
     ) -> None:
         self.store = store
         self.repo = Repository()
@@ -67,6 +69,7 @@ class Runtime(WaitsAndMaps):
         self.worker_id = new_worker_id()
         self.executor = Executor(concurrency)
         self.heartbeat = Heartbeat(store, self.repo, self.worker_id, clock, lease / 3)
+        self.logs = AttemptLogs(capture=capture_logs)  # what running attempts logged
         # The clock's own method: read on every transition, so no wrapper in between.
         self.now: Callable[[], float] = clock.now
 
@@ -155,6 +158,7 @@ class Runtime(WaitsAndMaps):
         policy = state.definition(name).retry
         outcome = plan.attempt_outcome(policy, attempt, output, error, now, self.max_context_bytes)
         ref = AttemptRef(state.id, task.id, name, attempt, self.worker_id, task.started_at)
+        ref.logs = self.logs.take(task.id, attempt)
         if isinstance(outcome, plan.Completed):
             if not self.repo.complete_task(tx, ref, outcome.value, now):
                 return None
@@ -311,6 +315,8 @@ class Runtime(WaitsAndMaps):
             lambda: self.heartbeat.beat_task(task_id),
             item=plan.item_of(state, name),
             index=task.index,
+            log=lambda: self.logs.open(task_id, log_fields(state, name, attempt)),
+            capture=self.logs.capture,
         )
 
     def context(self, state: ExecutionState, name: str, data: dict[str, Any]) -> Context:
@@ -320,6 +326,11 @@ class Runtime(WaitsAndMaps):
     def close(self) -> None:
         self.heartbeat.stop()
         self.executor.close()
+
+
+def log_fields(state: ExecutionState, name: str, attempt: int) -> dict[str, Any]:
+    workflow = getattr(state.shape, "name", None)
+    return fields("task_log", state.id, workflow, name, attempt)
 
 
 def patch_of(configuration: dict[str, Any]) -> dict[str, Any] | None:

@@ -76,6 +76,7 @@ def task_of(row: Row | Mapping[str, Any]) -> TaskRecord:
         map_parent=row["map_parent"],
         map_index=row["map_index"],
         map_total=row["map_total"],
+        logs_text=row["logs"],
     )
 
 

@@ -27,7 +27,8 @@ CREATE TABLE pipeline_executions (
     parent_execution_id UUID,
     created_at TIMESTAMPTZ NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL,
-    idempotency_key TEXT
+    idempotency_key TEXT,
+    trace_context TEXT
 );
 CREATE INDEX pipeline_executions_status ON pipeline_executions (status, created_at);
 CREATE UNIQUE INDEX pipeline_executions_key ON pipeline_executions (pipeline_name, idempotency_key);
@@ -64,6 +65,7 @@ CREATE TABLE task_executions (
     map_total INTEGER,
     map_done INTEGER NOT NULL DEFAULT 0,
     map_failed INTEGER NOT NULL DEFAULT 0,
+    logs TEXT,
     UNIQUE (pipeline_execution_id, task_name)
 );
 CREATE INDEX task_executions_ready ON task_executions (status, retry_at)
