@@ -21,6 +21,7 @@ from .cli_common import (
     one_line,
     open_engine,
 )
+from .cli_logging import LEVELS, worker_logs
 from .cli_ops import duration_option
 from .loading import (
     import_modules,
@@ -28,6 +29,7 @@ from .loading import (
     top_level_sagas,
     top_level_workflows,
 )
+from .logs import fields as log_fields
 from .saga import Saga
 from .saga_manager import DEFAULT_REPLY_TO
 from .saga_service import SagaService
@@ -81,6 +83,32 @@ if TYPE_CHECKING:
     help="Prune, in the background, executions that finished longer ago than AGE (30d, 12h, "
     "...), as `durably prune --older-than AGE` does [default: keep everything].",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    envvar="DURABLY_LOG_LEVEL",
+    show_envvar=True,
+    help="durably's log records at this level and above go to stderr, one line each (JSON "
+    "lines with --json), unless the modules configured logging themselves.",
+)
+@click.option(
+    "--capture-logs/--no-capture-logs",
+    default=False,
+    envvar="DURABLY_CAPTURE_LOGS",
+    show_envvar=True,
+    help="Store with each attempt what any logger emits on the task's thread or asyncio task "
+    "while it runs, not only handle.logger's records.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    envvar="DURABLY_METRICS_PORT",
+    show_envvar=True,
+    help="Serve Prometheus metrics on this port at /metrics (pip install 'durably[metrics]') "
+    "[default: no metrics].",
+)
 @common_options
 def worker(
     modules: tuple[str, ...],
@@ -89,6 +117,9 @@ def worker(
     broker_url: str | None,
     reply_to: str,
     retain: str | None,
+    log_level: str,
+    capture_logs: bool,
+    metrics_port: int | None,
     db: str | None,
     as_json: bool,
 ) -> None:
@@ -122,9 +153,16 @@ def worker(
             serving.stop()
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(worker_logs(log_level.upper(), as_json))
         if workflows or retention is not None:
             engine = stack.enter_context(
-                open_engine(db, workflows=workflows, lease=lease, concurrency=concurrency)
+                open_engine(
+                    db,
+                    workflows=workflows,
+                    lease=lease,
+                    concurrency=concurrency,
+                    capture_logs=capture_logs,
+                )
             )
             try:
                 serving = engine.worker(concurrency=concurrency, retain=retention)
@@ -194,7 +232,8 @@ def worker(
 
 def announce(as_json: bool, action: str, message: str, **fields: Any) -> None:
     if as_json:
-        click.echo(json.dumps({"action": action, "message": message, **fields}))
+        line = {**log_fields(action), "message": message, **fields}
+        click.echo(json.dumps(line))
     else:
         click.echo(message, err=True)
 
