@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import logging
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -57,7 +58,8 @@ def assert_structured(records: list[logging.LogRecord]) -> None:
         assert record.name == "durably" or record.name.startswith("durably."), record.name
         missing = [name for name in FIELDS if name not in record.__dict__]
         assert not missing, f"{record.name}: {record.getMessage()!r} lacks {missing}"
-        assert isinstance(record.__dict__["action"], str) and record.__dict__["action"]
+        assert isinstance(record.__dict__["action"], str)
+        assert record.__dict__["action"]
 
 
 def reserve(ctx: SagaContext) -> SagaRequest:
@@ -198,7 +200,6 @@ def test_json_lines_keep_extras_and_the_traceback() -> None:
         raise KeyError("k")
     except KeyError:
         record = logging.LogRecord("durably.x", logging.ERROR, __file__, 1, "m", (), None)
-        import sys
 
         record.exc_info = sys.exc_info()
     record.__dict__.update(action="a", topic="orders")
