@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import codec
+from . import codec, tracing
 from .exceptions import (
     BrokerError,
     ContextSerializationError,
@@ -168,7 +168,7 @@ class Broker(abc.ABC):
                 extra=_log_extra(message, "saga_inbox_replay"),
             )
         else:
-            with _serving(target, message.headers):
+            with _serving(target, message.headers), tracing.participant(target, message.headers):
                 status, content = await _call_service(self.services[target], message)
             try:
                 body = codec.dumps_value(content)

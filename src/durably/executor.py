@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from . import attempt_logs
+from . import attempt_logs, tracing
 from .attempt_logs import AttemptLog
 from .context import Context
 from .exceptions import TaskInterrupted, TaskReturnError, TaskTimeoutError
@@ -28,8 +29,8 @@ class TaskHandle:
     its ``item`` and ``index`` (None otherwise)."""
 
     __slots__ = (
-        "_beat", "_capture", "_log", "_open_log", "attempt", "execution_id", "index", "item",
-        "task_name",
+        "_beat", "_capture", "_log", "_open_log", "_trace", "attempt", "execution_id", "index",
+        "item", "task_name",
     )  # fmt: skip
 
     def __init__(
@@ -43,6 +44,7 @@ class TaskHandle:
         index: int | None = None,
         log: Callable[[], AttemptLog] | None = None,
         capture: bool = False,
+        trace: tuple[str, str | None] | None = None,
     ) -> None:
         self.execution_id = execution_id
         self.task_name = task_name
@@ -53,6 +55,7 @@ class TaskHandle:
         self._open_log = log  # made on first use: a task that never logs costs nothing
         self._log: AttemptLog | None = None
         self._capture = capture
+        self._trace = trace  # tracing on: (workflow, the execution's trace context)
 
     def heartbeat(self) -> None:
         """Tell the engine this attempt is alive (the engine also beats on its own)."""
@@ -99,13 +102,30 @@ def _args(task: Task, ctx: Context, handle: TaskHandle) -> tuple[Any, ...]:
 
 def run_inline(task: Task, ctx: Context, handle: TaskHandle) -> dict[str, Any]:
     """Run a sync task without a timeout on the calling thread."""
-    if handle._capture:
-        token = attempt_logs.current.set(handle._attempt_log())
-        try:
+    if handle._capture or handle._trace is not None:
+        with observed(handle):
             return output_of(task, ctx, task.fn(*_args(task, ctx, handle)))
-        finally:
-            attempt_logs.current.reset(token)
     return output_of(task, ctx, task.fn(*_args(task, ctx, handle)))
+
+
+@contextlib.contextmanager
+def observed(handle: TaskHandle) -> Iterator[None]:
+    """While the attempt runs: its span is current (tracing on), and the records of this
+    thread or asyncio task go to its log (``capture_logs``)."""
+    with contextlib.ExitStack() as stack:
+        found = tracing.tracer() if handle._trace is not None else None
+        if found is not None and handle._trace is not None:
+            workflow, parent = handle._trace
+            attrs = tracing.attributes(
+                handle.execution_id, workflow, handle.task_name, handle.attempt
+            )
+            stack.enter_context(
+                tracing.span(found, f"durably.task {handle.task_name}", attrs, parent=parent)
+            )
+        if handle._capture:
+            token = attempt_logs.current.set(handle._attempt_log())
+            stack.callback(attempt_logs.current.reset, token)
+        yield
 
 
 class DaemonPool:
@@ -178,8 +198,11 @@ class Executor:
         return self._with_timeout(future, task)
 
     async def _run_async(self, task: Task, ctx: Context, handle: TaskHandle) -> dict[str, Any]:
-        if handle._capture:  # this coroutine runs as its own asyncio task: a context of its own
-            attempt_logs.current.set(handle._attempt_log())
+        # This coroutine runs as its own asyncio task: what observed() sets is its own.
+        with observed(handle) if handle._capture or handle._trace else contextlib.nullcontext():
+            return await self._await(task, ctx, handle)
+
+    async def _await(self, task: Task, ctx: Context, handle: TaskHandle) -> dict[str, Any]:
         coro: Coroutine[Any, Any, Any] = task.fn(*_args(task, ctx, handle))
         try:
             returned = await asyncio.wait_for(coro, task.timeout)

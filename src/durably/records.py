@@ -34,6 +34,7 @@ class ExecutionRecord:
     created_at: datetime | None
     completed_at: datetime | None
     recovery_attempts: int = 0
+    trace_context: str | None = None  # the trace of the span that started it (tracing.py)
 
 
 @dataclass(frozen=True, slots=True)

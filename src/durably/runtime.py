@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from . import codec, outcomes, plan
+from . import codec, metrics, outcomes, plan, tracing
 from .attempt_logs import AttemptLogs
 from .clock import Clock
 from .context import Context, ExecutionScope
@@ -94,6 +94,8 @@ class Runtime(WaitsAndMaps):
         when it was abandoned (its dependents may now be decided)."""
         abandon = claim.recovery_attempts + 1 > self.max_recovery_attempts
         changed = self.repo.recover_task(tx, claim, abandon, now)
+        if changed and metrics.active is not None:
+            metrics.active.recovered("task_abandoned" if abandon else "claim_recovered")
         if changed:
             log(
                 logger,
@@ -115,7 +117,9 @@ class Runtime(WaitsAndMaps):
 
     def load(self, tx: Tx, execution: ExecutionRecord, wf: Workflow) -> ExecutionState:
         """The whole execution: every task, every output, the initial context."""
-        return self.load_partial(tx, execution.id, wf, None, None, context_id=execution.context_id)
+        state = self.load_partial(tx, execution.id, wf, None, None, context_id=execution.context_id)
+        state.trace = execution.trace_context
+        return state
 
     def load_partial(
         self,
@@ -163,12 +167,16 @@ class Runtime(WaitsAndMaps):
             if not self.repo.complete_task(tx, ref, outcome.value, now):
                 return None
             state.outputs[name] = outcome.value
+            if metrics.active is not None:
+                metrics.active.attempt_of(state, name, "completed", now)
             if logger.isEnabledFor(logging.INFO):
                 self._log_outcome(logging.INFO, "completed", state, name, attempt, None)
             return state.mark(name, COMPLETED)
         retry_at = outcome.at if isinstance(outcome, plan.RetryAt) else None
         if not self.repo.fail_task(tx, ref, outcome.error, now, retry_at):
             return None
+        if metrics.active is not None:
+            metrics.active.attempt_of(state, name, "failed" if retry_at is None else "retry", now)
         if retry_at is not None:
             task.status, task.retry_at, task.error, task.claimed_by = READY, retry_at, None, None
             self._log_outcome(logging.WARNING, "will retry", state, name, attempt, outcome.error)
@@ -317,6 +325,7 @@ class Runtime(WaitsAndMaps):
             index=task.index,
             log=lambda: self.logs.open(task_id, log_fields(state, name, attempt)),
             capture=self.logs.capture,
+            trace=(getattr(state.shape, "name", ""), state.trace) if tracing.tracer() else None,
         )
 
     def context(self, state: ExecutionState, name: str, data: dict[str, Any]) -> Context:

@@ -101,6 +101,7 @@ class ExecutionState:
         self.patches = dict(patches or {})
         self.received = dict(received or {})
         self.cache: dict[tuple[str, str], Any] = {}  # the plan's memo (a mapped task's input)
+        self.trace: str | None = None  # the trace its attempt spans join (tracing.py)
         # Tasks not terminal yet, kept up to date by mark() and add(): all_done() stays O(1)
         # with 10,000 instances.
         self.open = sum(task.status not in TASK_TERMINAL for task in self.tasks.values())

@@ -539,3 +539,33 @@ WHERE id = :id AND map_total IS NOT NULL;
 
 -- name: delete_instances
 DELETE FROM task_executions WHERE pipeline_execution_id = :id AND map_parent = :parent;
+
+
+-- Metrics, read when Prometheus scrapes a worker (durably worker --metrics-port) -------------
+
+-- name: count_executions_by_status
+-- An index-only count on pipeline_executions_status.
+SELECT status, count(*) AS n FROM pipeline_executions GROUP BY status;
+
+-- name: count_sagas_by_status
+SELECT status, count(*) AS n FROM saga_executions GROUP BY status;
+
+-- name: count_active_tasks_by_status
+-- The tasks of unfinished executions only: finished ones are the bulk of the table, and
+-- the task counters of each worker tell their outcomes.
+SELECT t.status, count(*) AS n
+FROM pipeline_executions p JOIN task_executions t ON t.pipeline_execution_id = p.id
+WHERE p.status IN ('pending', 'running', 'paused')
+GROUP BY t.status;
+
+-- name: count_ready_tasks
+-- The queue depth: ready tasks, read from the partial index task_executions_ready.
+SELECT count(*) AS n FROM task_executions WHERE status = 'ready';
+
+-- name: count_outbox
+-- Saga requests not yet published (a published one's row is deleted).
+SELECT count(*) AS n FROM saga_outbox;
+
+-- name: set_trace_context
+-- With tracing on: the trace context of the span that started the execution (JSON text).
+UPDATE pipeline_executions SET trace_context = :trace WHERE id = :id;
