@@ -6,13 +6,13 @@ import contextlib
 import json
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from .backends import resolve_url
+from .backends import open_store, resolve_url
 from .broker import Broker, InMemoryBroker, broker_from_url
 from .cli_common import (
     CLIError,
@@ -30,6 +30,7 @@ from .loading import (
     top_level_workflows,
 )
 from .logs import fields as log_fields
+from .repository import Repository
 from .saga import Saga
 from .saga_manager import DEFAULT_REPLY_TO
 from .saga_service import SagaService
@@ -109,6 +110,14 @@ if TYPE_CHECKING:
     help="Serve Prometheus metrics on this port at /metrics (pip install 'durably[metrics]') "
     "[default: no metrics].",
 )
+@click.option(
+    "--metrics-host",
+    default="0.0.0.0",
+    show_default=True,
+    envvar="DURABLY_METRICS_HOST",
+    show_envvar=True,
+    help="The address the metrics endpoint binds to.",
+)
 @common_options
 def worker(
     modules: tuple[str, ...],
@@ -120,6 +129,7 @@ def worker(
     log_level: str,
     capture_logs: bool,
     metrics_port: int | None,
+    metrics_host: str,
     db: str | None,
     as_json: bool,
 ) -> None:
@@ -172,6 +182,8 @@ def worker(
                 raise CLIError(
                     "this build of durably has no worker (durably.worker is missing)"
                 ) from exc
+        if metrics_port is not None:
+            stack.enter_context(serve_metrics(db, metrics_host, metrics_port, as_json))
         replies = "-"
         if sagas or brokers or broker_url:
             broker = broker_from_url(broker_url) if broker_url else None
@@ -228,6 +240,29 @@ def worker(
     if service is not None and service.error is not None:
         raise CLIError(one_line(f"saga service failed: {service.error}"))
     announce(as_json, "worker_stopped", "worker stopped")
+
+
+@contextlib.contextmanager
+def serve_metrics(db: str | None, host: str, port: int, as_json: bool) -> Iterator[None]:
+    """Metrics for this process, read from its own store (scrapes never touch the worker's
+    connections), until the worker stops."""
+    from . import metrics
+
+    store = open_store(db)
+    try:
+        served = metrics.start(store, Repository(), port, host)
+    except metrics.MetricsUnavailable as exc:
+        store.close()
+        raise CLIError(str(exc)) from exc
+    except OSError as exc:
+        store.close()
+        raise CLIError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+    announce(as_json, "metrics_serving", f"metrics on http://{host}:{served.port}/metrics")
+    try:
+        yield
+    finally:
+        metrics.stop()
+        store.close()
 
 
 def announce(as_json: bool, action: str, message: str, **fields: Any) -> None:

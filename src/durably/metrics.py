@@ -89,6 +89,7 @@ class Metrics:
         )
         reg.register(DatabaseCollector(store, repo))
         self._server: Any = None
+        self.port: int | None = None
 
     # -- hooks (the task path calls these only when metrics are on) ---------------------------
 
@@ -121,7 +122,7 @@ class Metrics:
 
         server, _thread = start_http_server(port, host, registry=self.registry)
         self._server = server
-        bound = int(server.server_address[1])
+        bound = self.port = int(server.server_address[1])
         log(logger, logging.INFO, "metrics on http://%s:%d/metrics", host, bound,
             action="metrics_serving")  # fmt: skip
         return bound
@@ -175,11 +176,12 @@ class DatabaseCollector:
 def start(store: Store, repo: Repository, port: int, host: str = "0.0.0.0") -> Metrics:
     """Turn metrics on for this process and serve them; the hooks start counting."""
     global active
-    with _lock:
-        if active is None:
-            active = Metrics(store, repo)
-        metrics = active
+    metrics = Metrics(store, repo)
     metrics.serve(port, host)
+    with _lock:
+        previous, active = active, metrics
+    if previous is not None:
+        previous.close()
     return metrics
 
 
