@@ -196,3 +196,55 @@ def test_the_worker_flag_refuses_a_port_in_use(store_url: str) -> None:
     assert result.exit_code == 1, result.output
     assert f"cannot serve metrics on 127.0.0.1:{port}" in result.output
     assert metrics.active is None
+
+
+def test_a_worker_process_serves_metrics_and_logs_json_lines(store_url: str) -> None:
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from . import cli_app
+
+    root = Path(__file__).resolve().parent.parent
+    with socket.socket() as probe:  # a free port for the worker to bind
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "DURABLY_DATABASE_URL": store_url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "durably", "worker", "tests.cli_app", "--json",
+         "--metrics-port", str(port), "--metrics-host", "127.0.0.1"],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        with Engine(store_url) as engine:
+            result = engine.wait(engine.start(cli_app.pipeline, {}), timeout=30)
+        assert result.status == "completed", result.error
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                found = scrape(port)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        done = (("outcome", "completed"), ("task", "right"), ("workflow", "cli_pipeline"))
+        assert found[("durably_task_duration_seconds_count", done)] == 1
+        assert found[("durably_tasks_claimed_total", ())] == len(cli_app.pipeline.tasks)
+        assert found[("durably_executions", (("status", "completed"),))] == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    announced = [json.loads(line) for line in out.splitlines()]
+    assert {"action": "metrics_serving", "execution_id": None}.items() <= announced[0].items()
+    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    claimed = [r for r in records if r["action"] == "task_claimed"]
+    assert len(claimed) == len(cli_app.pipeline.tasks)
+    assert all(r["execution_id"] == str(result.execution_id) for r in claimed)
+    assert {r["task"] for r in claimed} == set(cli_app.pipeline.tasks)
