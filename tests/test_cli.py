@@ -590,3 +590,14 @@ def test_unexpected_errors_are_one_line_unless_traceback_is_asked(
     assert_one_line_error(invoke("list", "--db", db), "RuntimeError: boom second line")
     result = CliRunner().invoke(durably_cli, ["--traceback", "list", "--db", db])
     assert isinstance(result.exception, RuntimeError)
+
+
+def test_demo_runs_a_bulk_order_through_a_sub_workflow(db: str) -> None:
+    data = as_json(invoke("demo", "--db", db, "--json"))
+    assert data["bulk"]["status"] == "completed"
+    shown = as_json(invoke("show", data["bulk"]["id"], "--db", db, "--json"))
+    child_id = shown["tasks"]["fulfil"]["child_id"]
+    child = as_json(invoke("show", child_id, "--db", db, "--json"))
+    assert child["parent_id"] == data["bulk"]["id"]
+    assert [child["tasks"][f"reserve_line[{i}]"]["status"] for i in range(3)] == ["completed"] * 3
+    assert shown["tasks"]["invoice"]["context"]["invoice"] == "INV-B-2001: 3 lines, 2 parcels"

@@ -38,3 +38,12 @@ def test_the_reservation_example_reserves_every_line_in_order() -> None:
     assert done.returncode == 0, done.stderr
     lines = [line.strip() for line in done.stdout.splitlines() if line.startswith("  R-")]
     assert lines == [f"R-{i}-SKU-{i + 1}x{i + 1}" for i in range(7)]
+
+
+@pytest.mark.slow
+def test_the_parent_child_example_ships_one_and_refunds_the_other() -> None:
+    done = run_example("examples.parent_child_workflow")
+    assert done.returncode == 0, done.stderr
+    assert ": completed: captured 42, shipped to PT" in done.stdout
+    assert "payment ran as execution" in done.stdout
+    assert "compensation: refunded 42 for O-2" in done.stdout

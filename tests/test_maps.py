@@ -825,3 +825,50 @@ def test_retry_reruns_only_the_failed_instances(engine: Engine) -> None:
     # the completed instances are kept: each ran once; the failed one ran twice
     assert calls.count("each") == Counter({0: 1, 1: 2, 2: 1, 3: 1})
     assert [a.status for a in result.tasks["each[1]"].history] == ["failed", "completed"]
+
+
+# -- 7. the dependent's merge rule -------------------------------------------------------------
+
+
+def _nested_map(merge: Any) -> Workflow:
+    wf = Workflow(unique("maps_merge"))
+    wf.task(name="prepare")(lambda ctx: ctx.update(items=[0, 1, 2], cfg={"base": True}))
+
+    @wf.task(dependencies=["prepare"], map_over="items")
+    def each(ctx: Context, handle: Any) -> None:
+        ctx["cfg"] = {f"k{handle.index}": handle.item}
+        ctx["last"] = handle.index
+
+    wf.task(name="after", dependencies=["each"], merge=merge)(lambda ctx: None)
+    return wf
+
+
+def test_a_deep_merging_dependent_gets_every_instances_nested_keys(engine: Engine) -> None:
+    result = engine.run(_nested_map("deep"), {})
+    assert result.status == "completed", result.error
+    assert result.context["cfg"] == {"k0": 0, "k1": 1, "k2": 2}
+    assert result.context["last"] == 2  # index order: the highest index wins on a scalar
+
+
+def test_a_strict_dependent_refuses_instances_that_disagree(engine: Engine) -> None:
+    result = engine.run(_nested_map("strict"), {})
+    assert result.status == "failed"
+    error = result.tasks["each"].error or ""
+    assert "ContextConflictError" in error
+    assert "each[0]" in error
+    assert "each[1]" in error
+
+
+def test_a_callable_merge_receives_each_instance_by_name(engine: Engine) -> None:
+    seen: list[list[str]] = []
+
+    def names(inputs: list[tuple[str, Context]]) -> dict[str, Any]:
+        # Called for the instances when the map completes, then for the mapped task itself
+        # when "after" receives its one dependency's output.
+        seen.append([name for name, _ in inputs])
+        return {"from": [n for name, ctx in inputs for n in ctx.get("from", [name])]}
+
+    result = engine.run(_nested_map(names), {})
+    assert result.status == "completed", result.error
+    assert seen == [["each[0]", "each[1]", "each[2]"], ["each"]]
+    assert result.context["from"] == ["each[0]", "each[1]", "each[2]"]

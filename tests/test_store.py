@@ -151,6 +151,7 @@ def seed_execution(store: Store, tasks: int = 1) -> tuple[str, list[str]]:
                 "context_id": context_id,
                 "claimed_by": None,
                 "parent_id": None,
+                "parent_task": None,
                 "key": None,
                 "now": now,
             },

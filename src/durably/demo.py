@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .context import Context
+from .demo_bulk import run_bulk
 from .engine import Engine
 from .exceptions import NonRetryable
 from .executor import TaskHandle
@@ -160,9 +161,12 @@ def run_demo(db: str | None, out: Console, *, quiet: bool = False) -> dict[str, 
         for index, line in enumerate(rollback, 1):
             out.print(f"  {index}. {line}")
 
+        out.rule("3. A bulk order: a sub-workflow fans out over the order's lines")
+        bulk = run_bulk(engine, out)
+
     db_arg = shlex.quote(url)
     out.rule("Inspect them")
-    for result in (shipped, failed):
+    for result in (shipped, failed, bulk):
         out.print(
             f"  durably show {result.execution_id} --db {db_arg} -m durably.demo", soft_wrap=True
         )
@@ -176,6 +180,7 @@ def run_demo(db: str | None, out: Console, *, quiet: bool = False) -> dict[str, 
     return {
         "database": url,
         "executions": [summary_json(shipped), summary_json(failed)],
+        "bulk": summary_json(bulk),
         "compensations": rollback,
         "saga_demo": saga_demo is not None,
     }

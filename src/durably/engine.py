@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import logging
 import math
 import os
 import threading
@@ -29,7 +30,8 @@ from .exceptions import (
     ExecutionStateError,
     StoreError,
 )
-from .records import ExecutionRecord, Snapshot
+from .logs import log
+from .records import ChildRecord, ExecutionRecord, Snapshot
 from .registry import Registry
 from .results import ExecutionResult, result_of, summary_of
 from .runner import Job, Runner
@@ -41,6 +43,8 @@ from .statuses import EXECUTION_TERMINAL
 from .store import Store, Tx
 from .worker import Worker
 from .workflow import Workflow
+
+logger = logging.getLogger("durably.engine")
 
 
 class _KeyTaken(Exception):
@@ -85,6 +89,7 @@ class Engine:
         self.worker_id = self.runtime.worker_id
         self._runs: dict[str, Runner] = {}
         self._lock = threading.Lock()
+        self.runtime.drive_child = self._drive_child
         for wf in workflows:
             self.register(wf)
 
@@ -257,6 +262,34 @@ class Engine:
         except StoreError:  # the database is what failed: the claim expires with the lease
             pass
 
+    def _drive_child(self, child_id: str) -> None:
+        """Run a sub-workflow's execution that an in-process run of this engine started, on
+        a thread of its own (its parent's run waits for it like for an event), then wake the
+        parent's run."""
+
+        def drive() -> None:
+            try:
+                result = self.resume(child_id)
+            except (ExecutionStateError, ExecutionNotFound):
+                return  # driven elsewhere already (or its start was rolled back)
+            except Exception as exc:  # the child's own run reports its errors
+                log(
+                    logger,
+                    logging.WARNING,
+                    "sub-workflow execution %s stopped: %s",
+                    child_id,
+                    exc,
+                    action="child_stopped",
+                    execution_id=child_id,
+                )
+                return
+            with self._lock:
+                parent = self._runs.get(str(result.parent_id))
+            if parent is not None:
+                parent.poke()
+
+        threading.Thread(target=drive, name=f"durably-child-{child_id[:8]}", daemon=True).start()
+
     # -- recovery ------------------------------------------------------------------------------
 
     def resume(self, execution_id: UUID | str) -> ExecutionResult:
@@ -304,7 +337,19 @@ class Engine:
     def get(self, execution_id: UUID | str) -> ExecutionResult:
         """The execution as stored now, with every task's outcome, saved output and attempts."""
         snapshot = self.snapshot(execution_id, initial=False)
-        return result_of(snapshot, self.shape(snapshot))
+        shape = self.shape(snapshot)
+        return result_of(snapshot, shape, self.children(snapshot, shape))
+
+    def children(
+        self, snapshot: Snapshot, shape: Shape | None = None
+    ) -> builtins.list[ChildRecord]:
+        """The sub-workflow executions an execution's tasks started, oldest first (read only
+        when its definition has sub-workflow tasks)."""
+        shape = shape or self.shape(snapshot)
+        if shape is None or not any(t.child for t in shape.tasks.values()):
+            return []
+        with self.store.read() as tx:
+            return self.runtime.repo.children(tx, snapshot.execution.id)
 
     def list(
         self, status: str | None = None, workflow: str | None = None, limit: int = 50
@@ -352,13 +397,20 @@ class Engine:
     def cancel(self, execution_id: UUID | str) -> ExecutionResult:
         """Stop an execution: tasks not yet started are skipped, running ones finish."""
         key = as_id(execution_id)
+        cancelled = [key]
         with self.store.transaction() as tx:
-            if self._record(tx, key).status not in EXECUTION_TERMINAL:
-                self.runtime.repo.cancel_execution(tx, key, self.runtime.now())
+            record = self._record(tx, key)
+            if record.status not in EXECUTION_TERMINAL:
+                now = self.runtime.now()
+                self.runtime.repo.cancel_execution(tx, key, now)
+                cancelled += self.runtime.cancel_children(tx, key, now)
+                parent = record.parent_id if record.parent_task is not None else None
+                self.runtime.report_cancel(tx, key, parent, now)
         with self._lock:
-            runner = self._runs.get(key)
-        if runner is not None:
-            runner.cancelled = True
+            runners = [self._runs.get(each) for each in cancelled]
+        for runner in runners:
+            if runner is not None:
+                runner.cancelled = True
         return self.get(key)
 
     def retry(self, execution_id: UUID | str) -> ExecutionResult:

@@ -129,6 +129,11 @@ class WaitTimeout(WorkflowError, TimeoutError):
     """The event the task waited for did not arrive within its timeout."""
 
 
+class SubworkflowFailed(WorkflowError):
+    """A sub-workflow task's child execution failed or was cancelled (its policy may retry
+    it: a retry runs a new child)."""
+
+
 class ExecutionNotFound(WorkflowError, LookupError):
     """No execution has that id."""
 

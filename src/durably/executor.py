@@ -29,8 +29,8 @@ class TaskHandle:
     its ``item`` and ``index`` (None otherwise)."""
 
     __slots__ = (
-        "_beat", "_capture", "_log", "_open_log", "_trace", "attempt", "execution_id", "index",
-        "item", "task_name",
+        "_beat", "_capture", "_log", "_open_log", "_trace", "attempt", "child", "execution_id",
+        "index", "item", "task_name",
     )  # fmt: skip
 
     def __init__(
@@ -42,6 +42,7 @@ class TaskHandle:
         *,
         item: Any = None,
         index: int | None = None,
+        child: dict[str, Any] | None = None,
         log: Callable[[], AttemptLog] | None = None,
         capture: bool = False,
         trace: tuple[str, str | None] | None = None,
@@ -52,6 +53,8 @@ class TaskHandle:
         self._beat = beat
         self.item = item
         self.index = index
+        # A sub-workflow task's child outcome (execution_id, status, context, error).
+        self.child = child
         self._open_log = log  # made on first use: a task that never logs costs nothing
         self._log: AttemptLog | None = None
         self._capture = capture

@@ -64,6 +64,8 @@ def summary_json(result: ExecutionResult) -> dict[str, Any]:
         "created_at": iso(result.created_at),
         "completed_at": iso(result.completed_at),
         "error": result.error,
+        "parent_id": str(result.parent_id) if result.parent_id else None,
+        "parent_task": result.parent_task,
     }
 
 
@@ -80,6 +82,7 @@ def task_json(task: TaskResult, diff: Diff | None, basis: TaskInput | None) -> d
         "diff": diff_json(diff) if diff is not None else None,
         "map_parent": task.parent,
         "map_index": task.index,
+        "child_id": str(task.child_id) if task.child_id else None,
         "wait": {"event": task.wait_event, "wake_at": iso(task.wake_at)}
         if task.status == "waiting"
         else None,

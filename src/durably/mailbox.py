@@ -7,10 +7,9 @@ event gets it at once: it becomes ready with the payload in its input, at its wa
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from . import codec, waits
+from . import codec, events
 from .exceptions import ExecutionNotFound, ExecutionStateError
 from .runtime import Runtime
 from .statuses import EXECUTION_TERMINAL
@@ -24,6 +23,8 @@ def send(
     ContextSerializationError and stores nothing."""
     if not isinstance(name, str) or not name.strip():
         raise TypeError(f"an event needs a non-empty str name, not {name!r}")
+    if name.startswith("durably."):
+        raise ValueError(f"event names starting with 'durably.' are reserved: {name!r}")
     if key is not None and (not isinstance(key, str) or not key):
         raise TypeError(f"an event's key must be a non-empty str, not {key!r}")
     stored = codec.dumps_value(payload)
@@ -41,19 +42,4 @@ def send(
         # The same lock a task takes to start waiting: it finds this event, or we find it.
         repo.lock_execution(tx, execution_id)
         now = rt.now()
-        seq = repo.insert_event(tx, execution_id, name, key, stored, now)
-        if seq is None:
-            return False
-        waiter = repo.waiting_for_event(tx, execution_id, name)
-        if waiter is not None:
-            config = json.loads(waiter.config_text or "{}")
-            wait = waits.from_json(config.get("wait") if isinstance(config, dict) else None)
-            at = wait.context_key if isinstance(wait, waits.Event) else name
-            received = codec.loads(waiter.received_text) if waiter.received_text else {}
-            received[at] = payload
-            # Consumed only if delivered: a task claimed meanwhile (its wait timed out)
-            # leaves the event in the mailbox, for its retry to take.
-            if repo.deliver_event(tx, waiter.task_id, codec.dumps(received), now):
-                repo.consume_event(tx, seq, waiter.task_id, now)
-                repo.notify_work(tx)
-    return True
+        return events.post(repo, tx, execution_id, name, payload, stored, key, now)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import codec
-from .merge import latest_wins
+from .merge import MergeFn, latest_wins, merge
 from .state import ExecutionState, Shape, TaskState
 from .statuses import (
     ABANDONED,
@@ -62,10 +62,11 @@ def _capped(text: str) -> str:
     return text[:MAX_ERROR_CHARS] + f"… ({len(text) - MAX_ERROR_CHARS} more characters)"
 
 
-def compensation_order(state: ExecutionState) -> list[str]:
+def compensation_order(state: ExecutionState, *, undo: bool = False) -> list[str]:
     """Completed tasks with a compensation not yet run, in reverse topological order; none
-    unless the execution failed."""
-    if not any(t.status in FAILED_LIKE for t in state.tasks.values()):
+    unless the execution failed (or, ``undo``, its parent did: a completed child is undone
+    whole)."""
+    if not undo and not any(t.status in FAILED_LIKE for t in state.tasks.values()):
         return []
     instances: dict[str, list[str]] = {}
     for task in state.tasks.values():
@@ -89,17 +90,30 @@ def _index_of(state: ExecutionState) -> Any:
 
 
 def mapped_output(
-    shape_task: Any, parent_input: dict[str, Any], outputs: list[str]
-) -> dict[str, Any]:
+    shape_task: Any, parent_input: dict[str, Any], outputs: list[str],
+    rule: str | MergeFn = "latest_wins",
+) -> dict[str, Any]:  # fmt: skip
     """A mapped task's output from its instances' (codec text, in index order): their
-    outputs merged latest_wins over its input, or with ``collect`` the list of their values
-    at that key."""
+    outputs merged in index order by ``rule`` (its dependents', :func:`dependents_merge`),
+    as if each instance were a dependency, over its input; or with ``collect`` the list of
+    their values at that key."""
     data = dict(parent_input)
     if shape_task.collect is not None:
         key = shape_task.collect
         data[key] = [codec.loads(value).get(key) for value in outputs]
         return data
-    return latest_wins([("", data), *(("", codec.loads(value)) for value in outputs)])
+    instances = [(f"{shape_task.name}[{i}]", codec.loads(v)) for i, v in enumerate(outputs)]
+    if rule == "latest_wins":
+        return latest_wins([("", data), *instances])
+    return {**data, **merge(rule, instances)}
+
+
+def dependents_merge(shape: Shape, name: str) -> str | MergeFn:
+    """The merge rule a mapped task's instances are merged by: its dependents' rule when
+    they agree on one (each dependent receives one stored output), else latest_wins."""
+    merges = [shape.tasks[d].merge for d in shape.dependents()[name]]
+    rules = {r if isinstance(r, str) else id(r): r for r in merges}
+    return next(iter(rules.values())) if len(rules) == 1 else "latest_wins"
 
 
 def downstream(shape: Shape, start: str) -> set[str]:

@@ -43,6 +43,7 @@ from .statuses import (
     UNSTARTED,
     WAITING,
 )
+from .subworkflows import CHILD_OUTCOME
 from .triggers import implied, verdict
 from .waits import Event
 
@@ -87,9 +88,16 @@ def input_for(state: ExecutionState, name: str) -> dict[str, Any]:
     if patch:
         data.update(copy.deepcopy(patch))  # a fresh copy: an attempt may change it
     received = state.received.get(name)
-    if received:
+    if received and task.child is None:  # a sub-workflow task's are its child's outcome
         data.update(copy.deepcopy(received))  # an event's payload, at its wait's key
     return data
+
+
+def child_outcome(state: ExecutionState, name: str) -> dict[str, Any] | None:
+    """A sub-workflow task's child execution's outcome, once it arrived (and until the
+    attempt that takes it is recorded): ``{"execution_id", "status", "context", "error"}``."""
+    outcome = state.received.get(name, {}).get(CHILD_OUTCOME)
+    return outcome if isinstance(outcome, dict) else None
 
 
 def _instance_input(state: ExecutionState, parent: str) -> str:
@@ -182,6 +190,14 @@ class Expand:
 
 
 @dataclass(slots=True)
+class Spawn:
+    """The sub-workflow task starts its child execution with this input, and waits for it."""
+
+    name: str
+    input: dict[str, Any]
+
+
+@dataclass(slots=True)
 class Defer:
     """The task runs, but not before its retry time."""
 
@@ -189,7 +205,7 @@ class Defer:
     until: float
 
 
-Decision = Start | Settle | Defer | WaitFor | Expand
+Decision = Start | Settle | Defer | WaitFor | Expand | Spawn
 
 
 def describe(error: BaseException) -> str:
@@ -232,6 +248,8 @@ def decide(state: ExecutionState, name: str, now: float) -> Decision:
         return WaitFor(name, wait.wake_at(now))
     if task.map_over is not None and state.tasks[name].parent is None:
         return expand(name, task.map_over, data)
+    if task.child is not None and child_outcome(state, name) is None:
+        return Spawn(name, data)
     return Start(name, data)
 
 

@@ -34,7 +34,18 @@ class ExecutionRecord:
     created_at: datetime | None
     completed_at: datetime | None
     recovery_attempts: int = 0
+    parent_task: str | None = None  # set on a sub-workflow's execution only
     trace_context: str | None = None  # the trace of the span that started it (tracing.py)
+
+
+@dataclass(frozen=True, slots=True)
+class ChildRecord:
+    """A sub-workflow execution, as its parent knows it."""
+
+    id: str
+    task: str  # the parent's task that started it
+    status: str
+    workflow: str
 
 
 @dataclass(frozen=True, slots=True)

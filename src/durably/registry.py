@@ -22,6 +22,8 @@ class Registry:
         wf.validate()
         with self._lock:
             self._workflows[(wf.name, wf.version)] = wf
+            for child in wf.children():  # what its sub-workflow tasks run
+                self._workflows[(child.name, child.version)] = child
         return wf
 
     def get(self, name: str, version: str) -> Workflow:

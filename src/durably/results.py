@@ -11,7 +11,7 @@ from uuid import UUID
 from . import codec, plan
 from .attempt_logs import LogEntry, entries_of
 from .context import Context
-from .records import AttemptRecord, ExecutionRecord, Snapshot, TaskRecord
+from .records import AttemptRecord, ChildRecord, ExecutionRecord, Snapshot, TaskRecord
 from .state import ExecutionState, Shape
 from .statuses import COMPLETED, EXECUTION_TERMINAL, FAILED, RUNNING, WAITING
 
@@ -53,6 +53,8 @@ class TaskResult:
     parent: str | None = None
     """An instance of a mapped task: that task's name (its own name is ``task[index]``)."""
     index: int | None = None
+    child_id: UUID | None = None
+    """A sub-workflow task: the execution of its child (the latest one, after retries)."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,9 @@ class ExecutionResult:
     key: str | None = None
     """The idempotency key it was started with, if any."""
     parent_id: UUID | None = None
-    """The execution it was forked from."""
+    """The execution it was forked from, or whose sub-workflow task started it."""
+    parent_task: str | None = None
+    """A sub-workflow's execution: the parent's task that runs it (else None)."""
 
     @property
     def done(self) -> bool:
@@ -122,10 +126,13 @@ def summary_of(record: ExecutionRecord, context: Context | None = None) -> Execu
         completed_at=record.completed_at,
         key=record.key,
         parent_id=UUID(record.parent_id) if record.parent_id else None,
+        parent_task=record.parent_task,
     )
 
 
-def result_of(snapshot: Snapshot, shape: Shape | None) -> ExecutionResult:
+def result_of(
+    snapshot: Snapshot, shape: Shape | None, children: Sequence[ChildRecord] = ()
+) -> ExecutionResult:
     """The full result; before the execution finished, its context is what the finished
     tasks produced so far (by the plan's final-context rule, when the shape is known)."""
     if snapshot.final is not None:
@@ -141,6 +148,7 @@ def result_of(snapshot: Snapshot, shape: Shape | None) -> ExecutionResult:
         context = plan.final_context(state)
     else:
         context = codec.loads(snapshot.initial or "{}")
+    child_of = {child.task: UUID(child.id) for child in children}  # the latest wins
     # Decoded by the codec, the data is valid context data: no need to check it key by key.
     summary = summary_of(snapshot.execution, Context._from_data(context))
     tasks = {
@@ -159,6 +167,7 @@ def result_of(snapshot: Snapshot, shape: Shape | None) -> ExecutionResult:
             wait_event=t.wait_event if t.status == WAITING else None,
             parent=t.map_parent,
             index=t.map_index,
+            child_id=child_of.get(t.name),
         )
         for t in snapshot.tasks
     }

@@ -30,8 +30,9 @@ from .plan import Start
 from .records import StaleClaim
 from .runtime import Runtime
 from .state import ExecutionState
-from .statuses import RUNNING
+from .statuses import RUNNING, WAITING
 from .store import Tx
+from .subworkflows import child_event
 from .workflow import Workflow
 
 logger = logging.getLogger("durably.runner")
@@ -85,6 +86,7 @@ class Runner:
         """Run until every task is terminal, compensate if it failed, and finish. On the way
         out by an error, the claims of tasks still in flight are released."""
         try:
+            self._adopt_children()
             self._loop(first)
         except BaseException:
             self._release()
@@ -280,7 +282,10 @@ class Runner:
         while True:
             try:
                 with self.rt.store.transaction() as tx:
-                    return work(tx)
+                    done = work(tx)
+                if self.state.spawned:
+                    self._drive_spawned()
+                return done
             except StoreConnectionError as exc:
                 if deadline is None:
                     deadline = self.rt.now() + self.rt.lease
@@ -317,6 +322,25 @@ class Runner:
         self.state.tasks, self.state.outputs = fresh.tasks, fresh.outputs
         self.state.remaining, self.state.received = fresh.remaining, fresh.received
         self.state.open = fresh.open
+
+    # -- sub-workflows -------------------------------------------------------------------------
+
+    def _drive_spawned(self) -> None:
+        """Run here the children this run just started (their transaction committed)."""
+        spawned, self.state.spawned = self.state.spawned, []
+        if self.rt.drive_child is not None:
+            for child_id in dict.fromkeys(spawned):
+                self.rt.drive_child(child_id)
+
+    def _adopt_children(self) -> None:
+        """On resume: drive the children its waiting tasks wait for (one whose driver is
+        alive elsewhere is left to it), and those its start spawned."""
+        prefix = child_event("")
+        for task in self.state.tasks.values():
+            event = task.wait_event
+            if task.status == WAITING and event is not None and event.startswith(prefix):
+                self.state.spawned.append(event[len(prefix) :])
+        self._drive_spawned()
 
     # -- others' claims ----------------------------------------------------------------------
 

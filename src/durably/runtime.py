@@ -19,6 +19,7 @@ from typing import Any
 
 from . import codec, metrics, outcomes, plan, tracing
 from .attempt_logs import AttemptLogs
+from .children import Children
 from .clock import Clock
 from .context import Context, ExecutionScope
 from .executor import Executor, TaskHandle
@@ -46,7 +47,7 @@ logger = logging.getLogger("durably.runtime")
 DEFAULT_MAX_CONTEXT_BYTES = 1024 * 1024
 
 
-class Runtime(WaitsAndMaps):
+class Runtime(WaitsAndMaps, Children):
     def __init__(
         self,
         store: Store,
@@ -119,6 +120,8 @@ class Runtime(WaitsAndMaps):
         """The whole execution: every task, every output, the initial context."""
         state = self.load_partial(tx, execution.id, wf, None, None, context_id=execution.context_id)
         state.trace = execution.trace_context
+        if execution.parent_task is not None:
+            state.parent = execution.parent_id  # a child: its end reaches its parent's task
         return state
 
     def load_partial(
@@ -159,13 +162,16 @@ class Runtime(WaitsAndMaps):
         """Write an attempt's outcome; return the dependents it unblocked, or None when this
         process no longer held the claim (a zombie: nothing is written)."""
         task = state.tasks[name]
-        policy = state.definition(name).retry
-        outcome = plan.attempt_outcome(policy, attempt, output, error, now, self.max_context_bytes)
+        definition = state.definition(name)
+        outcome = plan.attempt_outcome(
+            definition.retry, attempt, output, error, now, self.max_context_bytes
+        )
         ref = AttemptRef(state.id, task.id, name, attempt, self.worker_id, task.started_at)
         ref.logs = self.logs.take(task.id, attempt)
         if isinstance(outcome, plan.Completed):
             if not self.repo.complete_task(tx, ref, outcome.value, now):
                 return None
+            self._took_outcome(tx, state, name, now)
             state.outputs[name] = outcome.value
             if metrics.active is not None:
                 metrics.active.attempt_of(state, name, "completed", now)
@@ -175,6 +181,7 @@ class Runtime(WaitsAndMaps):
         retry_at = outcome.at if isinstance(outcome, plan.RetryAt) else None
         if not self.repo.fail_task(tx, ref, outcome.error, now, retry_at):
             return None
+        self._took_outcome(tx, state, name, now)
         if metrics.active is not None:
             metrics.active.attempt_of(state, name, "failed" if retry_at is None else "retry", now)
         if retry_at is not None:
@@ -183,6 +190,13 @@ class Runtime(WaitsAndMaps):
             return []
         self._log_outcome(logging.WARNING, "failed", state, name, attempt, outcome.error)
         return state.mark(name, FAILED, outcome.error)
+
+    def _took_outcome(self, tx: Tx, state: ExecutionState, name: str, now: float) -> None:
+        """A sub-workflow task's child outcome belongs to the attempt just recorded: a retry
+        (or ``retry()``, or a fork) starts a new child."""
+        if name in state.received and state.definition(name).child is not None:
+            self.repo.set_received(tx, state.tasks[name].id, None, now)
+            del state.received[name]
 
     def _log_outcome(
         self, level: int, what: str, state: ExecutionState, name: str, attempt: int,
@@ -225,6 +239,9 @@ class Runtime(WaitsAndMaps):
                 started.extend(starts)
                 started.extend(self.dispatch(tx, state, unblocked, now))
                 continue
+            if isinstance(decision, plan.Spawn):
+                self.spawn(tx, state, decision, now, claimed=False)
+                continue
             if isinstance(decision, Start) and self.claim(tx, state, decision.name, now):
                 started.append(decision)
         return started
@@ -262,7 +279,9 @@ class Runtime(WaitsAndMaps):
         """Write the final context and status once every task is terminal; return it."""
         status, error = outcomes.execution_outcome(state)
         final = codec.dumps(plan.final_context(state))
-        self.repo.finish_execution(tx, state.id, status, final, error, now or self.now())
+        now = now or self.now()
+        self.repo.finish_execution(tx, state.id, status, final, error, now)
+        self.report(tx, state, status, final, error, now)
         log(
             logger,
             logging.INFO if status == COMPLETED else logging.WARNING,
@@ -275,19 +294,23 @@ class Runtime(WaitsAndMaps):
         )
         return status
 
-    def compensate(self, state: ExecutionState) -> None:
-        """Run the pending compensations, each recorded in its own transaction so a crash
-        during rollback resumes it."""
-        for name in outcomes.compensation_order(state):
+    def compensate(self, state: ExecutionState, *, undo: bool = False) -> None:
+        """Run the pending compensations (of a failed execution, or with ``undo`` of a
+        completed child whose parent failed), each recorded in its own transaction so a crash
+        during rollback resumes it. A sub-workflow task's undoes its child."""
+        for name in outcomes.compensation_order(state, undo=undo):
             task = state.tasks[name]
-            fn = state.definition(name).compensate
-            ctx = Context._from_data(
-                codec.loads(state.outputs[name]),
-                ExecutionScope(state.uuid, uuid.UUID(task.id), name),
-            )
+            definition = state.definition(name)
             status, error = COMPLETED, None
             try:
-                self.call(fn, ctx)
+                if definition.child is not None:
+                    self.compensate_child(state, name)
+                else:
+                    ctx = Context._from_data(
+                        codec.loads(state.outputs[name]),
+                        ExecutionScope(state.uuid, uuid.UUID(task.id), name),
+                    )
+                    self.call(definition.compensate, ctx)
             except Exception as exc:
                 status, error = FAILED, plan.describe(exc)
                 log(
@@ -326,6 +349,7 @@ class Runtime(WaitsAndMaps):
             log=lambda: self.logs.open(task_id, log_fields(state, name, attempt)),
             capture=self.logs.capture,
             trace=(getattr(state.shape, "name", ""), state.trace) if tracing.tracer() else None,
+            child=plan.child_outcome(state, name),
         )
 
     def context(self, state: ExecutionState, name: str, data: dict[str, Any]) -> Context:

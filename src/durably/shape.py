@@ -26,6 +26,7 @@ class StoredTask:
     map_over: str | None = None
     max_parallel: int | None = None
     collect: str | None = None
+    child: str | None = None  # a sub-workflow task's workflow name
 
 
 class StoredShape:
@@ -57,6 +58,7 @@ class StoredShape:
                     merge=str(record.configuration.get("merge") or "latest_wins"),
                     compensate=True if record.configuration.get("compensate") else None,
                     wait=waits.from_json(record.configuration.get("wait")),
+                    child=record.configuration.get("child"),
                     **_mapping(record.configuration.get("map")),
                 )
             )

@@ -41,6 +41,8 @@ class TaskShape(Protocol):
     def max_parallel(self) -> int | None: ...
     @property
     def collect(self) -> str | None: ...
+    @property
+    def child(self) -> Any: ...  # a sub-workflow task's workflow (or its name); else None
 
 
 class Shape(Protocol):
@@ -100,6 +102,9 @@ class ExecutionState:
         self.initial = initial
         self.patches = dict(patches or {})
         self.received = dict(received or {})
+        self.parent: str | None = None  # a sub-workflow's parent execution
+        # Children this process started in-process, for its driver to run once committed.
+        self.spawned: list[str] = []
         self.cache: dict[tuple[str, str], Any] = {}  # the plan's memo (a mapped task's input)
         self.trace: str | None = None  # the trace its attempt spans join (tracing.py)
         # Tasks not terminal yet, kept up to date by mark() and add(): all_done() stays O(1)

@@ -100,10 +100,14 @@ class WaitsAndMaps:
             status, error = FAILED, f"{failed} of its {total} instances failed"
         else:
             outputs = self.repo.instance_outputs(tx, state.id, parent)
-            merged = outcomes.mapped_output(
-                definition, plan.input_for(state, parent), list(outputs)
-            )
             try:
+                # By its dependents' merge rule: a "strict" conflict between instances fails it.
+                merged = outcomes.mapped_output(
+                    definition,
+                    plan.input_for(state, parent),
+                    list(outputs),
+                    outcomes.dependents_merge(state.shape, parent),
+                )
                 value = codec.dumps(merged, max_bytes=self.max_context_bytes)
                 status = COMPLETED
             except Exception as exc:

@@ -156,7 +156,9 @@ def task_table(
         if not live:
             row.append(styled(task.compensation) if task.compensation else "")
         table.add_row(*row)
-        if task.status == "waiting":
+        if task.child_id is not None:
+            errors.append(f"  {name} runs sub-workflow execution {task.child_id}\n", style="cyan")
+        elif task.status == "waiting":
             errors.append(f"  {name} {waiting_for(task)}\n", style="cyan")
         earlier = [a for a in task.history if a.error and a.error != task.error]
         for attempt in earlier:  # an earlier attempt's error stays visible after a success
@@ -191,6 +193,10 @@ def execution_header(result: ExecutionResult) -> Text:
         )
     if result.version:
         text.append(f" · version {result.version}", style="dim")
+    if result.parent_task is not None:
+        text.append(f"\nsub-workflow of execution {result.parent_id} (task {result.parent_task!r})")
+    elif result.parent_id is not None:
+        text.append(f"\nforked from execution {result.parent_id}", style="dim")
     if result.error:
         text.append(f"\nerror: {result.error}", style="red")
     return text

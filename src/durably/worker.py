@@ -251,6 +251,9 @@ class Worker(Sweeping):
             decision = plan.Start(claim.name, plan.input_for(state, claim.name))
         if isinstance(decision, plan.Start):
             return Job(wf, state, claim.name, claim.attempt, decision.input), None
+        if isinstance(decision, plan.Spawn):
+            self.rt.spawn(tx, state, decision, now, claimed=True)
+            return None, None  # it waits for its child, which workers run
         if isinstance(decision, plan.Defer):  # cannot happen: the claim filters retry times
             return None, None
         if isinstance(decision, plan.Expand):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import inspect
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from types import CodeType
 from typing import Any
 
+from . import subworkflows
 from .exceptions import WorkflowDefinitionError
 from .merge import STRATEGIES, MergeFn
 from .retry import MAX_SECONDS, NO_RETRY, RetryPolicy, is_seconds, shown
@@ -44,6 +46,7 @@ class Task:
     map_over: str | None = None  # one instance per element of this input key (a list)
     max_parallel: int | None = None
     collect: str | None = None  # instances return values, gathered in a list at this key
+    child: Workflow | None = None  # a sub-workflow task runs this workflow (SPEC §3.4)
 
 
 def _wants_handle(fn: Callable[..., Any], what: str) -> bool:
@@ -219,6 +222,39 @@ class Workflow:
 
         return decorate
 
+    def subworkflow(
+        self,
+        name: str,
+        child: Workflow,
+        dependencies: Sequence[str | TaskFn] = (),
+        retry: RetryPolicy | None = None,
+        trigger: TriggerRule | str | None = None,
+        merge: str | MergeFn | None = None,
+    ) -> Task:
+        """Add a task that runs ``child`` as its own execution with the task's input, and
+        completes with the child's final context. The child's failure fails the task (a
+        ``retry`` policy runs a new child); cancelling this execution cancels the child; when
+        this execution fails, a completed child's compensations run too."""
+        if not isinstance(child, Workflow):
+            raise WorkflowDefinitionError(
+                f"subworkflow {name!r}: child must be a Workflow, not {type(child).__name__}"
+            )
+        if child is self or child.name == self.name:
+            raise WorkflowDefinitionError(
+                f"subworkflow {name!r}: workflow {self.name!r} cannot run itself as a child"
+            )
+        if not isinstance(name, str) or not name.strip():
+            raise WorkflowDefinitionError("a subworkflow needs a non-empty str task name")
+        declare = self.task(
+            name=name, dependencies=dependencies, retry=retry, trigger=trigger, merge=merge
+        )
+        declare(subworkflows.adopt_outcome)
+        task = dataclasses.replace(
+            self.tasks[name], child=child, compensate=subworkflows.compensate_child
+        )
+        self.tasks[name] = task
+        return task
+
     def schedule(
         self,
         cron: str,
@@ -270,8 +306,29 @@ class Workflow:
 
     def validate(self) -> None:
         """Raise WorkflowDefinitionError for an empty workflow, an unknown dependency or a
-        cycle."""
+        cycle (of tasks, or of workflows running each other as sub-workflows)."""
         self.topological_order()
+        self._check_children((self.name,))
+
+    def _check_children(self, path: tuple[str, ...]) -> None:
+        for task in self.tasks.values():
+            if task.child is None:
+                continue
+            if task.child.name in path:
+                cycle = " -> ".join((*path[path.index(task.child.name) :], task.child.name))
+                raise WorkflowDefinitionError(f"sub-workflows run each other in a cycle: {cycle}")
+            task.child.topological_order()
+            task.child._check_children((*path, task.child.name))
+
+    def children(self) -> list[Workflow]:
+        """The workflows this one's sub-workflow tasks run, each once, depth first."""
+        found: dict[str, Workflow] = {}
+        for task in self.tasks.values():
+            if task.child is not None and task.child.name not in found:
+                found[task.child.name] = task.child
+                for grandchild in task.child.children():
+                    found.setdefault(grandchild.name, grandchild)
+        return list(found.values())
 
     def topological_order(self) -> list[str]:
         """Every task, dependencies first; ties keep declaration order."""
@@ -374,6 +431,8 @@ class Workflow:
                 h.update(repr(sorted(task.wait.to_json().items())).encode())
             if task.map_over is not None:
                 h.update(f"\0map:{task.map_over}:{task.max_parallel}:{task.collect}".encode())
+            if task.child is not None:
+                h.update(f"\0child:{task.child.name}@{task.child.version}".encode())
             code = getattr(task.fn, "__code__", None)
             if isinstance(code, CodeType):
                 _code_digest(code, h)

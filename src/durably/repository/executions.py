@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..records import ExecutionRecord, Snapshot, TaskRecord
+from ..records import ChildRecord, ExecutionRecord, Snapshot, TaskRecord
 from ..state import TaskState
 from ..statuses import COMPLETED, NOT_STARTED, READY
 from ..store import Tx, timestamp
@@ -38,6 +38,7 @@ class Executions(Maps):
                             "merge": task.merge if isinstance(task.merge, str) else "callable",
                             "compensate": task.compensate is not None,
                             "wait": task.wait.to_json() if task.wait is not None else None,
+                            "child": task.child.name if task.child is not None else None,
                             "map": {
                                 "over": task.map_over,
                                 "max_parallel": task.max_parallel,
@@ -64,6 +65,7 @@ class Executions(Maps):
         key: str | None = None,
         context_id: str | None = None,
         parent_id: str | None = None,
+        parent_task: str | None = None,
         reused: Mapping[str, TaskRecord] | None = None,
         patches: Mapping[str, str] | None = None,
     ) -> tuple[str, list[TaskState]] | None:
@@ -87,6 +89,7 @@ class Executions(Maps):
                 "context_id": context_id,
                 "claimed_by": claimed_by,
                 "parent_id": parent_id,
+                "parent_task": parent_task,
                 "key": key,
                 "now": stamp,
             },
@@ -143,6 +146,14 @@ class Executions(Maps):
             "list_executions", {"status": status, "workflow": workflow, "limit": limit}
         )
         return [execution_of(row) for row in rows]
+
+    def children(self, tx: Tx, execution_id: str) -> list[ChildRecord]:
+        """The sub-workflow executions the execution's tasks started, oldest first."""
+        rows = tx.fetch_all("child_executions", {"id": execution_id})
+        return [
+            ChildRecord(str(r["id"]), r["parent_task"], r["status"], r["pipeline_name"])
+            for r in rows
+        ]
 
     def lock_execution(self, tx: Tx, execution_id: str) -> None:
         tx.fetch_one("lock_execution", {"id": execution_id})

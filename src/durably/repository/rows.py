@@ -32,6 +32,7 @@ def execution_of(row: Row) -> ExecutionRecord:
         created_at=parse_timestamp(row["created_at"]),
         completed_at=parse_timestamp(row["completed_at"]),
         recovery_attempts=row["recovery_attempts"],
+        parent_task=row["parent_task"],
         trace_context=row["trace_context"],
     )
 

@@ -54,7 +54,7 @@ class Waits(Tasks):
         row = tx.fetch_one("take_event", params)
         return row["payload"] if row is not None else None
 
-    def set_received(self, tx: Tx, task_id: str, received: str, now: float) -> None:
+    def set_received(self, tx: Tx, task_id: str, received: str | None, now: float) -> None:
         params = {"id": task_id, "received": received, "now": timestamp(now)}
         tx.execute("set_received", params)
 

@@ -11,10 +11,10 @@ SELECT value FROM contexts WHERE id = :id;
 -- A second start with the same workflow name and idempotency key inserts nothing.
 INSERT INTO pipeline_executions (
     id, pipeline_name, pipeline_version, status, context_id, started_at, claimed_by,
-    heartbeat_at, parent_execution_id, idempotency_key, created_at, updated_at
+    heartbeat_at, parent_execution_id, parent_task, idempotency_key, created_at, updated_at
 ) VALUES (
     :id, :name, :version, :status, :context_id, :now, :claimed_by,
-    :now, :parent_id, :key, :now, :now
+    :now, :parent_id, :parent_task, :key, :now, :now
 )
 ON CONFLICT (pipeline_name, idempotency_key) DO NOTHING;
 
@@ -60,6 +60,12 @@ WHERE (CAST(:status AS TEXT) IS NULL OR status = CAST(:status AS TEXT))
   AND (CAST(:workflow AS TEXT) IS NULL OR pipeline_name = CAST(:workflow AS TEXT))
 ORDER BY created_at DESC, id
 LIMIT :limit;
+
+-- name: child_executions
+-- The sub-workflow executions a parent's tasks started, oldest first.
+SELECT id, parent_task, status, pipeline_name, created_at FROM pipeline_executions
+WHERE parent_execution_id = :id AND parent_task IS NOT NULL
+ORDER BY created_at, id;
 
 -- name: start_task
 -- The attempt starts: claimed by this engine or worker, counted before it runs. From a

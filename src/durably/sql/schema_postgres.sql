@@ -28,6 +28,7 @@ CREATE TABLE pipeline_executions (
     created_at TIMESTAMPTZ NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL,
     idempotency_key TEXT,
+    parent_task TEXT,
     trace_context TEXT
 );
 CREATE INDEX pipeline_executions_status ON pipeline_executions (status, created_at);
@@ -189,3 +190,7 @@ CREATE TABLE schedules (
     updated_at TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (workflow_name, name)
 );
+
+-- Sub-workflows (0007): a child names its parent's task.
+CREATE INDEX pipeline_executions_children ON pipeline_executions (parent_execution_id)
+    WHERE parent_task IS NOT NULL;

@@ -26,6 +26,7 @@ CREATE TABLE pipeline_executions (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     idempotency_key TEXT,
+    parent_task TEXT,
     trace_context TEXT
 );
 CREATE INDEX pipeline_executions_status ON pipeline_executions (status, created_at);
@@ -187,3 +188,7 @@ CREATE TABLE schedules (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (workflow_name, name)
 );
+
+-- Sub-workflows (0007): a child names its parent's task.
+CREATE INDEX pipeline_executions_children ON pipeline_executions (parent_execution_id)
+    WHERE parent_task IS NOT NULL;
