@@ -140,6 +140,32 @@ def test_a_workers_attempts_join_the_trace_that_started_the_execution(
     check_execution_trace(spans, wf, execution_id, SpanKind.PRODUCER)
 
 
+def test_a_sub_workflow_joins_its_parents_trace(
+    spans: InMemorySpanExporter, engine: Engine
+) -> None:
+    child = Workflow(unique("child"))
+
+    @child.task()
+    def pay(ctx: Any) -> None:
+        ctx["paid"] = True
+
+    parent = Workflow(unique("parent"))
+
+    @parent.task()
+    def checkout(ctx: Any) -> None:
+        ctx["total"] = 3
+
+    parent.subworkflow("payment", child, dependencies=[checkout])
+    result = engine.run(parent)
+    assert result.status == "completed", result.error
+    found = by_name(spans)
+    [execution] = found[f"durably.execution {parent.name}"]
+    [paid] = found["durably.task pay"]
+    [checked] = found["durably.task checkout"]
+    assert ids(paid)[0] == ids(checked)[0] == ids(execution)[0]
+    assert parent_id(paid) == ids(execution)[1]
+
+
 def reserve(ctx: SagaContext) -> SagaRequest:
     return SagaRequest("stock", {"n": ctx.n})
 
