@@ -588,3 +588,53 @@ def test_queue_names_are_valid_stable_and_distinct() -> None:
     assert queue_name("x" * 300) == queue_name("x" * 300)
     with pytest.raises(BrokerError):
         queue_name("")
+
+
+# -- traces across the broker ------------------------------------------------------------------
+
+
+def _stock_request(ctx: SagaContext) -> SagaRequest:
+    return SagaRequest(ctx.stock, {"n": 1})
+
+
+def test_a_participants_span_joins_the_sagas_trace_over_the_broker(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider, exporter = TracerProvider(), InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)  # this test's provider only
+    stock = new_topic("stock")
+
+    @broker.service(stock)
+    def stock_service(content: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True}
+
+    saga = Saga(f"traced_{uuid.uuid4().hex[:8]}").remote_step(_stock_request).commit()
+    repo = SagaExecutionRepository(f"sqlite:///{tmp_path}/s.db")
+    manager = SagaManager(storage=repo, broker_pool=broker, reply_to=new_topic("replies"))
+
+    async def main() -> SagaStatus:
+        await broker.start_services()
+        execution = await manager.run(definition=saga, context={"stock": stock}, timeout=WAIT)
+        await manager.close()
+        assert not isinstance(execution, uuid.UUID)
+        return execution.status
+
+    try:
+        assert run(main, broker) is SagaStatus.Finished
+    finally:
+        repo.close()
+        provider.shutdown()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    step = spans[f"durably.saga_step {saga.name} 0"]
+    served = spans[f"durably.participant {stock}"]
+    assert step.context is not None
+    assert served.context is not None
+    assert served.context.trace_id == step.context.trace_id
+    assert served.parent is not None
+    assert served.parent.span_id == step.context.span_id

@@ -233,6 +233,7 @@ SAMPLES: dict[str, Callable[[], Any]] = {
     "reopened": lambda: 1,
     "total": lambda: 3,
     "failed": lambda: 0,
+    "logs": lambda: "[]",
     "low": lambda: "00000000-0000-0000-0000-000000000000",
     "high": lambda: "ffffffff-ffff-ffff-ffff-ffffffffffff",
 }

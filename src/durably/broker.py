@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import codec
+from . import codec, tracing
 from .exceptions import (
     BrokerError,
     ContextSerializationError,
@@ -40,7 +40,6 @@ from .exceptions import (
     UndecodableMessageError,
 )
 from .participants import _serving
-from .saga_log import log_fields
 from .saga_messages import (
     HEADER_KEY,
     HEADER_REPLY_TO,
@@ -169,8 +168,8 @@ class Broker(abc.ABC):
                 extra=_log_extra(message, "saga_inbox_replay"),
             )
         else:
-            with _serving(target, message.headers):
-                status, content = await _call_service(self.services[target], message.body)
+            with _serving(target, message.headers), tracing.participant(target, message.headers):
+                status, content = await _call_service(self.services[target], message)
             try:
                 body = codec.dumps_value(content)
             except ContextSerializationError as exc:
@@ -258,9 +257,11 @@ def log_rejected(message: Message, error: UndecodableMessageError, what: str) ->
     )
 
 
-async def _call_service(handler: Callable[[Any], Any], body: str) -> tuple[SagaResponseStatus, Any]:
+async def _call_service(
+    handler: Callable[[Any], Any], message: Message
+) -> tuple[SagaResponseStatus, Any]:
     try:
-        result = handler(codec.loads_value(body))
+        result = handler(codec.loads_value(message.body))
         if inspect.isawaitable(result):
             result = await result
     except ServiceError as exc:
@@ -270,7 +271,7 @@ async def _call_service(handler: Callable[[Any], Any], body: str) -> tuple[SagaR
             "saga participant %r failed",
             handler,
             exc_info=True,
-            extra=log_fields("saga_participant_failed"),
+            extra=_log_extra(message, "saga_participant_failed"),
         )
         return SagaResponseStatus.SYSTEM_ERROR, f"{type(exc).__name__}: {exc}"
     return SagaResponseStatus.SUCCESS, result

@@ -68,6 +68,8 @@ class Children:
         )
         assert created is not None, "a child has no idempotency key to collide on"
         child_id = created[0]
+        if state.trace is not None:  # its attempts join the parent's trace
+            self.repo.set_trace(tx, child_id, state.trace)
         if not claimed:
             state.spawned.append(child_id)
         wait = plan.WaitFor(decision.name, None, child_event(child_id), CHILD_OUTCOME)

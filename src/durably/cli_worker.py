@@ -6,13 +6,13 @@ import contextlib
 import json
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from .backends import resolve_url
+from .backends import open_store, resolve_url
 from .broker import Broker, InMemoryBroker, broker_from_url
 from .cli_common import (
     CLIError,
@@ -21,6 +21,7 @@ from .cli_common import (
     one_line,
     open_engine,
 )
+from .cli_logging import LEVELS, worker_logs
 from .cli_ops import duration_option
 from .loading import (
     import_modules,
@@ -28,6 +29,8 @@ from .loading import (
     top_level_sagas,
     top_level_workflows,
 )
+from .logs import fields as log_fields
+from .repository import Repository
 from .saga import Saga
 from .saga_manager import DEFAULT_REPLY_TO
 from .saga_service import SagaService
@@ -81,6 +84,40 @@ if TYPE_CHECKING:
     help="Prune, in the background, executions that finished longer ago than AGE (30d, 12h, "
     "...), as `durably prune --older-than AGE` does [default: keep everything].",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    envvar="DURABLY_LOG_LEVEL",
+    show_envvar=True,
+    help="durably's log records at this level and above go to stderr, one line each (JSON "
+    "lines with --json), unless the modules configured logging themselves.",
+)
+@click.option(
+    "--capture-logs/--no-capture-logs",
+    default=False,
+    envvar="DURABLY_CAPTURE_LOGS",
+    show_envvar=True,
+    help="Store with each attempt what any logger emits on the task's thread or asyncio task "
+    "while it runs, not only handle.logger's records.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    envvar="DURABLY_METRICS_PORT",
+    show_envvar=True,
+    help="Serve Prometheus metrics on this port at /metrics (pip install 'durably[metrics]') "
+    "[default: no metrics].",
+)
+@click.option(
+    "--metrics-host",
+    default="0.0.0.0",
+    show_default=True,
+    envvar="DURABLY_METRICS_HOST",
+    show_envvar=True,
+    help="The address the metrics endpoint binds to.",
+)
 @common_options
 def worker(
     modules: tuple[str, ...],
@@ -89,6 +126,10 @@ def worker(
     broker_url: str | None,
     reply_to: str,
     retain: str | None,
+    log_level: str,
+    capture_logs: bool,
+    metrics_port: int | None,
+    metrics_host: str,
     db: str | None,
     as_json: bool,
 ) -> None:
@@ -122,9 +163,16 @@ def worker(
             serving.stop()
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(worker_logs(log_level.upper(), as_json))
         if workflows or retention is not None:
             engine = stack.enter_context(
-                open_engine(db, workflows=workflows, lease=lease, concurrency=concurrency)
+                open_engine(
+                    db,
+                    workflows=workflows,
+                    lease=lease,
+                    concurrency=concurrency,
+                    capture_logs=capture_logs,
+                )
             )
             try:
                 serving = engine.worker(concurrency=concurrency, retain=retention)
@@ -134,6 +182,8 @@ def worker(
                 raise CLIError(
                     "this build of durably has no worker (durably.worker is missing)"
                 ) from exc
+        if metrics_port is not None:
+            stack.enter_context(serve_metrics(db, metrics_host, metrics_port, as_json))
         replies = "-"
         if sagas or brokers or broker_url:
             broker = broker_from_url(broker_url) if broker_url else None
@@ -192,9 +242,33 @@ def worker(
     announce(as_json, "worker_stopped", "worker stopped")
 
 
+@contextlib.contextmanager
+def serve_metrics(db: str | None, host: str, port: int, as_json: bool) -> Iterator[None]:
+    """Metrics for this process, read from its own store (scrapes never touch the worker's
+    connections), until the worker stops."""
+    from . import metrics
+
+    store = open_store(db)
+    try:
+        served = metrics.start(store, Repository(), port, host)
+    except metrics.MetricsUnavailable as exc:
+        store.close()
+        raise CLIError(str(exc)) from exc
+    except OSError as exc:
+        store.close()
+        raise CLIError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+    announce(as_json, "metrics_serving", f"metrics on http://{host}:{served.port}/metrics")
+    try:
+        yield
+    finally:
+        metrics.stop()
+        store.close()
+
+
 def announce(as_json: bool, action: str, message: str, **fields: Any) -> None:
     if as_json:
-        click.echo(json.dumps({"action": action, "message": message, **fields}))
+        line = {**log_fields(action), "message": message, **fields}
+        click.echo(json.dumps(line))
     else:
         click.echo(message, err=True)
 

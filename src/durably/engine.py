@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from . import codec, mailbox, repair, retention
+from . import attempt_logs, codec, mailbox, repair, retention, tracing
 from .arguments import as_id, check_int, check_key, check_lease, encode_initial
 from .backends import open_store
 from .clock import SYSTEM, Clock
@@ -66,6 +67,7 @@ class Engine:
         schema: str | None = None,
         store: Store | None = None,
         clock: Clock | None = None,
+        capture_logs: bool = False,
     ) -> None:
         lease = check_lease(lease)
         check_int("concurrency", concurrency, minimum=1, optional=True)
@@ -81,6 +83,7 @@ class Engine:
             max_recovery_attempts=max_recovery_attempts,
             max_context_bytes=max_context_bytes,
             registry=self.registry,
+            capture_logs=attempt_logs.capturing(capture_logs),
         )
         self.lease = lease
         self.worker_id = self.runtime.worker_id
@@ -137,12 +140,23 @@ class Engine:
         self, wf: Workflow | str, context: Context | Mapping[str, Any] | None, key: str | None
     ) -> ExecutionResult:
         definition = self._definition(wf)
+        found = tracing.tracer()
+        if found is not None:  # the execution's span: its attempts' spans are its children
+            name = f"durably.execution {definition.name}"
+            with tracing.span(found, name, tracing.attributes(workflow=definition.name)):
+                return self._run_here(definition, context, key)
+        return self._run_here(definition, context, key)
+
+    def _run_here(
+        self, definition: Workflow, context: Context | Mapping[str, Any] | None, key: str | None
+    ) -> ExecutionResult:
         initial = encode_initial(context, self.max_context_bytes)
         try:
             with self.store.transaction() as tx:
                 existing, states = self._insert(tx, definition, initial, key, claimed=True)
                 if existing is None:
                     state = ExecutionState(definition, states[0], states[1], {}, initial)
+                    state.trace = tracing.carrier()
                     runner = Runner(self.runtime, definition, state)
                     first = runner.start(tx)
         except _KeyTaken:
@@ -162,6 +176,18 @@ class Engine:
         already used for this workflow, create nothing and return that execution's id."""
         definition = self._definition(wf)
         initial = encode_initial(context, self.max_context_bytes)
+        found = tracing.tracer()
+        with (
+            tracing.span(
+                found, f"durably.execution {definition.name}",
+                tracing.attributes(workflow=definition.name), kind="PRODUCER",
+            )
+            if found is not None
+            else contextlib.nullcontext()
+        ):  # fmt: skip
+            return self._start(definition, initial, key)
+
+    def _start(self, definition: Workflow, initial: str, key: str | None) -> UUID:
         try:
             with self.store.transaction() as tx:
                 existing, created = self._insert(tx, definition, initial, key, claimed=False)
@@ -189,6 +215,10 @@ class Engine:
         )
         if created is None:
             raise _KeyTaken
+        trace = tracing.carrier()
+        if trace is not None:
+            repo.set_trace(tx, created[0], trace)
+            tracing.annotate(execution_id=created[0])
         return None, created
 
     def _by_key(self, wf: Workflow, key: str | None) -> str:
@@ -466,6 +496,9 @@ class Engine:
             runner.cancelled = True
         self.runtime.close()
         self.store.close()
+        if self.runtime.logs.capture:
+            self.runtime.logs.capture = False
+            attempt_logs.stop_capture()
 
     def __enter__(self) -> Engine:
         return self

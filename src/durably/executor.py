@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import logging
 import queue
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from . import attempt_logs, tracing
+from .attempt_logs import AttemptLog
 from .context import Context
 from .exceptions import TaskInterrupted, TaskReturnError, TaskTimeoutError
+from .logs import fields
 from .workflow import Task
 
 _R = TypeVar("_R")
@@ -19,10 +24,14 @@ _Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
 
 
 class TaskHandle:
-    """What a task taking ``(ctx, handle)`` gets: its attempt number, a heartbeat, and for an
-    instance of a mapped task its ``item`` and ``index`` (None otherwise)."""
+    """What a task taking ``(ctx, handle)`` gets: its attempt number, a heartbeat, a
+    ``logger`` whose records are stored with the attempt, and for an instance of a mapped task
+    its ``item`` and ``index`` (None otherwise)."""
 
-    __slots__ = ("_beat", "attempt", "child", "execution_id", "index", "item", "task_name")
+    __slots__ = (
+        "_beat", "_capture", "_log", "_open_log", "_trace", "attempt", "child", "execution_id",
+        "index", "item", "task_name",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -34,6 +43,9 @@ class TaskHandle:
         item: Any = None,
         index: int | None = None,
         child: dict[str, Any] | None = None,
+        log: Callable[[], AttemptLog] | None = None,
+        capture: bool = False,
+        trace: tuple[str, str | None] | None = None,
     ) -> None:
         self.execution_id = execution_id
         self.task_name = task_name
@@ -43,10 +55,31 @@ class TaskHandle:
         self.index = index
         # A sub-workflow task's child outcome (execution_id, status, context, error).
         self.child = child
+        self._open_log = log  # made on first use: a task that never logs costs nothing
+        self._log: AttemptLog | None = None
+        self._capture = capture
+        self._trace = trace  # tracing on: (workflow, the execution's trace context)
 
     def heartbeat(self) -> None:
         """Tell the engine this attempt is alive (the engine also beats on its own)."""
         self._beat()
+
+    @property
+    def logger(self) -> logging.Logger:
+        """A ``logging.Logger`` (``durably.task.<name>``) whose records are stored with this
+        attempt (``durably show``, ``TaskResult.history``) and passed on to the application's
+        logging configuration."""
+        return self._attempt_log().logger
+
+    def _attempt_log(self) -> AttemptLog:
+        if self._log is None:
+            if self._open_log is not None:
+                self._log = self._open_log()
+            else:  # a handle made by hand (tests): its records are kept nowhere
+                self._log = AttemptLog(
+                    fields("task_log", str(self.execution_id), None, self.task_name, self.attempt)
+                )
+        return self._log
 
 
 def output_of(task: Task, ctx: Context, returned: Any) -> dict[str, Any]:
@@ -72,7 +105,30 @@ def _args(task: Task, ctx: Context, handle: TaskHandle) -> tuple[Any, ...]:
 
 def run_inline(task: Task, ctx: Context, handle: TaskHandle) -> dict[str, Any]:
     """Run a sync task without a timeout on the calling thread."""
+    if handle._capture or handle._trace is not None:
+        with observed(handle):
+            return output_of(task, ctx, task.fn(*_args(task, ctx, handle)))
     return output_of(task, ctx, task.fn(*_args(task, ctx, handle)))
+
+
+@contextlib.contextmanager
+def observed(handle: TaskHandle) -> Iterator[None]:
+    """While the attempt runs: its span is current (tracing on), and the records of this
+    thread or asyncio task go to its log (``capture_logs``)."""
+    with contextlib.ExitStack() as stack:
+        found = tracing.tracer() if handle._trace is not None else None
+        if found is not None and handle._trace is not None:
+            workflow, parent = handle._trace
+            attrs = tracing.attributes(
+                handle.execution_id, workflow, handle.task_name, handle.attempt
+            )
+            stack.enter_context(
+                tracing.span(found, f"durably.task {handle.task_name}", attrs, parent=parent)
+            )
+        if handle._capture:
+            token = attempt_logs.current.set(handle._attempt_log())
+            stack.callback(attempt_logs.current.reset, token)
+        yield
 
 
 class DaemonPool:
@@ -145,6 +201,11 @@ class Executor:
         return self._with_timeout(future, task)
 
     async def _run_async(self, task: Task, ctx: Context, handle: TaskHandle) -> dict[str, Any]:
+        # This coroutine runs as its own asyncio task: what observed() sets is its own.
+        with observed(handle) if handle._capture or handle._trace else contextlib.nullcontext():
+            return await self._await(task, ctx, handle)
+
+    async def _await(self, task: Task, ctx: Context, handle: TaskHandle) -> dict[str, Any]:
         coro: Coroutine[Any, Any, Any] = task.fn(*_args(task, ctx, handle))
         try:
             returned = await asyncio.wait_for(coro, task.timeout)

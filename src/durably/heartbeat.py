@@ -11,6 +11,7 @@ import logging
 import threading
 
 from .clock import Clock
+from .logs import fields
 from .repository import Repository
 from .store import Store
 
@@ -73,7 +74,7 @@ class Heartbeat:
             try:
                 self.beat()
             except Exception as exc:  # a missed beat is retried; the lease tolerates two
-                log.debug("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
+                log.debug("heartbeat failed: %s", exc, extra=fields("heartbeat_failed"))
 
     def stop(self) -> None:
         self._stop.set()

@@ -94,6 +94,10 @@ def task_json(task: TaskResult, diff: Diff | None, basis: TaskInput | None) -> d
                 "finished_at": iso(a.finished_at),
                 "worker": a.worker,
                 "error": a.error,
+                "logs": [
+                    {"at": iso(e.at), "level": e.level, "logger": e.logger, "message": e.message}
+                    for e in a.logs
+                ],
             }
             for a in task.history
         ],

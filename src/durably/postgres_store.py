@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from . import sql
 from .exceptions import MigrationError, StoreConnectionError, StoreError
+from .logs import fields
 from .store import Params, Row, Store, Tx, iter_statements
 
 logger = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ class PostgresStore(Store):
                     logger.warning(
                         "rollback failed: %s",
                         rollback_exc,
-                        extra={"action": "rollback_failed"},
+                        extra=fields("rollback_failed"),
                     )
                 if isinstance(exc, psycopg.Error):
                     raise _wrap(conn, "PostgreSQL error", exc) from exc
@@ -258,7 +259,7 @@ class PostgresStore(Store):
                 logger.warning(
                     "PostgreSQL connection lost, retrying: %s",
                     exc,
-                    extra={"action": "reconnect", "attempt": attempt + 1},
+                    extra=fields("reconnect", attempt=attempt + 1),
                 )
                 # Other idle connections probably died with this one (a server restart).
                 self._pool.check()
@@ -371,7 +372,7 @@ class PostgresStore(Store):
                     return
         except (psycopg.Error, StoreError) as exc:
             # Polling still finds the work; listening resumes on the next call.
-            logger.warning("LISTEN connection failed: %s", exc, extra={"action": "listen_failed"})
+            logger.warning("LISTEN connection failed: %s", exc, extra=fields("listen_failed"))
             self._drop_listener()
             time.sleep(max(0.0, deadline - time.monotonic()))
         finally:

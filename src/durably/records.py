@@ -35,6 +35,7 @@ class ExecutionRecord:
     completed_at: datetime | None
     recovery_attempts: int = 0
     parent_task: str | None = None  # set on a sub-workflow's execution only
+    trace_context: str | None = None  # the trace of the span that started it (tracing.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,7 @@ class TaskRecord:
     map_parent: str | None = None
     map_index: int | None = None
     map_total: int | None = None
+    logs_text: str | None = None  # the current attempt's log records (JSON text)
 
     @property
     def configuration(self) -> dict[str, Any]:
@@ -118,6 +120,7 @@ class AttemptRecord:
     finished_at: datetime | None
     worker: str | None
     error: str | None
+    logs_text: str | None = None  # its log records (JSON text, attempt_logs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,7 @@ class AttemptRef:
     number: int
     worker: str
     started_at: float | None
+    logs: str | None = None  # its log records (JSON text), written with its outcome
 
 
 @dataclass

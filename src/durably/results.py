@@ -9,6 +9,7 @@ from datetime import datetime
 from uuid import UUID
 
 from . import codec, plan
+from .attempt_logs import LogEntry, entries_of
 from .context import Context
 from .records import AttemptRecord, ChildRecord, ExecutionRecord, Snapshot, TaskRecord
 from .state import ExecutionState, Shape
@@ -26,6 +27,9 @@ class Attempt:
     finished_at: datetime | None
     worker: str | None
     error: str | None
+    logs: tuple[LogEntry, ...] = ()
+    """The records the attempt logged (``handle.logger``, SPEC §8), oldest first; when they
+    outgrew the bound, the last says how many more were not kept."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ def _attempt(record: AttemptRecord) -> Attempt:
         record.finished_at,
         record.worker,
         record.error,
+        entries_of(record.logs_text),
     )
 
 
@@ -102,6 +107,7 @@ def _history(task: TaskRecord, superseded: Sequence[AttemptRecord]) -> tuple[Att
                 task.completed_at,
                 task.claimed_by,
                 error,
+                entries_of(task.logs_text),
             )
         )
     return tuple(attempts)

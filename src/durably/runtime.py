@@ -17,13 +17,14 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from . import codec, outcomes, plan
+from . import codec, metrics, outcomes, plan, tracing
+from .attempt_logs import AttemptLogs
 from .children import Children
 from .clock import Clock
 from .context import Context, ExecutionScope
 from .executor import Executor, TaskHandle
 from .heartbeat import Heartbeat
-from .logs import log
+from .logs import fields, log
 from .ownership import new_worker_id, owner_is_dead
 from .plan import Start
 from .records import AttemptRef, ExecutionRecord, StaleClaim, TaskRecord
@@ -57,6 +58,7 @@ class Runtime(WaitsAndMaps, Children):
         max_recovery_attempts: int,
         max_context_bytes: int,
         registry: Registry,
+        capture_logs: bool = False,
     ) -> None:
         self.store = store
         self.repo = Repository()
@@ -68,6 +70,7 @@ class Runtime(WaitsAndMaps, Children):
         self.worker_id = new_worker_id()
         self.executor = Executor(concurrency)
         self.heartbeat = Heartbeat(store, self.repo, self.worker_id, clock, lease / 3)
+        self.logs = AttemptLogs(capture=capture_logs)  # what running attempts logged
         # The clock's own method: read on every transition, so no wrapper in between.
         self.now: Callable[[], float] = clock.now
 
@@ -92,6 +95,8 @@ class Runtime(WaitsAndMaps, Children):
         when it was abandoned (its dependents may now be decided)."""
         abandon = claim.recovery_attempts + 1 > self.max_recovery_attempts
         changed = self.repo.recover_task(tx, claim, abandon, now)
+        if changed and metrics.active is not None:
+            metrics.active.recovered("task_abandoned" if abandon else "claim_recovered")
         if changed:
             log(
                 logger,
@@ -114,6 +119,7 @@ class Runtime(WaitsAndMaps, Children):
     def load(self, tx: Tx, execution: ExecutionRecord, wf: Workflow) -> ExecutionState:
         """The whole execution: every task, every output, the initial context."""
         state = self.load_partial(tx, execution.id, wf, None, None, context_id=execution.context_id)
+        state.trace = execution.trace_context
         if execution.parent_task is not None:
             state.parent = execution.parent_id  # a child: its end reaches its parent's task
         return state
@@ -161,11 +167,14 @@ class Runtime(WaitsAndMaps, Children):
             definition.retry, attempt, output, error, now, self.max_context_bytes
         )
         ref = AttemptRef(state.id, task.id, name, attempt, self.worker_id, task.started_at)
+        ref.logs = self.logs.take(task.id, attempt)
         if isinstance(outcome, plan.Completed):
             if not self.repo.complete_task(tx, ref, outcome.value, now):
                 return None
             self._took_outcome(tx, state, name, now)
             state.outputs[name] = outcome.value
+            if metrics.active is not None:
+                metrics.active.attempt_of(state, name, "completed", now)
             if logger.isEnabledFor(logging.INFO):
                 self._log_outcome(logging.INFO, "completed", state, name, attempt, None)
             return state.mark(name, COMPLETED)
@@ -173,6 +182,8 @@ class Runtime(WaitsAndMaps, Children):
         if not self.repo.fail_task(tx, ref, outcome.error, now, retry_at):
             return None
         self._took_outcome(tx, state, name, now)
+        if metrics.active is not None:
+            metrics.active.attempt_of(state, name, "failed" if retry_at is None else "retry", now)
         if retry_at is not None:
             task.status, task.retry_at, task.error, task.claimed_by = READY, retry_at, None, None
             self._log_outcome(logging.WARNING, "will retry", state, name, attempt, outcome.error)
@@ -332,7 +343,15 @@ class Runtime(WaitsAndMaps, Children):
     def handle(self, state: ExecutionState, name: str, attempt: int) -> TaskHandle:
         task = state.tasks[name]
         task_id = task.id
-        handle = TaskHandle(state.uuid, name, attempt, lambda: self.heartbeat.beat_task(task_id))
+        handle = TaskHandle(
+            state.uuid,
+            name,
+            attempt,
+            lambda: self.heartbeat.beat_task(task_id),
+            log=lambda: self.logs.open(task_id, log_fields(state, name, attempt)),
+            capture=self.logs.capture,
+            trace=(getattr(state.shape, "name", ""), state.trace) if tracing.tracer() else None,
+        )
         if task.parent is not None:  # an instance of a mapped task
             handle.item, handle.index = plan.item_of(state, name), task.index
         elif name in state.received:  # a sub-workflow task's child outcome, among others
@@ -346,6 +365,11 @@ class Runtime(WaitsAndMaps, Children):
     def close(self) -> None:
         self.heartbeat.stop()
         self.executor.close()
+
+
+def log_fields(state: ExecutionState, name: str, attempt: int) -> dict[str, Any]:
+    workflow = getattr(state.shape, "name", None)
+    return fields("task_log", state.id, workflow, name, attempt)
 
 
 def patch_of(configuration: dict[str, Any]) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import tracing
 from .broker import request_message
 from .exceptions import SagaException
 from .saga_messages import SagaResponse
@@ -79,12 +80,14 @@ class ManagerRuntime:
             request.key,
             request.token,
         )
+        headers = dict(message.headers)
+        tracing.inject(headers)  # the step's span: the participant's joins its trace
         entry = OutboxEntry(
             saga=str(execution.uuid),
             key=request.key,
             topic=request.target,
             body=request.body,
-            headers=dict(message.headers),
+            headers=headers,
             creator=manager.relay.id,
             fallback_reply_to=manager.reply_to,
         )

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-from . import codec
+from . import codec, saga_telemetry
 from .context import ExecutionScope, SagaContext
 from .exceptions import SagaException, SagaExecutionAlreadyExecutedException
 from .saga import ConditionalSagaStep, LocalSagaStep, RemoteSagaStep, Saga, SagaStep
@@ -182,6 +182,10 @@ class SagaExecution(Compensation):
             )
         self._runtime, self._response = runtime or Detached(), response
         self.status = SagaStatus.Running
+        with saga_telemetry.run(self.saga_name, self.uuid):
+            return await self._execute()
+
+    async def _execute(self) -> SagaContext:
         try:
             if self.phase == FORWARD:
                 try:
@@ -211,13 +215,14 @@ class SagaExecution(Compensation):
             record = self._records.get(path)
             if record is not None and record.status is SagaStepStatus.Finished:
                 continue  # done before a pause or a crash
-            if isinstance(step, LocalSagaStep):
-                await self._run_local(path, step)
-            elif isinstance(step, RemoteSagaStep):
-                await self._run_remote(path, step)
-            else:
-                assert isinstance(step, ConditionalSagaStep)
-                await self._run_conditional(path, step)
+            with saga_telemetry.step(self.saga_name, self.uuid, path, step):
+                if isinstance(step, LocalSagaStep):
+                    await self._run_local(path, step)
+                elif isinstance(step, RemoteSagaStep):
+                    await self._run_remote(path, step)
+                else:
+                    assert isinstance(step, ConditionalSagaStep)
+                    await self._run_conditional(path, step)
 
     async def _run_local(self, path: str, step: LocalSagaStep) -> None:
         await self._flush()  # a local step may act on the world: what led here is saved first

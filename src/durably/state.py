@@ -106,6 +106,7 @@ class ExecutionState:
         # Children this process started in-process, for its driver to run once committed.
         self.spawned: list[str] = []
         self.cache: dict[tuple[str, str], Any] = {}  # the plan's memo (a mapped task's input)
+        self.trace: str | None = None  # the trace its attempt spans join (tracing.py)
         # Tasks not terminal yet, kept up to date by mark() and add(): all_done() stays O(1)
         # with 10,000 instances.
         self.open = sum(task.status not in TASK_TERMINAL for task in self.tasks.values())

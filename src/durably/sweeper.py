@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 
-from . import plan
+from . import metrics, plan
 from .logs import log
 from .records import ExecutionRecord
 from .runtime import Runtime
@@ -48,6 +48,8 @@ class Sweeping:
             for execution_id, owner in rt.repo.stale_executions(tx, cutoff, rt.worker_id):
                 if rt.repo.hand_to_workers(tx, execution_id, owner, now):
                     handed.append(execution_id)
+                    if metrics.active is not None:
+                        metrics.active.recovered("execution_taken_over")
                     log(
                         logger,
                         logging.WARNING,

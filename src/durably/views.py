@@ -242,14 +242,38 @@ def diff_section(
     return Group(*parts)
 
 
+def logs_section(result: ExecutionResult) -> RenderableType | None:
+    """What each attempt logged, under the attempt; None when no attempt logged."""
+    text = Text()
+    for name, task in result.tasks.items():
+        for attempt in task.history:
+            if not attempt.logs:
+                continue
+            text.append(f"  {name} attempt {attempt.number} ({attempt.status})\n", style="bold")
+            for entry in attempt.logs:
+                level = _LEVEL_STYLES.get(entry.level, "")
+                text.append(f"    {clock(entry.at)} ", style="dim")
+                text.append(f"{entry.level:<7} ", style=level)
+                text.append(f"{entry.message}\n")
+    if not text:
+        return None
+    text.rstrip()
+    return Group(Text("Logs", style="bold underline"), text)
+
+
+_LEVEL_STYLES = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "bold red", "DEBUG": "dim"}
+
+
 def render_execution(
     engine: Engine, result: ExecutionResult, *, expand: bool = False
 ) -> RenderableType:
-    """The full ``show`` view: header, task timeline, context diffs, final context."""
+    """The full ``show`` view: header, task timeline, logs, context diffs, final context."""
+    logs = logs_section(result)
     return Group(
         execution_header(result),
         Text(),
         task_table(result, expand=expand),
+        *((Text(), logs) if logs is not None else ()),
         Text(),
         diff_section(engine, result, expand=expand),
         Text(),

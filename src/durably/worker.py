@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from . import outcomes, plan
+from . import metrics, outcomes, plan
 from .exceptions import StoreConnectionError, StoreError, TaskInterrupted, WaitTimeout
 from .logs import log
 from .records import Claim, ExecutionRecord
@@ -182,6 +182,7 @@ class Worker(Sweeping):
         jobs: list[Job] = []
         while not jobs:
             done: list[tuple[Workflow, ExecutionState]] = []
+            began = time.perf_counter()
             with self.rt.store.transaction() as tx:
                 now = self.rt.now()
                 claims = self.rt.repo.claim_tasks(
@@ -195,6 +196,8 @@ class Worker(Sweeping):
                         jobs.append(job)
                     elif finished is not None:
                         done.append(finished)
+            if metrics.active is not None:
+                metrics.active.claim(len(jobs), time.perf_counter() - began)
             for job in jobs:  # only once the claim is committed
                 self._active.add(job.task_id)
                 self.rt.heartbeat.hold(task=job.task_id)
@@ -234,6 +237,7 @@ class Worker(Sweeping):
             deps,
             context_id=None if deps else execution.context_id,
         )
+        state.trace = execution.trace_context
         if claim.wait_event is not None:  # claimed from an event wait past its timeout
             return Job(wf, state, claim.name, claim.attempt, {}, claim.wait_event), None
         if plan.needs_whole_execution(state, claim.name):

@@ -7,17 +7,19 @@ decides what commits together. Times come in as epoch seconds from the engine's 
 
 Split by aggregate: :mod:`.contexts` (contexts and outputs), :mod:`.tasks` (task states,
 attempts, claims), :mod:`.executions` (executions and whole-execution reads),
-:mod:`.maintenance` (pruning finished executions, schedules' shared state).
+:mod:`.maintenance` (pruning finished executions, schedules' shared state), :mod:`.gauges`
+(what a metrics scrape counts).
 """
 
 from __future__ import annotations
 
 from .executions import Executions
+from .gauges import Gauges
 from .maintenance import Maintenance
 from .rows import new_id
 
 
-class Repository(Executions, Maintenance):
+class Repository(Executions, Maintenance, Gauges):
     """Named queries in, typed records out. Holds one cache: each workflow version's task-row
     template, built once (it is the same for every execution)."""
 

@@ -127,6 +127,10 @@ class Executions(Maps):
         states = [TaskState(r["id"], r["name"], r["status"], r["attempt"]) for r in rows]
         return execution_id, states
 
+    def set_trace(self, tx: Tx, execution_id: str, trace: str) -> None:
+        """Keep the trace context the execution's spans join (only with tracing on)."""
+        tx.execute("set_trace_context", {"id": execution_id, "trace": trace})
+
     def execution(self, tx: Tx, execution_id: str) -> ExecutionRecord | None:
         row = tx.fetch_one("get_execution", {"id": execution_id})
         return execution_of(row) if row is not None else None

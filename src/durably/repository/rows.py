@@ -34,6 +34,7 @@ def execution_of(row: Row) -> ExecutionRecord:
         completed_at=parse_timestamp(row["completed_at"]),
         recovery_attempts=row["recovery_attempts"],
         parent_task=row["parent_task"],
+        trace_context=row["trace_context"],
     )
 
 
@@ -50,6 +51,7 @@ _TASK_COLUMNS = (
     "started_at", "completed_at", "retry_at", "claimed_by", "heartbeat_at",
     "compensation_status", "compensation_error", "recovery_attempts", "task_configuration",
     "wake_at", "wait_event", "waited", "received", "map_parent", "map_index", "map_total",
+    "logs",
 )  # fmt: skip
 
 
@@ -70,7 +72,8 @@ def tasks_of(rows: Sequence[Row]) -> list[TaskRecord]:
 def _task(values: tuple[Any, ...]) -> TaskRecord:
     (id_, name, status, attempt, max_attempts, error, last_error, started, completed, retry,
      claimed_by, heartbeat, compensation, compensation_error, recoveries, configuration,
-     wake, wait_event, waited, received, map_parent, map_index, map_total) = values  # fmt: skip
+     wake, wait_event, waited, received, map_parent, map_index, map_total,
+     logs) = values  # fmt: skip
     return TaskRecord(
         str(id_), name, status, attempt, max_attempts, error, last_error,
         parse_timestamp(started) if started is not None else None,
@@ -80,7 +83,7 @@ def _task(values: tuple[Any, ...]) -> TaskRecord:
         parse_timestamp(heartbeat) if heartbeat is not None else None,
         compensation, compensation_error, recoveries, _text(configuration),
         parse_timestamp(wake) if wake is not None else None,
-        wait_event, bool(waited), received, map_parent, map_index, map_total,
+        wait_event, bool(waited), received, map_parent, map_index, map_total, logs,
     )  # fmt: skip
 
 

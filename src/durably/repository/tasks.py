@@ -34,7 +34,7 @@ class Tasks(Contexts):
         the claim for that attempt (a zombie's output is discarded: False)."""
         stamp = timestamp(now)
         fence = {"id": ref.task_id, "worker": ref.worker, "attempt": ref.number, "now": stamp}
-        if not tx.execute("complete_task", fence):
+        if not tx.execute("complete_task", {**fence, "logs": ref.logs}):
             return False
         # The output and its link, written here rather than through the contexts methods:
         # this runs once per task, so its statements are spelled out.
@@ -53,7 +53,7 @@ class Tasks(Contexts):
         Fenced on the claim like :meth:`complete_task`."""
         params = {**_fence(ref, now), "error": error}
         if retry_at is None:
-            return bool(tx.execute("fail_task", params))
+            return bool(tx.execute("fail_task", {**params, "logs": ref.logs}))
         if not tx.execute("retry_task_later", {**params, "retry_at": timestamp(retry_at)}):
             return False
         self._attempt(tx, ref, "failed", error, now)  # superseded by the next attempt
@@ -74,6 +74,7 @@ class Tasks(Contexts):
                 "error": error,
                 "started_at": started,
                 "now": timestamp(now),
+                "logs": ref.logs,
             },
         )
 
@@ -177,6 +178,7 @@ class Tasks(Contexts):
                     finished_at=parse_timestamp(row["finished_at"]),
                     worker=row["worker"],
                     error=row["error"],
+                    logs_text=row["logs"],
                 )
             )
         return found

@@ -60,10 +60,11 @@ WHERE claimed_by = :worker AND status = 'running'
 -- name: archive_attempt
 INSERT INTO task_attempts (
     id, task_execution_id, pipeline_execution_id, task_name, number, status, started_at,
-    finished_at, worker, error
+    finished_at, worker, error, logs
 )
 SELECT CAST(:attempt_id AS uuid), id, pipeline_execution_id, task_name, attempt, status,
-       started_at, COALESCE(completed_at, CAST(:now AS timestamptz)), claimed_by, error_details
+       started_at, COALESCE(completed_at, CAST(:now AS timestamptz)), claimed_by, error_details,
+       logs
 FROM task_executions
 WHERE id = :id AND attempt > 0 AND status IN ('completed', 'failed');
 

@@ -82,7 +82,8 @@ WHERE id = :id AND status IN ('not_started', 'ready', 'waiting');
 -- claimed_by stays: once the task is finished it names who ran its last attempt (the task
 -- row is that attempt's history entry; task_attempts keeps the attempts before it).
 UPDATE task_executions
-SET status = 'completed', completed_at = :now, error_details = NULL, updated_at = :now
+SET status = 'completed', completed_at = :now, error_details = NULL, logs = :logs,
+    updated_at = :now
 WHERE id = :id AND status = 'running' AND claimed_by = :worker AND attempt = :attempt;
 
 -- name: save_output
@@ -96,7 +97,7 @@ SET task_execution_id = excluded.task_execution_id, context_id = excluded.contex
 -- name: fail_task
 UPDATE task_executions
 SET status = 'failed', completed_at = :now, error_details = :error, last_error = :error,
-    wake_at = NULL, wait_event = NULL, updated_at = :now
+    wake_at = NULL, wait_event = NULL, logs = :logs, updated_at = :now
 WHERE id = :id AND status = 'running' AND claimed_by = :worker AND attempt = :attempt;
 
 -- name: retry_task_later
@@ -180,13 +181,13 @@ WHERE pipeline_execution_id = :id AND status IN ('not_started', 'ready', 'waitin
 
 -- name: archive_attempt
 -- retry() is about to reset a task: its last attempt, so far told by the task row itself,
--- moves to task_attempts (PostgreSQL casts the id).
+-- moves to task_attempts with its logs (PostgreSQL casts the id).
 INSERT INTO task_attempts (
     id, task_execution_id, pipeline_execution_id, task_name, number, status, started_at,
-    finished_at, worker, error
+    finished_at, worker, error, logs
 )
 SELECT :attempt_id, id, pipeline_execution_id, task_name, attempt, status, started_at,
-       COALESCE(completed_at, :now), claimed_by, error_details
+       COALESCE(completed_at, :now), claimed_by, error_details, logs
 FROM task_executions
 WHERE id = :id AND attempt > 0 AND status IN ('completed', 'failed');
 
@@ -195,7 +196,7 @@ WHERE id = :id AND attempt > 0 AND status IN ('completed', 'failed');
 -- abandoned, or completed and then compensated, or after one of those).
 UPDATE task_executions
 SET status = 'not_started', attempt = 0, retry_at = NULL, error_details = NULL,
-    completed_at = NULL, claimed_by = NULL, compensation_status = NULL,
+    completed_at = NULL, claimed_by = NULL, compensation_status = NULL, logs = NULL,
     compensation_error = NULL, wake_at = NULL, wait_event = NULL, map_total = NULL,
     map_done = 0, map_failed = 0, updated_at = :now
 WHERE id = :id AND status IN ('failed', 'skipped', 'upstream_failed', 'abandoned', 'completed');
@@ -296,13 +297,14 @@ WHERE m.pipeline_execution_id = :id AND m.task_name IN (SELECT value FROM json_e
 -- history; the task row itself tells its current attempt.
 INSERT INTO task_attempts (
     id, task_execution_id, pipeline_execution_id, task_name, number, status, started_at,
-    finished_at, worker, error
+    finished_at, worker, error, logs
 ) VALUES (
-    :id, :task_id, :execution_id, :name, :attempt, :status, :started_at, :now, :worker, :error
+    :id, :task_id, :execution_id, :name, :attempt, :status, :started_at, :now, :worker, :error,
+    :logs
 );
 
 -- name: get_attempts
-SELECT task_name, number, status, started_at, finished_at, worker, error
+SELECT task_name, number, status, started_at, finished_at, worker, error, logs
 FROM task_attempts WHERE pipeline_execution_id = :id
 ORDER BY finished_at, number;
 
@@ -531,7 +533,7 @@ WHERE id = :id AND status = 'running' AND map_total IS NOT NULL;
 UPDATE task_executions
 SET status = 'ready', attempt = 0, retry_at = NULL, error_details = NULL, completed_at = NULL,
     started_at = NULL, claimed_by = NULL, compensation_status = NULL,
-    compensation_error = NULL, updated_at = :now
+    compensation_error = NULL, logs = NULL, updated_at = :now
 WHERE id = :id AND map_parent IS NOT NULL;
 
 -- name: reopen_mapped_task
@@ -543,3 +545,33 @@ WHERE id = :id AND map_total IS NOT NULL;
 
 -- name: delete_instances
 DELETE FROM task_executions WHERE pipeline_execution_id = :id AND map_parent = :parent;
+
+
+-- Metrics, read when Prometheus scrapes a worker (durably worker --metrics-port) -------------
+
+-- name: count_executions_by_status
+-- An index-only count on pipeline_executions_status.
+SELECT status, count(*) AS n FROM pipeline_executions GROUP BY status;
+
+-- name: count_sagas_by_status
+SELECT status, count(*) AS n FROM saga_executions GROUP BY status;
+
+-- name: count_active_tasks_by_status
+-- The tasks of unfinished executions only: finished ones are the bulk of the table, and
+-- the task counters of each worker tell their outcomes.
+SELECT t.status, count(*) AS n
+FROM pipeline_executions p JOIN task_executions t ON t.pipeline_execution_id = p.id
+WHERE p.status IN ('pending', 'running', 'paused')
+GROUP BY t.status;
+
+-- name: count_ready_tasks
+-- The queue depth: ready tasks, read from the partial index task_executions_ready.
+SELECT count(*) AS n FROM task_executions WHERE status = 'ready';
+
+-- name: count_outbox
+-- Saga requests not yet published (a published one's row is deleted).
+SELECT count(*) AS n FROM saga_outbox;
+
+-- name: set_trace_context
+-- With tracing on: the trace context of the span that started the execution (JSON text).
+UPDATE pipeline_executions SET trace_context = :trace WHERE id = :id;

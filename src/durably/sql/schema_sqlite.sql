@@ -26,7 +26,8 @@ CREATE TABLE pipeline_executions (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     idempotency_key TEXT,
-    parent_task TEXT
+    parent_task TEXT,
+    trace_context TEXT
 );
 CREATE INDEX pipeline_executions_status ON pipeline_executions (status, created_at);
 CREATE UNIQUE INDEX pipeline_executions_key ON pipeline_executions (pipeline_name, idempotency_key);
@@ -63,6 +64,7 @@ CREATE TABLE task_executions (
     map_total INTEGER,
     map_done INTEGER NOT NULL DEFAULT 0,
     map_failed INTEGER NOT NULL DEFAULT 0,
+    logs TEXT,
     UNIQUE (pipeline_execution_id, task_name)
 );
 CREATE INDEX task_executions_ready ON task_executions (status, retry_at)
