@@ -51,7 +51,7 @@ def square(ctx: Context, handle: object) -> int:
     return item * item
 
 
-# -- fails while FAIL is set -------------------------------------------------------------------------
+# -- fails while FAIL is set -----------------------------------------------------------------------
 flaky = Workflow("dash_flaky")
 FAIL = {"on": True}
 
@@ -63,7 +63,7 @@ def fragile(ctx: Context) -> None:
     ctx["fixed"] = True
 
 
-# -- waits for an event ------------------------------------------------------------------------------
+# -- waits for an event ----------------------------------------------------------------------------
 approval = Workflow("dash_approval")
 
 
@@ -77,7 +77,7 @@ def decide(ctx: Context) -> None:
     ctx["decided"] = ctx["approval"]
 
 
-# -- runs until released -----------------------------------------------------------------------------
+# -- runs until released ---------------------------------------------------------------------------
 slow = Workflow("dash_slow")
 RELEASE = threading.Event()
 

@@ -69,11 +69,17 @@ def test_send_then_resume_completes_with_the_payload(dash: Dash) -> None:
     queued = dash.engine.start(apps.approval, {})
     sent = dash.post(
         f"/executions/{queued}/send",
-        {"name": "approved", "payload": '{"by": "ann", "at": {"$durably": "date", "v": "2024-05-01"}}', "key": "k1"},  # fmt: skip
+        {
+            "name": "approved",
+            "payload": '{"by": "ann", "at": {"$durably": "date", "v": "2024-05-01"}}',
+            "key": "k1",
+        },
     )
     assert sent.status_code == 303
     assert "sent" in sent.headers["location"]
-    repeated = dash.post(f"/executions/{queued}/send", {"name": "approved", "payload": "1", "key": "k1"})  # fmt: skip
+    repeated = dash.post(
+        f"/executions/{queued}/send", {"name": "approved", "payload": "1", "key": "k1"}
+    )
     assert "already%20sent" in repeated.headers["location"]
     resumed = dash.post(f"/executions/{queued}/resume")
     assert resumed.status_code == 303, shown(resumed)
@@ -83,7 +89,8 @@ def test_send_then_resume_completes_with_the_payload(dash: Dash) -> None:
 
     assert result.context["decided"] == {"by": "ann", "at": datetime.date(2024, 5, 1)}
     finished = dash.post(f"/executions/{queued}/resume")
-    assert finished.status_code == 409 and "it is finished" in shown(finished)
+    assert finished.status_code == 409
+    assert "it is finished" in shown(finished)
 
 
 @pytest.mark.parametrize(
@@ -119,7 +126,7 @@ def test_resume_of_a_changed_workflow_is_refused(dash: Dash, store_url: str) -> 
     assert dash.engine.get(queued).status == "running"
 
 
-# -- fork from a task with an edited context ---------------------------------------------------------
+# -- fork from a task with an edited context -------------------------------------------------------
 
 
 def test_fork_form_is_prefilled_with_the_task_input(dash: Dash) -> None:
@@ -141,7 +148,8 @@ def test_fork_with_an_edited_context_runs_a_new_execution(dash: Dash) -> None:
     forked = dash.engine.wait(new_id(response), timeout=20)
     assert forked.status == "completed"
     assert forked.parent_id == result.execution_id
-    assert forked.context["doubled"] == 100 and forked.context["total"] == 101
+    assert forked.context["doubled"] == 100
+    assert forked.context["total"] == 101
     from decimal import Decimal
 
     assert forked.context["extra"] == Decimal("1.5")
@@ -188,12 +196,14 @@ def test_a_fork_over_the_context_limit_is_refused(dash: Dash) -> None:
 
 def test_a_fork_from_an_unknown_task_is_refused(dash: Dash) -> None:
     result = dash.engine.run(apps.diamond, {"amount": 5})
-    response = dash.post(f"/executions/{result.execution_id}/fork", {"task": "nope", "context": "{}"})  # fmt: skip
+    response = dash.post(
+        f"/executions/{result.execution_id}/fork", {"task": "nope", "context": "{}"}
+    )
     assert response.status_code == 400
     assert "has no task 'nope'" in shown(response)
 
 
-# -- refusals before anything runs ------------------------------------------------------------------
+# -- refusals before anything runs -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -251,11 +261,19 @@ def test_with_a_token_actions_need_it(store_url: str) -> None:
         login = dash.post("/login", {"token": "s3cret"})
         assert login.status_code == 303
         cookie = login.headers["set-cookie"]
-        assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+        assert "HttpOnly" in cookie
+        assert "SameSite=strict" in cookie
         assert dash.post(path).status_code == 303  # the cookie now carries the token
         assert dash.engine.get(queued).status == "cancelled"
         other = dash.engine.start(apps.slow, {})
         dash.client.cookies.clear()
-        bearer = dash.post(f"/executions/{other}/cancel", headers={"authorization": "Bearer s3cret"})  # fmt: skip
+        bearer = dash.post(
+            f"/executions/{other}/cancel", headers={"authorization": "Bearer s3cret"}
+        )
         assert bearer.status_code == 303
-        assert dash.post(f"/executions/{dash.engine.start(apps.slow, {})}/cancel", {"token": "s3cret"}).status_code == 303  # fmt: skip
+        assert (
+            dash.post(
+                f"/executions/{dash.engine.start(apps.slow, {})}/cancel", {"token": "s3cret"}
+            ).status_code
+            == 303
+        )

@@ -60,7 +60,9 @@ def fill(url: str, backend: str) -> None:
     context_id = str(uuid.uuid4())
     if backend == "sqlite":
         conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-        conn.execute(CONTEXT.format("?, '{}', ?, ?"), (context_id, now.isoformat(), now.isoformat()))
+        conn.execute(
+            CONTEXT.format("?, '{}', ?, ?"), (context_id, now.isoformat(), now.isoformat())
+        )
         conn.executemany(EXECUTION.format(", ".join("?" * 8)), _rows(now, context_id))
         conn.executemany(SAGA.format(", ".join("?" * 8)), _sagas(now, context_id))
         conn.commit()
@@ -124,9 +126,7 @@ def plans(dash: Dash, backend: str) -> dict[str, str]:
     return found
 
 
-def test_every_list_query_walks_an_index_and_pages_answer_in_time(
-    big: Dash, backend: str
-) -> None:
+def test_every_list_query_walks_an_index_and_pages_answer_in_time(big: Dash, backend: str) -> None:
     """One test per backend: filling the database is what costs here."""
     check_page_times(big)
     for name, plan in plans(big, backend).items():
@@ -173,4 +173,3 @@ def check_page_times(big: Dash) -> None:
     assert took < BUDGET, f"a page in the middle took {took * 1000:.0f} ms"
     counts = response.text.split('data-count="all">')[1].split("<")[0]
     assert int(counts) == N + SAGAS
-
