@@ -40,6 +40,8 @@ def test_list_shows_workflows_and_sagas_with_counts_and_filters(dash: Dash) -> N
 
     page = dash.client.get("/")
     assert page.status_code == 200
+    assert "script-src" not in page.headers["content-security-policy"]  # default-src 'self'
+    assert page.headers["x-frame-options"] == "DENY"
     ids = row_ids(page.text)
     assert ids == [str(saga), str(queued), str(failed.execution_id), str(done.execution_id)]
     counts = dict(re.findall(r'data-count="(\w+)">(\d+)<', page.text))

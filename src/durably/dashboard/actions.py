@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from ..engine import Engine
 from ..exceptions import ExecutionStateError
@@ -120,9 +120,8 @@ def fork(
     with _forking:
         since = datetime.now(UTC) - timedelta(seconds=1)
         where = ListFilter(workflow=result.workflow, since=since)
-        jobs.run(
-            f"fork:{execution_id}", "forked", lambda: engine.fork(execution_id, task, patch or None)
-        )
+        work = lambda: engine.fork(execution_id, task, patch or None)  # noqa: E731
+        jobs.run(f"fork:{uuid4()}", "forked", work)  # forks of one execution may overlap
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             with engine.store.read() as tx:
