@@ -98,7 +98,7 @@ def run_flaky(db: str) -> str:
 def test_every_option_has_an_environment_twin_shown_in_help() -> None:
     commands = {
         "run", "worker", "list", "show", "context", "cancel", "retry", "fork", "migrate", "demo",
-        "start", "resume", "send", "prune", "schedules",
+        "start", "resume", "send", "prune", "schedules", "dashboard",
     }  # fmt: skip
     assert set(durably_cli.commands) == commands
     for name, command in durably_cli.commands.items():

@@ -15,6 +15,7 @@ import pytest
 from durably import sql
 from durably.backends import open_store
 from durably.exceptions import StoreConnectionError, StoreError
+from durably.listing import ListFilter
 from durably.store import Store, timestamp
 
 
@@ -102,7 +103,7 @@ def test_fetch_verbs(any_store: Store) -> None:
         assert list(row.keys()) == ["value"]
         assert tx.fetch_one("get_context", {"id": new_id()}) is None
         assert tx.fetch_all("get_tasks", {"id": new_id()}) == []
-        listed = tx.fetch_all("list_executions", {"status": None, "workflow": None, "limit": 5})
+        listed = tx.fetch_all("list_executions", ListFilter().params(5))
         assert listed == []
 
 
@@ -236,6 +237,8 @@ SAMPLES: dict[str, Callable[[], Any]] = {
     "logs": lambda: "[]",
     "low": lambda: "00000000-0000-0000-0000-000000000000",
     "high": lambda: "ffffffff-ffff-ffff-ffff-ffffffffffff",
+    "since": timestamp,
+    "until": timestamp,
 }
 
 

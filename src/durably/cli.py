@@ -32,6 +32,7 @@ from .cli_common import (
 )
 
 # Importing the commands registers them on the group.
+from .cli_dashboard import dashboard  # noqa: F401  (the optional web UI, SPEC §8)
 from .cli_inspect import context, list_, show
 from .cli_ops import prune, schedules
 from .cli_run import fork, resume, retry, run, send, start

@@ -26,10 +26,11 @@ from . import codec
 from .backends import open_store
 from .context import SagaContext
 from .exceptions import SagaDefinitionNotFound, SagaExecutionNotFoundException
+from .listing import ListFilter
 from .saga import registered_saga
 from .saga_execution import SagaExecution
 from .saga_outbox import OutboxEntry
-from .saga_records import SagaStatus, SagaStepRecord
+from .saga_records import PendingRequest, SagaStatus, SagaStepRecord
 from .saga_threads import off_loop
 from .store import Row, Store, parse_timestamp, timestamp
 
@@ -50,6 +51,10 @@ class SagaExecutionSummary:
     rollback_errors: list[str]
     created_at: datetime
     updated_at: datetime
+    pending: PendingRequest | None = None
+    """The request a paused execution awaits the reply to."""
+    compensations: tuple[str, ...] = ()
+    """Paths of the steps still to compensate, in order (while rolling back)."""
 
     @property
     def uuid(self) -> UUID:
@@ -178,15 +183,32 @@ class SagaExecutionRepository:
         self, status: SagaStatus | str | None = None, limit: int = 50
     ) -> list[SagaExecutionSummary]:
         """Stored executions, newest first, optionally of one status."""
+        value = status.value if isinstance(status, SagaStatus) else status
+        return self.page_executions(ListFilter(status=value), limit)
+
+    def page_executions(self, where: ListFilter, limit: int) -> list[SagaExecutionSummary]:
+        """Up to ``limit`` executions matching ``where`` (its ``workflow`` is the saga's
+        name; sagas have no idempotency key, so a filter by key matches none), newest first."""
+        if where.key is not None:
+            return []
+        if where.workflow is not None:
+            name = "saga_list_executions_by_name"
+        elif where.status is not None:
+            name = "saga_list_executions_by_status"
+        else:
+            name = "saga_list_executions"
         with self.db.read() as tx:
-            if status is None:
-                rows = tx.fetch_all("saga_list_executions", {"limit": limit})
-            else:
-                value = status.value if isinstance(status, SagaStatus) else str(status)
-                rows = tx.fetch_all(
-                    "saga_list_executions_by_status", {"status": value, "limit": limit}
-                )
+            rows = tx.fetch_all(name, where.params(limit))
         return [_summary(row) for row in rows]
+
+    def count_executions(self, where: ListFilter) -> dict[str, int]:
+        """How many executions match ``where`` (its status and cursor aside), per status."""
+        if where.key is not None:
+            return {}
+        name = "saga_count_executions_of_name" if where.workflow else "saga_count_executions"
+        with self.db.read() as tx:
+            rows = tx.fetch_all(name, where.params(0))
+        return {str(row["status"]): int(row["n"]) for row in rows}
 
     def _row(self, uuid: UUID | str) -> Row:
         key = _as_uuid(uuid)
@@ -263,4 +285,8 @@ def _summary(row: Row) -> SagaExecutionSummary:
         rollback_errors=list(state.get("rollback_errors", [])),
         created_at=created,
         updated_at=updated,
+        pending=PendingRequest(**pending)
+        if isinstance(pending := state.get("pending"), dict)
+        else None,
+        compensations=tuple(state.get("compensations") or ()),
     )

@@ -8,7 +8,8 @@ decides what commits together. Times come in as epoch seconds from the engine's 
 Split by aggregate: :mod:`.contexts` (contexts and outputs), :mod:`.tasks` (task states,
 attempts, claims), :mod:`.executions` (executions and whole-execution reads),
 :mod:`.maintenance` (pruning finished executions, schedules' shared state), :mod:`.gauges`
-(what a metrics scrape counts).
+(what a metrics scrape counts), :mod:`.listing` (pages of executions and their counts per
+status).
 """
 
 from __future__ import annotations

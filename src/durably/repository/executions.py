@@ -7,16 +7,18 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ..listing import ListFilter
 from ..records import ChildRecord, ExecutionRecord, Snapshot, TaskRecord
 from ..state import TaskState
 from ..statuses import COMPLETED, NOT_STARTED, READY
 from ..store import Tx, timestamp
 from ..workflow import Workflow
+from .listing import Listing
 from .maps import Maps
 from .rows import execution_of, new_id, stored
 
 
-class Executions(Maps):
+class Executions(Maps, Listing):
     def __init__(self) -> None:
         self._templates: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
@@ -142,10 +144,7 @@ class Executions(Maps):
     def list_executions(
         self, tx: Tx, status: str | None, workflow: str | None, limit: int
     ) -> list[ExecutionRecord]:
-        rows = tx.fetch_all(
-            "list_executions", {"status": status, "workflow": workflow, "limit": limit}
-        )
-        return [execution_of(row) for row in rows]
+        return self.page_executions(tx, ListFilter(status=status, workflow=workflow), limit)
 
     def children(self, tx: Tx, execution_id: str) -> list[ChildRecord]:
         """The sub-workflow executions the execution's tasks started, oldest first."""

@@ -54,11 +54,15 @@ SELECT c.value
 FROM task_execution_metadata m JOIN contexts c ON c.id = m.context_id
 WHERE m.pipeline_execution_id = :id AND m.task_name = :name;
 
+-- Lists, newest first, one page after a keyset cursor (durably.listing). Each variant walks
+-- one index in (created_at, id) order, so a page reads about :limit rows: no filter
+-- pipeline_executions_created, a status pipeline_executions_status, a workflow
+-- pipeline_executions_name, a key pipeline_executions_idempotency_key. The repository picks.
+
 -- name: list_executions
 SELECT * FROM pipeline_executions
-WHERE (CAST(:status AS TEXT) IS NULL OR status = CAST(:status AS TEXT))
-  AND (CAST(:workflow AS TEXT) IS NULL OR pipeline_name = CAST(:workflow AS TEXT))
-ORDER BY created_at DESC, id
+WHERE (created_at, id) < (:before_at, :before_id) AND created_at >= :since
+ORDER BY created_at DESC, id DESC
 LIMIT :limit;
 
 -- name: child_executions
@@ -66,6 +70,46 @@ LIMIT :limit;
 SELECT id, parent_task, status, pipeline_name, created_at FROM pipeline_executions
 WHERE parent_execution_id = :id AND parent_task IS NOT NULL
 ORDER BY created_at, id;
+
+-- name: list_executions_by_status
+SELECT * FROM pipeline_executions
+WHERE status = :status AND (created_at, id) < (:before_at, :before_id) AND created_at >= :since
+ORDER BY created_at DESC, id DESC
+LIMIT :limit;
+
+-- name: list_executions_by_workflow
+SELECT * FROM pipeline_executions
+WHERE pipeline_name = :workflow
+  AND (created_at, id) < (:before_at, :before_id) AND created_at >= :since
+  AND (CAST(:status AS TEXT) IS NULL OR status = CAST(:status AS TEXT))
+ORDER BY created_at DESC, id DESC
+LIMIT :limit;
+
+-- name: list_executions_by_key
+SELECT * FROM pipeline_executions
+WHERE idempotency_key = :key
+  AND (created_at, id) < (:before_at, :before_id) AND created_at >= :since
+  AND (CAST(:status AS TEXT) IS NULL OR status = CAST(:status AS TEXT))
+  AND (CAST(:workflow AS TEXT) IS NULL OR pipeline_name = CAST(:workflow AS TEXT))
+ORDER BY created_at DESC, id DESC
+LIMIT :limit;
+
+-- name: count_executions
+-- Per status, within the time range: pipeline_executions_status covers it.
+SELECT status, COUNT(*) AS n FROM pipeline_executions
+WHERE created_at >= :since AND created_at < :until
+GROUP BY status;
+
+-- name: count_executions_of_workflow
+SELECT status, COUNT(*) AS n FROM pipeline_executions
+WHERE pipeline_name = :workflow AND created_at >= :since AND created_at < :until
+GROUP BY status;
+
+-- name: count_executions_by_key
+SELECT status, COUNT(*) AS n FROM pipeline_executions
+WHERE idempotency_key = :key AND created_at >= :since AND created_at < :until
+  AND (CAST(:workflow AS TEXT) IS NULL OR pipeline_name = CAST(:workflow AS TEXT))
+GROUP BY status;
 
 -- name: start_task
 -- The attempt starts: claimed by this engine or worker, counted before it runs. From a

@@ -30,11 +30,16 @@ SELECT e.id, e.saga_name, e.fingerprint, e.status, e.context_id, e.state, e.erro
 FROM saga_executions e JOIN contexts c ON c.id = e.context_id
 WHERE e.id = :id;
 
+-- Lists, newest first, one page after a keyset cursor (durably.listing), each walking one
+-- index in (created_at, id) order: saga_executions_created, saga_executions_status or
+-- saga_executions_name.
+
 -- name: saga_list_executions
 SELECT e.id, e.saga_name, e.fingerprint, e.status, e.context_id, e.state, e.error_details,
        e.created_at, e.updated_at, c.value AS context
 FROM saga_executions e JOIN contexts c ON c.id = e.context_id
-ORDER BY e.created_at DESC, e.id
+WHERE (e.created_at, e.id) < (:before_at, :before_id) AND e.created_at >= :since
+ORDER BY e.created_at DESC, e.id DESC
 LIMIT :limit;
 
 -- name: saga_list_executions_by_status
@@ -42,8 +47,29 @@ SELECT e.id, e.saga_name, e.fingerprint, e.status, e.context_id, e.state, e.erro
        e.created_at, e.updated_at, c.value AS context
 FROM saga_executions e JOIN contexts c ON c.id = e.context_id
 WHERE e.status = :status
-ORDER BY e.created_at DESC, e.id
+  AND (e.created_at, e.id) < (:before_at, :before_id) AND e.created_at >= :since
+ORDER BY e.created_at DESC, e.id DESC
 LIMIT :limit;
+
+-- name: saga_list_executions_by_name
+SELECT e.id, e.saga_name, e.fingerprint, e.status, e.context_id, e.state, e.error_details,
+       e.created_at, e.updated_at, c.value AS context
+FROM saga_executions e JOIN contexts c ON c.id = e.context_id
+WHERE e.saga_name = :workflow
+  AND (e.created_at, e.id) < (:before_at, :before_id) AND e.created_at >= :since
+  AND (CAST(:status AS TEXT) IS NULL OR e.status = CAST(:status AS TEXT))
+ORDER BY e.created_at DESC, e.id DESC
+LIMIT :limit;
+
+-- name: saga_count_executions
+SELECT status, COUNT(*) AS n FROM saga_executions
+WHERE created_at >= :since AND created_at < :until
+GROUP BY status;
+
+-- name: saga_count_executions_of_name
+SELECT status, COUNT(*) AS n FROM saga_executions
+WHERE saga_name = :workflow AND created_at >= :since AND created_at < :until
+GROUP BY status;
 
 -- name: saga_delete_replies
 DELETE FROM saga_replies WHERE saga_execution_id = :id;

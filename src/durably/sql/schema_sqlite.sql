@@ -29,7 +29,11 @@ CREATE TABLE pipeline_executions (
     parent_task TEXT,
     trace_context TEXT
 );
-CREATE INDEX pipeline_executions_status ON pipeline_executions (status, created_at);
+CREATE INDEX pipeline_executions_status ON pipeline_executions (status, created_at, id);
+CREATE INDEX pipeline_executions_created ON pipeline_executions (created_at, id);
+CREATE INDEX pipeline_executions_name ON pipeline_executions (pipeline_name, created_at, id, status);
+CREATE INDEX pipeline_executions_idempotency_key ON pipeline_executions (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 CREATE UNIQUE INDEX pipeline_executions_key ON pipeline_executions (pipeline_name, idempotency_key);
 
 CREATE TABLE task_executions (
@@ -124,7 +128,9 @@ CREATE TABLE saga_executions (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
-CREATE INDEX saga_executions_status ON saga_executions (status, created_at);
+CREATE INDEX saga_executions_status ON saga_executions (status, created_at, id);
+CREATE INDEX saga_executions_created ON saga_executions (created_at, id);
+CREATE INDEX saga_executions_name ON saga_executions (saga_name, created_at, id, status);
 
 CREATE TABLE saga_replies (
     saga_execution_id TEXT NOT NULL REFERENCES saga_executions (id) ON DELETE CASCADE,
