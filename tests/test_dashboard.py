@@ -143,6 +143,23 @@ def test_a_mapped_task_is_one_node_with_counts(dash: Dash) -> None:
     assert "square[2]" in page.text
 
 
+def test_parent_and_child_executions_link_each_other(dash: Dash) -> None:
+    from durably import Workflow
+
+    child = Workflow("dash_child")
+    child.task(name="inner")(lambda ctx: ctx.update(inner=True))
+    parent = Workflow("dash_parent")
+    parent.subworkflow("sub", child)
+    result = dash.engine.run(parent, {})
+    assert result.status == "completed", result.error
+    child_id = result.tasks["sub"].child_id
+    page = text_of(dash.client.get(f"/executions/{result.execution_id}"))
+    assert f'runs sub-workflow execution <a href="/executions/{child_id}"' in page
+    child_page = text_of(dash.client.get(f"/executions/{child_id}"))
+    assert f'sub-workflow of <a href="/executions/{result.execution_id}"' in child_page
+    assert "(task sub)" in child_page
+
+
 def test_a_running_execution_is_followed_live(dash: Dash) -> None:
     queued = dash.engine.start(apps.approval, {})
     page = dash.client.get(f"/executions/{queued}")

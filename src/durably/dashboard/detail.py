@@ -76,6 +76,7 @@ class TaskView:
     waiting: str = ""
     counts: str = ""
     instances: list[TaskView] = field(default_factory=list)
+    child_id: str | None = None  # a sub-workflow task's child execution
 
 
 @dataclass
@@ -124,7 +125,7 @@ def build(engine: Engine, execution_id: UUID, now: datetime | None = None) -> Ex
     """Everything the execution page shows. Raises ``ExecutionNotFound``."""
     snapshot = engine.snapshot(execution_id, initial=False)
     shape = engine.shape(snapshot)
-    result = result_of(snapshot, shape)
+    result = result_of(snapshot, shape, engine.children(snapshot, shape))
     diffs, inputs, exact = task_diffs(engine, result)
     counts = instance_counts(result)
     if shape is not None:
@@ -143,7 +144,8 @@ def build(engine: Engine, execution_id: UUID, now: datetime | None = None) -> Ex
             took=duration(task.started_at, task.completed_at),
             dependencies=deps.get(name, ()),
             history=_attempts(task),
-            waiting=waiting_for(task) if task.status == "waiting" else "",
+            waiting=waiting_for(task) if task.status == "waiting" and not task.child_id else "",
+            child_id=str(task.child_id) if task.child_id else None,
         )
         if name in inputs:
             view.basis = inputs[name].basis
