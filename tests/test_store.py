@@ -518,3 +518,15 @@ def test_parameters_rewritten_for_psycopg(query: str, expected: str) -> None:
     from durably.postgres_store import to_psycopg
 
     assert to_psycopg(query) == expected
+
+
+def test_new_ids_are_random_version_4_uuids() -> None:
+    import uuid as uuid_module
+
+    ids = {new_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in list(ids)[:200]:
+        parsed = uuid_module.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4
+        assert parsed.variant == uuid_module.RFC_4122

@@ -359,7 +359,7 @@ class Runtime(WaitsAndMaps, Children):
         return handle
 
     def context(self, state: ExecutionState, name: str, data: dict[str, Any]) -> Context:
-        scope = ExecutionScope(state.uuid, uuid.UUID(state.tasks[name].id), name)
+        scope = ExecutionScope(state.uuid, state.tasks[name].id, name)
         return Context._from_data(data, scope)
 
     def close(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import uuid
+import os
 from collections.abc import Sequence
 from datetime import datetime
 from operator import itemgetter
@@ -14,7 +14,14 @@ from ..store import Row, parse_timestamp
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID as text. Three are made per completed task, and
+    ``str(uuid.uuid4())`` builds and validates a UUID object for each: this is a third of
+    its cost, for the same 122 random bits and the same text."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def execution_of(row: Row) -> ExecutionRecord:
