@@ -152,6 +152,9 @@ def seed_execution(store: Store, tasks: int = 1) -> tuple[str, list[str]]:
                 "claimed_by": None,
                 "parent_id": None,
                 "key": None,
+                "shape": "v1",
+                "priority": 0,
+                "concurrency_key": None,
                 "now": now,
             },
         )
@@ -172,6 +175,8 @@ def seed_execution(store: Store, tasks: int = 1) -> tuple[str, list[str]]:
                     "heartbeat_at": None,
                     "started_at": None,
                     "completed_at": None,
+                    "concurrency_key": None,
+                    "rate_key": None,
                     "now": now,
                 }
                 for position, task_id in enumerate(task_ids)
@@ -234,6 +239,19 @@ SAMPLES: dict[str, Callable[[], Any]] = {
     "failed": lambda: 0,
     "low": lambda: "00000000-0000-0000-0000-000000000000",
     "high": lambda: "ffffffff-ffff-ffff-ffff-ffffffffffff",
+    "versions": lambda: '{"wf@v1": "v1"}',
+    "served": lambda: '["wf@v1"]',
+    "priority": lambda: 0,
+    "task_limits": lambda: '{"wf/t": 2}',
+    "flow_limits": lambda: '{"wf": 2}',
+    "rate_limits": lambda: '{"r": [5.0, 1.0]}',
+    "locks": lambda: '["t:wf/t", "r:r"]',
+    "clock": lambda: 1.0e9,
+    "window": lambda: 20,
+    "count": lambda: 1,
+    "rate": lambda: 5.0,
+    "capacity": lambda: 1.0,
+    "lease": lambda: 30.0,
 }
 
 

@@ -28,6 +28,7 @@ from .exceptions import (
     ExecutionStateError,
     StoreError,
 )
+from .flow import check_priority
 from .records import ExecutionRecord, Snapshot
 from .registry import Registry
 from .results import ExecutionResult, result_of, summary_of
@@ -152,14 +153,20 @@ class Engine:
         context: Context | Mapping[str, Any] | None = None,
         *,
         key: str | None = None,
+        priority: int = 0,
     ) -> UUID:
         """Queue an execution for workers (``durably worker``); return its id. With a ``key``
-        already used for this workflow, create nothing and return that execution's id."""
+        already used for this workflow, create nothing and return that execution's id.
+        Workers claim the tasks of higher ``priority`` executions first, oldest first within
+        one priority."""
+        priority = check_priority(priority)
         definition = self._definition(wf)
         initial = encode_initial(context, self.max_context_bytes)
         try:
             with self.store.transaction() as tx:
-                existing, created = self._insert(tx, definition, initial, key, claimed=False)
+                existing, created = self._insert(
+                    tx, definition, initial, key, claimed=False, priority=priority
+                )
                 if existing is None:
                     self.runtime.repo.notify_work(tx)
         except _KeyTaken:
@@ -167,8 +174,9 @@ class Engine:
         return UUID(existing or created[0])
 
     def _insert(
-        self, tx: Tx, wf: Workflow, initial: str, key: str | None, *, claimed: bool
-    ) -> tuple[str | None, tuple[str, list[TaskState]]]:
+        self, tx: Tx, wf: Workflow, initial: str, key: str | None, *, claimed: bool,
+        priority: int = 0,
+    ) -> tuple[str | None, tuple[str, list[TaskState]]]:  # fmt: skip
         """``(existing id, _)`` when the key is taken, else ``(None, (id, task states))``."""
         key = check_key(key)
         repo = self.runtime.repo
@@ -181,6 +189,7 @@ class Engine:
             initial=initial,
             claimed_by=self.worker_id if claimed else None,
             key=key,
+            priority=priority,
         )
         if created is None:
             raise _KeyTaken
@@ -240,7 +249,7 @@ class Engine:
         with self.store.transaction() as tx:
             record = self._record(tx, key)
             if record.status not in EXECUTION_TERMINAL:
-                wf = self.runtime.workflow(record.workflow, record.version)
+                wf = self.runtime.workflow(record.workflow, record.version, record.shape)
                 repair.take_over(self.runtime, tx, record)
                 runner = Runner(self.runtime, wf, self.runtime.load(tx, record, wf))
                 first = runner.start(tx)
@@ -269,7 +278,8 @@ class Engine:
         """The definition an execution ran: the registered workflow, else the shape stored
         with its tasks."""
         record = snapshot.execution
-        return self.registry.find(record.workflow, record.version) or StoredShape.of(snapshot.tasks)
+        found = self.registry.find(record.workflow, record.version, record.shape)
+        return found or StoredShape.of(snapshot.tasks)
 
     def get(self, execution_id: UUID | str) -> ExecutionResult:
         """The execution as stored now, with every task's outcome, saved output and attempts."""

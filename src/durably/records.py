@@ -34,6 +34,8 @@ class ExecutionRecord:
     created_at: datetime | None
     completed_at: datetime | None
     recovery_attempts: int = 0
+    shape: str | None = None  # the shape version it needs (versions.py)
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class TaskRecord:
     map_parent: str | None = None
     map_index: int | None = None
     map_total: int | None = None
+    code_version: str | None = None  # the version of the code its current attempt ran
 
     @property
     def configuration(self) -> dict[str, Any]:
@@ -105,6 +108,18 @@ class AttemptRecord:
     finished_at: datetime | None
     worker: str | None
     error: str | None
+    code_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerVersions:
+    """What a worker advertised: the definitions (``name@shape version``) it serves."""
+
+    worker: str
+    versions: tuple[str, ...]
+    lease: float
+    started_at: datetime | None
+    heartbeat_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,8 @@ class Attempt:
     finished_at: datetime | None
     worker: str | None
     error: str | None
+    version: str | None = None
+    """The version of the workflow definition whose code ran it (``wf.version``)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ def _attempt(record: AttemptRecord) -> Attempt:
         record.finished_at,
         record.worker,
         record.error,
+        record.code_version,
     )
 
 
@@ -98,6 +101,7 @@ def _history(task: TaskRecord, superseded: Sequence[AttemptRecord]) -> tuple[Att
                 task.completed_at,
                 task.claimed_by,
                 error,
+                task.code_version,
             )
         )
     return tuple(attempts)

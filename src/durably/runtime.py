@@ -70,8 +70,10 @@ class Runtime(WaitsAndMaps):
         # The clock's own method: read on every transition, so no wrapper in between.
         self.now: Callable[[], float] = clock.now
 
-    def workflow(self, name: str, version: str) -> Workflow:
-        return self.registry.get(name, version)
+    def workflow(self, name: str, version: str, shape: str | None = None) -> Workflow:
+        """The definition to run an execution of ``name`` started on ``version``: any of
+        its shape version (the one registered last), see :mod:`durably.versions`."""
+        return self.registry.get(name, version, shape)
 
     # -- claims ------------------------------------------------------------------------------
 
@@ -220,8 +222,17 @@ class Runtime(WaitsAndMaps):
     def claim(self, tx: Tx, state: ExecutionState, name: str, now: float) -> bool:
         """Start the task's next attempt here (in-process runs claim what they unblock)."""
         task = state.tasks[name]
-        if not self.repo.start_task(tx, task.id, self.worker_id, now):
-            return False  # settled elsewhere meanwhile (cancelled, or taken by another driver)
+        wf = state.shape
+        assert isinstance(wf, Workflow), "an execution runs under its registered workflow"
+        limits = self.repo.limits_of(wf)
+        if limits is None:
+            started = self.repo.start_task(tx, task.id, self.worker_id, now, wf.version)
+        else:  # flow control: it may have to wait for a slot or a token (flow.py)
+            started = self.repo.start_limited_task(
+                tx, task.id, self.worker_id, now, wf.version, limits
+            )
+        if not started:
+            return False  # settled elsewhere meanwhile, or held back by a limit
         if task.status == WAITING and task.wait_event is None:
             task.waited = True  # as start_task records: its timer is over
         task.status, task.attempt, task.retry_at = RUNNING, task.attempt + 1, None

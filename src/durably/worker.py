@@ -185,7 +185,7 @@ class Worker(Sweeping):
             with self.rt.store.transaction() as tx:
                 now = self.rt.now()
                 claims = self.rt.repo.claim_tasks(
-                    tx, self.rt.worker_id, self.rt.registry.versions(), limit, now
+                    tx, self.rt.worker_id, self.rt.registry.claimable(), limit, now
                 )
                 if not claims:
                     return []
@@ -222,7 +222,7 @@ class Worker(Sweeping):
         ``(None, the whole execution if that finished it)``."""
         execution = self.rt.repo.execution(tx, claim.execution_id)
         assert execution is not None
-        wf = self.rt.workflow(execution.workflow, execution.version)
+        wf = self.rt.workflow(execution.workflow, execution.version, execution.shape)
         # An instance of a mapped task takes that task's dependencies (and its fork patch).
         declared = claim.map_parent or claim.name
         deps = wf.tasks[declared].dependencies

@@ -7,17 +7,19 @@ decides what commits together. Times come in as epoch seconds from the engine's 
 
 Split by aggregate: :mod:`.contexts` (contexts and outputs), :mod:`.tasks` (task states,
 attempts, claims), :mod:`.executions` (executions and whole-execution reads),
-:mod:`.maintenance` (pruning finished executions, schedules' shared state).
+:mod:`.maintenance` (pruning finished executions, schedules' shared state), :mod:`.flow`
+(claims under flow control, the definitions workers serve).
 """
 
 from __future__ import annotations
 
 from .executions import Executions
+from .flow import Flow
 from .maintenance import Maintenance
 from .rows import new_id
 
 
-class Repository(Executions, Maintenance):
+class Repository(Executions, Maintenance, Flow):
     """Named queries in, typed records out. Holds one cache: each workflow version's task-row
     template, built once (it is the same for every execution)."""
 

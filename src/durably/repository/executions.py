@@ -7,6 +7,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from .. import codec
+from ..flow import execution_key, task_key
 from ..records import ExecutionRecord, Snapshot, TaskRecord
 from ..state import TaskState
 from ..statuses import COMPLETED, NOT_STARTED, READY
@@ -30,6 +32,11 @@ class Executions(Maps):
                     "position": task.position,
                     "max_attempts": task.retry.max_attempts,
                     "trigger_rules": json.dumps(task.trigger.to_json()),
+                    "concurrency_key": task_key(wf.name, task.name)
+                    if task.concurrency is not None
+                    else None,
+                    "rate_key": task.rate_limit.name if task.rate_limit is not None else None,
+                    "code_version": wf.version,  # for instances an in-process run starts
                     "configuration": json.dumps(
                         {
                             "dependencies": list(task.dependencies),
@@ -66,6 +73,7 @@ class Executions(Maps):
         parent_id: str | None = None,
         reused: Mapping[str, TaskRecord] | None = None,
         patches: Mapping[str, str] | None = None,
+        priority: int = 0,
     ) -> tuple[str, list[TaskState]] | None:
         """Insert an execution and its task rows; return its id and its tasks' states, or
         None when an execution of that workflow with that key exists already (then the
@@ -77,12 +85,22 @@ class Executions(Maps):
         execution_id = new_id()
         if context_id is None:
             context_id = self.insert_context(tx, initial or "{}", now)
+        limited = None
+        if wf.concurrency is not None:
+            decoded = {}
+            if wf.concurrency.key is not None:  # a fork reuses the context by its id
+                text = initial if initial is not None else self.context(tx, context_id)
+                decoded = codec.loads(text or "{}")
+            limited = execution_key(wf.concurrency, wf.name, decoded)
         inserted = tx.execute(
             "insert_execution",
             {
                 "id": execution_id,
                 "name": wf.name,
                 "version": wf.version,
+                "shape": wf.shape_version,
+                "priority": priority,
+                "concurrency_key": limited,
                 "status": "running",
                 "context_id": context_id,
                 "claimed_by": claimed_by,
@@ -117,6 +135,7 @@ class Executions(Maps):
                     "started_at": stored(old.started_at) if old else None,
                     "completed_at": stored(old.completed_at) if old else None,
                     "configuration": configuration,
+                    "code_version": None,
                     "now": stamp,
                 }
             )

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from ..records import ExecutionRecord, StaleClaim, TaskRecord
+from ..records import Claim, ExecutionRecord, StaleClaim, TaskRecord
 from ..store import Row, parse_timestamp
 
 
@@ -32,7 +32,24 @@ def execution_of(row: Row) -> ExecutionRecord:
         created_at=parse_timestamp(row["created_at"]),
         completed_at=parse_timestamp(row["completed_at"]),
         recovery_attempts=row["recovery_attempts"],
+        shape=row["pipeline_shape"],
+        priority=row["priority"],
     )
+
+
+def claims_of(rows: Sequence[Row]) -> list[Claim]:
+    return [
+        Claim(
+            task_id=str(row["id"]),
+            execution_id=str(row["pipeline_execution_id"]),
+            name=row["task_name"],
+            attempt=row["attempt"],
+            configuration=configuration_of(row["task_configuration"]),
+            wait_event=row["wait_event"],
+            map_parent=row["map_parent"],
+        )
+        for row in rows
+    ]
 
 
 def configuration_of(value: Any) -> dict[str, Any]:
@@ -76,6 +93,7 @@ def task_of(row: Row | Mapping[str, Any]) -> TaskRecord:
         map_parent=row["map_parent"],
         map_index=row["map_index"],
         map_total=row["map_total"],
+        code_version=row["code_version"],
     )
 
 

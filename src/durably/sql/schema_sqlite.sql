@@ -25,7 +25,11 @@ CREATE TABLE pipeline_executions (
     parent_execution_id TEXT,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
-    idempotency_key TEXT
+    idempotency_key TEXT,
+    pipeline_shape TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    concurrency_key TEXT,
+    admitted INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX pipeline_executions_status ON pipeline_executions (status, created_at);
 CREATE UNIQUE INDEX pipeline_executions_key ON pipeline_executions (pipeline_name, idempotency_key);
@@ -62,6 +66,9 @@ CREATE TABLE task_executions (
     map_total INTEGER,
     map_done INTEGER NOT NULL DEFAULT 0,
     map_failed INTEGER NOT NULL DEFAULT 0,
+    code_version TEXT,
+    concurrency_key TEXT,
+    rate_key TEXT,
     UNIQUE (pipeline_execution_id, task_name)
 );
 CREATE INDEX task_executions_ready ON task_executions (status, retry_at)
@@ -92,7 +99,8 @@ CREATE TABLE task_attempts (
     finished_at TEXT NOT NULL,
     worker TEXT,
     error TEXT,
-    logs TEXT
+    logs TEXT,
+    code_version TEXT
 );
 CREATE INDEX task_attempts_execution ON task_attempts (pipeline_execution_id, finished_at);
 
@@ -184,4 +192,25 @@ CREATE TABLE schedules (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     PRIMARY KEY (workflow_name, name)
+);
+
+-- Deploy-safe versions (0008): which definitions each live worker serves.
+CREATE TABLE worker_versions (
+    worker_id TEXT PRIMARY KEY,
+    versions TEXT NOT NULL,
+    lease REAL NOT NULL,
+    started_at TEXT NOT NULL,
+    heartbeat_at TEXT NOT NULL
+);
+
+-- Flow control (0009): counting what runs under a key, and the rate limits' token buckets.
+CREATE INDEX task_executions_limited ON task_executions (concurrency_key)
+    WHERE status = 'running' AND concurrency_key IS NOT NULL;
+CREATE INDEX pipeline_executions_limited ON pipeline_executions (concurrency_key)
+    WHERE status = 'running' AND admitted = 1;
+
+CREATE TABLE rate_buckets (
+    name TEXT PRIMARY KEY,
+    tokens REAL NOT NULL,
+    counted_at REAL NOT NULL
 );

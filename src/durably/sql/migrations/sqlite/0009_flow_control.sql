@@ -1,0 +1,22 @@
+-- 0009: flow control (flow.py). Priorities order the claim. A limited task row carries the
+-- key its running attempts are counted under (concurrency_key) and the bucket it takes a
+-- token from (rate_key). A limited execution carries its key, and admitted = 1 once its
+-- first task was claimed (it holds a slot until it is no longer running). Rate buckets
+-- keep their tokens with the epoch second they were counted at. The partial indexes make
+-- counting what runs under a key cost what runs, not what waits.
+
+ALTER TABLE pipeline_executions ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE pipeline_executions ADD COLUMN concurrency_key TEXT;
+ALTER TABLE pipeline_executions ADD COLUMN admitted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE task_executions ADD COLUMN concurrency_key TEXT;
+ALTER TABLE task_executions ADD COLUMN rate_key TEXT;
+CREATE INDEX task_executions_limited ON task_executions (concurrency_key)
+    WHERE status = 'running' AND concurrency_key IS NOT NULL;
+CREATE INDEX pipeline_executions_limited ON pipeline_executions (concurrency_key)
+    WHERE status = 'running' AND admitted = 1;
+
+CREATE TABLE rate_buckets (
+    name TEXT PRIMARY KEY,
+    tokens REAL NOT NULL,
+    counted_at REAL NOT NULL
+);
