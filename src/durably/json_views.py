@@ -91,6 +91,7 @@ def task_json(task: TaskResult, diff: Diff | None, basis: TaskInput | None) -> d
                 "finished_at": iso(a.finished_at),
                 "worker": a.worker,
                 "error": a.error,
+                "version": a.version,
             }
             for a in task.history
         ],

@@ -157,6 +157,8 @@ class Runtime(WaitsAndMaps):
         policy = state.definition(name).retry
         outcome = plan.attempt_outcome(policy, attempt, output, error, now, self.max_context_bytes)
         ref = AttemptRef(state.id, task.id, name, attempt, self.worker_id, task.started_at)
+        if self.repo.limits_of(state.shape) is not None:
+            self.repo.notify_work(tx)  # a slot frees up: wake the workers a limit holds back
         if isinstance(outcome, plan.Completed):
             if not self.repo.complete_task(tx, ref, outcome.value, now):
                 return None
@@ -262,6 +264,8 @@ class Runtime(WaitsAndMaps):
         status, error = outcomes.execution_outcome(state)
         final = codec.dumps(plan.final_context(state))
         self.repo.finish_execution(tx, state.id, status, final, error, now or self.now())
+        if getattr(state.shape, "concurrency", None) is not None:
+            self.repo.notify_work(tx)  # its slot frees up: a queued execution may start
         log(
             logger,
             logging.INFO if status == COMPLETED else logging.WARNING,

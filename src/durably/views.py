@@ -132,6 +132,10 @@ def task_table(
     table.add_column("took", justify="right", no_wrap=True)
     if not live:
         table.add_column("compensation", no_wrap=True)
+    # The code version each attempt ran (SPEC §3.5): a deploy mid-run shows as "v1 -> v2".
+    versions = {name: code_versions(task) for name, task in result.tasks.items()}
+    if not live and any(versions.values()):
+        table.add_column("version", no_wrap=True, style="dim")
     now = datetime.now().astimezone()
     errors = Text(style="red")
     for name, task in result.tasks.items():
@@ -155,6 +159,8 @@ def task_table(
         ]
         if not live:
             row.append(styled(task.compensation) if task.compensation else "")
+            if any(versions.values()):
+                row.append(versions[name])
         table.add_row(*row)
         if task.status == "waiting":
             errors.append(f"  {name} {waiting_for(task)}\n", style="cyan")
@@ -167,6 +173,15 @@ def task_table(
             errors.append(f"  {name} ({task.status}): {task.error}\n")
     errors.rstrip()
     return Group(table, errors) if errors else table
+
+
+def code_versions(task: TaskResult) -> str:
+    """The versions its attempts ran, in order, each once in a row."""
+    ran: list[str] = []
+    for attempt in task.history:
+        if attempt.version and (not ran or ran[-1] != attempt.version):
+            ran.append(attempt.version)
+    return " -> ".join(ran)
 
 
 def waiting_for(task: TaskResult) -> str:

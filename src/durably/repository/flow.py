@@ -33,6 +33,9 @@ class ClaimSets:
 
 class Flow:
     _claim_sets: tuple[Mapping[str, Any], ClaimSets] | None = None
+    # When a rate limit held the last limited claim back: the epoch second its bucket next
+    # holds a token (the worker sleeps until then, not less). None otherwise.
+    next_token_at: float | None = None
     _workflow_limits: dict[int, tuple[Any, Limits | None]]
 
     def claim_sets(self, claimable: Mapping[str, Any]) -> ClaimSets:
@@ -91,6 +94,10 @@ class Flow:
         }
         rows = tx.fetch_all("claim_limited_tasks", params)
         self._book(tx, rows, limits, now)
+        self.next_token_at = None
+        if len(rows) < limit and limits.rates != "{}":
+            row = tx.fetch_one("next_token", {"rate_limits": limits.rates})
+            self.next_token_at = float(row["at"]) if row and row["at"] is not None else None
         return claims_of(rows)
 
     def start_limited_task(
@@ -102,6 +109,9 @@ class Flow:
         self._lock_flow(tx, limits, now)
         row = tx.fetch_one("flow_free", {**_limit_params(limits, now), "id": task_id})
         if row is None or any(row[f] is not None and row[f] < 1 for f in _FREE):
+            if row is not None and row["rfree"] is not None and row["rfree"] < 1:
+                rate = float(json.loads(limits.rates)[row["rate_key"]][0])
+                self.next_token_at = now + (1 - float(row["rfree"])) / rate
             return False
         if not self.start_task(tx, task_id, worker, now, code_version):
             return False
@@ -131,15 +141,6 @@ class Flow:
             rate = float(rates[name][0])
             params = {"name": name, "count": count, "rate": rate, "capacity": capacity(rate)}
             tx.execute("take_tokens", {**params, "clock": now})
-
-    def next_token(self, tx: Tx, claimable: Mapping[str, Any]) -> float | None:
-        """When the emptiest bucket a worker takes from holds a token again (epoch seconds),
-        if any is empty: an idle worker sleeps until then, not less (no busy polling)."""
-        sets = self.claim_sets(claimable)
-        if sets.limited is None or sets.limits.rates == "{}":
-            return None
-        row = tx.fetch_one("next_token", {"rate_limits": sets.limits.rates})
-        return float(row["at"]) if row is not None and row["at"] is not None else None
 
     # -- which definitions workers serve ---------------------------------------------------------
 
