@@ -39,10 +39,14 @@ def print_stranded(engine: Engine, modules: tuple[str, ...], limit: int, as_json
         out.print(Text("no stranded executions", style="dim"))
         return
     table = borderless_table()
-    for name in ("id", "workflow", "needs version", "created"):
-        table.add_column(name, no_wrap=True, style="bold" if name == "workflow" else "")
+    columns = ["id", "workflow", "needs version"]
+    if out.width >= 100:  # the others must fit first: an id is 36 characters
+        columns.append("created")
+    for name in columns:
+        table.add_column(name, overflow="fold", style="bold" if name == "workflow" else "")
     for row in found:
-        table.add_row(row.execution_id, row.workflow, row.version, clock(row.created_at, date=True))
+        cells = [row.execution_id, row.workflow, row.version, clock(row.created_at, date=True)]
+        table.add_row(*cells[: len(columns)])
     out.print(table)
 
 

@@ -6,6 +6,7 @@ The same data as JSON, for ``--json``, is in :mod:`durably.json_views`.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -132,10 +133,6 @@ def task_table(
     table.add_column("took", justify="right", no_wrap=True)
     if not live:
         table.add_column("compensation", no_wrap=True)
-    # The code version each attempt ran (SPEC §3.5): a deploy mid-run shows as "v1 -> v2".
-    versions = {name: code_versions(task) for name, task in result.tasks.items()}
-    if not live and any(versions.values()):
-        table.add_column("version", no_wrap=True, style="dim")
     now = datetime.now().astimezone()
     errors = Text(style="red")
     for name, task in result.tasks.items():
@@ -159,9 +156,11 @@ def task_table(
         ]
         if not live:
             row.append(styled(task.compensation) if task.compensation else "")
-            if any(versions.values()):
-                row.append(versions[name])
         table.add_row(*row)
+        ran = code_versions(task)
+        if ran and ran != code_versions_of([result.version]):
+            # Code other than the version it started on ran it (SPEC §3.5): a deploy mid-run.
+            errors.append(f"  {name} ran version {ran}\n", style="dim")
         if task.status == "waiting":
             errors.append(f"  {name} {waiting_for(task)}\n", style="cyan")
         earlier = [a for a in task.history if a.error and a.error != task.error]
@@ -177,11 +176,19 @@ def task_table(
 
 def code_versions(task: TaskResult) -> str:
     """The versions its attempts ran, in order, each once in a row."""
+    return code_versions_of([a.version for a in task.history if a.version])
+
+
+def code_versions_of(versions: list[str]) -> str:
     ran: list[str] = []
-    for attempt in task.history:
-        if attempt.version and (not ran or ran[-1] != attempt.version):
-            ran.append(attempt.version)
-    return " -> ".join(ran)
+    for version in versions:
+        if not ran or ran[-1] != version:
+            ran.append(version)
+    # A code hash is 16 hex digits: 8 tell deploys apart (a declared version is shown whole).
+    return " -> ".join(v[:8] if len(v) == 16 and _HEX.fullmatch(v) else v for v in ran)
+
+
+_HEX = re.compile("[0-9a-f]+")
 
 
 def waiting_for(task: TaskResult) -> str:
