@@ -184,11 +184,14 @@ class Worker(Sweeping):
         another driver holds that execution)."""
         with self.rt.store.read() as tx:
             wake = self.rt.repo.next_wake(tx)
-        token = self.rt.repo.next_token_at  # a rate limit held the last claim back
-        if token is not None and token > self.rt.now():
-            wake = token if wake is None else min(wake, token)
         delay = None if wake is None else wake - self.rt.now()
-        return self.poll_interval if delay is None or delay <= 0 else min(self.poll_interval, delay)
+        if delay is not None and delay <= 0:
+            delay = None
+        token = self.rt.repo.next_token_at  # a rate limit held the last claim back
+        if token is not None:  # due already: look again at once (it was short at the claim)
+            until = max(0.0, token - self.rt.now())
+            delay = until if delay is None else min(delay, until)
+        return self.poll_interval if delay is None else min(self.poll_interval, delay)
 
     # -- claiming ------------------------------------------------------------------------------
 

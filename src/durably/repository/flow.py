@@ -96,7 +96,7 @@ class Flow:
         self._book(tx, rows, limits, now)
         self.next_token_at = None
         if len(rows) < limit and limits.rates != "{}":
-            row = tx.fetch_one("next_token", {"rate_limits": limits.rates})
+            row = tx.fetch_one("next_token", {"rate_limits": limits.rates, "clock": now})
             self.next_token_at = float(row["at"]) if row and row["at"] is not None else None
         return claims_of(rows)
 

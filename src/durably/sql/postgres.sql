@@ -296,7 +296,8 @@ WHERE name = :name;
 -- name: next_token
 SELECT min(b.counted_at + (1 - b.tokens) / CAST(j.value ->> 0 AS double precision)) AS at
 FROM rate_buckets b JOIN jsonb_each(CAST(:rate_limits AS jsonb)) j ON j.key = b.name
-WHERE b.tokens < 1;
+WHERE b.tokens + GREATEST(0, CAST(:clock AS double precision) - b.counted_at)
+      * CAST(j.value ->> 0 AS double precision) < 1;
 
 -- name: unserved_executions
 SELECT * FROM pipeline_executions p

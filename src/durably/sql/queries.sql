@@ -672,10 +672,11 @@ SET tokens = min(:capacity, tokens + max(0, :clock - counted_at) * :rate) - :cou
 WHERE name = :name;
 
 -- name: next_token
--- When the emptiest bucket of these next holds a whole token (epoch seconds), if any is short.
+-- When the emptiest bucket of these next holds a whole token (epoch seconds), if any is
+-- still short at :clock (a bucket full by now is no reason to look again).
 SELECT min(b.counted_at + (1 - b.tokens) / json_extract(j.value, '$[0]')) AS at
 FROM rate_buckets b JOIN json_each(:rate_limits) j ON j.key = b.name
-WHERE b.tokens < 1;
+WHERE b.tokens + max(0, :clock - b.counted_at) * json_extract(j.value, '$[0]') < 1;
 
 -- Deploy-safe versions (SPEC §3.5, versions.py) -------------------------------------------------
 
