@@ -8,9 +8,9 @@ and an execution are counted under, and a token bucket's arithmetic.
   at once (per value of the initial context's ``key``). An execution takes its slot when its
   first task is claimed ("admitted") and holds it until it finishes: queued ones wait.
 - ``rate_limit=RateLimit(name, per_second)``: every attempt of every task naming it takes a
-  token from one bucket stored in the database. The bucket holds at most
-  :func:`capacity` tokens (a tenth of a second's worth, at least one), so no window of a second
-  sees more than about ``1.1 * per_second`` starts.
+  token from one bucket stored in the database. The bucket holds at most :func:`capacity`
+  tokens (a tenth of a second's worth, at least two, at most a second's worth), so a window
+  of ``w`` seconds sees at most ``capacity + w * per_second`` starts.
 
 The claim queries (``claim_limited_tasks``, ``start_limited_task``) apply these rules in SQL;
 this module only builds what they are given.
@@ -113,8 +113,10 @@ def check_priority(priority: object) -> int:
 
 
 def capacity(per_second: float) -> float:
-    """How many tokens a bucket holds at most: a tenth of a second's worth, at least one."""
-    return max(1.0, per_second / 10)
+    """How many tokens a bucket holds at most: a tenth of a second's worth, but at least two
+    (so a claim a few milliseconds late loses no token), and never more than a second's worth
+    (a limit under one per second holds one)."""
+    return max(1.0, min(per_second, max(2.0, per_second / 10)))
 
 
 def task_key(workflow: str, task: str) -> str:
