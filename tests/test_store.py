@@ -177,6 +177,7 @@ def seed_execution(store: Store, tasks: int = 1) -> tuple[str, list[str]]:
                     "completed_at": None,
                     "concurrency_key": None,
                     "rate_key": None,
+                    "priority": 0,
                     "now": now,
                 }
                 for position, task_id in enumerate(task_ids)

@@ -136,6 +136,7 @@ class Executions(Maps):
                     "completed_at": stored(old.completed_at) if old else None,
                     "configuration": configuration,
                     "code_version": None,
+                    "priority": priority,
                     "now": stamp,
                 }
             )

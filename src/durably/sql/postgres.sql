@@ -10,26 +10,46 @@ SELECT pg_notify('durably_work', '');
 SELECT id FROM pipeline_executions WHERE id = :id FOR UPDATE;
 
 -- name: claim_tasks
--- SKIP LOCKED: concurrent workers each take a different ready row without waiting.
+-- SKIP LOCKED: concurrent workers each take a different ready row without waiting. Ready
+-- rows and due waiting rows are read apart, each in claim order (the first through the
+-- task_executions_claim index, so a claim reads about :limit rows, however many are ready),
+-- then merged.
+WITH ready AS (
+    SELECT t.id, t.priority, t.created_at, t.position FROM task_executions t
+    JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+    WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
+      AND p.status = 'running' AND p.claimed_by IS NULL
+      AND p.pipeline_name || '@' || p.pipeline_shape IN (
+          SELECT jsonb_object_keys(CAST(:versions AS jsonb))
+      )
+    ORDER BY t.priority DESC, t.created_at, t.position
+    LIMIT :limit
+    FOR UPDATE OF t SKIP LOCKED
+),
+due AS (
+    SELECT t.id, t.priority, t.created_at, t.position FROM task_executions t
+    JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+    WHERE t.status = 'waiting' AND t.wake_at <= CAST(:now AS timestamptz)
+      AND p.status = 'running' AND p.claimed_by IS NULL
+      AND p.pipeline_name || '@' || p.pipeline_shape IN (
+          SELECT jsonb_object_keys(CAST(:versions AS jsonb))
+      )
+    ORDER BY t.priority DESC, t.created_at, t.position
+    LIMIT :limit
+    FOR UPDATE OF t SKIP LOCKED
+),
+chosen AS (
+    SELECT id FROM (SELECT * FROM ready UNION ALL SELECT * FROM due) found
+    ORDER BY priority DESC, created_at, position
+    LIMIT :limit
+)
 UPDATE task_executions c
 SET status = 'running', attempt = c.attempt + 1, claimed_by = :worker, heartbeat_at = :now,
     started_at = :now, retry_at = NULL, updated_at = :now,
     waited = CASE WHEN c.status = 'waiting' AND c.wait_event IS NULL THEN 1 ELSE c.waited END,
     code_version = CAST(:versions AS jsonb) ->> (e.pipeline_name || '@' || e.pipeline_shape)
-FROM pipeline_executions e
-WHERE e.id = c.pipeline_execution_id AND c.id IN (
-    SELECT t.id FROM task_executions t
-    JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
-    WHERE (t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
-           OR t.status = 'waiting' AND t.wake_at <= CAST(:now AS timestamptz))
-      AND p.status = 'running' AND p.claimed_by IS NULL
-      AND p.pipeline_name || '@' || p.pipeline_shape IN (
-          SELECT jsonb_object_keys(CAST(:versions AS jsonb))
-      )
-    ORDER BY p.priority DESC, t.created_at, t.position
-    LIMIT :limit
-    FOR UPDATE OF t SKIP LOCKED
-)
+FROM pipeline_executions e, chosen h
+WHERE e.id = c.pipeline_execution_id AND c.id = h.id
 RETURNING c.id, c.pipeline_execution_id, c.task_name, c.attempt, c.task_configuration,
     c.wait_event, c.map_parent;
 
@@ -191,7 +211,7 @@ task_free AS MATERIALIZED (
     FROM task_max m
 ),
 candidates AS MATERIALIZED (
-    SELECT t.id, t.created_at, t.position, p.priority, p.id AS execution_id,
+    SELECT t.id, t.created_at, t.position, t.priority, p.id AS execution_id,
            p.created_at AS queued_at, t.concurrency_key AS tk, t.rate_key AS rk,
            CASE WHEN p.admitted = 0 THEN p.concurrency_key END AS wk,
            (SELECT free FROM task_free WHERE k = t.concurrency_key) AS tfree,
@@ -212,7 +232,7 @@ candidates AS MATERIALIZED (
       )
       AND COALESCE((SELECT free FROM task_free WHERE k = t.concurrency_key), 1) >= 1
       AND COALESCE((SELECT free FROM tokens WHERE k = t.rate_key), 1) >= 1
-    ORDER BY p.priority DESC, t.created_at, t.position
+    ORDER BY t.priority DESC, t.created_at, t.position
     LIMIT :window
     FOR UPDATE OF t SKIP LOCKED
 ),

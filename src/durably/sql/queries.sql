@@ -27,11 +27,11 @@ SELECT * FROM pipeline_executions WHERE pipeline_name = :name AND idempotency_ke
 INSERT INTO task_executions (
     id, pipeline_execution_id, task_name, position, status, attempt, max_attempts,
     trigger_rules, task_configuration, claimed_by, heartbeat_at, started_at, completed_at,
-    concurrency_key, rate_key, created_at, updated_at
+    concurrency_key, rate_key, priority, created_at, updated_at
 ) VALUES (
     :id, :execution_id, :name, :position, :status, :attempt, :max_attempts,
     :trigger_rules, :configuration, :claimed_by, :heartbeat_at, :started_at, :completed_at,
-    :concurrency_key, :rate_key, :now, :now
+    :concurrency_key, :rate_key, :priority, :now, :now
 );
 
 -- name: get_execution
@@ -247,8 +247,10 @@ WHERE id = :id AND claimed_by = :previous;
 -- name: claim_tasks
 -- Up to :limit ready tasks of the executions this worker has a definition for, highest
 -- priority first, oldest first within one. :versions maps each claimable name@shape to the
--- version of the definition that runs it, recorded as the attempt's code_version. SQLite
--- runs it in an IMMEDIATE transaction, so two workers never claim the same row.
+-- version of the definition that runs it, recorded as the attempt's code_version. Ready rows
+-- and due waiting rows are read apart, each in claim order (the first through the
+-- task_executions_claim index: a claim reads about :limit rows, however many are ready).
+-- SQLite runs it in an IMMEDIATE transaction, so two workers never claim the same row.
 UPDATE task_executions
 SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_at = :now,
     started_at = :now, retry_at = NULL, updated_at = :now,
@@ -259,13 +261,30 @@ SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_a
           AND j.key = e.pipeline_name || '@' || e.pipeline_shape
     )
 WHERE id IN (
-    SELECT t.id FROM task_executions t
-    JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
-    WHERE (t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= :now)
-           OR t.status = 'waiting' AND t.wake_at <= :now)
-      AND p.status = 'running' AND p.claimed_by IS NULL
-      AND p.pipeline_name || '@' || p.pipeline_shape IN (SELECT key FROM json_each(:versions))
-    ORDER BY p.priority DESC, t.created_at, t.position
+    SELECT id FROM (
+        SELECT * FROM (
+            SELECT t.id, t.priority, t.created_at, t.position FROM task_executions t
+            JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+            WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= :now)
+              AND p.status = 'running' AND p.claimed_by IS NULL
+              AND p.pipeline_name || '@' || p.pipeline_shape
+                  IN (SELECT key FROM json_each(:versions))
+            ORDER BY t.priority DESC, t.created_at, t.position
+            LIMIT :limit
+        )
+        UNION ALL
+        SELECT * FROM (
+            SELECT t.id, t.priority, t.created_at, t.position FROM task_executions t
+            JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+            WHERE t.status = 'waiting' AND t.wake_at <= :now
+              AND p.status = 'running' AND p.claimed_by IS NULL
+              AND p.pipeline_name || '@' || p.pipeline_shape
+                  IN (SELECT key FROM json_each(:versions))
+            ORDER BY t.priority DESC, t.created_at, t.position
+            LIMIT :limit
+        )
+    )
+    ORDER BY priority DESC, created_at, position
     LIMIT :limit
 )
 RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration, wait_event,
@@ -485,11 +504,12 @@ ORDER BY s.workflow_name, s.name;
 INSERT INTO task_executions (
     id, pipeline_execution_id, task_name, position, status, attempt, max_attempts,
     trigger_rules, task_configuration, claimed_by, heartbeat_at, started_at, map_parent,
-    map_index, code_version, concurrency_key, rate_key, created_at, updated_at
+    map_index, code_version, concurrency_key, rate_key, priority, created_at, updated_at
 ) VALUES (
     :id, :execution_id, :name, :position, :status, :attempt, :max_attempts,
     :trigger_rules, :configuration, :claimed_by, :heartbeat_at, :started_at, :parent,
-    :index, :code_version, :concurrency_key, :rate_key, :now, :now
+    :index, :code_version, :concurrency_key, :rate_key,
+    COALESCE((SELECT priority FROM pipeline_executions WHERE id = :execution_id), 0), :now, :now
 );
 
 -- name: expand_task
@@ -579,7 +599,7 @@ tokens AS (
     FROM json_each(:rate_limits) j JOIN rate_buckets b ON b.name = j.key
 ),
 open_tasks AS (
-    SELECT t.id, t.task_name, t.created_at, t.position, p.priority, p.id AS execution_id,
+    SELECT t.id, t.task_name, t.created_at, t.position, t.priority, p.id AS execution_id,
            p.created_at AS queued_at, t.concurrency_key AS tk, t.rate_key AS rk,
            CASE WHEN p.admitted = 0 THEN p.concurrency_key END AS wk,
            (SELECT m.m - (SELECT count(*) FROM task_executions r

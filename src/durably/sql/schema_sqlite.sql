@@ -69,6 +69,7 @@ CREATE TABLE task_executions (
     code_version TEXT,
     concurrency_key TEXT,
     rate_key TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
     UNIQUE (pipeline_execution_id, task_name)
 );
 CREATE INDEX task_executions_ready ON task_executions (status, retry_at)
@@ -203,7 +204,10 @@ CREATE TABLE worker_versions (
     heartbeat_at TEXT NOT NULL
 );
 
--- Flow control (0009): counting what runs under a key, and the rate limits' token buckets.
+-- Flow control (0009): ready tasks in claim order, counting what runs under a key, and the
+-- rate limits' token buckets.
+CREATE INDEX task_executions_claim ON task_executions (priority DESC, created_at, position)
+    WHERE status = 'ready';
 CREATE INDEX task_executions_limited ON task_executions (concurrency_key)
     WHERE status = 'running' AND concurrency_key IS NOT NULL;
 CREATE INDEX pipeline_executions_limited ON pipeline_executions (concurrency_key)

@@ -1,4 +1,6 @@
--- 0009: flow control (flow.py). Priorities order the claim. A limited task row carries the
+-- 0009: flow control (flow.py). Priorities order the claim: each task row carries its
+-- execution's, and ready rows are indexed in claim order, so a claim reads the rows it takes
+-- instead of sorting every ready one. A limited task row carries the
 -- key its running attempts are counted under (concurrency_key) and the bucket it takes a
 -- token from (rate_key). A limited execution carries its key, and admitted = 1 once its
 -- first task was claimed (it holds a slot until it is no longer running). Rate buckets
@@ -10,6 +12,9 @@ ALTER TABLE pipeline_executions ADD COLUMN concurrency_key TEXT;
 ALTER TABLE pipeline_executions ADD COLUMN admitted INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE task_executions ADD COLUMN concurrency_key TEXT;
 ALTER TABLE task_executions ADD COLUMN rate_key TEXT;
+ALTER TABLE task_executions ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX task_executions_claim ON task_executions (priority DESC, created_at, position)
+    WHERE status = 'ready';
 CREATE INDEX task_executions_limited ON task_executions (concurrency_key)
     WHERE status = 'running' AND concurrency_key IS NOT NULL;
 CREATE INDEX pipeline_executions_limited ON pipeline_executions (concurrency_key)
