@@ -210,32 +210,67 @@ task_free AS MATERIALIZED (
                          AND r.map_total IS NULL) AS free
     FROM task_max m
 ),
-candidates AS MATERIALIZED (
+-- How many more executions may start under each key that has some running (a key with none
+-- running has its workflow's max).
+flow_free AS MATERIALIZED (
+    SELECT a.concurrency_key AS k, f.m - count(*) AS free
+    FROM pipeline_executions a JOIN flow_max f ON f.k = a.pipeline_name
+    WHERE a.status = 'running' AND a.admitted = 1 AND a.concurrency_key IS NOT NULL
+    GROUP BY a.concurrency_key, f.m
+),
+ready_open AS MATERIALIZED (
     SELECT t.id, t.created_at, t.position, t.priority, p.id AS execution_id,
            p.created_at AS queued_at, t.concurrency_key AS tk, t.rate_key AS rk,
            CASE WHEN p.admitted = 0 THEN p.concurrency_key END AS wk,
            (SELECT free FROM task_free WHERE k = t.concurrency_key) AS tfree,
            (SELECT free FROM tokens WHERE k = t.rate_key) AS rfree,
            CASE WHEN p.admitted = 0 AND p.concurrency_key IS NOT NULL THEN
-               (SELECT f.m - (SELECT count(*) FROM pipeline_executions a
-                              WHERE a.concurrency_key = p.concurrency_key
-                                AND a.status = 'running' AND a.admitted = 1)
-                FROM flow_max f WHERE f.k = p.pipeline_name)
+               COALESCE((SELECT free FROM flow_free WHERE k = p.concurrency_key),
+                        (SELECT m FROM flow_max WHERE k = p.pipeline_name))
            END AS wfree
     FROM task_executions t
     JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
-    WHERE (t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
-           OR t.status = 'waiting' AND t.wake_at <= CAST(:now AS timestamptz))
+    WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
       AND p.status = 'running' AND p.claimed_by IS NULL
       AND p.pipeline_name || '@' || p.pipeline_shape IN (
           SELECT jsonb_object_keys(CAST(:versions AS jsonb))
       )
       AND COALESCE((SELECT free FROM task_free WHERE k = t.concurrency_key), 1) >= 1
       AND COALESCE((SELECT free FROM tokens WHERE k = t.rate_key), 1) >= 1
+      AND (p.admitted = 1 OR p.concurrency_key IS NULL
+           OR COALESCE((SELECT free FROM flow_free WHERE k = p.concurrency_key),
+                       (SELECT m FROM flow_max WHERE k = p.pipeline_name), 1) >= 1)
     ORDER BY t.priority DESC, t.created_at, t.position
     LIMIT :window
     FOR UPDATE OF t SKIP LOCKED
 ),
+due_open AS MATERIALIZED (
+    SELECT t.id, t.created_at, t.position, t.priority, p.id AS execution_id,
+           p.created_at AS queued_at, t.concurrency_key AS tk, t.rate_key AS rk,
+           CASE WHEN p.admitted = 0 THEN p.concurrency_key END AS wk,
+           (SELECT free FROM task_free WHERE k = t.concurrency_key) AS tfree,
+           (SELECT free FROM tokens WHERE k = t.rate_key) AS rfree,
+           CASE WHEN p.admitted = 0 AND p.concurrency_key IS NOT NULL THEN
+               COALESCE((SELECT free FROM flow_free WHERE k = p.concurrency_key),
+                        (SELECT m FROM flow_max WHERE k = p.pipeline_name))
+           END AS wfree
+    FROM task_executions t
+    JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+    WHERE t.status = 'waiting' AND t.wake_at <= CAST(:now AS timestamptz)
+      AND p.status = 'running' AND p.claimed_by IS NULL
+      AND p.pipeline_name || '@' || p.pipeline_shape IN (
+          SELECT jsonb_object_keys(CAST(:versions AS jsonb))
+      )
+      AND COALESCE((SELECT free FROM task_free WHERE k = t.concurrency_key), 1) >= 1
+      AND COALESCE((SELECT free FROM tokens WHERE k = t.rate_key), 1) >= 1
+      AND (p.admitted = 1 OR p.concurrency_key IS NULL
+           OR COALESCE((SELECT free FROM flow_free WHERE k = p.concurrency_key),
+                       (SELECT m FROM flow_max WHERE k = p.pipeline_name), 1) >= 1)
+    ORDER BY t.priority DESC, t.created_at, t.position
+    LIMIT :window
+    FOR UPDATE OF t SKIP LOCKED
+),
+candidates AS (SELECT * FROM ready_open UNION ALL SELECT * FROM due_open),
 admissible AS MATERIALIZED (
     SELECT id FROM pipeline_executions
     WHERE id IN (SELECT execution_id FROM candidates WHERE wk IS NOT NULL AND wfree >= 1)

@@ -598,34 +598,59 @@ tokens AS (
                b.tokens + max(0, :clock - b.counted_at) * json_extract(j.value, '$[0]')) AS free
     FROM json_each(:rate_limits) j JOIN rate_buckets b ON b.name = j.key
 ),
-open_tasks AS (
-    SELECT t.id, t.task_name, t.created_at, t.position, t.priority, p.id AS execution_id,
-           p.created_at AS queued_at, t.concurrency_key AS tk, t.rate_key AS rk,
-           CASE WHEN p.admitted = 0 THEN p.concurrency_key END AS wk,
-           (SELECT m.m - (SELECT count(*) FROM task_executions r
-                          WHERE r.concurrency_key = m.k AND r.status = 'running'
-                            AND r.map_total IS NULL)
-            FROM task_max m WHERE m.k = t.concurrency_key) AS tfree,
-           (SELECT free FROM tokens WHERE k = t.rate_key) AS rfree,
-           CASE WHEN p.admitted = 0 AND p.concurrency_key IS NOT NULL THEN
-               (SELECT f.m - (SELECT count(*) FROM pipeline_executions a
-                              WHERE a.concurrency_key = p.concurrency_key
-                                AND a.status = 'running' AND a.admitted = 1)
-                FROM flow_max f WHERE f.k = p.pipeline_name)
-           END AS wfree
-    FROM task_executions t
-    JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
-    WHERE (t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= :now)
-           OR t.status = 'waiting' AND t.wake_at <= :now)
-      AND p.status = 'running' AND p.claimed_by IS NULL
-      AND p.pipeline_name || '@' || p.pipeline_shape IN (SELECT key FROM json_each(:versions))
-),
-candidates AS (
-    SELECT * FROM open_tasks
+ready_open AS (
+    SELECT * FROM (
+        SELECT t.id, t.task_name, t.created_at, t.position, t.priority, p.id AS execution_id,
+               p.created_at AS queued_at, t.concurrency_key AS tk, t.rate_key AS rk,
+               CASE WHEN p.admitted = 0 THEN p.concurrency_key END AS wk,
+               (SELECT m.m - (SELECT count(*) FROM task_executions r
+                              WHERE r.concurrency_key = m.k AND r.status = 'running'
+                                AND r.map_total IS NULL)
+                FROM task_max m WHERE m.k = t.concurrency_key) AS tfree,
+               (SELECT free FROM tokens WHERE k = t.rate_key) AS rfree,
+               CASE WHEN p.admitted = 0 AND p.concurrency_key IS NOT NULL THEN
+                   (SELECT f.m - (SELECT count(*) FROM pipeline_executions a
+                                  WHERE a.concurrency_key = p.concurrency_key
+                                    AND a.status = 'running' AND a.admitted = 1)
+                    FROM flow_max f WHERE f.k = p.pipeline_name)
+               END AS wfree
+        FROM task_executions t
+        JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+        WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= :now)
+          AND p.status = 'running' AND p.claimed_by IS NULL
+          AND p.pipeline_name || '@' || p.pipeline_shape IN (SELECT key FROM json_each(:versions))
+    )
     WHERE COALESCE(tfree, 1) >= 1 AND COALESCE(rfree, 1) >= 1 AND COALESCE(wfree, 1) >= 1
     ORDER BY priority DESC, created_at, position
     LIMIT :window
 ),
+due_open AS (
+    SELECT * FROM (
+        SELECT t.id, t.task_name, t.created_at, t.position, t.priority, p.id AS execution_id,
+               p.created_at AS queued_at, t.concurrency_key AS tk, t.rate_key AS rk,
+               CASE WHEN p.admitted = 0 THEN p.concurrency_key END AS wk,
+               (SELECT m.m - (SELECT count(*) FROM task_executions r
+                              WHERE r.concurrency_key = m.k AND r.status = 'running'
+                                AND r.map_total IS NULL)
+                FROM task_max m WHERE m.k = t.concurrency_key) AS tfree,
+               (SELECT free FROM tokens WHERE k = t.rate_key) AS rfree,
+               CASE WHEN p.admitted = 0 AND p.concurrency_key IS NOT NULL THEN
+                   (SELECT f.m - (SELECT count(*) FROM pipeline_executions a
+                                  WHERE a.concurrency_key = p.concurrency_key
+                                    AND a.status = 'running' AND a.admitted = 1)
+                    FROM flow_max f WHERE f.k = p.pipeline_name)
+               END AS wfree
+        FROM task_executions t
+        JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+        WHERE t.status = 'waiting' AND t.wake_at <= :now
+          AND p.status = 'running' AND p.claimed_by IS NULL
+          AND p.pipeline_name || '@' || p.pipeline_shape IN (SELECT key FROM json_each(:versions))
+    )
+    WHERE COALESCE(tfree, 1) >= 1 AND COALESCE(rfree, 1) >= 1 AND COALESCE(wfree, 1) >= 1
+    ORDER BY priority DESC, created_at, position
+    LIMIT :window
+),
+candidates AS (SELECT * FROM ready_open UNION ALL SELECT * FROM due_open),
 ranked AS (
     SELECT c.*,
            row_number() OVER (PARTITION BY tk ORDER BY priority DESC, created_at, position) AS tr,
