@@ -419,3 +419,32 @@ def test_a_worker_held_back_by_a_rate_sleeps_until_the_next_token(
     assert took < 2.5  # 2 tokens at once, then one per 0.25 s: about 1 s
     claims = [names for names in recorder.writes() if names[:1] == ["lock_flow"]]
     assert len(claims) <= 20, len(claims)
+
+
+@pytest.mark.parametrize("limit_first", [False, True])
+def test_a_deploy_that_adds_or_drops_a_limit_still_runs_old_executions(
+    store_url: str, limit_first: bool
+) -> None:
+    """A code-only deploy may add or drop a limit: executions started before it still run
+    (their rows carry no key to count, or keys no definition limits any more)."""
+    name = unique("limit_deploy")
+
+    def make(limited: bool) -> Workflow:
+        wf = Workflow(name)
+        wf.task(name="only", concurrency=1 if limited else None)(lambda ctx: {"ran": limited})
+        return wf
+
+    old, new = make(limit_first), make(not limit_first)
+    assert old.shape_version == new.shape_version
+    with Engine(store_url, workflows=[old]) as engine:
+        ids = [engine.start(old, {}) for _ in range(3)]
+    with Engine(store_url, workflows=[new]) as engine:
+        worker = engine.worker()
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            results = [engine.wait(i, timeout=30) for i in ids]
+        finally:
+            worker.stop()
+            thread.join(timeout=30)
+    assert [r.context["ran"] for r in results] == [not limit_first] * 3

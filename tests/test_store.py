@@ -178,6 +178,8 @@ def seed_execution(store: Store, tasks: int = 1) -> tuple[str, list[str]]:
                     "concurrency_key": None,
                     "rate_key": None,
                     "priority": 0,
+                    "flow_limited": 0,
+                    "pipeline_key": "wf@v1",
                     "now": now,
                 }
                 for position, task_id in enumerate(task_ids)
@@ -241,6 +243,8 @@ SAMPLES: dict[str, Callable[[], Any]] = {
     "low": lambda: "00000000-0000-0000-0000-000000000000",
     "high": lambda: "ffffffff-ffff-ffff-ffff-ffffffffffff",
     "versions": lambda: '{"wf@v1": "v1"}',
+    "limited": lambda: '["wf@v2"]',
+    "flow_limited": lambda: 0,
     "served": lambda: '["wf@v1"]',
     "priority": lambda: 0,
     "task_limits": lambda: '{"wf/t": 2}',

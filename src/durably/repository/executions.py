@@ -7,8 +7,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .. import codec
-from ..flow import execution_key, task_key
+from .. import codec, versions
+from ..flow import execution_key, is_limited, task_key
 from ..records import ExecutionRecord, Snapshot, TaskRecord
 from ..state import TaskState
 from ..statuses import COMPLETED, NOT_STARTED, READY
@@ -37,6 +37,8 @@ class Executions(Maps):
                     else None,
                     "rate_key": task.rate_limit.name if task.rate_limit is not None else None,
                     "code_version": wf.version,  # for instances an in-process run starts
+                    "flow_limited": 1 if is_limited(wf) else 0,
+                    "pipeline_key": versions.key(wf.name, wf.shape_version),
                     "configuration": json.dumps(
                         {
                             "dependencies": list(task.dependencies),

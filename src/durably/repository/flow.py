@@ -23,11 +23,14 @@ from .rows import claims_of, execution_of
 
 @dataclass(frozen=True)
 class ClaimSets:
-    """A worker's claimable definitions split by whether a limit applies to them: each a
-    JSON object ``name@shape version -> the version that runs it``."""
+    """A worker's claimable definitions (JSON objects ``name@shape version -> the version
+    that runs it``): all of them, and those with limits, whose task rows marked
+    ``flow_limited`` only the limited claim takes (rows from before a limit was declared
+    carry no key to count, so the plain claim takes those)."""
 
     plain: str | None
     limited: str | None
+    limited_keys: str
     limits: Limits
 
 
@@ -43,11 +46,12 @@ class Flow:
         cached = self._claim_sets
         if cached is not None and cached[0] is claimable:
             return cached[1]
-        plain = {k: wf.version for k, wf in claimable.items() if not is_limited(wf)}
+        every = {k: wf.version for k, wf in claimable.items()}
         limited = {k: wf.version for k, wf in claimable.items() if is_limited(wf)}
         sets = ClaimSets(
-            json.dumps(plain) if plain else None,
+            json.dumps(every) if every else None,
             json.dumps(limited) if limited else None,
+            json.dumps(sorted(limited)),
             Limits.of(dict.fromkeys(wf for wf in claimable.values() if is_limited(wf))),
         )
         self._claim_sets = (claimable, sets)
@@ -75,7 +79,8 @@ class Flow:
             claims = self._claim_limited(tx, worker, sets, limit, now)
         if sets.plain is not None and len(claims) < limit:
             params = {"worker": worker, "now": stamp, "limit": limit - len(claims)}
-            rows = tx.fetch_all("claim_tasks", {**params, "versions": sets.plain})
+            params = {**params, "versions": sets.plain, "limited": sets.limited_keys}
+            rows = tx.fetch_all("claim_tasks", params)
             claims += claims_of(rows)
         return claims
 

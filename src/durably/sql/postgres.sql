@@ -19,9 +19,10 @@ WITH ready AS (
     JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
     WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
       AND p.status = 'running' AND p.claimed_by IS NULL
-      AND p.pipeline_name || '@' || p.pipeline_shape IN (
-          SELECT jsonb_object_keys(CAST(:versions AS jsonb))
-      )
+      AND t.pipeline_key = ANY (ARRAY(SELECT jsonb_object_keys(CAST(:versions AS jsonb))))
+      AND (t.flow_limited = 0 OR t.pipeline_key <> ALL (
+          ARRAY(SELECT jsonb_array_elements_text(CAST(:limited AS jsonb)))
+      ))
     ORDER BY t.priority DESC, t.created_at, t.position
     LIMIT :limit
     FOR UPDATE OF t SKIP LOCKED
@@ -31,9 +32,10 @@ due AS (
     JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
     WHERE t.status = 'waiting' AND t.wake_at <= CAST(:now AS timestamptz)
       AND p.status = 'running' AND p.claimed_by IS NULL
-      AND p.pipeline_name || '@' || p.pipeline_shape IN (
-          SELECT jsonb_object_keys(CAST(:versions AS jsonb))
-      )
+      AND t.pipeline_key = ANY (ARRAY(SELECT jsonb_object_keys(CAST(:versions AS jsonb))))
+      AND (t.flow_limited = 0 OR t.pipeline_key <> ALL (
+          ARRAY(SELECT jsonb_array_elements_text(CAST(:limited AS jsonb)))
+      ))
     ORDER BY t.priority DESC, t.created_at, t.position
     LIMIT :limit
     FOR UPDATE OF t SKIP LOCKED
@@ -47,9 +49,9 @@ UPDATE task_executions c
 SET status = 'running', attempt = c.attempt + 1, claimed_by = :worker, heartbeat_at = :now,
     started_at = :now, retry_at = NULL, updated_at = :now,
     waited = CASE WHEN c.status = 'waiting' AND c.wait_event IS NULL THEN 1 ELSE c.waited END,
-    code_version = CAST(:versions AS jsonb) ->> (e.pipeline_name || '@' || e.pipeline_shape)
-FROM pipeline_executions e, chosen h
-WHERE e.id = c.pipeline_execution_id AND c.id = h.id
+    code_version = CAST(:versions AS jsonb) ->> c.pipeline_key
+FROM chosen h
+WHERE c.id = h.id
 RETURNING c.id, c.pipeline_execution_id, c.task_name, c.attempt, c.task_configuration,
     c.wait_event, c.map_parent;
 
@@ -230,11 +232,10 @@ ready_open AS MATERIALIZED (
            END AS wfree
     FROM task_executions t
     JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
-    WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
+    WHERE t.status = 'ready' AND t.flow_limited = 1
+          AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
       AND p.status = 'running' AND p.claimed_by IS NULL
-      AND p.pipeline_name || '@' || p.pipeline_shape IN (
-          SELECT jsonb_object_keys(CAST(:versions AS jsonb))
-      )
+      AND t.pipeline_key = ANY (ARRAY(SELECT jsonb_object_keys(CAST(:versions AS jsonb))))
       AND COALESCE((SELECT free FROM task_free WHERE k = t.concurrency_key), 1) >= 1
       AND COALESCE((SELECT free FROM tokens WHERE k = t.rate_key), 1) >= 1
       AND (p.admitted = 1 OR p.concurrency_key IS NULL
@@ -258,9 +259,7 @@ due_open AS MATERIALIZED (
     JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
     WHERE t.status = 'waiting' AND t.wake_at <= CAST(:now AS timestamptz)
       AND p.status = 'running' AND p.claimed_by IS NULL
-      AND p.pipeline_name || '@' || p.pipeline_shape IN (
-          SELECT jsonb_object_keys(CAST(:versions AS jsonb))
-      )
+      AND t.pipeline_key = ANY (ARRAY(SELECT jsonb_object_keys(CAST(:versions AS jsonb))))
       AND COALESCE((SELECT free FROM task_free WHERE k = t.concurrency_key), 1) >= 1
       AND COALESCE((SELECT free FROM tokens WHERE k = t.rate_key), 1) >= 1
       AND (p.admitted = 1 OR p.concurrency_key IS NULL
@@ -307,9 +306,9 @@ UPDATE task_executions c
 SET status = 'running', attempt = c.attempt + 1, claimed_by = :worker, heartbeat_at = :now,
     started_at = :now, retry_at = NULL, updated_at = :now,
     waited = CASE WHEN c.status = 'waiting' AND c.wait_event IS NULL THEN 1 ELSE c.waited END,
-    code_version = CAST(:versions AS jsonb) ->> (e.pipeline_name || '@' || e.pipeline_shape)
-FROM pipeline_executions e, chosen h
-WHERE e.id = c.pipeline_execution_id AND c.id = h.id
+    code_version = CAST(:versions AS jsonb) ->> c.pipeline_key
+FROM chosen h
+WHERE c.id = h.id
 RETURNING c.id, c.pipeline_execution_id, c.task_name, c.attempt, c.task_configuration,
     c.wait_event, c.map_parent, c.rate_key, h.wk IS NOT NULL AS admits, 1 AS booked;
 

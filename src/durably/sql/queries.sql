@@ -27,11 +27,11 @@ SELECT * FROM pipeline_executions WHERE pipeline_name = :name AND idempotency_ke
 INSERT INTO task_executions (
     id, pipeline_execution_id, task_name, position, status, attempt, max_attempts,
     trigger_rules, task_configuration, claimed_by, heartbeat_at, started_at, completed_at,
-    concurrency_key, rate_key, priority, created_at, updated_at
+    concurrency_key, rate_key, priority, flow_limited, pipeline_key, created_at, updated_at
 ) VALUES (
     :id, :execution_id, :name, :position, :status, :attempt, :max_attempts,
     :trigger_rules, :configuration, :claimed_by, :heartbeat_at, :started_at, :completed_at,
-    :concurrency_key, :rate_key, :priority, :now, :now
+    :concurrency_key, :rate_key, :priority, :flow_limited, :pipeline_key, :now, :now
 );
 
 -- name: get_execution
@@ -245,7 +245,8 @@ SET claimed_by = NULL, recovery_attempts = recovery_attempts + 1, last_recovery_
 WHERE id = :id AND claimed_by = :previous;
 
 -- name: claim_tasks
--- Up to :limit ready tasks of the executions this worker has a definition for, highest
+-- Up to :limit ready tasks of the executions this worker has a definition for (but those
+-- of the :limited ones whose rows carry limits: claim_limited_tasks takes them), highest
 -- priority first, oldest first within one. :versions maps each claimable name@shape to the
 -- version of the definition that runs it, recorded as the attempt's code_version. Ready rows
 -- and due waiting rows are read apart, each in claim order (the first through the
@@ -255,11 +256,7 @@ UPDATE task_executions
 SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_at = :now,
     started_at = :now, retry_at = NULL, updated_at = :now,
     waited = CASE WHEN status = 'waiting' AND wait_event IS NULL THEN 1 ELSE waited END,
-    code_version = (
-        SELECT j.value FROM pipeline_executions e, json_each(:versions) j
-        WHERE e.id = task_executions.pipeline_execution_id
-          AND j.key = e.pipeline_name || '@' || e.pipeline_shape
-    )
+    code_version = (SELECT value FROM json_each(:versions) WHERE key = pipeline_key)
 WHERE id IN (
     SELECT id FROM (
         SELECT * FROM (
@@ -267,8 +264,9 @@ WHERE id IN (
             JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
             WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= :now)
               AND p.status = 'running' AND p.claimed_by IS NULL
-              AND p.pipeline_name || '@' || p.pipeline_shape
-                  IN (SELECT key FROM json_each(:versions))
+              AND t.pipeline_key IN (SELECT key FROM json_each(:versions))
+              AND (t.flow_limited = 0
+                   OR t.pipeline_key NOT IN (SELECT value FROM json_each(:limited)))
             ORDER BY t.priority DESC, t.created_at, t.position
             LIMIT :limit
         )
@@ -278,8 +276,9 @@ WHERE id IN (
             JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
             WHERE t.status = 'waiting' AND t.wake_at <= :now
               AND p.status = 'running' AND p.claimed_by IS NULL
-              AND p.pipeline_name || '@' || p.pipeline_shape
-                  IN (SELECT key FROM json_each(:versions))
+              AND t.pipeline_key IN (SELECT key FROM json_each(:versions))
+              AND (t.flow_limited = 0
+                   OR t.pipeline_key NOT IN (SELECT value FROM json_each(:limited)))
             ORDER BY t.priority DESC, t.created_at, t.position
             LIMIT :limit
         )
@@ -504,11 +503,12 @@ ORDER BY s.workflow_name, s.name;
 INSERT INTO task_executions (
     id, pipeline_execution_id, task_name, position, status, attempt, max_attempts,
     trigger_rules, task_configuration, claimed_by, heartbeat_at, started_at, map_parent,
-    map_index, code_version, concurrency_key, rate_key, priority, created_at, updated_at
+    map_index, code_version, concurrency_key, rate_key, flow_limited, pipeline_key, priority,
+    created_at, updated_at
 ) VALUES (
     :id, :execution_id, :name, :position, :status, :attempt, :max_attempts,
     :trigger_rules, :configuration, :claimed_by, :heartbeat_at, :started_at, :parent,
-    :index, :code_version, :concurrency_key, :rate_key,
+    :index, :code_version, :concurrency_key, :rate_key, :flow_limited, :pipeline_key,
     COALESCE((SELECT priority FROM pipeline_executions WHERE id = :execution_id), 0), :now, :now
 );
 
@@ -616,9 +616,10 @@ ready_open AS (
                END AS wfree
         FROM task_executions t
         JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
-        WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= :now)
+        WHERE t.status = 'ready' AND t.flow_limited = 1
+          AND (t.retry_at IS NULL OR t.retry_at <= :now)
           AND p.status = 'running' AND p.claimed_by IS NULL
-          AND p.pipeline_name || '@' || p.pipeline_shape IN (SELECT key FROM json_each(:versions))
+          AND t.pipeline_key IN (SELECT key FROM json_each(:versions))
     )
     WHERE COALESCE(tfree, 1) >= 1 AND COALESCE(rfree, 1) >= 1 AND COALESCE(wfree, 1) >= 1
     ORDER BY priority DESC, created_at, position
@@ -644,7 +645,7 @@ due_open AS (
         JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
         WHERE t.status = 'waiting' AND t.wake_at <= :now
           AND p.status = 'running' AND p.claimed_by IS NULL
-          AND p.pipeline_name || '@' || p.pipeline_shape IN (SELECT key FROM json_each(:versions))
+          AND t.pipeline_key IN (SELECT key FROM json_each(:versions))
     )
     WHERE COALESCE(tfree, 1) >= 1 AND COALESCE(rfree, 1) >= 1 AND COALESCE(wfree, 1) >= 1
     ORDER BY priority DESC, created_at, position
@@ -670,11 +671,7 @@ UPDATE task_executions
 SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_at = :now,
     started_at = :now, retry_at = NULL, updated_at = :now,
     waited = CASE WHEN status = 'waiting' AND wait_event IS NULL THEN 1 ELSE waited END,
-    code_version = (
-        SELECT j.value FROM pipeline_executions e, json_each(:versions) j
-        WHERE e.id = task_executions.pipeline_execution_id
-          AND j.key = e.pipeline_name || '@' || e.pipeline_shape
-    )
+    code_version = (SELECT value FROM json_each(:versions) WHERE key = pipeline_key)
 WHERE id IN (SELECT id FROM chosen)
 RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration, wait_event,
     map_parent, rate_key,

@@ -70,6 +70,8 @@ CREATE TABLE task_executions (
     concurrency_key TEXT,
     rate_key TEXT,
     priority INTEGER NOT NULL DEFAULT 0,
+    flow_limited INTEGER NOT NULL DEFAULT 0,
+    pipeline_key TEXT,
     UNIQUE (pipeline_execution_id, task_name)
 );
 CREATE INDEX task_executions_ready ON task_executions (status, retry_at)
@@ -206,8 +208,12 @@ CREATE TABLE worker_versions (
 
 -- Flow control (0009): ready tasks in claim order, counting what runs under a key, and the
 -- rate limits' token buckets.
-CREATE INDEX task_executions_claim ON task_executions (priority DESC, created_at, position)
+CREATE INDEX task_executions_claim
+    ON task_executions (priority DESC, created_at, position, pipeline_key)
     WHERE status = 'ready';
+CREATE INDEX task_executions_limited_claim
+    ON task_executions (priority DESC, created_at, position)
+    WHERE status = 'ready' AND flow_limited = 1;
 CREATE INDEX task_executions_limited ON task_executions (concurrency_key)
     WHERE status = 'running' AND concurrency_key IS NOT NULL;
 CREATE INDEX pipeline_executions_limited ON pipeline_executions (concurrency_key)
