@@ -92,6 +92,10 @@ def test_code_only_deploy_takes_over_and_shape_change_strands(store_url: str) ->
         assert f"b ran version {v1.version[:8]} -> {v2.version[:8]}" in shown.stdout
         assert f"c ran version {v2.version[:8]}" in shown.stdout
         assert "a ran version" not in shown.stdout  # the version it started on
+        as_json = cli("show", str(first), "--db", store_url, "--json")
+        history = json.loads(as_json.stdout)["tasks"]["b"]["history"]
+        assert history[-1]["version"] == v2.version
+        assert history[0]["version"] == v1.version
 
         # A shape change: v3 leaves the v1 execution alone and says so, once.
         stranded = engine.start(v1, {})
