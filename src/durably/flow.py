@@ -12,7 +12,7 @@ and an execution are counted under, and a token bucket's arithmetic.
   tokens (a tenth of a second's worth, at least two, at most a second's worth), so a window
   of ``w`` seconds sees at most ``capacity + w * per_second`` starts.
 
-The claim queries (``claim_limited_tasks``, ``start_limited_task``) apply these rules in SQL;
+The queries ``claim_limited_tasks`` and ``flow_free`` (sql/) apply these rules in SQL;
 this module only builds what they are given.
 """
 
