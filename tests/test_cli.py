@@ -275,7 +275,7 @@ def test_show_without_the_workflow_uses_the_stored_dependencies(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     execution_id = run_pipeline(db)
-    monkeypatch.setattr(Registry, "find", lambda self, name, version: None)
+    monkeypatch.setattr(Registry, "find", lambda self, name, version, shape=None: None)
     data = as_json(invoke("show", execution_id, "--db", db, "--json"))
     # Each task's dependencies are stored with it, so the input is rebuilt exactly.
     assert data["diff_basis"] == "dependencies"
@@ -286,7 +286,7 @@ def test_show_without_any_dependencies_diffs_against_the_previous_task(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     execution_id = run_pipeline(db)
-    monkeypatch.setattr(Registry, "find", lambda self, name, version: None)
+    monkeypatch.setattr(Registry, "find", lambda self, name, version, shape=None: None)
     monkeypatch.setattr(StoredShape, "of", classmethod(lambda cls, records: None))
     data = as_json(invoke("show", execution_id, "--db", db, "--json"))
     assert data["diff_basis"] == "previous_task"

@@ -290,3 +290,19 @@ def test_start_send_resume_delivers_the_payload_to_the_waiting_task(store_url: s
     assert data["status"] == "completed"
     assert data["context"]["decision"] == {"by": "ann"}
     assert data["context"]["approved_by"] == "ann"
+
+
+def test_start_with_a_priority(store_url: str) -> None:
+    low = start(store_url)
+    high = start(store_url, "--priority", "7")
+    with Engine(store_url) as engine:
+        assert engine.snapshot(low).execution.priority == 0
+        assert engine.snapshot(high).execution.priority == 7
+
+
+@pytest.mark.parametrize("bad", ["high", "1.5", str(2**31)])
+def test_start_with_a_bad_priority(store_url: str, bad: str) -> None:
+    result = invoke("start", "tests.cli_app:pipeline", "--db", store_url, "--priority", bad)
+    assert result.exit_code != 0
+    assert "--priority" in result.output
+    assert "Traceback" not in result.output

@@ -19,7 +19,7 @@ SPEC_NAMES = {
     "MultipleOnErrorException", "MultipleOnFailureException", "MultipleElseThenException",
     "SagaExecutionNotFoundException", "SagaExecutionAlreadyExecutedException",
     "SagaFailedExecutionException", "SagaRollbackExecutionException", "SagaDefinitionNotFound",
-    "DurablyError", "Worker", "TaskHandle",
+    "DurablyError", "Worker", "TaskHandle", "Concurrency", "RateLimit",
     "SagaStepException", "SagaNotDefinedException", "SagaExecutionException",
     "SagaStepExecutionException", "SagaFailedExecutionStepException",
     "SagaPausedExecutionStepException", "SagaRollbackExecutionStepException",

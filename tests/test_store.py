@@ -154,6 +154,9 @@ def seed_execution(store: Store, tasks: int = 1) -> tuple[str, list[str]]:
                 "parent_id": None,
                 "parent_task": None,
                 "key": None,
+                "shape": "v1",
+                "priority": 0,
+                "concurrency_key": None,
                 "now": now,
             },
         )
@@ -174,6 +177,11 @@ def seed_execution(store: Store, tasks: int = 1) -> tuple[str, list[str]]:
                     "heartbeat_at": None,
                     "started_at": None,
                     "completed_at": None,
+                    "concurrency_key": None,
+                    "rate_key": None,
+                    "priority": 0,
+                    "flow_limited": 0,
+                    "pipeline_key": "wf@v1",
                     "now": now,
                 }
                 for position, task_id in enumerate(task_ids)
@@ -239,6 +247,21 @@ SAMPLES: dict[str, Callable[[], Any]] = {
     "high": lambda: "ffffffff-ffff-ffff-ffff-ffffffffffff",
     "since": timestamp,
     "until": timestamp,
+    "versions": lambda: '{"wf@v1": "v1"}',
+    "limited": lambda: '["wf@v2"]',
+    "flow_limited": lambda: 0,
+    "served": lambda: '["wf@v1"]',
+    "priority": lambda: 0,
+    "task_limits": lambda: '{"wf/t": 2}',
+    "flow_limits": lambda: '{"wf": 2}',
+    "rate_limits": lambda: '{"r": [5.0, 1.0]}',
+    "locks": lambda: '["t:wf/t", "r:r"]',
+    "clock": lambda: 1.0e9,
+    "window": lambda: 20,
+    "count": lambda: 1,
+    "rate": lambda: 5.0,
+    "capacity": lambda: 1.0,
+    "lease": lambda: 30.0,
 }
 
 

@@ -57,6 +57,7 @@ from .exceptions import (
     WorkflowNotRegistered,
 )
 from .executor import TaskHandle
+from .flow import Concurrency, RateLimit
 from .participants import RequestInfo, current_request
 from .results import ExecutionResult, TaskResult
 from .retry import RetryPolicy
@@ -87,6 +88,7 @@ __all__ = [
     "AlreadyOnSagaException",
     "Broker",
     "BrokerError",
+    "Concurrency",
     "ConditionalSagaStep",
     "Context",
     "ContextConflictError",
@@ -118,6 +120,7 @@ __all__ = [
     "NatsBroker",
     "NonRetryable",
     "RabbitMQBroker",
+    "RateLimit",
     "RemoteSagaStep",
     "RequestInfo",
     "RetryPolicy",

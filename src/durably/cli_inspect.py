@@ -19,6 +19,7 @@ from .cli_common import (
     print_json,
     unknown_task,
 )
+from .cli_stranded import print_stranded
 from .json_views import encode_context, execution_json, saga_json
 from .loading import (
     import_modules,
@@ -60,12 +61,31 @@ if TYPE_CHECKING:
     show_envvar=True,
     help="At most this many executions, newest first.",
 )
+@click.option(
+    "--stranded",
+    is_flag=True,
+    envvar="DURABLY_LIST_STRANDED",
+    show_envvar=True,
+    help="Only queued executions that no live worker (or, with -m, no definition in those "
+    "modules) can run, with the version each needs.",
+)
+@modules_option
 @common_options
 def list_(
-    status: str | None, workflow: str | None, limit: int, db: str | None, as_json: bool
+    status: str | None,
+    workflow: str | None,
+    limit: int,
+    stranded: bool,
+    modules: tuple[str, ...],
+    db: str | None,
+    as_json: bool,
 ) -> None:
     """List executions (workflows and sagas), newest first."""
     status = status.lower() if status else None
+    if stranded:
+        with open_engine(db) as engine:
+            print_stranded(engine, modules, limit, as_json)
+        return
     with open_engine(db) as engine:
         rows = list_executions(engine, status, workflow, limit)
     if as_json:

@@ -100,9 +100,24 @@ def run(target: str, context_arg: str | None, db: str | None, as_json: bool) -> 
     help="Idempotency key: when an execution of WORKFLOW has this key, start nothing and "
     "print its id.",
 )
+@click.option(
+    "--priority",
+    type=click.IntRange(-(2**31), 2**31 - 1),
+    default=0,
+    show_default=True,
+    envvar="DURABLY_START_PRIORITY",
+    show_envvar=True,
+    help="Workers claim the tasks of higher-priority executions first (oldest first within "
+    "one priority).",
+)
 @common_options
 def start(
-    target: str, context_arg: str | None, key: str | None, db: str | None, as_json: bool
+    target: str,
+    context_arg: str | None,
+    key: str | None,
+    priority: int,
+    db: str | None,
+    as_json: bool,
 ) -> None:
     """Queue a workflow for workers (durably worker MODULE) and print the execution's id.
 
@@ -115,7 +130,7 @@ def start(
     with open_engine(db) as engine:
         # Asked first: start returns the existing execution's id without saying it existed.
         existed = key is not None and execution_by_key(engine, wf.name, key) is not None
-        execution_id = engine.start(wf, initial, key=key)
+        execution_id = engine.start(wf, initial, key=key, priority=priority)
     if as_json:
         print_json(
             {"id": str(execution_id), "workflow": wf.name, "key": key, "created": not existed}

@@ -30,6 +30,7 @@ from .exceptions import (
     ExecutionStateError,
     StoreError,
 )
+from .flow import check_priority
 from .logs import log
 from .records import ChildRecord, ExecutionRecord, Snapshot
 from .registry import Registry
@@ -171,9 +172,13 @@ class Engine:
         context: Context | Mapping[str, Any] | None = None,
         *,
         key: str | None = None,
+        priority: int = 0,
     ) -> UUID:
         """Queue an execution for workers (``durably worker``); return its id. With a ``key``
-        already used for this workflow, create nothing and return that execution's id."""
+        already used for this workflow, create nothing and return that execution's id.
+        Workers claim the tasks of higher ``priority`` executions first, oldest first within
+        one priority."""
+        priority = check_priority(priority)
         definition = self._definition(wf)
         initial = encode_initial(context, self.max_context_bytes)
         found = tracing.tracer()
@@ -185,12 +190,14 @@ class Engine:
             if found is not None
             else contextlib.nullcontext()
         ):  # fmt: skip
-            return self._start(definition, initial, key)
+            return self._start(definition, initial, key, priority)
 
-    def _start(self, definition: Workflow, initial: str, key: str | None) -> UUID:
+    def _start(self, definition: Workflow, initial: str, key: str | None, priority: int) -> UUID:
         try:
             with self.store.transaction() as tx:
-                existing, created = self._insert(tx, definition, initial, key, claimed=False)
+                existing, created = self._insert(
+                    tx, definition, initial, key, claimed=False, priority=priority
+                )
                 if existing is None:
                     self.runtime.repo.notify_work(tx)
         except _KeyTaken:
@@ -198,8 +205,9 @@ class Engine:
         return UUID(existing or created[0])
 
     def _insert(
-        self, tx: Tx, wf: Workflow, initial: str, key: str | None, *, claimed: bool
-    ) -> tuple[str | None, tuple[str, list[TaskState]]]:
+        self, tx: Tx, wf: Workflow, initial: str, key: str | None, *, claimed: bool,
+        priority: int = 0,
+    ) -> tuple[str | None, tuple[str, list[TaskState]]]:  # fmt: skip
         """``(existing id, _)`` when the key is taken, else ``(None, (id, task states))``."""
         key = check_key(key)
         repo = self.runtime.repo
@@ -212,6 +220,7 @@ class Engine:
             initial=initial,
             claimed_by=self.worker_id if claimed else None,
             key=key,
+            priority=priority,
         )
         if created is None:
             raise _KeyTaken
@@ -303,7 +312,7 @@ class Engine:
         with self.store.transaction() as tx:
             record = self._record(tx, key)
             if record.status not in EXECUTION_TERMINAL:
-                wf = self.runtime.workflow(record.workflow, record.version)
+                wf = self.runtime.workflow(record.workflow, record.version, record.shape)
                 repair.take_over(self.runtime, tx, record)
                 runner = Runner(self.runtime, wf, self.runtime.load(tx, record, wf))
                 first = runner.start(tx)
@@ -332,7 +341,8 @@ class Engine:
         """The definition an execution ran: the registered workflow, else the shape stored
         with its tasks."""
         record = snapshot.execution
-        return self.registry.find(record.workflow, record.version) or StoredShape.of(snapshot.tasks)
+        found = self.registry.find(record.workflow, record.version, record.shape)
+        return found or StoredShape.of(snapshot.tasks)
 
     def get(self, execution_id: UUID | str) -> ExecutionResult:
         """The execution as stored now, with every task's outcome, saved output and attempts."""

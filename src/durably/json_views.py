@@ -98,6 +98,7 @@ def task_json(task: TaskResult, diff: Diff | None, basis: TaskInput | None) -> d
                     {"at": iso(e.at), "level": e.level, "logger": e.logger, "message": e.message}
                     for e in a.logs
                 ],
+                "version": a.version,
             }
             for a in task.history
         ],

@@ -36,6 +36,8 @@ class ExecutionRecord:
     recovery_attempts: int = 0
     parent_task: str | None = None  # set on a sub-workflow's execution only
     trace_context: str | None = None  # the trace of the span that started it (tracing.py)
+    shape: str | None = None  # the shape version it needs (versions.py)
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,7 @@ class TaskRecord:
     map_index: int | None = None
     map_total: int | None = None
     logs_text: str | None = None  # the current attempt's log records (JSON text)
+    code_version: str | None = None  # the version of the code its current attempt ran
 
     @property
     def configuration(self) -> dict[str, Any]:
@@ -121,6 +124,18 @@ class AttemptRecord:
     worker: str | None
     error: str | None
     logs_text: str | None = None  # its log records (JSON text, attempt_logs)
+    code_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerVersions:
+    """What a worker advertised: the definitions (``name@shape version``) it serves."""
+
+    worker: str
+    versions: tuple[str, ...]
+    lease: float
+    started_at: datetime | None
+    heartbeat_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,7 @@ def reopen(rt: Runtime, tx: Tx, record: ExecutionRecord) -> None:
             f"execution {record.id} is {record.status}: only failed or cancelled "
             "executions can be retried"
         )
-    wf = rt.workflow(record.workflow, record.version)
+    wf = rt.workflow(record.workflow, record.version, record.shape)
     now = rt.now()
     tasks = {task.name: task for task in rt.repo.tasks(tx, record.id)}
     again = outcomes.to_rerun(wf, {n: t.state() for n, t in tasks.items()})
@@ -81,7 +81,7 @@ def _reexpanded(wf: Workflow, tasks: Mapping[str, TaskRecord], again: set[str]) 
 def fork(rt: Runtime, tx: Tx, record: ExecutionRecord, from_task: str, patch: str | None) -> Runner:
     """A new execution reusing the outputs the plan allows (none of a compensated task),
     with ``patch`` (codec text) on top of ``from_task``'s input; returns its runner."""
-    wf = rt.workflow(record.workflow, record.version)
+    wf = rt.workflow(record.workflow, record.version, record.shape)
     if from_task not in wf.tasks:
         raise WorkflowDefinitionError(f"workflow {wf.name!r} has no task {from_task!r}")
     tasks = {task.name: task for task in rt.repo.tasks(tx, record.id)}
@@ -99,6 +99,7 @@ def fork(rt: Runtime, tx: Tx, record: ExecutionRecord, from_task: str, patch: st
         parent_id=record.id,
         reused=reused,
         patches={from_task: patch} if patch else None,
+        priority=record.priority,
     )
     assert created is not None  # no key: nothing to conflict with
     new_id, states = created

@@ -30,6 +30,8 @@ class Attempt:
     logs: tuple[LogEntry, ...] = ()
     """The records the attempt logged (``handle.logger``, SPEC §8), oldest first; when they
     outgrew the bound, the last says how many more were not kept."""
+    version: str | None = None
+    """The version of the workflow definition whose code ran it (``wf.version``)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ def _attempt(record: AttemptRecord) -> Attempt:
         record.worker,
         record.error,
         entries_of(record.logs_text),
+        record.code_version,
     )
 
 
@@ -108,6 +111,7 @@ def _history(task: TaskRecord, superseded: Sequence[AttemptRecord]) -> tuple[Att
                 task.claimed_by,
                 error,
                 entries_of(task.logs_text),
+                task.code_version,
             )
         )
     return tuple(attempts)

@@ -167,6 +167,9 @@ class Runner:
 
     def _wake_in(self) -> float:
         due = plan.next_wake(self.state)
+        token = self.rt.repo.next_token_at  # a rate limit held a task back until then
+        if token is not None and token > self.rt.now():
+            due = token if due is None else min(due, token)
         return 0.5 if due is None else max(0.0, min(due - self.rt.now(), 0.5))
 
     def poke(self) -> None:

@@ -74,8 +74,10 @@ class Runtime(WaitsAndMaps, Children):
         # The clock's own method: read on every transition, so no wrapper in between.
         self.now: Callable[[], float] = clock.now
 
-    def workflow(self, name: str, version: str) -> Workflow:
-        return self.registry.get(name, version)
+    def workflow(self, name: str, version: str, shape: str | None = None) -> Workflow:
+        """The definition to run an execution of ``name`` started on ``version``: any of
+        its shape version (the one registered last), see :mod:`durably.versions`."""
+        return self.registry.get(name, version, shape)
 
     # -- claims ------------------------------------------------------------------------------
 
@@ -168,6 +170,8 @@ class Runtime(WaitsAndMaps, Children):
         )
         ref = AttemptRef(state.id, task.id, name, attempt, self.worker_id, task.started_at)
         ref.logs = self.logs.take(task.id, attempt)
+        if self.repo.limits_of(state.shape) is not None:
+            self.repo.notify_work(tx)  # a slot frees up: wake the workers a limit holds back
         if isinstance(outcome, plan.Completed):
             if not self.repo.complete_task(tx, ref, outcome.value, now):
                 return None
@@ -253,8 +257,17 @@ class Runtime(WaitsAndMaps, Children):
     def claim(self, tx: Tx, state: ExecutionState, name: str, now: float) -> bool:
         """Start the task's next attempt here (in-process runs claim what they unblock)."""
         task = state.tasks[name]
-        if not self.repo.start_task(tx, task.id, self.worker_id, now):
-            return False  # settled elsewhere meanwhile (cancelled, or taken by another driver)
+        wf = state.shape
+        assert isinstance(wf, Workflow), "an execution runs under its registered workflow"
+        limits = self.repo.limits_of(wf)
+        if limits is None:
+            started = self.repo.start_task(tx, task.id, self.worker_id, now, wf.version)
+        else:  # flow control: it may have to wait for a slot or a token (flow.py)
+            started = self.repo.start_limited_task(
+                tx, task.id, self.worker_id, now, wf.version, limits
+            )
+        if not started:
+            return False  # settled elsewhere meanwhile, or held back by a limit
         if task.status == WAITING and task.wait_event is None:
             task.waited = True  # as start_task records: its timer is over
         task.status, task.attempt, task.retry_at = RUNNING, task.attempt + 1, None
@@ -286,6 +299,8 @@ class Runtime(WaitsAndMaps, Children):
         now = now or self.now()
         self.repo.finish_execution(tx, state.id, status, final, error, now)
         self.report(tx, state, status, final, error, now)
+        if getattr(state.shape, "concurrency", None) is not None:
+            self.repo.notify_work(tx)  # its slot frees up: a queued execution may start
         log(
             logger,
             logging.INFO if status == COMPLETED else logging.WARNING,

@@ -80,7 +80,7 @@ class Sweeping:
                 execution = self.rt.repo.execution(tx, execution_id)
                 if execution is None or execution.status != RUNNING or execution.claimed_by:
                     return
-                wf = self.rt.workflow(execution.workflow, execution.version)
+                wf = self.rt.workflow(execution.workflow, execution.version, execution.shape)
                 state = self.rt.load(tx, execution, wf)
                 ready = [
                     name

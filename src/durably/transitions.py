@@ -55,7 +55,8 @@ class WaitsAndMaps:
         template = next(row for row in self.repo.template(wf) if row["name"] == name)
         instances = self.repo.insert_instances(
             tx, state.id, name, template, decision.count, min(limit, decision.count),
-            self.worker_id if in_process else None, now,
+            # Under a flow limit, the run claims them one by one, as it may (flow.py).
+            self.worker_id if in_process and self.repo.limits_of(wf) is None else None, now,
         )  # fmt: skip
         task.status, task.instances, task.claimed_by, task.attempt = (
             RUNNING,

@@ -6,6 +6,7 @@ The same data as JSON, for ``--json``, is in :mod:`durably.json_views`.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -156,6 +157,10 @@ def task_table(
         if not live:
             row.append(styled(task.compensation) if task.compensation else "")
         table.add_row(*row)
+        ran = code_versions(task)
+        if ran and ran != code_versions_of([result.version]):
+            # Code other than the version it started on ran it (SPEC §3.5): a deploy mid-run.
+            errors.append(f"  {name} ran version {ran}\n", style="dim")
         if task.child_id is not None:
             errors.append(f"  {name} runs sub-workflow execution {task.child_id}\n", style="cyan")
         elif task.status == "waiting":
@@ -169,6 +174,23 @@ def task_table(
             errors.append(f"  {name} ({task.status}): {task.error}\n")
     errors.rstrip()
     return Group(table, errors) if errors else table
+
+
+def code_versions(task: TaskResult) -> str:
+    """The versions its attempts ran, in order, each once in a row."""
+    return code_versions_of([a.version for a in task.history if a.version])
+
+
+def code_versions_of(versions: list[str]) -> str:
+    ran: list[str] = []
+    for version in versions:
+        if not ran or ran[-1] != version:
+            ran.append(version)
+    # A code hash is 16 hex digits: 8 tell deploys apart (a declared version is shown whole).
+    return " -> ".join(v[:8] if len(v) == 16 and _HEX.fullmatch(v) else v for v in ran)
+
+
+_HEX = re.compile("[0-9a-f]+")
 
 
 def waiting_for(task: TaskResult) -> str:

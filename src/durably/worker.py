@@ -20,6 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from . import metrics, outcomes, plan
+from .deployments import Deployments
 from .exceptions import StoreConnectionError, StoreError, TaskInterrupted, WaitTimeout
 from .logs import log
 from .records import Claim, ExecutionRecord
@@ -91,7 +92,11 @@ class Worker(Sweeping):
         self._unsaved: list[Finished] = []
         self._active: set[str] = set()
         # Between tasks: fire due schedules and, with ``retain``, prune old executions.
-        self._upkeep: list[Scheduler | Pruner] = [Scheduler(runtime)]
+        self._deployments = Deployments(runtime)  # advertise what it serves, log stranded
+        self._upkeep: list[Scheduler | Pruner | Deployments] = [
+            Scheduler(runtime),
+            self._deployments,
+        ]
         if retain is not None:
             self._upkeep.append(Pruner(runtime, retain))
 
@@ -123,6 +128,7 @@ class Worker(Sweeping):
                     action="worker_db_error",
                 )
                 time.sleep(delay)
+        self._deployments.retire()
         log(logger, logging.INFO, "worker %s stopped", self.rt.worker_id, action="worker_stopped")
 
     def _step(self, running: dict[concurrent.futures.Future[dict[str, Any]], Job]) -> None:
@@ -152,7 +158,7 @@ class Worker(Sweeping):
                 running[future] = job
         if running:
             done, _ = concurrent.futures.wait(
-                running, timeout=self.poll_interval, return_when=concurrent.futures.FIRST_COMPLETED
+                running, timeout=self._slot_wait(), return_when=concurrent.futures.FIRST_COMPLETED
             )
             for future in done:
                 job = running.pop(future)
@@ -164,6 +170,14 @@ class Worker(Sweeping):
         elif not claimed:
             self.rt.store.wait_for_work(self._idle_wait())
 
+    def _slot_wait(self) -> float:
+        """While tasks run: until one finishes, the poll interval ends, or the next token of
+        a rate limit that held the last claim back is due."""
+        token = self.rt.repo.next_token_at
+        if token is None:
+            return self.poll_interval
+        return min(self.poll_interval, max(0.0, token - self.rt.now()))
+
     def _idle_wait(self) -> float:
         """Until new work is signalled, or the next timer or event timeout is due, or the poll
         interval ends, whichever comes first (a wake time already past is not ours to claim:
@@ -171,7 +185,13 @@ class Worker(Sweeping):
         with self.rt.store.read() as tx:
             wake = self.rt.repo.next_wake(tx)
         delay = None if wake is None else wake - self.rt.now()
-        return self.poll_interval if delay is None or delay <= 0 else min(self.poll_interval, delay)
+        if delay is not None and delay <= 0:
+            delay = None
+        token = self.rt.repo.next_token_at  # a rate limit held the last claim back
+        if token is not None:  # due already: look again at once (it was short at the claim)
+            until = max(0.0, token - self.rt.now())
+            delay = until if delay is None else min(delay, until)
+        return self.poll_interval if delay is None else min(self.poll_interval, delay)
 
     # -- claiming ------------------------------------------------------------------------------
 
@@ -186,7 +206,7 @@ class Worker(Sweeping):
             with self.rt.store.transaction() as tx:
                 now = self.rt.now()
                 claims = self.rt.repo.claim_tasks(
-                    tx, self.rt.worker_id, self.rt.registry.versions(), limit, now
+                    tx, self.rt.worker_id, self.rt.registry.claimable(), limit, now
                 )
                 if not claims:
                     return []
@@ -225,7 +245,7 @@ class Worker(Sweeping):
         ``(None, the whole execution if that finished it)``."""
         execution = self.rt.repo.execution(tx, claim.execution_id)
         assert execution is not None
-        wf = self.rt.workflow(execution.workflow, execution.version)
+        wf = self.rt.workflow(execution.workflow, execution.version, execution.shape)
         # An instance of a mapped task takes that task's dependencies (and its fork patch).
         declared = claim.map_parent or claim.name
         deps = wf.tasks[declared].dependencies

@@ -15,10 +15,12 @@ from typing import Any
 
 from . import subworkflows
 from .exceptions import WorkflowDefinitionError
+from .flow import Concurrency, RateLimit, check_task_limits, check_workflow_limit
 from .merge import STRATEGIES, MergeFn
 from .retry import MAX_SECONDS, NO_RETRY, RetryPolicy, is_seconds, shown
 from .schedules import Schedule
 from .triggers import TriggerRule, as_rule
+from .versions import check_declared, shape_version
 from .waits import Wait
 
 TaskFn = Callable[..., Any]
@@ -47,6 +49,8 @@ class Task:
     max_parallel: int | None = None
     collect: str | None = None  # instances return values, gathered in a list at this key
     child: Workflow | None = None  # a sub-workflow task runs this workflow (SPEC §3.4)
+    concurrency: int | None = None  # at most this many running at once, everywhere (flow.py)
+    rate_limit: RateLimit | None = None
 
 
 def _wants_handle(fn: Callable[..., Any], what: str) -> bool:
@@ -115,10 +119,16 @@ def _code_digest(code: CodeType, h: Any) -> None:
 class Workflow:
     """A named DAG of tasks. Declaring a workflow of an existing name replaces the old one."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self, name: str, *, version: str | None = None, concurrency: Concurrency | None = None
+    ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise WorkflowDefinitionError("a workflow needs a non-empty str name")
         self.name = name
+        # A declared version replaces the code hash, and bounds which executions it resumes.
+        self.declared_version = check_declared(version)
+        self.concurrency = check_workflow_limit(concurrency)
+        self._shape: str | None = None
         self.tasks: dict[str, Task] = {}
         self._by_fn: dict[Any, str | None] = {}
         self._checked: tuple[str, ...] | None = None
@@ -147,6 +157,8 @@ class Workflow:
         map_over: str | None = None,
         max_parallel: int | None = None,
         collect: str | None = None,
+        concurrency: int | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> Callable[[TaskFn], TaskFn]:
         """Declare the decorated function as a task; it is returned unchanged."""
         if callable(name):
@@ -179,6 +191,7 @@ class Workflow:
         if compensate is not None and not callable(compensate):
             raise WorkflowDefinitionError("compensate must be a callable taking (ctx)")
         _check_map(map_over, max_parallel, collect, wait)
+        check_task_limits(concurrency, rate_limit)
         if wait is not None and not isinstance(wait, Wait):
             raise WorkflowDefinitionError(
                 f"wait must be delay(...), until(...) or event(...), not {wait!r}"
@@ -214,10 +227,12 @@ class Workflow:
                 map_over=map_over,
                 max_parallel=max_parallel,
                 collect=collect,
+                concurrency=concurrency,
+                rate_limit=rate_limit,
             )
             # A function declared under two names cannot stand for either as a dependency.
             self._by_fn[fn] = None if fn in self._by_fn else task_name
-            self._checked = self._version = self._dependents = None
+            self._checked = self._version = self._dependents = self._shape = None
             return fn
 
         return decorate
@@ -418,10 +433,21 @@ class Workflow:
 
     @property
     def version(self) -> str:
-        """A hash of the task names, their dependencies and their code."""
+        """The declared version, else a hash of the task names, their dependencies and
+        their code."""
+        if self.declared_version is not None:
+            return self.declared_version
         if self._version is None:
             self._version = self._hash()
         return self._version
+
+    @property
+    def shape_version(self) -> str:
+        """What an execution needs of a definition to resume on it (:mod:`durably.versions`):
+        the same task names and dependencies, and the same declared version if any."""
+        if self._shape is None:
+            self._shape = shape_version(self.name, self.tasks.values(), self.declared_version)
+        return self._shape
 
     def _hash(self) -> str:
         h = hashlib.sha256(self.name.encode())

@@ -9,18 +9,19 @@ Split by aggregate: :mod:`.contexts` (contexts and outputs), :mod:`.tasks` (task
 attempts, claims), :mod:`.executions` (executions and whole-execution reads),
 :mod:`.maintenance` (pruning finished executions, schedules' shared state), :mod:`.gauges`
 (what a metrics scrape counts), :mod:`.listing` (pages of executions and their counts per
-status).
+status), :mod:`.flow` (claims under flow control, the definitions workers serve).
 """
 
 from __future__ import annotations
 
 from .executions import Executions
+from .flow import Flow
 from .gauges import Gauges
 from .maintenance import Maintenance
 from .rows import new_id
 
 
-class Repository(Executions, Maintenance, Gauges):
+class Repository(Executions, Maintenance, Gauges, Flow):
     """Named queries in, typed records out. Holds one cache: each workflow version's task-row
     template, built once (it is the same for every execution)."""
 

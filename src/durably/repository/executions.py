@@ -7,6 +7,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from .. import codec, versions
+from ..flow import execution_key, is_limited, task_key
 from ..listing import ListFilter
 from ..records import ChildRecord, ExecutionRecord, Snapshot, TaskRecord
 from ..state import TaskState
@@ -32,6 +34,13 @@ class Executions(Maps, Listing):
                     "position": task.position,
                     "max_attempts": task.retry.max_attempts,
                     "trigger_rules": json.dumps(task.trigger.to_json()),
+                    "concurrency_key": task_key(wf.name, task.name)
+                    if task.concurrency is not None
+                    else None,
+                    "rate_key": task.rate_limit.name if task.rate_limit is not None else None,
+                    "code_version": wf.version,  # for instances an in-process run starts
+                    "flow_limited": 1 if is_limited(wf) else 0,
+                    "pipeline_key": versions.key(wf.name, wf.shape_version),
                     "configuration": json.dumps(
                         {
                             "dependencies": list(task.dependencies),
@@ -70,6 +79,7 @@ class Executions(Maps, Listing):
         parent_task: str | None = None,
         reused: Mapping[str, TaskRecord] | None = None,
         patches: Mapping[str, str] | None = None,
+        priority: int = 0,
     ) -> tuple[str, list[TaskState]] | None:
         """Insert an execution and its task rows; return its id and its tasks' states, or
         None when an execution of that workflow with that key exists already (then the
@@ -81,12 +91,22 @@ class Executions(Maps, Listing):
         execution_id = new_id()
         if context_id is None:
             context_id = self.insert_context(tx, initial or "{}", now)
+        limited = None
+        if wf.concurrency is not None:
+            decoded = {}
+            if wf.concurrency.key is not None:  # a fork reuses the context by its id
+                text = initial if initial is not None else self.context(tx, context_id)
+                decoded = codec.loads(text or "{}")
+            limited = execution_key(wf.concurrency, wf.name, decoded)
         inserted = tx.execute(
             "insert_execution",
             {
                 "id": execution_id,
                 "name": wf.name,
                 "version": wf.version,
+                "shape": wf.shape_version,
+                "priority": priority,
+                "concurrency_key": limited,
                 "status": "running",
                 "context_id": context_id,
                 "claimed_by": claimed_by,
@@ -122,6 +142,8 @@ class Executions(Maps, Listing):
                     "started_at": stored(old.started_at) if old else None,
                     "completed_at": stored(old.completed_at) if old else None,
                     "configuration": configuration,
+                    "code_version": None,
+                    "priority": priority,
                     "now": stamp,
                 }
             )

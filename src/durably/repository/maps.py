@@ -42,6 +42,7 @@ class Maps(Waits):
                     "started_at": stamp if running else None,
                     "parent": parent,
                     "index": index,
+                    "code_version": template["code_version"] if running else None,
                     "now": stamp,
                 }
             )

@@ -9,7 +9,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from ..records import ExecutionRecord, StaleClaim, TaskRecord
+from ..records import Claim, ExecutionRecord, StaleClaim, TaskRecord
 from ..store import Row, parse_timestamp
 
 
@@ -42,7 +42,24 @@ def execution_of(row: Row) -> ExecutionRecord:
         recovery_attempts=row["recovery_attempts"],
         parent_task=row["parent_task"],
         trace_context=row["trace_context"],
+        shape=row["pipeline_shape"],
+        priority=row["priority"],
     )
+
+
+def claims_of(rows: Sequence[Row]) -> list[Claim]:
+    return [
+        Claim(
+            task_id=str(row["id"]),
+            execution_id=str(row["pipeline_execution_id"]),
+            name=row["task_name"],
+            attempt=row["attempt"],
+            configuration=configuration_of(row["task_configuration"]),
+            wait_event=row["wait_event"],
+            map_parent=row["map_parent"],
+        )
+        for row in rows
+    ]
 
 
 def configuration_of(value: Any) -> dict[str, Any]:
@@ -58,7 +75,7 @@ _TASK_COLUMNS = (
     "started_at", "completed_at", "retry_at", "claimed_by", "heartbeat_at",
     "compensation_status", "compensation_error", "recovery_attempts", "task_configuration",
     "wake_at", "wait_event", "waited", "received", "map_parent", "map_index", "map_total",
-    "logs",
+    "logs", "code_version",
 )  # fmt: skip
 
 
@@ -80,7 +97,7 @@ def _task(values: tuple[Any, ...]) -> TaskRecord:
     (id_, name, status, attempt, max_attempts, error, last_error, started, completed, retry,
      claimed_by, heartbeat, compensation, compensation_error, recoveries, configuration,
      wake, wait_event, waited, received, map_parent, map_index, map_total,
-     logs) = values  # fmt: skip
+     logs, code_version) = values  # fmt: skip
     return TaskRecord(
         str(id_), name, status, attempt, max_attempts, error, last_error,
         parse_timestamp(started) if started is not None else None,
@@ -91,6 +108,7 @@ def _task(values: tuple[Any, ...]) -> TaskRecord:
         compensation, compensation_error, recoveries, _text(configuration),
         parse_timestamp(wake) if wake is not None else None,
         wait_event, bool(waited), received, map_parent, map_index, map_total, logs,
+        code_version,
     )  # fmt: skip
 
 

@@ -4,13 +4,13 @@ and the attempt history."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from ..records import AttemptRecord, AttemptRef, Claim, StaleClaim, TaskRecord
+from ..records import AttemptRecord, AttemptRef, StaleClaim, TaskRecord
 from ..statuses import ABANDONED, READY
 from ..store import Tx, parse_timestamp, timestamp
 from .contexts import Contexts
-from .rows import configuration_of, new_id, stale_of, tasks_of
+from .rows import new_id, stale_of, tasks_of
 
 
 class Tasks(Contexts):
@@ -25,9 +25,11 @@ class Tasks(Contexts):
             rows = tx.fetch_all("get_task_states", params)
         return tasks_of(rows)
 
-    def start_task(self, tx: Tx, task_id: str, worker: str, now: float) -> bool:
+    def start_task(
+        self, tx: Tx, task_id: str, worker: str, now: float, code_version: str | None = None
+    ) -> bool:
         params = {"id": task_id, "worker": worker, "now": timestamp(now)}
-        return bool(tx.execute("start_task", params))
+        return bool(tx.execute("start_task", {**params, "code_version": code_version}))
 
     def complete_task(self, tx: Tx, ref: AttemptRef, value: str, now: float) -> bool:
         """Mark the attempt completed and save its output, only if ``ref.worker`` still holds
@@ -124,23 +126,23 @@ class Tasks(Contexts):
         tx.execute("archive_attempt", {**params, "attempt_id": new_id()})
         tx.execute("reset_task", params)
 
-    def claim_tasks(
-        self, tx: Tx, worker: str, versions: Iterable[tuple[str, str]], limit: int, now: float
-    ) -> list[Claim]:
-        names = json.dumps([f"{name}@{version}" for name, version in versions])
-        params = {"worker": worker, "now": timestamp(now), "names": names, "limit": limit}
-        return [
-            Claim(
-                task_id=str(row["id"]),
-                execution_id=str(row["pipeline_execution_id"]),
-                name=row["task_name"],
-                attempt=row["attempt"],
-                configuration=configuration_of(row["task_configuration"]),
-                wait_event=row["wait_event"],
-                map_parent=row["map_parent"],
+    def attempts(self, tx: Tx, execution_id: str) -> dict[str, list[AttemptRecord]]:
+        found: dict[str, list[AttemptRecord]] = {}
+        for row in tx.fetch_all("get_attempts", {"id": execution_id}):
+            found.setdefault(row["task_name"], []).append(
+                AttemptRecord(
+                    task=row["task_name"],
+                    number=row["number"],
+                    status=row["status"],
+                    started_at=parse_timestamp(row["started_at"]),
+                    finished_at=parse_timestamp(row["finished_at"]),
+                    worker=row["worker"],
+                    error=row["error"],
+                    logs_text=row["logs"],
+                    code_version=row["code_version"],
+                )
             )
-            for row in tx.fetch_all("claim_tasks", params)
-        ]
+        return found
 
     def stale_claims(self, tx: Tx, cutoff: float, worker: str) -> list[StaleClaim]:
         params = {"cutoff": timestamp(cutoff), "worker": worker}
@@ -165,23 +167,6 @@ class Tasks(Contexts):
 
     def heartbeat_task(self, tx: Tx, task_id: str, worker: str, now: float) -> None:
         tx.execute("heartbeat_task", {"id": task_id, "worker": worker, "now": timestamp(now)})
-
-    def attempts(self, tx: Tx, execution_id: str) -> dict[str, list[AttemptRecord]]:
-        found: dict[str, list[AttemptRecord]] = {}
-        for row in tx.fetch_all("get_attempts", {"id": execution_id}):
-            found.setdefault(row["task_name"], []).append(
-                AttemptRecord(
-                    task=row["task_name"],
-                    number=row["number"],
-                    status=row["status"],
-                    started_at=parse_timestamp(row["started_at"]),
-                    finished_at=parse_timestamp(row["finished_at"]),
-                    worker=row["worker"],
-                    error=row["error"],
-                    logs_text=row["logs"],
-                )
-            )
-        return found
 
 
 def _fence(ref: AttemptRef, now: float) -> dict[str, object]:

@@ -10,26 +10,50 @@ SELECT pg_notify('durably_work', '');
 SELECT id FROM pipeline_executions WHERE id = :id FOR UPDATE;
 
 -- name: claim_tasks
--- SKIP LOCKED: concurrent workers each take a different ready row without waiting.
-UPDATE task_executions
-SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_at = :now,
-    started_at = :now, retry_at = NULL, updated_at = :now,
-    waited = CASE WHEN status = 'waiting' AND wait_event IS NULL THEN 1 ELSE waited END
-WHERE id IN (
-    SELECT t.id FROM task_executions t
+-- SKIP LOCKED: concurrent workers each take a different ready row without waiting. Ready
+-- rows and due waiting rows are read apart, each in claim order (the first through the
+-- task_executions_claim index, so a claim reads about :limit rows, however many are ready),
+-- then merged.
+WITH ready AS (
+    SELECT t.id, t.priority, t.created_at, t.position FROM task_executions t
     JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
-    WHERE (t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
-           OR t.status = 'waiting' AND t.wake_at <= CAST(:now AS timestamptz))
+    WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
       AND p.status = 'running' AND p.claimed_by IS NULL
-      AND p.pipeline_name || '@' || p.pipeline_version IN (
-          SELECT jsonb_array_elements_text(CAST(:names AS jsonb))
-      )
-    ORDER BY t.created_at, t.position
+      AND t.pipeline_key = ANY (ARRAY(SELECT jsonb_object_keys(CAST(:versions AS jsonb))))
+      AND (t.flow_limited = 0 OR t.pipeline_key <> ALL (
+          ARRAY(SELECT jsonb_array_elements_text(CAST(:limited AS jsonb)))
+      ))
+    ORDER BY t.priority DESC, t.created_at, t.position
     LIMIT :limit
     FOR UPDATE OF t SKIP LOCKED
+),
+due AS (
+    SELECT t.id, t.priority, t.created_at, t.position FROM task_executions t
+    JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+    WHERE t.status = 'waiting' AND t.wake_at <= CAST(:now AS timestamptz)
+      AND p.status = 'running' AND p.claimed_by IS NULL
+      AND t.pipeline_key = ANY (ARRAY(SELECT jsonb_object_keys(CAST(:versions AS jsonb))))
+      AND (t.flow_limited = 0 OR t.pipeline_key <> ALL (
+          ARRAY(SELECT jsonb_array_elements_text(CAST(:limited AS jsonb)))
+      ))
+    ORDER BY t.priority DESC, t.created_at, t.position
+    LIMIT :limit
+    FOR UPDATE OF t SKIP LOCKED
+),
+chosen AS (
+    SELECT id FROM (SELECT * FROM ready UNION ALL SELECT * FROM due) found
+    ORDER BY priority DESC, created_at, position
+    LIMIT :limit
 )
-RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration, wait_event,
-    map_parent;
+UPDATE task_executions c
+SET status = 'running', attempt = c.attempt + 1, claimed_by = :worker, heartbeat_at = :now,
+    started_at = :now, retry_at = NULL, updated_at = :now,
+    waited = CASE WHEN c.status = 'waiting' AND c.wait_event IS NULL THEN 1 ELSE c.waited END,
+    code_version = CAST(:versions AS jsonb) ->> c.pipeline_key
+FROM chosen h
+WHERE c.id = h.id
+RETURNING c.id, c.pipeline_execution_id, c.task_name, c.attempt, c.task_configuration,
+    c.wait_event, c.map_parent;
 
 -- name: get_task_states
 -- The named tasks of an execution (a JSON array of names): one query, however many.
@@ -60,11 +84,11 @@ WHERE claimed_by = :worker AND status = 'running'
 -- name: archive_attempt
 INSERT INTO task_attempts (
     id, task_execution_id, pipeline_execution_id, task_name, number, status, started_at,
-    finished_at, worker, error, logs
+    finished_at, worker, error, logs, code_version
 )
 SELECT CAST(:attempt_id AS uuid), id, pipeline_execution_id, task_name, attempt, status,
        started_at, COALESCE(completed_at, CAST(:now AS timestamptz)), claimed_by, error_details,
-       logs
+       logs, code_version
 FROM task_executions
 WHERE id = :id AND attempt > 0 AND status IN ('completed', 'failed');
 
@@ -136,3 +160,205 @@ WHERE pipeline_execution_id = :id AND status = 'waiting' AND wait_event = :name
 ORDER BY position
 LIMIT 1
 FOR UPDATE;
+
+-- Flow control ----------------------------------------------------------------------------------
+
+-- name: lock_flow
+-- One transaction lock per limited key, taken in the order of their hashes by every claimer
+-- (so two never deadlock): the claim statement that follows then counts what runs with no
+-- other claim of those keys in flight. Completions take no lock: they only free slots. The
+-- buckets it may take tokens from are created first (a new one is full).
+WITH ensured AS (
+    INSERT INTO rate_buckets (name, tokens, counted_at)
+    SELECT key, CAST(value ->> 1 AS double precision), CAST(:clock AS double precision)
+    FROM jsonb_each(CAST(:rate_limits AS jsonb))
+    ON CONFLICT (name) DO NOTHING
+)
+SELECT count(*) AS n FROM (
+    SELECT pg_advisory_xact_lock(1685418593, h) FROM (
+        SELECT DISTINCT hashtext(value) AS h
+        FROM jsonb_array_elements_text(CAST(:locks AS jsonb))
+        ORDER BY h
+    ) keys
+) locked;
+
+-- name: claim_limited_tasks
+-- As SQLite's, with SKIP LOCKED on the task rows and on the executions it admits (never
+-- waiting for a lock another transaction holds there), and the admissions and the tokens
+-- written by the same statement (booked = 1).
+WITH
+task_max AS (
+    SELECT key AS k, CAST(value AS integer) AS m
+    FROM jsonb_each_text(CAST(:task_limits AS jsonb))
+),
+flow_max AS (
+    SELECT key AS k, CAST(value AS integer) AS m
+    FROM jsonb_each_text(CAST(:flow_limits AS jsonb))
+),
+rates AS (
+    SELECT key AS k, CAST(value ->> 0 AS double precision) AS rate,
+           CAST(value ->> 1 AS double precision) AS cap
+    FROM jsonb_each(CAST(:rate_limits AS jsonb))
+),
+tokens AS MATERIALIZED (
+    SELECT r.k, r.rate, r.cap,
+           LEAST(r.cap, b.tokens
+                 + GREATEST(0, CAST(:clock AS double precision) - b.counted_at) * r.rate) AS free
+    FROM rates r JOIN rate_buckets b ON b.name = r.k
+),
+task_free AS MATERIALIZED (
+    SELECT m.k, m.m - (SELECT count(*) FROM task_executions r
+                       WHERE r.concurrency_key = m.k AND r.status = 'running'
+                         AND r.map_total IS NULL) AS free
+    FROM task_max m
+),
+-- How many more executions may start under each key that has some running (a key with none
+-- running has its workflow's max).
+flow_free AS MATERIALIZED (
+    SELECT a.concurrency_key AS k, f.m - count(*) AS free
+    FROM pipeline_executions a JOIN flow_max f ON f.k = a.pipeline_name
+    WHERE a.status = 'running' AND a.admitted = 1 AND a.concurrency_key IS NOT NULL
+    GROUP BY a.concurrency_key, f.m
+),
+ready_open AS MATERIALIZED (
+    SELECT t.id, t.created_at, t.position, t.priority, p.id AS execution_id,
+           p.created_at AS queued_at, t.concurrency_key AS tk, t.rate_key AS rk,
+           CASE WHEN p.admitted = 0 THEN p.concurrency_key END AS wk,
+           (SELECT free FROM task_free WHERE k = t.concurrency_key) AS tfree,
+           (SELECT free FROM tokens WHERE k = t.rate_key) AS rfree,
+           CASE WHEN p.admitted = 0 AND p.concurrency_key IS NOT NULL THEN
+               COALESCE((SELECT free FROM flow_free WHERE k = p.concurrency_key),
+                        (SELECT m FROM flow_max WHERE k = p.pipeline_name))
+           END AS wfree
+    FROM task_executions t
+    JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+    WHERE t.status = 'ready' AND t.flow_limited = 1
+          AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
+      AND p.status = 'running' AND p.claimed_by IS NULL
+      AND t.pipeline_key = ANY (ARRAY(SELECT jsonb_object_keys(CAST(:versions AS jsonb))))
+      AND COALESCE((SELECT free FROM task_free WHERE k = t.concurrency_key), 1) >= 1
+      AND COALESCE((SELECT free FROM tokens WHERE k = t.rate_key), 1) >= 1
+      AND (p.admitted = 1 OR p.concurrency_key IS NULL
+           OR COALESCE((SELECT free FROM flow_free WHERE k = p.concurrency_key),
+                       (SELECT m FROM flow_max WHERE k = p.pipeline_name), 1) >= 1)
+    ORDER BY t.priority DESC, t.created_at, t.position
+    LIMIT :window
+    FOR UPDATE OF t SKIP LOCKED
+),
+due_open AS MATERIALIZED (
+    SELECT t.id, t.created_at, t.position, t.priority, p.id AS execution_id,
+           p.created_at AS queued_at, t.concurrency_key AS tk, t.rate_key AS rk,
+           CASE WHEN p.admitted = 0 THEN p.concurrency_key END AS wk,
+           (SELECT free FROM task_free WHERE k = t.concurrency_key) AS tfree,
+           (SELECT free FROM tokens WHERE k = t.rate_key) AS rfree,
+           CASE WHEN p.admitted = 0 AND p.concurrency_key IS NOT NULL THEN
+               COALESCE((SELECT free FROM flow_free WHERE k = p.concurrency_key),
+                        (SELECT m FROM flow_max WHERE k = p.pipeline_name))
+           END AS wfree
+    FROM task_executions t
+    JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+    WHERE t.status = 'waiting' AND t.wake_at <= CAST(:now AS timestamptz)
+      AND p.status = 'running' AND p.claimed_by IS NULL
+      AND t.pipeline_key = ANY (ARRAY(SELECT jsonb_object_keys(CAST(:versions AS jsonb))))
+      AND COALESCE((SELECT free FROM task_free WHERE k = t.concurrency_key), 1) >= 1
+      AND COALESCE((SELECT free FROM tokens WHERE k = t.rate_key), 1) >= 1
+      AND (p.admitted = 1 OR p.concurrency_key IS NULL
+           OR COALESCE((SELECT free FROM flow_free WHERE k = p.concurrency_key),
+                       (SELECT m FROM flow_max WHERE k = p.pipeline_name), 1) >= 1)
+    ORDER BY t.priority DESC, t.created_at, t.position
+    LIMIT :window
+    FOR UPDATE OF t SKIP LOCKED
+),
+candidates AS (SELECT * FROM ready_open UNION ALL SELECT * FROM due_open),
+admissible AS MATERIALIZED (
+    SELECT id FROM pipeline_executions
+    WHERE id IN (SELECT execution_id FROM candidates WHERE wk IS NOT NULL AND wfree >= 1)
+    FOR UPDATE SKIP LOCKED
+),
+ranked AS (
+    SELECT c.*,
+           row_number() OVER (PARTITION BY tk ORDER BY priority DESC, created_at, position) AS tr,
+           row_number() OVER (PARTITION BY rk ORDER BY priority DESC, created_at, position) AS rr,
+           dense_rank() OVER (PARTITION BY wk ORDER BY queued_at, execution_id) AS wr
+    FROM candidates c
+    WHERE c.wfree IS NULL OR c.execution_id IN (SELECT id FROM admissible)
+),
+chosen AS MATERIALIZED (
+    SELECT id, execution_id, rk, wk FROM ranked
+    WHERE (tfree IS NULL OR tr <= tfree)
+      AND (rfree IS NULL OR rr <= floor(rfree))
+      AND (wfree IS NULL OR wr <= wfree)
+    ORDER BY priority DESC, created_at, position
+    LIMIT :limit
+),
+admitted AS (
+    UPDATE pipeline_executions SET admitted = 1
+    WHERE id IN (SELECT execution_id FROM chosen WHERE wk IS NOT NULL) AND admitted = 0
+),
+spent AS (
+    UPDATE rate_buckets b
+    SET tokens = t.free - u.n,
+        counted_at = GREATEST(b.counted_at, CAST(:clock AS double precision))
+    FROM (SELECT rk, count(*) AS n FROM chosen WHERE rk IS NOT NULL GROUP BY rk) u, tokens t
+    WHERE b.name = u.rk AND t.k = u.rk
+)
+UPDATE task_executions c
+SET status = 'running', attempt = c.attempt + 1, claimed_by = :worker, heartbeat_at = :now,
+    started_at = :now, retry_at = NULL, updated_at = :now,
+    waited = CASE WHEN c.status = 'waiting' AND c.wait_event IS NULL THEN 1 ELSE c.waited END,
+    code_version = CAST(:versions AS jsonb) ->> c.pipeline_key
+FROM chosen h
+WHERE c.id = h.id
+RETURNING c.id, c.pipeline_execution_id, c.task_name, c.attempt, c.task_configuration,
+    c.wait_event, c.map_parent, c.rate_key, h.wk IS NOT NULL AS admits, 1 AS booked;
+
+-- name: flow_free
+SELECT t.rate_key, t.pipeline_execution_id,
+       (SELECT CAST(m.value AS integer) - (SELECT count(*) FROM task_executions r
+                                           WHERE r.concurrency_key = m.key
+                                             AND r.status = 'running' AND r.map_total IS NULL)
+        FROM jsonb_each_text(CAST(:task_limits AS jsonb)) m
+        WHERE m.key = t.concurrency_key) AS tfree,
+       (SELECT LEAST(CAST(j.value ->> 1 AS double precision),
+                     b.tokens + GREATEST(0, CAST(:clock AS double precision) - b.counted_at)
+                     * CAST(j.value ->> 0 AS double precision))
+        FROM jsonb_each(CAST(:rate_limits AS jsonb)) j JOIN rate_buckets b ON b.name = j.key
+        WHERE j.key = t.rate_key) AS rfree,
+       CASE WHEN p.admitted = 0 AND p.concurrency_key IS NOT NULL THEN
+           (SELECT CAST(f.value AS integer) - (SELECT count(*) FROM pipeline_executions a
+                                               WHERE a.concurrency_key = p.concurrency_key
+                                                 AND a.status = 'running' AND a.admitted = 1)
+            FROM jsonb_each_text(CAST(:flow_limits AS jsonb)) f WHERE f.key = p.pipeline_name)
+       END AS wfree,
+       p.admitted = 0 AND p.concurrency_key IS NOT NULL AS admits, 0 AS booked
+FROM task_executions t JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+WHERE t.id = :id;
+
+-- name: admit_executions
+UPDATE pipeline_executions SET admitted = 1
+WHERE id IN (SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:ids AS jsonb)))
+  AND admitted = 0;
+
+-- name: take_tokens
+UPDATE rate_buckets
+SET tokens = LEAST(CAST(:capacity AS double precision),
+                   tokens + GREATEST(0, CAST(:clock AS double precision) - counted_at)
+                   * CAST(:rate AS double precision)) - :count,
+    counted_at = GREATEST(counted_at, CAST(:clock AS double precision))
+WHERE name = :name;
+
+-- name: next_token
+SELECT min(b.counted_at + (1 - b.tokens) / CAST(j.value ->> 0 AS double precision)) AS at
+FROM rate_buckets b JOIN jsonb_each(CAST(:rate_limits AS jsonb)) j ON j.key = b.name
+WHERE b.tokens + GREATEST(0, CAST(:clock AS double precision) - b.counted_at)
+      * CAST(j.value ->> 0 AS double precision) < 1;
+
+-- name: unserved_executions
+SELECT * FROM pipeline_executions p
+WHERE p.status = 'running' AND p.claimed_by IS NULL
+  AND p.pipeline_name || '@' || COALESCE(p.pipeline_shape, p.pipeline_version)
+      NOT IN (SELECT jsonb_array_elements_text(CAST(:served AS jsonb)))
+  AND (CAST(:names AS TEXT) IS NULL
+       OR p.pipeline_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb))))
+ORDER BY p.created_at
+LIMIT :limit;

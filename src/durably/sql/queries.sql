@@ -10,11 +10,13 @@ SELECT value FROM contexts WHERE id = :id;
 -- name: insert_execution
 -- A second start with the same workflow name and idempotency key inserts nothing.
 INSERT INTO pipeline_executions (
-    id, pipeline_name, pipeline_version, status, context_id, started_at, claimed_by,
-    heartbeat_at, parent_execution_id, parent_task, idempotency_key, created_at, updated_at
+    id, pipeline_name, pipeline_version, pipeline_shape, status, context_id, started_at,
+    claimed_by, heartbeat_at, parent_execution_id, parent_task, idempotency_key, priority,
+    concurrency_key, created_at, updated_at
 ) VALUES (
-    :id, :name, :version, :status, :context_id, :now, :claimed_by,
-    :now, :parent_id, :parent_task, :key, :now, :now
+    :id, :name, :version, :shape, :status, :context_id, :now,
+    :claimed_by, :now, :parent_id, :parent_task, :key, :priority, :concurrency_key,
+    :now, :now
 )
 ON CONFLICT (pipeline_name, idempotency_key) DO NOTHING;
 
@@ -25,11 +27,11 @@ SELECT * FROM pipeline_executions WHERE pipeline_name = :name AND idempotency_ke
 INSERT INTO task_executions (
     id, pipeline_execution_id, task_name, position, status, attempt, max_attempts,
     trigger_rules, task_configuration, claimed_by, heartbeat_at, started_at, completed_at,
-    created_at, updated_at
+    concurrency_key, rate_key, priority, flow_limited, pipeline_key, created_at, updated_at
 ) VALUES (
     :id, :execution_id, :name, :position, :status, :attempt, :max_attempts,
     :trigger_rules, :configuration, :claimed_by, :heartbeat_at, :started_at, :completed_at,
-    :now, :now
+    :concurrency_key, :rate_key, :priority, :flow_limited, :pipeline_key, :now, :now
 );
 
 -- name: get_execution
@@ -117,7 +119,7 @@ GROUP BY status;
 -- not (that attempt records the timeout, and a retry waits again).
 UPDATE task_executions
 SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_at = :now,
-    started_at = :now, retry_at = NULL, updated_at = :now,
+    started_at = :now, retry_at = NULL, updated_at = :now, code_version = :code_version,
     waited = CASE WHEN status = 'waiting' AND wait_event IS NULL THEN 1 ELSE waited END
 WHERE id = :id AND status IN ('not_started', 'ready', 'waiting');
 
@@ -228,10 +230,10 @@ WHERE pipeline_execution_id = :id AND status IN ('not_started', 'ready', 'waitin
 -- moves to task_attempts with its logs (PostgreSQL casts the id).
 INSERT INTO task_attempts (
     id, task_execution_id, pipeline_execution_id, task_name, number, status, started_at,
-    finished_at, worker, error, logs
+    finished_at, worker, error, logs, code_version
 )
 SELECT :attempt_id, id, pipeline_execution_id, task_name, attempt, status, started_at,
-       COALESCE(completed_at, :now), claimed_by, error_details, logs
+       COALESCE(completed_at, :now), claimed_by, error_details, logs, code_version
 FROM task_executions
 WHERE id = :id AND attempt > 0 AND status IN ('completed', 'failed');
 
@@ -294,20 +296,45 @@ SET claimed_by = NULL, recovery_attempts = recovery_attempts + 1, last_recovery_
 WHERE id = :id AND claimed_by = :previous;
 
 -- name: claim_tasks
--- Up to :limit ready tasks of registered workflow versions, oldest first, for a worker.
+-- Up to :limit ready tasks of the executions this worker has a definition for (but those
+-- of the :limited ones whose rows carry limits: claim_limited_tasks takes them), highest
+-- priority first, oldest first within one. :versions maps each claimable name@shape to the
+-- version of the definition that runs it, recorded as the attempt's code_version. Ready rows
+-- and due waiting rows are read apart, each in claim order (the first through the
+-- task_executions_claim index: a claim reads about :limit rows, however many are ready).
 -- SQLite runs it in an IMMEDIATE transaction, so two workers never claim the same row.
 UPDATE task_executions
 SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_at = :now,
     started_at = :now, retry_at = NULL, updated_at = :now,
-    waited = CASE WHEN status = 'waiting' AND wait_event IS NULL THEN 1 ELSE waited END
+    waited = CASE WHEN status = 'waiting' AND wait_event IS NULL THEN 1 ELSE waited END,
+    code_version = (SELECT value FROM json_each(:versions) WHERE key = pipeline_key)
 WHERE id IN (
-    SELECT t.id FROM task_executions t
-    JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
-    WHERE (t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= :now)
-           OR t.status = 'waiting' AND t.wake_at <= :now)
-      AND p.status = 'running' AND p.claimed_by IS NULL
-      AND p.pipeline_name || '@' || p.pipeline_version IN (SELECT value FROM json_each(:names))
-    ORDER BY t.created_at, t.position
+    SELECT id FROM (
+        SELECT * FROM (
+            SELECT t.id, t.priority, t.created_at, t.position FROM task_executions t
+            JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+            WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= :now)
+              AND p.status = 'running' AND p.claimed_by IS NULL
+              AND t.pipeline_key IN (SELECT key FROM json_each(:versions))
+              AND (t.flow_limited = 0
+                   OR t.pipeline_key NOT IN (SELECT value FROM json_each(:limited)))
+            ORDER BY t.priority DESC, t.created_at, t.position
+            LIMIT :limit
+        )
+        UNION ALL
+        SELECT * FROM (
+            SELECT t.id, t.priority, t.created_at, t.position FROM task_executions t
+            JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+            WHERE t.status = 'waiting' AND t.wake_at <= :now
+              AND p.status = 'running' AND p.claimed_by IS NULL
+              AND t.pipeline_key IN (SELECT key FROM json_each(:versions))
+              AND (t.flow_limited = 0
+                   OR t.pipeline_key NOT IN (SELECT value FROM json_each(:limited)))
+            ORDER BY t.priority DESC, t.created_at, t.position
+            LIMIT :limit
+        )
+    )
+    ORDER BY priority DESC, created_at, position
     LIMIT :limit
 )
 RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration, wait_event,
@@ -338,17 +365,18 @@ WHERE m.pipeline_execution_id = :id AND m.task_name IN (SELECT value FROM json_e
 
 -- name: insert_attempt
 -- An attempt that a later one supersedes (failed and retried, or lost), kept for the task's
--- history; the task row itself tells its current attempt.
+-- history; the task row itself tells its current attempt (and, until the next one starts,
+-- the version of the code this one ran).
 INSERT INTO task_attempts (
     id, task_execution_id, pipeline_execution_id, task_name, number, status, started_at,
-    finished_at, worker, error, logs
+    finished_at, worker, error, logs, code_version
 ) VALUES (
     :id, :task_id, :execution_id, :name, :attempt, :status, :started_at, :now, :worker, :error,
-    :logs
+    :logs, (SELECT code_version FROM task_executions WHERE id = :task_id)
 );
 
 -- name: get_attempts
-SELECT task_name, number, status, started_at, finished_at, worker, error, logs
+SELECT task_name, number, status, started_at, finished_at, worker, error, logs, code_version
 FROM task_attempts WHERE pipeline_execution_id = :id
 ORDER BY finished_at, number;
 
@@ -526,11 +554,13 @@ ORDER BY s.workflow_name, s.name;
 INSERT INTO task_executions (
     id, pipeline_execution_id, task_name, position, status, attempt, max_attempts,
     trigger_rules, task_configuration, claimed_by, heartbeat_at, started_at, map_parent,
-    map_index, created_at, updated_at
+    map_index, code_version, concurrency_key, rate_key, flow_limited, pipeline_key, priority,
+    created_at, updated_at
 ) VALUES (
     :id, :execution_id, :name, :position, :status, :attempt, :max_attempts,
     :trigger_rules, :configuration, :claimed_by, :heartbeat_at, :started_at, :parent,
-    :index, :now, :now
+    :index, :code_version, :concurrency_key, :rate_key, :flow_limited, :pipeline_key,
+    COALESCE((SELECT priority FROM pipeline_executions WHERE id = :execution_id), 0), :now, :now
 );
 
 -- name: expand_task
@@ -619,3 +649,186 @@ SELECT count(*) AS n FROM saga_outbox;
 -- name: set_trace_context
 -- With tracing on: the trace context of the span that started the execution (JSON text).
 UPDATE pipeline_executions SET trace_context = :trace WHERE id = :id;
+
+-- Flow control (SPEC §3.5, flow.py) -------------------------------------------------------------
+-- :task_limits maps a limited task's key to its max, :flow_limits a limited workflow's name to
+-- its max, :rate_limits a bucket's name to [per_second, capacity] (JSON objects, from the
+-- worker's definitions: a key none of them limits is not limited). :clock is the engine
+-- clock's epoch seconds, which buckets count in.
+
+-- name: lock_flow
+-- Before a limited claim: the buckets it may take tokens from exist (a new one is full).
+-- PostgreSQL also takes a transaction lock per limited key (postgres.sql). SQLite's
+-- IMMEDIATE transaction already holds the write lock: nobody else counts meanwhile.
+INSERT INTO rate_buckets (name, tokens, counted_at)
+SELECT key, json_extract(value, '$[1]'), :clock FROM json_each(:rate_limits) WHERE true
+ON CONFLICT (name) DO NOTHING;
+
+-- name: claim_limited_tasks
+-- claim_tasks for the workflows with limits: the same order, but a task is a candidate only
+-- while its key has a free slot, its bucket a token, and its execution a slot (or one
+-- already: admitted). Within the batch, a key gives out no more than it has free (ranked by
+-- the claim order, an execution counted once), so one claim never exceeds a limit. SQLite
+-- returns booked = 0: the caller then admits the executions and spends the tokens.
+WITH
+task_max AS (SELECT key AS k, value AS m FROM json_each(:task_limits)),
+flow_max AS (SELECT key AS k, value AS m FROM json_each(:flow_limits)),
+tokens AS (
+    SELECT j.key AS k,
+           min(json_extract(j.value, '$[1]'),
+               b.tokens + max(0, :clock - b.counted_at) * json_extract(j.value, '$[0]')) AS free
+    FROM json_each(:rate_limits) j JOIN rate_buckets b ON b.name = j.key
+),
+ready_open AS (
+    SELECT * FROM (
+        SELECT t.id, t.task_name, t.created_at, t.position, t.priority, p.id AS execution_id,
+               p.created_at AS queued_at, t.concurrency_key AS tk, t.rate_key AS rk,
+               CASE WHEN p.admitted = 0 THEN p.concurrency_key END AS wk,
+               (SELECT m.m - (SELECT count(*) FROM task_executions r
+                              WHERE r.concurrency_key = m.k AND r.status = 'running'
+                                AND r.map_total IS NULL)
+                FROM task_max m WHERE m.k = t.concurrency_key) AS tfree,
+               (SELECT free FROM tokens WHERE k = t.rate_key) AS rfree,
+               CASE WHEN p.admitted = 0 AND p.concurrency_key IS NOT NULL THEN
+                   (SELECT f.m - (SELECT count(*) FROM pipeline_executions a
+                                  WHERE a.concurrency_key = p.concurrency_key
+                                    AND a.status = 'running' AND a.admitted = 1)
+                    FROM flow_max f WHERE f.k = p.pipeline_name)
+               END AS wfree
+        FROM task_executions t
+        JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+        WHERE t.status = 'ready' AND t.flow_limited = 1
+          AND (t.retry_at IS NULL OR t.retry_at <= :now)
+          AND p.status = 'running' AND p.claimed_by IS NULL
+          AND t.pipeline_key IN (SELECT key FROM json_each(:versions))
+    )
+    WHERE COALESCE(tfree, 1) >= 1 AND COALESCE(rfree, 1) >= 1 AND COALESCE(wfree, 1) >= 1
+    ORDER BY priority DESC, created_at, position
+    LIMIT :window
+),
+due_open AS (
+    SELECT * FROM (
+        SELECT t.id, t.task_name, t.created_at, t.position, t.priority, p.id AS execution_id,
+               p.created_at AS queued_at, t.concurrency_key AS tk, t.rate_key AS rk,
+               CASE WHEN p.admitted = 0 THEN p.concurrency_key END AS wk,
+               (SELECT m.m - (SELECT count(*) FROM task_executions r
+                              WHERE r.concurrency_key = m.k AND r.status = 'running'
+                                AND r.map_total IS NULL)
+                FROM task_max m WHERE m.k = t.concurrency_key) AS tfree,
+               (SELECT free FROM tokens WHERE k = t.rate_key) AS rfree,
+               CASE WHEN p.admitted = 0 AND p.concurrency_key IS NOT NULL THEN
+                   (SELECT f.m - (SELECT count(*) FROM pipeline_executions a
+                                  WHERE a.concurrency_key = p.concurrency_key
+                                    AND a.status = 'running' AND a.admitted = 1)
+                    FROM flow_max f WHERE f.k = p.pipeline_name)
+               END AS wfree
+        FROM task_executions t
+        JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+        WHERE t.status = 'waiting' AND t.wake_at <= :now
+          AND p.status = 'running' AND p.claimed_by IS NULL
+          AND t.pipeline_key IN (SELECT key FROM json_each(:versions))
+    )
+    WHERE COALESCE(tfree, 1) >= 1 AND COALESCE(rfree, 1) >= 1 AND COALESCE(wfree, 1) >= 1
+    ORDER BY priority DESC, created_at, position
+    LIMIT :window
+),
+candidates AS (SELECT * FROM ready_open UNION ALL SELECT * FROM due_open),
+ranked AS (
+    SELECT c.*,
+           row_number() OVER (PARTITION BY tk ORDER BY priority DESC, created_at, position) AS tr,
+           row_number() OVER (PARTITION BY rk ORDER BY priority DESC, created_at, position) AS rr,
+           dense_rank() OVER (PARTITION BY wk ORDER BY queued_at, execution_id) AS wr
+    FROM candidates c
+),
+chosen AS (
+    SELECT id FROM ranked
+    WHERE (tfree IS NULL OR tr <= tfree)
+      AND (rfree IS NULL OR rr <= CAST(rfree AS INTEGER))
+      AND (wfree IS NULL OR wr <= wfree)
+    ORDER BY priority DESC, created_at, position
+    LIMIT :limit
+)
+UPDATE task_executions
+SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_at = :now,
+    started_at = :now, retry_at = NULL, updated_at = :now,
+    waited = CASE WHEN status = 'waiting' AND wait_event IS NULL THEN 1 ELSE waited END,
+    code_version = (SELECT value FROM json_each(:versions) WHERE key = pipeline_key)
+WHERE id IN (SELECT id FROM chosen)
+RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration, wait_event,
+    map_parent, rate_key,
+    (SELECT concurrency_key IS NOT NULL AND admitted = 0 FROM pipeline_executions
+     WHERE id = task_executions.pipeline_execution_id) AS admits,
+    0 AS booked;
+
+-- name: flow_free
+-- What one task may start with (an in-process run claims its tasks one by one): the free
+-- slots of its key, the tokens of its bucket, its execution's free slots if it has none yet.
+SELECT t.rate_key, t.pipeline_execution_id,
+       (SELECT m.value - (SELECT count(*) FROM task_executions r
+                          WHERE r.concurrency_key = m.key AND r.status = 'running'
+                            AND r.map_total IS NULL)
+        FROM json_each(:task_limits) m WHERE m.key = t.concurrency_key) AS tfree,
+       (SELECT min(json_extract(j.value, '$[1]'),
+                   b.tokens + max(0, :clock - b.counted_at) * json_extract(j.value, '$[0]'))
+        FROM json_each(:rate_limits) j JOIN rate_buckets b ON b.name = j.key
+        WHERE j.key = t.rate_key) AS rfree,
+       CASE WHEN p.admitted = 0 AND p.concurrency_key IS NOT NULL THEN
+           (SELECT f.value - (SELECT count(*) FROM pipeline_executions a
+                              WHERE a.concurrency_key = p.concurrency_key
+                                AND a.status = 'running' AND a.admitted = 1)
+            FROM json_each(:flow_limits) f WHERE f.key = p.pipeline_name)
+       END AS wfree,
+       p.admitted = 0 AND p.concurrency_key IS NOT NULL AS admits, 0 AS booked
+FROM task_executions t JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+WHERE t.id = :id;
+
+-- name: admit_executions
+-- Executions whose first task was just claimed now hold a slot of their workflow's limit
+-- (until they are no longer running).
+UPDATE pipeline_executions SET admitted = 1
+WHERE id IN (SELECT value FROM json_each(:ids)) AND admitted = 0;
+
+-- name: take_tokens
+UPDATE rate_buckets
+SET tokens = min(:capacity, tokens + max(0, :clock - counted_at) * :rate) - :count,
+    counted_at = max(counted_at, :clock)
+WHERE name = :name;
+
+-- name: next_token
+-- When the emptiest bucket of these next holds a whole token (epoch seconds), if any is
+-- still short at :clock (a bucket full by now is no reason to look again).
+SELECT min(b.counted_at + (1 - b.tokens) / json_extract(j.value, '$[0]')) AS at
+FROM rate_buckets b JOIN json_each(:rate_limits) j ON j.key = b.name
+WHERE b.tokens + max(0, :clock - b.counted_at) * json_extract(j.value, '$[0]') < 1;
+
+-- Deploy-safe versions (SPEC §3.5, versions.py) -------------------------------------------------
+
+-- name: advertise_versions
+-- A worker says which definitions it serves (a JSON array of name@shape): `durably list
+-- --stranded` lists what no live worker can run.
+INSERT INTO worker_versions (worker_id, versions, lease, started_at, heartbeat_at)
+VALUES (:worker, :versions, :lease, :now, :now)
+ON CONFLICT (worker_id) DO UPDATE
+SET versions = excluded.versions, lease = excluded.lease, heartbeat_at = excluded.heartbeat_at;
+
+-- name: retire_worker
+DELETE FROM worker_versions WHERE worker_id = :worker;
+
+-- name: get_worker_versions
+SELECT worker_id, versions, lease, started_at, heartbeat_at FROM worker_versions;
+
+-- name: forget_workers
+-- Advertisements of workers gone for long (they stopped without retiring).
+DELETE FROM worker_versions WHERE heartbeat_at < :cutoff;
+
+-- name: unserved_executions
+-- Queued executions (nobody drives them in-process) that no definition in :served (a JSON
+-- array of name@shape) can run; only of the workflow names in :names when it is not null.
+SELECT * FROM pipeline_executions p
+WHERE p.status = 'running' AND p.claimed_by IS NULL
+  AND p.pipeline_name || '@' || COALESCE(p.pipeline_shape, p.pipeline_version)
+      NOT IN (SELECT value FROM json_each(:served))
+  AND (CAST(:names AS TEXT) IS NULL
+       OR p.pipeline_name IN (SELECT value FROM json_each(:names)))
+ORDER BY p.created_at
+LIMIT :limit;

@@ -29,6 +29,10 @@ CREATE TABLE pipeline_executions (
     updated_at TIMESTAMPTZ NOT NULL,
     idempotency_key TEXT,
     parent_task TEXT,
+    pipeline_shape TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    concurrency_key TEXT,
+    admitted INTEGER NOT NULL DEFAULT 0,
     trace_context TEXT
 );
 CREATE INDEX pipeline_executions_status ON pipeline_executions (status, created_at, id);
@@ -70,6 +74,12 @@ CREATE TABLE task_executions (
     map_total INTEGER,
     map_done INTEGER NOT NULL DEFAULT 0,
     map_failed INTEGER NOT NULL DEFAULT 0,
+    code_version TEXT,
+    concurrency_key TEXT,
+    rate_key TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    flow_limited INTEGER NOT NULL DEFAULT 0,
+    pipeline_key TEXT,
     logs TEXT,
     UNIQUE (pipeline_execution_id, task_name)
 );
@@ -101,7 +111,8 @@ CREATE TABLE task_attempts (
     finished_at TIMESTAMPTZ NOT NULL,
     worker TEXT,
     error TEXT,
-    logs TEXT
+    logs TEXT,
+    code_version TEXT
 );
 CREATE INDEX task_attempts_execution ON task_attempts (pipeline_execution_id, finished_at);
 
@@ -200,3 +211,31 @@ CREATE TABLE schedules (
 -- Sub-workflows (0007): a child names its parent's task.
 CREATE INDEX pipeline_executions_children ON pipeline_executions (parent_execution_id)
     WHERE parent_task IS NOT NULL;
+
+-- Deploy-safe versions (0008): which definitions each live worker serves.
+CREATE TABLE worker_versions (
+    worker_id TEXT PRIMARY KEY,
+    versions TEXT NOT NULL,
+    lease DOUBLE PRECISION NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    heartbeat_at TIMESTAMPTZ NOT NULL
+);
+
+-- Flow control (0009): ready tasks in claim order, counting what runs under a key, and the
+-- rate limits' token buckets.
+CREATE INDEX task_executions_claim
+    ON task_executions (priority DESC, created_at, position, pipeline_key)
+    WHERE status = 'ready';
+CREATE INDEX task_executions_limited_claim
+    ON task_executions (priority DESC, created_at, position)
+    WHERE status = 'ready' AND flow_limited = 1;
+CREATE INDEX task_executions_limited ON task_executions (concurrency_key)
+    WHERE status = 'running' AND concurrency_key IS NOT NULL;
+CREATE INDEX pipeline_executions_limited ON pipeline_executions (concurrency_key)
+    WHERE status = 'running' AND admitted = 1;
+
+CREATE TABLE rate_buckets (
+    name TEXT PRIMARY KEY,
+    tokens DOUBLE PRECISION NOT NULL,
+    counted_at DOUBLE PRECISION NOT NULL
+);
