@@ -26,7 +26,7 @@ from durably import (
     codec,
 )
 from durably.backends import open_store
-from durably.workflow import _wants_handle
+from durably.declaration import wants_handle
 
 from .conftest import unique
 
@@ -137,7 +137,7 @@ def _int_default(ctx: Context, i: int = 0) -> None: ...
 def test_the_handle_goes_to_a_second_parameter_without_default_or_typed_task_handle(
     fn: Callable[..., Any], expected: bool
 ) -> None:
-    assert _wants_handle(fn, "task 't'") is expected
+    assert wants_handle(fn, "task 't'") is expected
 
 
 def test_tasks_built_in_a_loop_get_their_bound_value_not_the_handle(store_url: str) -> None:
