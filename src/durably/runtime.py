@@ -121,10 +121,14 @@ class Runtime(WaitsAndMaps, Children):
     def load(self, tx: Tx, execution: ExecutionRecord, wf: Workflow) -> ExecutionState:
         """The whole execution: every task, every output, the initial context."""
         state = self.load_partial(tx, execution.id, wf, None, None, context_id=execution.context_id)
+        self.adopt_record(state, execution)
+        return state
+
+    def adopt_record(self, state: ExecutionState, execution: ExecutionRecord) -> None:
+        """What the state takes from the execution's row: its trace, and a child's parent."""
         state.trace = execution.trace_context
         if execution.parent_task is not None:
             state.parent = execution.parent_id  # a child: its end reaches its parent's task
-        return state
 
     def load_partial(
         self,

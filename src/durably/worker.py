@@ -28,6 +28,7 @@ from .retention import Pruner
 from .runtime import Runtime
 from .scheduler import Scheduler
 from .state import ExecutionState
+from .statuses import COMPLETED
 from .store import Tx
 from .sweeper import Sweeping
 from .workflow import Workflow
@@ -43,6 +44,9 @@ class Job:
     attempt: int
     input: dict[str, Any]
     timed_out: str | None = None  # an event wait past its timeout: this attempt fails
+    # Its execution's row as the claim read it: what never changes (its initial context, a
+    # child's parent, its trace) is read from here again when the attempt ends.
+    execution: ExecutionRecord | None = None
 
     @property
     def task_id(self) -> str:
@@ -259,7 +263,7 @@ class Worker(Sweeping):
         )
         state.trace = execution.trace_context
         if claim.wait_event is not None:  # claimed from an event wait past its timeout
-            return Job(wf, state, claim.name, claim.attempt, {}, claim.wait_event), None
+            return Job(wf, state, claim.name, claim.attempt, {}, claim.wait_event, execution), None
         if plan.needs_whole_execution(state, claim.name):
             # A dependency that did not complete passes on its own input: that needs the
             # whole execution (rare: only after a failure or a skip).
@@ -270,7 +274,7 @@ class Worker(Sweeping):
                 return None, None  # it waits; the claim started no attempt
             decision = plan.Start(claim.name, plan.input_for(state, claim.name))
         if isinstance(decision, plan.Start):
-            return Job(wf, state, claim.name, claim.attempt, decision.input), None
+            return Job(wf, state, claim.name, claim.attempt, decision.input, None, execution), None
         if isinstance(decision, plan.Spawn):
             self.rt.spawn(tx, state, decision, now, claimed=True)
             return None, None  # it waits for its child, which workers run
@@ -324,6 +328,15 @@ class Worker(Sweeping):
     ) -> tuple[Workflow, ExecutionState] | None:
         """When nothing is left to run, load the whole execution and finish it (here,
         unless compensations must run first)."""
+        if _whole_and_completed(wf, state):
+            # It holds every task, each completed with its output (a single-task execution
+            # always does): it is the whole execution, with nothing to count or reload.
+            if execution is None:
+                execution = self.rt.repo.execution(tx, state.id)
+                assert execution is not None
+            self.rt.adopt_record(state, execution)
+            self.rt.finish(tx, state)
+            return None
         if self.rt.repo.unfinished_tasks(tx, state.id):
             return None
         if execution is None:
@@ -432,6 +445,13 @@ class Worker(Sweeping):
                     )
                     self.rt.repo.notify_work(tx)  # a freed slot, or what its end unblocked
                 self._mark_ready(tx, fresh, unblocked, now)
-                if (done := self._after(tx, job.wf, fresh, None)) is not None:
+                if (done := self._after(tx, job.wf, fresh, job.execution)) is not None:
                     finished.append(done)
         return saved, finished
+
+
+def _whole_and_completed(wf: Workflow, state: ExecutionState) -> bool:
+    return len(state.tasks) == len(wf.tasks) and all(
+        task.status == COMPLETED and task.instances is None and name in state.outputs
+        for name, task in state.tasks.items()
+    )
