@@ -7,8 +7,6 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -19,24 +17,9 @@ from durably.attempt_logs import MAX_MESSAGE, TRUNCATED, AttemptLog, entries_of
 from durably.cli import cli as durably_cli
 
 from .conftest import unique
+from .workers import running_worker
 
 RETRY = RetryPolicy(max_attempts=3, initial_delay=0.0, jitter=False)
-
-
-@contextmanager
-def running_worker(engine: Engine) -> Iterator[Any]:
-    worker = engine.worker(concurrency=2, poll_interval=0.05)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        if engine.store.dialect == "postgres":
-            with engine.store.transaction() as tx:
-                engine.runtime.repo.notify_work(tx)
-        thread.join(timeout=15)
-        assert not thread.is_alive(), "the worker did not stop"
 
 
 def messages(attempt: Any) -> list[str]:

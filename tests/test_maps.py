@@ -15,8 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from click.testing import CliRunner, Result
 from durably import Context, Engine, RetryPolicy, Workflow, WorkflowDefinitionError, delay
 from durably.cli import cli as durably_cli
 
-from . import maps_app
+from . import maps_app, workers
 from .conftest import unique, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -512,22 +511,8 @@ def test_a_root_mapped_task_maps_over_the_initial_context(engine: Engine) -> Non
 # -- 3. workers --------------------------------------------------------------------------------
 
 
-@contextmanager
-def running_worker(engine: Engine, **options: Any) -> Iterator[Any]:
-    options.setdefault("concurrency", 3)
-    options.setdefault("poll_interval", 0.05)
-    worker = engine.worker(**options)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        if engine.store.dialect == "postgres":
-            with engine.store.transaction() as tx:
-                engine.runtime.repo.notify_work(tx)
-        thread.join(timeout=15)
-        assert not thread.is_alive(), "the worker did not stop"
+def running_worker(engine: Engine, **options: Any) -> Any:
+    return workers.running_worker(engine, **{"concurrency": 3, **options})
 
 
 def test_a_worker_completes_a_map_with_max_parallel_and_collect(engine: Engine) -> None:

@@ -17,8 +17,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ from durably.cli import cli as durably_cli
 
 from . import subworkflow_app
 from .conftest import unique, wait_until
+from .workers import running_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -324,24 +323,6 @@ def test_a_fork_after_the_sub_workflow_reuses_it_and_from_it_runs_a_new_child(
 
 
 # -- 3. workers --------------------------------------------------------------------------------
-
-
-@contextmanager
-def running_worker(engine: Engine, **options: Any) -> Iterator[Any]:
-    options.setdefault("concurrency", 2)
-    options.setdefault("poll_interval", 0.05)
-    worker = engine.worker(**options)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        if engine.store.dialect == "postgres":
-            with engine.store.transaction() as tx:
-                engine.runtime.repo.notify_work(tx)
-        thread.join(timeout=15)
-        assert not thread.is_alive(), "the worker did not stop"
 
 
 def test_a_worker_runs_parent_and_child(engine: Engine) -> None:

@@ -19,7 +19,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from durably.json_views import execution_json
 
 from . import waits_app
 from .conftest import unique, wait_until
+from .workers import running_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_RETRY_DELAY = RetryPolicy(max_attempts=2, backoff="fixed", initial_delay=0, jitter=False)
@@ -108,26 +108,6 @@ def record(engine: Engine, execution_id: str, task: str) -> Any:
 def events(engine: Engine, execution_id: str) -> list[Any]:
     with engine.store.read() as tx:
         return engine.runtime.repo.events(tx, execution_id)
-
-
-@contextmanager
-def running_worker(engine: Engine, **options: Any) -> Iterator[Any]:
-    options.setdefault("concurrency", 2)
-    options.setdefault("poll_interval", 0.05)
-    worker = engine.worker(**options)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        if engine.store.dialect == "postgres":
-            # stop() does not interrupt an idle wait_for_work: without a NOTIFY a worker
-            # with a long poll_interval returns only when that interval ends.
-            with engine.store.transaction() as tx:
-                engine.runtime.repo.notify_work(tx)
-        thread.join(timeout=15)
-        assert not thread.is_alive(), "the worker did not stop"
 
 
 class Calls:
