@@ -53,7 +53,10 @@ class Inspection:
     def get(self, execution_id: UUID | str) -> ExecutionResult:
         """The execution as stored now, with every task's outcome, saved output and attempts."""
         snapshot = self.snapshot(execution_id, initial=False)
-        shape = self.shape(snapshot)
+        return self.result(snapshot, self.shape(snapshot))
+
+    def result(self, snapshot: Snapshot, shape: Shape | None) -> ExecutionResult:
+        """A snapshot as a result, with the links to its sub-workflows' executions."""
         return result_of(snapshot, shape, self.children(snapshot, shape))
 
     def children(

@@ -32,7 +32,7 @@ from .runtime import Runtime
 from .state import ExecutionState
 from .statuses import RUNNING, WAITING
 from .store import Tx
-from .subworkflows import child_event
+from .subworkflows import child_of_event
 from .workflow import Workflow
 
 logger = logging.getLogger("durably.runner")
@@ -338,11 +338,10 @@ class Runner:
     def _adopt_children(self) -> None:
         """On resume: drive the children its waiting tasks wait for (one whose driver is
         alive elsewhere is left to it), and those its start spawned."""
-        prefix = child_event("")
         for task in self.state.tasks.values():
-            event = task.wait_event
-            if task.status == WAITING and event is not None and event.startswith(prefix):
-                self.state.spawned.append(event[len(prefix) :])
+            child_id = child_of_event(task.wait_event) if task.status == WAITING else None
+            if child_id is not None:
+                self.state.spawned.append(child_id)
         self._drive_spawned()
 
     # -- others' claims ----------------------------------------------------------------------

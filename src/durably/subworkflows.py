@@ -16,12 +16,20 @@ from .exceptions import ExecutionStateError, SubworkflowFailed
 
 # Where a sub-workflow task's received payloads keep its child's outcome.
 CHILD_OUTCOME = "durably.child"
+_CHILD_EVENT = "durably.child:"
 
 
 def child_event(child_id: str) -> str:
     """The event a child execution's end sends its parent's task (a reserved name: ``send``
     refuses names under ``durably.``)."""
-    return f"durably.child:{child_id}"
+    return f"{_CHILD_EVENT}{child_id}"
+
+
+def child_of_event(name: str | None) -> str | None:
+    """The child execution whose end the event ``name`` is (None: not a child's event)."""
+    if name is None or not name.startswith(_CHILD_EVENT):
+        return None
+    return name[len(_CHILD_EVENT) :]
 
 
 def adopt_outcome(ctx: Context, handle: Any) -> dict[str, Any]:

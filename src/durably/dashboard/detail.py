@@ -14,7 +14,7 @@ from uuid import UUID
 from ..diffs import Diff, task_diffs
 from ..engine import Engine
 from ..json_views import encode_context, encode_value
-from ..results import Attempt, ExecutionResult, TaskResult, result_of
+from ..results import Attempt, ExecutionResult, TaskResult
 from ..views import duration, instance_counts, waiting_for
 from . import graph, timeline
 
@@ -125,7 +125,7 @@ def build(engine: Engine, execution_id: UUID, now: datetime | None = None) -> Ex
     """Everything the execution page shows. Raises ``ExecutionNotFound``."""
     snapshot = engine.snapshot(execution_id, initial=False)
     shape = engine.shape(snapshot)
-    result = result_of(snapshot, shape, engine.children(snapshot, shape))
+    result = engine.result(snapshot, shape)
     diffs, inputs, exact = task_diffs(engine, result)
     counts = instance_counts(result)
     if shape is not None:
