@@ -17,8 +17,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from click.testing import CliRunner
@@ -235,9 +237,24 @@ def test_a_failed_parent_compensates_its_completed_child(engine: Engine) -> None
     assert child_result.tasks["charge"].compensation == "completed"
 
 
-def test_cancelling_the_parent_cancels_the_waiting_child(engine: Engine) -> None:
+@dataclass
+class Running:
+    """A parent run in-process on a thread, whose child waits for an "approved" event."""
+
+    parent: Workflow
+    child_id: UUID
+    thread: threading.Thread
+    outcome: dict[str, Any]
+
+    def result(self) -> Any:
+        self.thread.join(timeout=20)
+        assert not self.thread.is_alive()
+        return self.outcome["r"]
+
+
+def run_with_waiting_child(engine: Engine, body: Any = None) -> Running:
     child = Workflow(unique("child"))
-    child.task(name="approve", wait=event("approved"))(lambda ctx: None)
+    child.task(name="approve", wait=event("approved"))(body or (lambda ctx: None))
     parent = Workflow(unique("parent"))
     parent.subworkflow("sub", child)
     engine.register(parent)
@@ -246,58 +263,41 @@ def test_cancelling_the_parent_cancels_the_waiting_child(engine: Engine) -> None
     thread.start()
     wait_until(lambda: bool(engine.list(workflow=child.name)), "the child execution")
     [child_summary] = engine.list(workflow=child.name)
+    return Running(parent, child_summary.execution_id, thread, outcome)
+
+
+def test_cancelling_the_parent_cancels_the_waiting_child(engine: Engine) -> None:
+    running = run_with_waiting_child(engine)
     wait_until(
-        lambda: engine.get(child_summary.execution_id).tasks["approve"].status == "waiting",
+        lambda: engine.get(running.child_id).tasks["approve"].status == "waiting",
         "the child's wait",
     )
-    [parent_summary] = engine.list(workflow=parent.name)
+    [parent_summary] = engine.list(workflow=running.parent.name)
     engine.cancel(parent_summary.execution_id)
-    thread.join(timeout=20)
-    assert not thread.is_alive()
-    assert outcome["r"].status == "cancelled"
-    assert engine.get(child_summary.execution_id).status == "cancelled"
-    assert outcome["r"].tasks["sub"].status == "skipped"
+    result = running.result()
+    assert result.status == "cancelled"
+    assert engine.get(running.child_id).status == "cancelled"
+    assert result.tasks["sub"].status == "skipped"
 
 
 def test_cancelling_the_child_fails_the_parents_task(engine: Engine) -> None:
-    child = Workflow(unique("child"))
-    child.task(name="approve", wait=event("approved"))(lambda ctx: None)
-    parent = Workflow(unique("parent"))
-    parent.subworkflow("sub", child)
-    engine.register(parent)
-    outcome: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: outcome.update(r=engine.run(parent, {})))
-    thread.start()
-    wait_until(lambda: bool(engine.list(workflow=child.name)), "the child execution")
-    [child_summary] = engine.list(workflow=child.name)
+    running = run_with_waiting_child(engine)
     wait_until(
-        lambda: engine.get(child_summary.execution_id).tasks["approve"].status == "waiting",
+        lambda: engine.get(running.child_id).tasks["approve"].status == "waiting",
         "the child's wait",
     )
-    engine.cancel(child_summary.execution_id)
-    thread.join(timeout=20)
-    assert not thread.is_alive()
-    assert outcome["r"].status == "failed"
-    assert "cancelled" in (outcome["r"].tasks["sub"].error or "")
+    engine.cancel(running.child_id)
+    result = running.result()
+    assert result.status == "failed"
+    assert "cancelled" in (result.tasks["sub"].error or "")
 
 
 def test_an_event_sent_to_the_child_lets_the_parent_finish(engine: Engine) -> None:
-    child = Workflow(unique("child"))
-    child.task(name="approve", wait=event("approved"))(
-        lambda ctx: ctx.update(by=ctx["approved"]["by"])
-    )
-    parent = Workflow(unique("parent"))
-    parent.subworkflow("sub", child)
-    engine.register(parent)
-    outcome: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: outcome.update(r=engine.run(parent, {})))
-    thread.start()
-    wait_until(lambda: bool(engine.list(workflow=child.name)), "the child execution")
-    [child_summary] = engine.list(workflow=child.name)
-    engine.send(child_summary.execution_id, "approved", {"by": "alice"})
-    thread.join(timeout=20)
-    assert outcome["r"].status == "completed", outcome["r"].error
-    assert outcome["r"].context["by"] == "alice"
+    running = run_with_waiting_child(engine, lambda ctx: ctx.update(by=ctx["approved"]["by"]))
+    engine.send(running.child_id, "approved", {"by": "alice"})
+    result = running.result()
+    assert result.status == "completed", result.error
+    assert result.context["by"] == "alice"
 
 
 def test_the_reserved_event_name_cannot_be_forged(engine: Engine) -> None:
