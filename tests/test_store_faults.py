@@ -229,3 +229,67 @@ def test_a_pool_whose_connections_are_all_busy_says_so(postgres_url: str) -> Non
         assert store.schema_version() > 0  # the connection came back to the pool
     finally:
         store.close()
+
+
+# -- PostgreSQL: a deadlock is a conflict to retry, not a failure ----------------------------
+
+
+@pytest.mark.postgres
+def test_a_deadlock_is_a_store_conflict_error(postgres_url: str) -> None:
+    from durably import Engine, StoreConflictError, Workflow
+
+    wf = Workflow("faults_deadlock")
+    wf.task(name="only")(lambda ctx: None)
+    with Engine(postgres_url, workflows=[wf]) as engine:
+        first, second = str(engine.start(wf, {})), str(engine.start(wf, {}))
+        repo = engine.runtime.repo
+        both_hold_one = threading.Barrier(2)
+        outcomes: list[BaseException | None] = []
+
+        def lock(a: str, b: str) -> None:
+            try:
+                with engine.store.transaction() as tx:
+                    repo.lock_execution(tx, a)
+                    both_hold_one.wait(timeout=10)
+                    repo.lock_execution(tx, b)  # each waits for the other: a cycle
+                outcomes.append(None)
+            except BaseException as exc:
+                outcomes.append(exc)
+
+        threads = [
+            threading.Thread(target=lock, args=(first, second)),
+            threading.Thread(target=lock, args=(second, first)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    errors = [exc for exc in outcomes if exc is not None]
+    assert len(outcomes) == 2
+    assert len(errors) == 1, outcomes  # PostgreSQL aborted one to let the other through
+    assert isinstance(errors[0], StoreConflictError)
+    assert "deadlock" in str(errors[0])
+
+
+def test_cancel_runs_again_after_a_conflict(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from durably import Engine, StoreConflictError, Workflow, event
+
+    wf = Workflow("faults_cancel_conflict")
+    wf.task(name="later", wait=event("go"))(lambda ctx: None)
+    with Engine(store_url, workflows=[wf]) as engine:
+        execution_id = engine.start(wf, {})
+        real = engine._cancel
+        calls: list[str] = []
+
+        def conflict_once(key: str) -> list[str]:
+            calls.append(key)
+            if len(calls) == 1:
+                raise StoreConflictError("query 'cancel_tasks' failed: deadlock detected")
+            return real(key)
+
+        monkeypatch.setattr(engine, "_cancel", conflict_once)
+        result = engine.cancel(execution_id)
+    assert len(calls) == 2
+    assert result.status == "cancelled"

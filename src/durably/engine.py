@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from .context import Context
 from .exceptions import (
     ExecutionNotFound,
     ExecutionStateError,
+    StoreConflictError,
     StoreError,
 )
 from .flow import check_priority
@@ -322,6 +324,26 @@ class Engine(Inspection):
     def cancel(self, execution_id: UUID | str) -> ExecutionResult:
         """Stop an execution: tasks not yet started are skipped, running ones finish."""
         key = as_id(execution_id)
+        for attempt in range(1, 4):
+            try:
+                cancelled = self._cancel(key)
+                break
+            except StoreConflictError:
+                # A worker claiming one of its tasks locks the task row before the
+                # execution's, the reverse of this order: PostgreSQL broke the cycle, and
+                # nothing of this transaction was written. Doing it again is safe.
+                if attempt == 3:
+                    raise
+                time.sleep(0.01 * attempt)
+        with self._lock:
+            runners = [self._runs.get(each) for each in cancelled]
+        for runner in runners:
+            if runner is not None:
+                runner.cancelled = True
+        return self.get(key)
+
+    def _cancel(self, key: str) -> list[str]:
+        """Cancel the execution and its children in one transaction; return their ids."""
         cancelled = [key]
         with self.store.transaction() as tx:
             record = self._record(tx, key)
@@ -333,12 +355,7 @@ class Engine(Inspection):
                 self.runtime.report_cancel(tx, key, parent, now)
                 # Its slots under flow limits free up: wake the workers a limit holds back.
                 self.runtime.repo.notify_work(tx)
-        with self._lock:
-            runners = [self._runs.get(each) for each in cancelled]
-        for runner in runners:
-            if runner is not None:
-                runner.cancelled = True
-        return self.get(key)
+        return cancelled
 
     def retry(self, execution_id: UUID | str) -> ExecutionResult:
         """Run the failed, skipped, upstream_failed and abandoned tasks of a failed or

@@ -157,6 +157,11 @@ class StoreConnectionError(StoreError):
     """The database cannot be reached."""
 
 
+class StoreConflictError(StoreError):
+    """The database aborted the transaction to break a lock cycle with another one (a
+    deadlock): nothing of it was written, and running it again may succeed."""
+
+
 class MigrationError(StoreError):
     """The database schema could not be migrated."""
 

@@ -12,6 +12,7 @@ from typing import Any, LiteralString, Self
 
 import psycopg
 import psycopg.conninfo
+import psycopg.errors
 from psycopg import sql as pgsql
 from psycopg.adapt import AdaptersMap
 from psycopg.rows import DictRow, dict_row
@@ -19,7 +20,7 @@ from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from . import sql
-from .exceptions import MigrationError, StoreConnectionError, StoreError
+from .exceptions import MigrationError, StoreConflictError, StoreConnectionError, StoreError
 from .logs import fields
 from .store import Params, Row, Store, Tx, iter_statements
 
@@ -116,6 +117,8 @@ def _wrap(conn: Connection | None, what: str, exc: psycopg.Error) -> StoreError:
     """A driver error as ours: a lost connection is a StoreConnectionError."""
     lost = isinstance(exc, psycopg.OperationalError) and (conn is None or conn.broken)
     kind = StoreConnectionError if lost else StoreError
+    if isinstance(exc, psycopg.errors.DeadlockDetected):
+        kind = StoreConflictError
     return kind(f"{what}: {_oneline(exc)}")
 
 
