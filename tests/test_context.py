@@ -7,12 +7,14 @@ import types
 import uuid
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from enum import Enum, StrEnum
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
+from durably import Engine, Workflow
 from durably.context import MISSING, Context, ExecutionScope, SagaContext
 from durably.exceptions import (
     ContextError,
@@ -508,3 +510,53 @@ def test_concurrent_insert_has_one_winner() -> None:
     assert _run_threads([contender(n) for n in range(8)]) == []
     assert len(winners) == 1
     assert ctx["owner"] == winners[0]
+
+
+def test_a_saved_context_is_decoded_only_when_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result's task contexts come from their saved text and are decoded on first read,
+    once, and then behave like any Context."""
+    from durably import codec
+
+    calls: list[str] = []
+    real = codec.loads
+
+    def counting(text: str) -> Any:
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setattr(codec, "loads", counting)
+    ctx = Context._from_text(codec.dumps({"a": [1, 2], "when": Decimal("1.5")}))
+    assert calls == []
+    assert isinstance(ctx, Context)
+    assert repr(ctx) == "Context({'a': [1, 2], 'when': Decimal('1.5')})"
+    assert ctx.a == [1, 2]
+    assert ctx["when"] == Decimal("1.5")
+    ctx["b"] = 3
+    del ctx["a"]
+    assert dict(ctx) == {"when": Decimal("1.5"), "b": 3}
+    assert len(calls) == 1
+    assert ctx.copy() == ctx
+    assert copy.deepcopy(ctx) == ctx
+    assert len(calls) == 1
+    with pytest.raises(AttributeError, match="Context has no key or attribute 'nope'"):
+        _ = ctx.nope
+
+
+def test_a_result_decodes_no_task_output_until_one_is_read(tmp_path: Any) -> None:
+    wf = Workflow("lazy-results")
+
+    @wf.task()
+    def first(ctx: Context) -> None:
+        ctx["x"] = {"deep": [1]}
+
+    @wf.task(dependencies=["first"])
+    def second(ctx: Context) -> None:
+        ctx["y"] = 2
+
+    with Engine(f"sqlite:///{tmp_path / 'lazy.db'}") as engine:
+        result = engine.run(wf, Context(n=1))
+        assert result.context == {"n": 1, "x": {"deep": [1]}, "y": 2}
+        first_ctx = result.tasks["first"].context
+        assert first_ctx == {"n": 1, "x": {"deep": [1]}}
+        assert result.tasks["second"].context == result.context
+        assert engine.task_context(result.execution_id, "first") == first_ctx

@@ -135,6 +135,17 @@ class Context(MutableMapping[str, Any]):
         object.__setattr__(self, "_scope", scope)
         return self
 
+    @classmethod
+    def _from_text(cls, text: str) -> Context:
+        """A saved context (codec text) decoded when it is first read: an execution's
+        result carries every task's output, and most callers read none of them (decoding
+        them all was a tenth of a chain's cost)."""
+        self = _StoredContext.__new__(_StoredContext)
+        object.__setattr__(self, "_text", text)
+        object.__setattr__(self, "_lock", threading.RLock())
+        object.__setattr__(self, "_scope", None)
+        return self
+
     @property
     def scope(self) -> ExecutionScope | None:
         """The execution and task this context belongs to; ``None`` outside an execution."""
@@ -343,6 +354,35 @@ class SagaContext(Context):
     """The context of a saga execution (the minos name): the same thing as :class:`Context`."""
 
     __slots__ = ()
+
+
+_DATA_SLOT = Context.__dict__["_data"]
+
+
+class _StoredContext(Context):
+    """A :class:`Context` whose data is decoded from its saved text on first access
+    (:meth:`Context._from_text`). Every method reaches the data through ``_data`` under the
+    context's lock, so the decoding happens once, under that lock."""
+
+    __slots__ = ("_text",)
+    _text: str
+
+    @property
+    def _data(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = _DATA_SLOT.__get__(self, Context)
+        except AttributeError:
+            data = codec.loads(self._text)
+            _DATA_SLOT.__set__(self, data)
+        return data
+
+    @_data.setter
+    def _data(self, value: dict[str, Any]) -> None:
+        _DATA_SLOT.__set__(self, value)
+
+
+# It is a Context to its users: reprs and error messages name it so.
+_StoredContext.__name__ = _StoredContext.__qualname__ = "Context"
 
 
 class _ValuesView(ValuesView[Any]):

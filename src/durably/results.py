@@ -160,7 +160,7 @@ def result_of(
             status=t.status,
             attempts=t.attempt,
             error=t.error or (t.last_error if t.status != COMPLETED else None),
-            context=Context._from_data(codec.loads(snapshot.outputs[t.name]))
+            context=Context._from_text(snapshot.outputs[t.name])
             if t.name in snapshot.outputs
             else None,
             started_at=t.started_at,

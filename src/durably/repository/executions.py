@@ -17,7 +17,7 @@ from ..store import Tx, timestamp
 from ..workflow import Workflow
 from .listing import Listing
 from .maps import Maps
-from .rows import execution_of, new_id, stored
+from .rows import execution_of, new_id, random_id, stored
 
 
 class Executions(Maps, Listing):
@@ -88,7 +88,7 @@ class Executions(Maps, Listing):
         ``reused`` tasks (a fork's) start completed; ``patches`` (codec text) are stored in
         their task's configuration."""
         stamp = timestamp(now)
-        execution_id = new_id()
+        execution_id = random_id()
         if context_id is None:
             context_id = self.insert_context(tx, initial or "{}", now)
         limited = None

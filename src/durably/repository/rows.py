@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from operator import itemgetter
@@ -14,9 +15,23 @@ from ..store import Row, parse_timestamp
 
 
 def new_id() -> str:
-    """A random (version 4) UUID as text. Three are made per completed task, and
-    ``str(uuid.uuid4())`` builds and validates a UUID object for each: this is a third of
-    its cost, for the same 122 random bits and the same text."""
+    """A time-ordered (version 7) UUID as text, for the rows an execution writes per task
+    (tasks, outputs, attempts): consecutive ids sort together, so each insert lands on the
+    same last page of a primary-key or foreign-key index instead of a random one. On SQLite
+    in WAL mode every page a commit touches is written out whole, so random keys cost a page
+    per index per task. Made from bytes rather than ``uuid.UUID``, which validates an object
+    per id."""
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10))
+    raw[6] = raw[6] & 0x0F | 0x70  # version 7
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def random_id() -> str:
+    """A random (version 4) UUID as text, for execution ids: people abbreviate those to
+    their first 8 characters, which a time-ordered id would share with every execution
+    started in the same minute."""
     raw = bytearray(os.urandom(16))
     raw[6] = raw[6] & 0x0F | 0x40  # version 4
     raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
