@@ -305,3 +305,55 @@ def _unmigrated(url: str) -> Store:
     from durably.postgres_store import PostgresStore
 
     return PostgresStore(url)
+
+
+def test_0012_keeps_every_output_while_rebuilding_its_table(tmp_path: Path) -> None:
+    """SQLite drops a foreign key by rebuilding the table: the outputs saved before the
+    upgrade are still there, and still read, after it."""
+    from durably.sqlite_store import SQLiteStore
+    from durably.store import iter_statements
+
+    path = tmp_path / "upgrade.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("BEGIN")
+    conn.execute(
+        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+    )
+    for version, script in sql.migrations("sqlite"):
+        if version < 12:
+            for statement in iter_statements(script):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version VALUES (?, 'then')", (version,))
+    now = "2026-01-01T00:00:00+00:00"
+    conn.execute("INSERT INTO contexts VALUES ('c0', '{\"n\": 1}', ?, ?)", (now, now))
+    conn.execute("INSERT INTO contexts VALUES ('c1', '{\"n\": 2}', ?, ?)", (now, now))
+    conn.execute(
+        "INSERT INTO pipeline_executions (id, pipeline_name, pipeline_version, status, "
+        "context_id, created_at, updated_at) VALUES ('e', 'wf', 'v', 'completed', 'c0', ?, ?)",
+        (now, now),
+    )
+    conn.execute(
+        "INSERT INTO task_executions (id, pipeline_execution_id, task_name, position, status, "
+        "created_at, updated_at) VALUES ('t', 'e', 'a', 0, 'completed', ?, ?)",
+        (now, now),
+    )
+    conn.execute(
+        "INSERT INTO task_execution_metadata VALUES ('m', 't', 'e', 'a', 'c1', ?, ?)", (now, now)
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    with SQLiteStore(str(path)) as store:
+        assert store.migrate() == len(sql.migrations("sqlite")) - 11
+        with store.read() as tx:
+            row = tx.fetch_one("get_task_output", {"id": "e", "name": "a"})
+    assert row is not None
+    assert row["value"] == '{"n": 2}'
+    conn = sqlite3.connect(path)
+    try:
+        keys = conn.execute(
+            "SELECT \"table\" FROM pragma_foreign_key_list('task_execution_metadata')"
+        )
+        assert [table for (table,) in keys] == ["pipeline_executions"]
+    finally:
+        conn.close()

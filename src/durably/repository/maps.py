@@ -105,4 +105,6 @@ class Maps(Waits):
         tx.execute("reopen_mapped_task", params)
 
     def delete_instances(self, tx: Tx, execution_id: str, parent: str) -> None:
-        tx.execute("delete_instances", {"id": execution_id, "parent": parent})
+        params = {"id": execution_id, "parent": parent}
+        tx.execute("delete_instance_outputs", params)
+        tx.execute("delete_instances", params)

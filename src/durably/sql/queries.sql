@@ -617,6 +617,13 @@ SET status = 'running', completed_at = NULL, error_details = NULL,
     map_done = map_done - :reopened, map_failed = 0, updated_at = :now
 WHERE id = :id AND map_total IS NOT NULL;
 
+-- name: delete_instance_outputs
+-- Before the instances themselves: an output row does not follow its task by a cascade.
+DELETE FROM task_execution_metadata
+WHERE pipeline_execution_id = :id AND task_name IN (
+    SELECT task_name FROM task_executions WHERE pipeline_execution_id = :id AND map_parent = :parent
+);
+
 -- name: delete_instances
 DELETE FROM task_executions WHERE pipeline_execution_id = :id AND map_parent = :parent;
 

@@ -89,12 +89,14 @@ CREATE INDEX task_executions_waiting ON task_executions (wake_at) WHERE status =
 CREATE INDEX task_executions_instances ON task_executions (pipeline_execution_id, map_parent, map_index)
     WHERE map_parent IS NOT NULL;
 
+-- An output's link (0012: no foreign keys to its task and context, checked on every insert:
+-- outputs are deleted before their tasks, and prune_contexts keeps a context still linked).
 CREATE TABLE task_execution_metadata (
     id UUID PRIMARY KEY,
-    task_execution_id UUID NOT NULL REFERENCES task_executions (id) ON DELETE CASCADE,
+    task_execution_id UUID NOT NULL,
     pipeline_execution_id UUID NOT NULL REFERENCES pipeline_executions (id) ON DELETE CASCADE,
     task_name TEXT NOT NULL,
-    context_id UUID NOT NULL REFERENCES contexts (id),
+    context_id UUID NOT NULL,
     created_at TIMESTAMPTZ NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL,
     UNIQUE (pipeline_execution_id, task_name)
@@ -188,7 +190,6 @@ CREATE INDEX pipeline_executions_finished ON pipeline_executions (status, comple
 CREATE INDEX pipeline_executions_context ON pipeline_executions (context_id);
 CREATE INDEX pipeline_executions_final_context ON pipeline_executions (final_context_id);
 CREATE INDEX task_execution_metadata_context ON task_execution_metadata (context_id);
-CREATE INDEX task_execution_metadata_task ON task_execution_metadata (task_execution_id);
 CREATE INDEX task_attempts_task ON task_attempts (task_execution_id);
 CREATE INDEX saga_executions_finished ON saga_executions (status, updated_at);
 CREATE INDEX saga_executions_context ON saga_executions (context_id);
