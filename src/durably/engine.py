@@ -10,45 +10,35 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import logging
 import os
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from . import attempt_logs, codec, mailbox, repair, retention, tracing
+from . import attempt_logs, codec, mailbox, repair, retention, starts, tracing
 from .arguments import as_id, check_int, check_key, check_lease, encode_initial
 from .backends import open_store
 from .clock import SYSTEM, Clock
 from .context import Context
+from .driving import InProcessRuns
 from .exceptions import (
-    ExecutionNotFound,
     ExecutionStateError,
     StoreConflictError,
-    StoreError,
 )
 from .flow import check_priority
 from .inspection import Inspection
-from .logs import log
 from .registry import Registry
 from .results import ExecutionResult
 from .runner import Job, Runner
 from .runtime import DEFAULT_MAX_CONTEXT_BYTES, Runtime
 from .scheduler import ScheduleStatus, fire_all, statuses
-from .state import ExecutionState, TaskState
+from .state import ExecutionState
 from .statuses import EXECUTION_TERMINAL
-from .store import Store, Tx
+from .store import Store
 from .worker import Worker
 from .workflow import Workflow
-
-logger = logging.getLogger("durably.engine")
-
-
-class _KeyTaken(Exception):
-    """A concurrent start inserted the same idempotency key first (rolls the insert back)."""
 
 
 class Engine(Inspection):
@@ -87,9 +77,8 @@ class Engine(Inspection):
         )
         self.lease = lease
         self.worker_id = self.runtime.worker_id
-        self._runs: dict[str, Runner] = {}
-        self._lock = threading.Lock()
-        self.runtime.drive_child = self._drive_child
+        self._runs = InProcessRuns(self.runtime)
+        self.runtime.drive_child = lambda child_id: self._runs.drive_child(child_id, self.resume)
         for wf in workflows:
             self.register(wf)
 
@@ -153,14 +142,16 @@ class Engine(Inspection):
         initial = encode_initial(context, self.max_context_bytes)
         try:
             with self.store.transaction() as tx:
-                existing, states = self._insert(tx, definition, initial, key, claimed=True)
+                existing, states = starts.insert(
+                    self.runtime, tx, definition, initial, key, claimed=True
+                )
                 if existing is None:
                     state = ExecutionState(definition, states[0], states[1], {}, initial)
                     state.trace = tracing.carrier()
                     runner = Runner(self.runtime, definition, state)
                     first = runner.start(tx)
-        except _KeyTaken:
-            existing = self._by_key(definition, key)
+        except starts.KeyTaken:
+            existing = starts.by_key(self.runtime, definition, key)
         if existing is not None:
             return self._join(existing)
         return self._drive(runner, first)
@@ -194,46 +185,14 @@ class Engine(Inspection):
     def _start(self, definition: Workflow, initial: str, key: str | None, priority: int) -> UUID:
         try:
             with self.store.transaction() as tx:
-                existing, created = self._insert(
-                    tx, definition, initial, key, claimed=False, priority=priority
+                existing, created = starts.insert(
+                    self.runtime, tx, definition, initial, key, claimed=False, priority=priority
                 )
                 if existing is None:
                     self.runtime.repo.notify_work(tx)
-        except _KeyTaken:
-            existing = self._by_key(definition, key)
+        except starts.KeyTaken:
+            existing = starts.by_key(self.runtime, definition, key)
         return UUID(existing or created[0])
-
-    def _insert(
-        self, tx: Tx, wf: Workflow, initial: str, key: str | None, *, claimed: bool,
-        priority: int = 0,
-    ) -> tuple[str | None, tuple[str, list[TaskState]]]:  # fmt: skip
-        """``(existing id, _)`` when the key is taken, else ``(None, (id, task states))``."""
-        key = check_key(key)
-        repo = self.runtime.repo
-        if key is not None and (found := repo.execution_by_key(tx, wf.name, key)) is not None:
-            return found.id, ("", [])
-        created = repo.create_execution(
-            tx,
-            wf,
-            self.runtime.now(),
-            initial=initial,
-            claimed_by=self.worker_id if claimed else None,
-            key=key,
-            priority=priority,
-        )
-        if created is None:
-            raise _KeyTaken
-        trace = tracing.carrier()
-        if trace is not None:
-            repo.set_trace(tx, created[0], trace)
-            tracing.annotate(execution_id=created[0])
-        return None, created
-
-    def _by_key(self, wf: Workflow, key: str | None) -> str:
-        with self.store.read() as tx:
-            found = self.runtime.repo.execution_by_key(tx, wf.name, key or "")
-        assert found is not None, "an idempotency key conflict without its execution"
-        return found.id
 
     def _join(self, execution_id: str) -> ExecutionResult:
         """A second ``run`` with the same key: the existing execution, run here to its end
@@ -244,59 +203,8 @@ class Engine(Inspection):
             return self.wait(execution_id)
 
     def _drive(self, runner: Runner, first: list[Job]) -> ExecutionResult:
-        self.runtime.heartbeat.hold(execution=runner.id)
-        with self._lock:
-            self._runs[runner.id] = runner
-        try:
-            runner.drive(first)
-        except StoreError as exc:
-            if runner.id in str(exc):
-                raise
-            raise type(exc)(f"execution {runner.id}: {exc}") from exc
-        finally:
-            with self._lock:
-                self._runs.pop(runner.id, None)
-            self.runtime.heartbeat.drop(execution=runner.id)
-            if not runner.finished:
-                self._release(runner.id)
+        self._runs.drive(runner, first)
         return self.get(runner.id)
-
-    def _release(self, execution_id: str) -> None:
-        try:
-            with self.store.transaction() as tx:
-                self.runtime.repo.release_execution(
-                    tx, execution_id, self.worker_id, self.runtime.now()
-                )
-        except StoreError:  # the database is what failed: the claim expires with the lease
-            pass
-
-    def _drive_child(self, child_id: str) -> None:
-        """Run a sub-workflow's execution that an in-process run of this engine started, on
-        a thread of its own (its parent's run waits for it like for an event), then wake the
-        parent's run."""
-
-        def drive() -> None:
-            try:
-                result = self.resume(child_id)
-            except (ExecutionStateError, ExecutionNotFound):
-                return  # driven elsewhere already (or its start was rolled back)
-            except Exception as exc:  # the child's own run reports its errors
-                log(
-                    logger,
-                    logging.WARNING,
-                    "sub-workflow execution %s stopped: %s",
-                    child_id,
-                    exc,
-                    action="child_stopped",
-                    execution_id=child_id,
-                )
-                return
-            with self._lock:
-                parent = self._runs.get(str(result.parent_id))
-            if parent is not None:
-                parent.poke()
-
-        threading.Thread(target=drive, name=f"durably-child-{child_id[:8]}", daemon=True).start()
 
     # -- recovery ------------------------------------------------------------------------------
 
@@ -304,9 +212,8 @@ class Engine(Inspection):
         """Continue an unfinished execution here, taking over claims whose process is gone or
         whose lease expired; a finished execution just returns its result."""
         key = as_id(execution_id)
-        with self._lock:
-            if key in self._runs:
-                raise ExecutionStateError(f"execution {key} is already running in this engine")
+        if self._runs.running(key):
+            raise ExecutionStateError(f"execution {key} is already running in this engine")
         runner: Runner | None = None
         with self.store.transaction() as tx:
             record = self._record(tx, key)
@@ -335,11 +242,7 @@ class Engine(Inspection):
                 if attempt == 3:
                     raise
                 time.sleep(0.01 * attempt)
-        with self._lock:
-            runners = [self._runs.get(each) for each in cancelled]
-        for runner in runners:
-            if runner is not None:
-                runner.cancelled = True
+        self._runs.cancel(cancelled)
         return self.get(key)
 
     def _cancel(self, key: str) -> list[str]:
@@ -398,10 +301,7 @@ class Engine(Inspection):
         ignored: returns False then, True when the event was stored."""
         key_id = as_id(execution_id)
         stored = mailbox.send(self.runtime, key_id, name, payload, key=check_key(key))
-        with self._lock:
-            runner = self._runs.get(key_id)
-        if runner is not None:
-            runner.poke()
+        self._runs.poke(key_id)
         return stored
 
     def worker(self, concurrency: int | None = None, **options: Any) -> Worker:
@@ -434,10 +334,7 @@ class Engine(Inspection):
 
     def close(self) -> None:
         """Stop background threads, release claims and close the database."""
-        with self._lock:
-            runners = builtins.list(self._runs.values())
-        for runner in runners:
-            runner.cancelled = True
+        self._runs.cancel_all()
         self.runtime.close()
         self.store.close()
         if self.runtime.logs.capture:

@@ -10,11 +10,10 @@ import time
 
 from . import metrics, plan
 from .logs import log
-from .records import ExecutionRecord
 from .runtime import Runtime
 from .state import ExecutionState
 from .statuses import NOT_STARTED, RUNNING, TASK_TERMINAL
-from .store import Tx
+from .worker_steps import after, mark_ready
 from .workflow import Workflow
 
 logger = logging.getLogger("durably.worker")
@@ -24,14 +23,6 @@ class Sweeping:
     rt: Runtime
     _active: set[str]
     _last_sweep: float
-
-    def _mark_ready(self, tx: Tx, state: ExecutionState, names: list[str], now: float) -> None:
-        raise NotImplementedError  # the Worker's
-
-    def _after(
-        self, tx: Tx, wf: Workflow, state: ExecutionState, execution: ExecutionRecord | None
-    ) -> tuple[Workflow, ExecutionState] | None:
-        raise NotImplementedError  # the Worker's
 
     def _finish_if_done(self, wf: Workflow, state: ExecutionState) -> None:
         raise NotImplementedError  # the Worker's
@@ -92,8 +83,8 @@ class Sweeping:
                         for dep in wf.tasks[name].dependencies
                     )
                 ]
-                self._mark_ready(tx, state, ready, self.rt.now())
-                done = self._after(tx, wf, state, execution)
+                mark_ready(self.rt, tx, state, ready, self.rt.now())
+                done = after(self.rt, tx, wf, state, execution)
         except Exception as exc:  # one broken execution must not stop the sweeper
             log(
                 logger,

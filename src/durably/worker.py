@@ -15,51 +15,22 @@ import concurrent.futures
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from . import metrics, outcomes, plan
+from . import metrics, plan
 from .deployments import Deployments
 from .exceptions import StoreConnectionError, StoreError, TaskInterrupted, WaitTimeout
 from .logs import log
-from .records import Claim, ExecutionRecord
 from .retention import Pruner
 from .runtime import Runtime
 from .scheduler import Scheduler
 from .state import ExecutionState
-from .statuses import COMPLETED
-from .store import Tx
 from .sweeper import Sweeping
+from .worker_steps import Finished, Job, after, around, mark_ready, prepare
 from .workflow import Workflow
 
 logger = logging.getLogger("durably.worker")
-
-
-@dataclass
-class Job:
-    wf: Workflow
-    state: ExecutionState
-    name: str
-    attempt: int
-    input: dict[str, Any]
-    timed_out: str | None = None  # an event wait past its timeout: this attempt fails
-    # Its execution's row as the claim read it: what never changes (its initial context, a
-    # child's parent, its trace) is read from here again when the attempt ends.
-    execution: ExecutionRecord | None = None
-
-    @property
-    def task_id(self) -> str:
-        return self.state.tasks[self.name].id
-
-
-@dataclass
-class Finished:
-    """An attempt that ran, waiting for its outcome to be saved."""
-
-    job: Job
-    output: dict[str, Any] | None
-    error: BaseException | None
 
 
 class Worker(Sweeping):
@@ -215,7 +186,7 @@ class Worker(Sweeping):
                 if not claims:
                     return []
                 for claim in claims:
-                    job, finished = self._prepare(tx, claim, now)
+                    job, finished = prepare(self.rt, tx, claim, now)
                     if job is not None:
                         jobs.append(job)
                     elif finished is not None:
@@ -241,112 +212,6 @@ class Worker(Sweeping):
             for wf, state in done:
                 self._finish_if_done(wf, state)
         return jobs
-
-    def _prepare(
-        self, tx: Tx, claim: Claim, now: float
-    ) -> tuple[Job | None, tuple[Workflow, ExecutionState] | None]:
-        """A claimed task's input, or its settlement without running: ``(job, None)``, or
-        ``(None, the whole execution if that finished it)``."""
-        execution = self.rt.repo.execution(tx, claim.execution_id)
-        assert execution is not None
-        wf = self.rt.workflow(execution.workflow, execution.version, execution.shape)
-        # An instance of a mapped task takes that task's dependencies (and its fork patch).
-        declared = claim.map_parent or claim.name
-        deps = wf.tasks[declared].dependencies
-        state = self.rt.load_partial(
-            tx,
-            execution.id,
-            wf,
-            list(dict.fromkeys([claim.name, declared, *deps])),
-            deps,
-            context_id=None if deps else execution.context_id,
-        )
-        state.trace = execution.trace_context
-        if claim.wait_event is not None:  # claimed from an event wait past its timeout
-            return Job(wf, state, claim.name, claim.attempt, {}, claim.wait_event, execution), None
-        if plan.needs_whole_execution(state, claim.name):
-            # A dependency that did not complete passes on its own input: that needs the
-            # whole execution (rare: only after a failure or a skip).
-            state = self.rt.load(tx, execution, wf)
-        decision = plan.decide(state, claim.name, now)
-        if isinstance(decision, plan.WaitFor):
-            if not self.rt.wait(tx, state, decision, now, claimed=True):
-                return None, None  # it waits; the claim started no attempt
-            decision = plan.Start(claim.name, plan.input_for(state, claim.name))
-        if isinstance(decision, plan.Start):
-            return Job(wf, state, claim.name, claim.attempt, decision.input, None, execution), None
-        if isinstance(decision, plan.Spawn):
-            self.rt.spawn(tx, state, decision, now, claimed=True)
-            return None, None  # it waits for its child, which workers run
-        if isinstance(decision, plan.Defer):  # cannot happen: the claim filters retry times
-            return None, None
-        if isinstance(decision, plan.Expand):
-            if decision.count:
-                self.rt.expand(tx, state, decision, now, in_process=False)
-                self.rt.repo.notify_work(tx)  # its instances are ready for any worker
-                return None, None
-            # An empty list completes it: decided on the tasks around it, which its
-            # dependents are among.
-            around = self._around(tx, wf, execution.id, claim.name)
-            _, unblocked = self.rt.expand(tx, around, decision, now, in_process=False)
-            self._mark_ready(tx, around, unblocked, now)
-            return None, self._after(tx, wf, around, execution)
-        around = self._around(tx, wf, execution.id, claim.name)
-        unblocked = self.rt.settle(tx, around, decision, now)
-        self._mark_ready(tx, around, unblocked, now)
-        return None, self._after(tx, wf, around, execution)
-
-    def _around(
-        self, tx: Tx, wf: Workflow, execution_id: str, name: str, parent: str | None = None
-    ) -> ExecutionState:
-        """The tasks a change of ``name`` can affect: it, its dependents, and theirs. For an
-        instance of a mapped task: it, that task (with what its input needs, for its output
-        once the last instance is done), and what that task unblocks."""
-        declared = parent or name
-        children = wf.dependents()[declared]
-        touched = dict.fromkeys([name, declared, *children])
-        for child in children:
-            touched.update(dict.fromkeys(wf.tasks[child].dependencies))
-        deps: tuple[str, ...] = ()
-        context_id = None
-        if parent is not None:
-            deps = wf.tasks[parent].dependencies
-            touched.update(dict.fromkeys(deps))
-            if not deps:
-                execution = self.rt.repo.execution(tx, execution_id)
-                context_id = execution.context_id if execution else None
-        return self.rt.load_partial(
-            tx, execution_id, wf, list(touched), deps, context_id=context_id
-        )
-
-    def _mark_ready(self, tx: Tx, state: ExecutionState, names: list[str], now: float) -> None:
-        if self.rt.make_ready(tx, state, names, now):
-            self.rt.repo.notify_work(tx)
-
-    def _after(
-        self, tx: Tx, wf: Workflow, state: ExecutionState, execution: ExecutionRecord | None
-    ) -> tuple[Workflow, ExecutionState] | None:
-        """When nothing is left to run, load the whole execution and finish it (here,
-        unless compensations must run first)."""
-        if _whole_and_completed(wf, state):
-            # It holds every task, each completed with its output (a single-task execution
-            # always does): it is the whole execution, with nothing to count or reload.
-            if execution is None:
-                execution = self.rt.repo.execution(tx, state.id)
-                assert execution is not None
-            self.rt.adopt_record(state, execution)
-            self.rt.finish(tx, state)
-            return None
-        if self.rt.repo.unfinished_tasks(tx, state.id):
-            return None
-        if execution is None:
-            execution = self.rt.repo.execution(tx, state.id)
-            assert execution is not None
-        whole = self.rt.load(tx, execution, wf)
-        if not outcomes.compensation_order(whole):
-            self.rt.finish(tx, whole)
-            return None
-        return wf, whole
 
     def _finish_if_done(self, wf: Workflow, state: ExecutionState) -> None:
         # Compensations run once: only the worker that claims the execution runs them.
@@ -431,7 +296,7 @@ class Worker(Sweeping):
                     self.rt.repo.lock_execution(tx, job.state.id)
                     locked.add(job.state.id)
                 parent = job.state.tasks[job.name].parent
-                fresh = self._around(tx, job.wf, job.state.id, job.name, parent)
+                fresh = around(self.rt, tx, job.wf, job.state.id, job.name, parent)
                 now = self.rt.now()
                 unblocked = self.rt.record(
                     tx, fresh, job.name, job.attempt, item.output, item.error, now
@@ -444,14 +309,7 @@ class Worker(Sweeping):
                         tx, fresh, job.name, now, in_process=False
                     )
                     self.rt.repo.notify_work(tx)  # a freed slot, or what its end unblocked
-                self._mark_ready(tx, fresh, unblocked, now)
-                if (done := self._after(tx, job.wf, fresh, job.execution)) is not None:
+                mark_ready(self.rt, tx, fresh, unblocked, now)
+                if (done := after(self.rt, tx, job.wf, fresh, job.execution)) is not None:
                     finished.append(done)
         return saved, finished
-
-
-def _whole_and_completed(wf: Workflow, state: ExecutionState) -> bool:
-    return len(state.tasks) == len(wf.tasks) and all(
-        task.status == COMPLETED and task.instances is None and name in state.outputs
-        for name, task in state.tasks.items()
-    )

@@ -1,0 +1,158 @@
+"""What a worker does inside a transaction for one task it claimed or finished: the part of
+the execution it loads around the task (the task, its dependents and theirs; never the whole
+execution unless the plan needs it), the decision taken on a claimed task that does not run,
+the dependents marked ready, and the execution finished when nothing is left to run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import outcomes, plan
+from .records import Claim, ExecutionRecord
+from .runtime import Runtime
+from .state import ExecutionState
+from .statuses import COMPLETED
+from .store import Tx
+from .workflow import Workflow
+
+
+@dataclass
+class Job:
+    wf: Workflow
+    state: ExecutionState
+    name: str
+    attempt: int
+    input: dict[str, Any]
+    timed_out: str | None = None  # an event wait past its timeout: this attempt fails
+    # Its execution's row as the claim read it: what never changes (its initial context, a
+    # child's parent, its trace) is read from here again when the attempt ends.
+    execution: ExecutionRecord | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.state.tasks[self.name].id
+
+
+@dataclass
+class Finished:
+    """An attempt that ran, waiting for its outcome to be saved."""
+
+    job: Job
+    output: dict[str, Any] | None
+    error: BaseException | None
+
+
+def prepare(
+    rt: Runtime, tx: Tx, claim: Claim, now: float
+) -> tuple[Job | None, tuple[Workflow, ExecutionState] | None]:
+    """A claimed task's input, or its settlement without running: ``(job, None)``, or
+    ``(None, the whole execution if that finished it)``."""
+    execution = rt.repo.execution(tx, claim.execution_id)
+    assert execution is not None
+    wf = rt.workflow(execution.workflow, execution.version, execution.shape)
+    # An instance of a mapped task takes that task's dependencies (and its fork patch).
+    declared = claim.map_parent or claim.name
+    deps = wf.tasks[declared].dependencies
+    state = rt.load_partial(
+        tx,
+        execution.id,
+        wf,
+        list(dict.fromkeys([claim.name, declared, *deps])),
+        deps,
+        context_id=None if deps else execution.context_id,
+    )
+    state.trace = execution.trace_context
+    if claim.wait_event is not None:  # claimed from an event wait past its timeout
+        return Job(wf, state, claim.name, claim.attempt, {}, claim.wait_event, execution), None
+    if plan.needs_whole_execution(state, claim.name):
+        # A dependency that did not complete passes on its own input: that needs the
+        # whole execution (rare: only after a failure or a skip).
+        state = rt.load(tx, execution, wf)
+    decision = plan.decide(state, claim.name, now)
+    if isinstance(decision, plan.WaitFor):
+        if not rt.wait(tx, state, decision, now, claimed=True):
+            return None, None  # it waits; the claim started no attempt
+        decision = plan.Start(claim.name, plan.input_for(state, claim.name))
+    if isinstance(decision, plan.Start):
+        return Job(wf, state, claim.name, claim.attempt, decision.input, None, execution), None
+    if isinstance(decision, plan.Spawn):
+        rt.spawn(tx, state, decision, now, claimed=True)
+        return None, None  # it waits for its child, which workers run
+    if isinstance(decision, plan.Defer):  # cannot happen: the claim filters retry times
+        return None, None
+    if isinstance(decision, plan.Expand):
+        if decision.count:
+            rt.expand(tx, state, decision, now, in_process=False)
+            rt.repo.notify_work(tx)  # its instances are ready for any worker
+            return None, None
+        # An empty list completes it: decided on the tasks around it, which its
+        # dependents are among.
+        nearby = around(rt, tx, wf, execution.id, claim.name)
+        _, unblocked = rt.expand(tx, nearby, decision, now, in_process=False)
+        mark_ready(rt, tx, nearby, unblocked, now)
+        return None, after(rt, tx, wf, nearby, execution)
+    nearby = around(rt, tx, wf, execution.id, claim.name)
+    unblocked = rt.settle(tx, nearby, decision, now)
+    mark_ready(rt, tx, nearby, unblocked, now)
+    return None, after(rt, tx, wf, nearby, execution)
+
+
+def around(
+    rt: Runtime, tx: Tx, wf: Workflow, execution_id: str, name: str, parent: str | None = None
+) -> ExecutionState:
+    """The tasks a change of ``name`` can affect: it, its dependents, and theirs. For an
+    instance of a mapped task: it, that task (with what its input needs, for its output
+    once the last instance is done), and what that task unblocks."""
+    declared = parent or name
+    children = wf.dependents()[declared]
+    touched = dict.fromkeys([name, declared, *children])
+    for child in children:
+        touched.update(dict.fromkeys(wf.tasks[child].dependencies))
+    deps: tuple[str, ...] = ()
+    context_id = None
+    if parent is not None:
+        deps = wf.tasks[parent].dependencies
+        touched.update(dict.fromkeys(deps))
+        if not deps:
+            execution = rt.repo.execution(tx, execution_id)
+            context_id = execution.context_id if execution else None
+    return rt.load_partial(tx, execution_id, wf, list(touched), deps, context_id=context_id)
+
+
+def mark_ready(rt: Runtime, tx: Tx, state: ExecutionState, names: list[str], now: float) -> None:
+    if rt.make_ready(tx, state, names, now):
+        rt.repo.notify_work(tx)
+
+
+def after(
+    rt: Runtime, tx: Tx, wf: Workflow, state: ExecutionState, execution: ExecutionRecord | None
+) -> tuple[Workflow, ExecutionState] | None:
+    """When nothing is left to run, load the whole execution and finish it (here,
+    unless compensations must run first)."""
+    if _whole_and_completed(wf, state):
+        # It holds every task, each completed with its output (a single-task execution
+        # always does): it is the whole execution, with nothing to count or reload.
+        if execution is None:
+            execution = rt.repo.execution(tx, state.id)
+            assert execution is not None
+        rt.adopt_record(state, execution)
+        rt.finish(tx, state)
+        return None
+    if rt.repo.unfinished_tasks(tx, state.id):
+        return None
+    if execution is None:
+        execution = rt.repo.execution(tx, state.id)
+        assert execution is not None
+    whole = rt.load(tx, execution, wf)
+    if not outcomes.compensation_order(whole):
+        rt.finish(tx, whole)
+        return None
+    return wf, whole
+
+
+def _whole_and_completed(wf: Workflow, state: ExecutionState) -> bool:
+    return len(state.tasks) == len(wf.tasks) and all(
+        task.status == COMPLETED and task.instances is None and name in state.outputs
+        for name, task in state.tasks.items()
+    )
