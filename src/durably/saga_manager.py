@@ -227,7 +227,14 @@ class SagaManager:
         *,
         resend: bool = False,
     ) -> SagaExecution | UUID:
-        runtime = ManagerRuntime(self, pause_on_disk)
+        runtime = ManagerRuntime(
+            self.storage,
+            self.relay,
+            self._waiters,
+            reply_to=self.reply_to,
+            private_topic=self._private_topic,
+            pause_on_disk=pause_on_disk,
+        )
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
