@@ -34,9 +34,10 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from .broker import Broker, Message, MessageHandler, Subscription, log_rejected, redacted
+from .broker_base import Broker
 from .exceptions import BrokerError, UndecodableMessageError
-from .saga_log import log_fields
+from .saga_log import log_fields, log_rejected
+from .wire import Message, MessageHandler, Subscription, redacted
 
 __all__ = ["NatsBroker", "subject_token"]
 

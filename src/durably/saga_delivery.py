@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import tracing
-from .broker import request_message
 from .exceptions import SagaException
-from .saga_messages import SagaResponse
+from .saga_messages import SagaResponse, request_message
 from .saga_outbox import OutboxEntry
 from .saga_records import PendingRequest
 

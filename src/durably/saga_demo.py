@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .broker import InMemoryBroker
 from .context import SagaContext
 from .exceptions import ServiceError
+from .memory_broker import InMemoryBroker
 from .saga import Saga
 from .saga_execution import SagaExecution
 from .saga_manager import SagaManager
