@@ -14,10 +14,11 @@ from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 from . import codec
-from .context import ExecutionScope, SagaContext
+from .context import SagaContext
 from .saga import ConditionalSagaStep, SagaOperation, SagaStep
 from .saga_messages import SagaRequest, SagaResponse
 from .saga_records import PendingRequest
+from .scope import ExecutionScope
 
 __all__ = ["SagaRuntime"]
 
