@@ -26,7 +26,7 @@ from .saga_execution import SagaExecution
 from .saga_manager import SagaManager
 from .saga_messages import SagaRequest, SagaResponse
 from .saga_repository import SagaExecutionRepository
-from .views import context_table
+from .view_parts import context_table
 
 UNDELIVERABLE = frozenset({"Atlantis"})
 
