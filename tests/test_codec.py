@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
 
-from durably import codec
+from durably import codec, codec_encode, codec_types
 from durably.exceptions import ContextSerializationError, ContextTooLargeError
 
 
@@ -300,7 +300,7 @@ def test_sets_are_written_in_a_stable_order() -> None:
 
 def test_plain_data_is_not_copied() -> None:
     data = {"a": [1, {"b": "c"}], "d": 1.5}
-    assert codec._encode(data) is data
+    assert codec_encode.encode(data) is data
 
 
 def test_dumps_accepts_any_mapping() -> None:
@@ -442,7 +442,7 @@ def test_size_limit_counts_utf8_bytes() -> None:
 
 def test_class_found_in_imported_module_without_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     text = codec.dumps({"c": Color.RED, "p": Point(1, 2.0)})
-    monkeypatch.setattr(codec, "_registry", {})
+    monkeypatch.setattr(codec_types, "_registry", {})
     assert codec.loads(text) == {"c": Color.RED, "p": Point(1, 2.0)}
 
 
@@ -453,7 +453,7 @@ def test_local_class_needs_the_registry(monkeypatch: pytest.MonkeyPatch) -> None
 
     text = codec.dumps({"l": Local(1)})
     assert codec.loads(text) == {"l": Local(1)}  # this process has encoded it
-    monkeypatch.setattr(codec, "_registry", {})  # as in a fresh process
+    monkeypatch.setattr(codec_types, "_registry", {})  # as in a fresh process
     with pytest.raises(ContextSerializationError, match="Local"):
         codec.loads(text)
     assert codec.register_type(Local) is Local

@@ -1,13 +1,15 @@
-"""The context: a small, thread-safe key/value document that flows from task to task (SPEC §2)."""
+"""The context: a small, thread-safe key/value document that flows from task to task (SPEC §2).
+
+Where a context is used is its :class:`ExecutionScope` (``scope``); how ``get_as`` turns stored
+data into the type asked for is in ``conversion``; how the data is stored, in ``codec``.
+"""
 
 from __future__ import annotations
 
 import copy as _copy
-import dataclasses
 import enum
 import functools
 import threading
-import typing
 from collections.abc import (
     ItemsView,
     Iterable,
@@ -18,15 +20,11 @@ from collections.abc import (
     ValuesView,
 )
 from typing import Any, Final, Self, TypeVar, overload
-from uuid import UUID
 
 from . import codec
-from .exceptions import (
-    ContextKeyExists,
-    ContextKeyMissing,
-    ContextSerializationError,
-    ContextTypeError,
-)
+from .conversion import converted
+from .exceptions import ContextKeyExists, ContextKeyMissing, ContextSerializationError
+from .scope import ExecutionScope
 
 __all__ = ["MISSING", "Context", "ExecutionScope", "SagaContext"]
 
@@ -43,56 +41,6 @@ class _Missing(enum.Enum):
 
 MISSING: Final = _Missing.MISSING
 """Default of :meth:`Context.get_as` meaning "no default: a missing key is an error"."""
-
-
-class ExecutionScope:
-    """Where a context is being used: the execution and, inside a task, the task.
-
-    Immutable. The task's id may be given as text and becomes a UUID when first read: every
-    task attempt gets a scope, and few tasks ever look at it."""
-
-    __slots__ = ("_task", "execution_id", "task_name")
-    execution_id: UUID
-    task_name: str
-    _task: UUID | str | None
-
-    def __init__(
-        self, execution_id: UUID, task_execution_id: UUID | str | None, task_name: str
-    ) -> None:
-        object.__setattr__(self, "execution_id", execution_id)
-        object.__setattr__(self, "_task", task_execution_id)
-        object.__setattr__(self, "task_name", task_name)
-
-    @property
-    def task_execution_id(self) -> UUID | None:
-        task = self._task
-        if isinstance(task, str):
-            task = UUID(task)
-            object.__setattr__(self, "_task", task)
-        return task
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
-
-    def _key(self) -> tuple[UUID, UUID | None, str]:
-        return (self.execution_id, self.task_execution_id, self.task_name)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ExecutionScope):
-            return NotImplemented
-        return self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        return (
-            f"ExecutionScope(execution_id={self.execution_id!r}, "
-            f"task_execution_id={self.task_execution_id!r}, task_name={self.task_name!r})"
-        )
 
 
 def _key(key: object) -> str:
@@ -327,13 +275,7 @@ class Context(MutableMapping[str, Any]):
                     raise ContextKeyMissing(f"key {key!r} is not in the context")
                 return default
             value = self._data[key]
-        try:
-            return _convert(value, tp)
-        except Exception as exc:
-            reason = f" ({exc})" if not isinstance(exc, _NotConvertible) else ""
-            raise ContextTypeError(
-                f"context key {key!r}: expected {_name(tp)}, got {_name(type(value))}{reason}"
-            ) from exc
+        return converted(key, value, tp)
 
     # -- serialization --------------------------------------------------------------------
 
@@ -419,57 +361,3 @@ def _properties(cls: type) -> frozenset[str]:
         for name, value in vars(klass).items()
         if isinstance(value, property)
     )
-
-
-def _name(tp: Any) -> str:
-    return getattr(tp, "__qualname__", None) or repr(tp)
-
-
-def _is_model(tp: type) -> bool:
-    return hasattr(tp, "model_validate") and hasattr(tp, "__pydantic_fields__")
-
-
-class _NotConvertible(TypeError):
-    pass
-
-
-def _convert(value: Any, tp: Any) -> Any:
-    try:
-        if isinstance(value, tp):
-            return value
-    except TypeError:
-        raise TypeError(f"get_as() needs a class or a union of classes, not {tp!r}") from None
-    if _is_structured(tp):
-        if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
-            return _to_dataclass(value, tp)
-        if _is_model(tp) and isinstance(value, Mapping):
-            return tp.model_validate(value)
-        if issubclass(tp, enum.Enum) and type(value) in (str, int):
-            try:
-                return tp(value)
-            except ValueError:
-                if type(value) is str and value in tp.__members__:
-                    return tp[value]  # a member's name, as people write it by hand
-                raise
-    if tp is float and type(value) is int:
-        return float(value)
-    raise _NotConvertible
-
-
-def _is_structured(tp: Any) -> bool:
-    return isinstance(tp, type) and (
-        dataclasses.is_dataclass(tp) or _is_model(tp) or issubclass(tp, enum.Enum)
-    )
-
-
-def _to_dataclass(value: Mapping[str, Any], tp: Any) -> Any:
-    # Nested dataclass, model and Enum fields given as plain data are converted too.
-    try:
-        hints = typing.get_type_hints(tp)
-    except Exception:  # e.g. a forward reference to a class local to a function
-        hints = {}
-    kwargs = {}
-    for name, item in value.items():
-        hint = hints.get(name)
-        kwargs[name] = _convert(item, hint) if _is_structured(hint) else item
-    return tp(**kwargs)

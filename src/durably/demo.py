@@ -25,11 +25,12 @@ from .context import Context
 from .demo_bulk import run_bulk
 from .engine import Engine
 from .exceptions import NonRetryable
+from .execution_views import diff_section, task_table
 from .executor import TaskHandle
 from .json_views import summary_json
 from .results import ExecutionResult
 from .retry import RetryPolicy
-from .views import context_table, diff_section, task_table
+from .view_parts import context_table
 from .workflow import Workflow
 
 UNDELIVERABLE = frozenset({"Atlantis"})

@@ -16,9 +16,9 @@ from rich.text import Text
 
 from .context import Context
 from .engine import Engine
+from .execution_views import task_table
 from .executor import TaskHandle
 from .results import ExecutionResult
-from .views import task_table
 from .workflow import Workflow
 
 fulfilment = Workflow("demo_fulfilment")

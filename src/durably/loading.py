@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .broker import Broker
+from .broker_base import Broker
 from .workflow import Workflow
 
 

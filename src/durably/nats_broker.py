@@ -20,7 +20,8 @@ stream until a consumer acknowledges it, then it is gone, as in a queue.
   ``durable=False`` uses an ephemeral consumer instead, deleted with the subscription.
 
 Driver errors come out as :class:`~durably.exceptions.BrokerError`, naming the server without
-its password.
+its password. The connection, the stream and the consumers are here; what a subscription does
+with each message it receives is in ``nats_subscription``.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ import hashlib
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
-from .broker import Broker, Message, MessageHandler, Subscription, log_rejected, redacted
-from .exceptions import BrokerError, UndecodableMessageError
+from .broker_base import Broker
+from .exceptions import BrokerError
+from .nats_subscription import NatsSubscription
 from .saga_log import log_fields
+from .wire import Message, MessageHandler, Subscription, reason, redacted
 
 __all__ = ["NatsBroker", "subject_token"]
 
@@ -112,7 +114,7 @@ class NatsBroker(Broker):
         self._lock = asyncio.Lock()
         self._nc: Any = None  # nats.aio.client.Client
         self._js: Any = None  # nats.js.JetStreamContext
-        self._subscriptions: set[_NatsSubscription] = set()
+        self._subscriptions: set[NatsSubscription] = set()
 
     def __repr__(self) -> str:
         return f"NatsBroker({self.where!r}, stream={self.stream!r})"
@@ -154,7 +156,9 @@ class NatsBroker(Broker):
             max_ack_pending=self.max_ack_pending,
             filter_subject=subject,
         )
-        subscription = _NatsSubscription(self, topic, handler)
+        subscription = NatsSubscription(
+            self, topic, handler, js=js, forget=self._subscriptions.discard
+        )
         with self._wrapped(f"subscribe to {topic!r}"):
             try:
                 await self._bind(js, token, config, subscription, durable)
@@ -182,7 +186,7 @@ class NatsBroker(Broker):
     # -- internals -----------------------------------------------------------------------------
 
     async def _bind(
-        self, js: Any, token: str, config: Any, subscription: _NatsSubscription, durable: bool
+        self, js: Any, token: str, config: Any, subscription: NatsSubscription, durable: bool
     ) -> None:
         """Create or find the topic's consumer and push-subscribe ``subscription`` to it."""
         if durable:
@@ -269,10 +273,10 @@ class NatsBroker(Broker):
         try:
             yield
         except (Error, OSError) as exc:  # OSError covers TimeoutError and ConnectionError
-            raise BrokerError(f"NATS at {self.where}: cannot {doing}: {_reason(exc)}") from exc
+            raise BrokerError(f"NATS at {self.where}: cannot {doing}: {reason(exc)}") from exc
 
     async def _on_error(self, exc: Exception) -> None:
-        logger.warning("NATS at %s: %s", self.where, _reason(exc), extra=log_fields("broker_error"))
+        logger.warning("NATS at %s: %s", self.where, reason(exc), extra=log_fields("broker_error"))
 
     async def _on_disconnected(self) -> None:
         logger.info("NATS at %s: disconnected", self.where, extra=log_fields("broker_disconnected"))
@@ -281,137 +285,8 @@ class NatsBroker(Broker):
         logger.info("NATS at %s: reconnected", self.where, extra=log_fields("broker_reconnected"))
 
 
-class _NatsSubscription(Subscription):
-    def __init__(self, broker: NatsBroker, topic: str, handler: MessageHandler) -> None:
-        self._broker, self._topic, self._handler = broker, topic, handler
-        self.psub: Any = None  # nats.js.JetStreamContext.PushSubscription
-        self.ephemeral: str | None = None  # the consumer to delete at close
-        self._running: set[asyncio.Task[None]] = set()
-        self._closed = False
-
-    async def on_message(self, msg: Any) -> None:
-        # nats-py calls a subscription's callback for one message at a time: hand each to a
-        # task, so up to max_ack_pending handlers run at once instead of queueing behind one.
-        task = asyncio.get_running_loop().create_task(self._handle(msg))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-
-    async def _handle(self, msg: Any) -> None:
-        from nats.errors import Error
-
-        headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
-        message = Message(self._topic, "", headers, id=_message_id(self._broker.stream, msg))
-        keepalive = asyncio.get_running_loop().create_task(self._keep_alive(msg))
-        try:
-            try:
-                message = replace(message, body=msg.data.decode())
-            except UnicodeDecodeError:
-                raise UndecodableMessageError("the body is not UTF-8 text") from None
-            await self._handler(message)
-        except UndecodableMessageError as exc:
-            # No redelivery can make it decodable: logged once and terminated (never again).
-            log_rejected(message, exc, "terminated")
-            with contextlib.suppress(Error, OSError):
-                await msg.term()
-            return
-        except Exception:
-            delay = self._broker.redelivery_delay
-            logger.exception(
-                "handler of %r failed; redelivering in %g s",
-                self._topic,
-                delay,
-                extra=log_fields(
-                    "message_redelivered",
-                    topic=self._topic,
-                    message_id=message.id if message is not None else "",
-                ),
-            )
-            failed = True
-        else:
-            failed = False
-        finally:
-            keepalive.cancel()
-            await asyncio.gather(keepalive, return_exceptions=True)
-        try:
-            await (msg.nak(delay=self._broker.redelivery_delay) if failed else msg.ack())
-        except (Error, OSError) as exc:
-            logger.warning(
-                "cannot settle a message on %r (%s): it will be redelivered after ack_wait",
-                self._topic,
-                _reason(exc),
-                extra=log_fields("message_settle_failed", topic=self._topic),
-            )
-
-    async def _keep_alive(self, msg: Any) -> None:
-        """Tell the server, while the handler runs, that the message is not lost."""
-        from nats.errors import Error
-
-        while True:
-            await asyncio.sleep(self._broker.ack_wait / 2)
-            try:
-                await msg.in_progress()
-            except (Error, OSError) as exc:
-                logger.debug(
-                    "in progress on %r: %s",
-                    self._topic,
-                    _reason(exc),
-                    extra=log_fields("message_in_progress_failed"),
-                )
-                return
-
-    async def close(self) -> None:
-        """Stop receiving, let the handlers in progress settle their messages, and delete an
-        ephemeral consumer."""
-        if self._closed:
-            return
-        self._closed = True
-        from nats.errors import Error
-        from nats.js.errors import NotFoundError
-
-        if self.psub is not None:
-            try:
-                await self.psub.drain()  # hands over the messages already received
-            except (Error, OSError) as exc:
-                logger.debug(
-                    "draining the subscription to %r: %s",
-                    self._topic,
-                    _reason(exc),
-                    extra=log_fields("subscription_drain_failed"),
-                )
-        others = self._running - {asyncio.current_task()}  # a handler may close its own sub
-        if others:
-            await asyncio.wait(others)
-        if self.ephemeral is not None and self._broker._js is not None:
-            # Deleted now, not after the server's inactivity timeout: a work-queue stream
-            # allows one consumer per subject, and the topic may be subscribed again at once.
-            try:
-                await self._broker._js.delete_consumer(self._broker.stream, self.ephemeral)
-            except NotFoundError:
-                pass
-            except (Error, OSError) as exc:
-                logger.debug(
-                    "deleting the consumer of %r: %s",
-                    self._topic,
-                    _reason(exc),
-                    extra=log_fields("consumer_delete_failed"),
-                )
-        self._broker._subscriptions.discard(self)
-
-
-def _message_id(stream: str, msg: Any) -> str:
-    """The stream sequence of a JetStream message: the same on every redelivery."""
-    try:
-        return f"{stream}:{msg.metadata.sequence.stream}"
-    except Exception:  # not a JetStream message (no metadata in its reply subject)
-        return ""
-
-
 def _require_nats() -> None:
     try:
         import nats  # noqa: F401
     except ImportError as exc:
         raise BrokerError("NatsBroker needs nats-py: pip install durably[nats]") from exc
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

@@ -1,20 +1,40 @@
-"""What a saga participant can learn about the request it is handling.
+"""The participant side of a saga: how a request is answered, and what its handler can learn.
 
 A participant's handler keeps the ``handle(content)`` signature; while it runs,
 :func:`current_request` returns the request's correlation headers as a :class:`RequestInfo`.
-:meth:`durably.broker.Broker.serve` sets it around each handler call.
+:func:`answer` calls it (or replays the reply its inbox recorded) and makes the reply;
+:meth:`durably.broker.Broker.serve` publishes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import inspect
+import logging
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
-from .saga_messages import HEADER_KEY, HEADER_SAGA, HEADER_STEP
+from . import codec, tracing
+from .exceptions import ContextSerializationError, ServiceError
+from .saga_inbox import ParticipantInbox
+from .saga_log import message_fields
+from .saga_messages import (
+    HEADER_KEY,
+    HEADER_REPLY_TO,
+    HEADER_SAGA,
+    HEADER_STEP,
+    SagaResponseStatus,
+    reply_message,
+)
+from .store import Store
+from .wire import Message
 
 __all__ = ["RequestInfo", "current_request"]
+
+# Brokers log under one logger, whichever of their modules writes the record.
+logger = logging.getLogger("durably.broker")
 
 
 @dataclass(frozen=True)
@@ -79,3 +99,74 @@ def _serving(target: str, headers: Mapping[str, str]) -> Iterator[RequestInfo]:
         yield info
     finally:
         _current.reset(token)
+
+
+def inbox_of(store: Store | None) -> ParticipantInbox | None:
+    """The inbox participants keep in ``store``; none without a store."""
+    return None if store is None else ParticipantInbox(store)
+
+
+async def answer(
+    services: Mapping[str, Callable[[Any], Any]],
+    target: str,
+    message: Message,
+    inbox: ParticipantInbox | None,
+) -> Message | None:
+    """The reply to one request to the participant of ``target``; None when the request names
+    no topic to reply to (logged). While the handler runs, :func:`current_request` describes
+    the request.
+
+    With an ``inbox``, the reply is recorded under the request's idempotency key before it is
+    returned, and a request whose key is recorded already (redelivered, or sent again by a
+    resumed saga) gets the recorded reply: the handler is not called again."""
+    key = message.headers.get(HEADER_KEY) or None
+    stored = await inbox.get(target, key) if inbox is not None and key else None
+    if stored is not None:
+        status, body = stored
+        logger.info(
+            "request %s to %r answered from the inbox",
+            key,
+            target,
+            extra=message_fields(message, "saga_inbox_replay"),
+        )
+    else:
+        with _serving(target, message.headers), tracing.participant(target, message.headers):
+            status, content = await _call_service(services[target], message)
+        try:
+            body = codec.dumps_value(content)
+        except ContextSerializationError as exc:
+            status = SagaResponseStatus.SYSTEM_ERROR
+            body = codec.dumps_value(f"{target} replied with content that cannot be sent: {exc}")
+        if inbox is not None and key:
+            # Recorded before the reply goes out: a crash after this point redelivers the
+            # request, which the inbox then answers without calling the handler.
+            status, body = await inbox.put(target, key, status, body)
+    reply_to = message.headers.get(HEADER_REPLY_TO)
+    if not reply_to:
+        logger.warning(
+            "request to %r has no reply_to header: reply dropped",
+            target,
+            extra=message_fields(message, "saga_reply_dropped"),
+        )
+        return None
+    return reply_message(message, reply_to, status, body)
+
+
+async def _call_service(
+    handler: Callable[[Any], Any], message: Message
+) -> tuple[SagaResponseStatus, Any]:
+    try:
+        result = handler(codec.loads_value(message.body))
+        if inspect.isawaitable(result):
+            result = await result
+    except ServiceError as exc:
+        return SagaResponseStatus.ERROR, exc.content
+    except Exception as exc:
+        logger.warning(
+            "saga participant %r failed",
+            handler,
+            exc_info=True,
+            extra=message_fields(message, "saga_participant_failed"),
+        )
+        return SagaResponseStatus.SYSTEM_ERROR, f"{type(exc).__name__}: {exc}"
+    return SagaResponseStatus.SUCCESS, result

@@ -11,9 +11,9 @@ from uuid import UUID
 from rich.console import Console
 
 from .engine import Engine
+from .execution_views import task_table
 from .results import ExecutionResult
 from .statuses import EXECUTION_TERMINAL
-from .views import task_table
 
 POLL_SECONDS = 0.1
 

@@ -34,9 +34,10 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .broker import Broker, Message, MessageHandler, Subscription, log_rejected, redacted
+from .broker_base import Broker
 from .exceptions import BrokerError, UndecodableMessageError
-from .saga_log import log_fields
+from .saga_log import log_fields, log_rejected
+from .wire import Message, MessageHandler, Subscription, reason, redacted
 
 if TYPE_CHECKING:
     import aio_pika
@@ -195,7 +196,7 @@ class RabbitMQBroker(Broker):
         try:
             yield
         except (AMQPError, OSError, RuntimeError) as exc:  # OSError covers ConnectionError
-            raise BrokerError(f"RabbitMQ at {self.where}: cannot {doing}: {_reason(exc)}") from exc
+            raise BrokerError(f"RabbitMQ at {self.where}: cannot {doing}: {reason(exc)}") from exc
 
 
 class _RabbitMQSubscription(Subscription):
@@ -262,7 +263,7 @@ class _RabbitMQSubscription(Subscription):
             logger.warning(
                 "cannot settle a message on %r (%s): it will be redelivered",
                 self._topic,
-                _reason(exc),
+                reason(exc),
                 extra=log_fields("message_settle_failed", topic=self._topic),
             )
 
@@ -280,7 +281,7 @@ class _RabbitMQSubscription(Subscription):
                 logger.debug(
                     "cancelling the consumer of %r: %s",
                     self._topic,
-                    _reason(exc),
+                    reason(exc),
                     extra=log_fields("consumer_cancel_failed"),
                 )
         others = self._running - {asyncio.current_task()}  # a handler may close its own sub
@@ -298,7 +299,7 @@ class _RabbitMQSubscription(Subscription):
                 logger.debug(
                     "deleting the queue of %r: %s",
                     self._topic,
-                    _reason(exc),
+                    reason(exc),
                     extra=log_fields("queue_delete_failed"),
                 )
 
@@ -349,7 +350,3 @@ def _require_aio_pika() -> None:
         import aio_pika  # noqa: F401
     except ImportError as exc:
         raise BrokerError("RabbitMQBroker needs aio-pika: pip install durably[rabbitmq]") from exc
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

@@ -4,19 +4,22 @@
 its step kinds and of its callbacks' ``__module__`` and ``__qualname__`` (nested sagas
 included). An execution stores the fingerprint, and a stored execution is resumed only with a
 definition registered under it: nothing is ever imported from a name read from the database.
+
+A local or remote step keeps its callbacks through the mixins of ``saga_callbacks``, each one a
+``SagaOperation`` (``saga_operation``); the steps and the saga stay together here because each
+refers to the other: a step goes on with its saga, and a conditional step holds sagas.
 """
 
 from __future__ import annotations
 
 import abc
-import functools
 import hashlib
 import json
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from .exceptions import (
     AlreadyCommittedException,
@@ -24,15 +27,12 @@ from .exceptions import (
     EmptySagaException,
     EmptySagaStepException,
     MultipleElseThenException,
-    MultipleOnErrorException,
-    MultipleOnExecuteException,
-    MultipleOnFailureException,
-    MultipleOnSuccessException,
-    SagaException,
     SagaNotCommittedException,
     SagaNotDefinedException,
-    UndefinedOnExecuteException,
 )
+from .saga_callbacks import ReplyCallbacks, StepCallbacks
+from .saga_operation import Callback, SagaOperation, signature_of
+from .saga_operation import callable_name as callable_name  # still importable from here
 
 __all__ = [
     "ConditionalSagaStep",
@@ -48,85 +48,7 @@ __all__ = [
     "sagas_in",
 ]
 
-Callback = Callable[..., Any]
 _S = TypeVar("_S", bound="SagaStep")
-
-
-def callable_name(fn: Any) -> str:
-    """``module:qualname`` of a callback (a partial's function; a callable object's class).
-
-    Lambdas share one qualname per scope, so theirs also gets the line they start on."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    target = fn if hasattr(fn, "__qualname__") else type(fn)
-    name = f"{target.__module__}:{target.__qualname__}"
-    code = getattr(target, "__code__", None)
-    if name.endswith("<lambda>") and code is not None:
-        name += f"@{code.co_firstlineno}"
-    return name
-
-
-class SagaOperation:
-    """A callback and the extra keyword arguments it is called with (minos ``parameters``):
-    ``SagaOperation(fn, **parameters)`` or ``SagaOperation(fn, parameters={...})``. Accepted
-    wherever a callback is."""
-
-    __slots__ = ("callback", "parameters")
-    callback: Callback
-    parameters: Mapping[str, Any]
-
-    def __init__(
-        self,
-        callback: Callback | SagaOperation,
-        parameters: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if isinstance(callback, SagaOperation):
-            parameters = {**callback.parameters, **(parameters or {})}
-            callback = callback.callback
-        if not callable(callback):
-            raise TypeError(f"a saga callback must be callable, not {callback!r}")
-        if parameters is not None and not isinstance(parameters, Mapping):
-            raise TypeError(f"parameters must be a mapping of names to values, not {parameters!r}")
-        object.__setattr__(self, "callback", callback)
-        object.__setattr__(self, "parameters", {**(parameters or {}), **kwargs})
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("a SagaOperation cannot change")
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, SagaOperation):
-            return NotImplemented
-        return self.callback == other.callback and dict(self.parameters) == dict(other.parameters)
-
-    def __hash__(self) -> int:
-        return hash((self.callback, tuple(sorted(self.parameters))))
-
-    def __repr__(self) -> str:
-        return f"SagaOperation({callable_name(self.callback)}, {dict(self.parameters)!r})"
-
-    @property
-    def name(self) -> str:
-        """The callback's short name, for display: ``validate``, ``<lambda>``."""
-        qualname = callable_name(self.callback).partition(":")[2]
-        return qualname.rpartition(".")[2].partition("@")[0]
-
-    @property
-    def anonymous(self) -> bool:
-        """Whether the callback is a lambda, whose name says nothing."""
-        return self.name == "<lambda>"
-
-    def signature(self) -> list[Any]:
-        # Parameter names only: their values may not have a stable text form across processes.
-        return [callable_name(self.callback), sorted(self.parameters)]
-
-
-def _operation(
-    callback: Callback | SagaOperation,
-    parameters: Mapping[str, Any] | None,
-    kwargs: Mapping[str, Any],
-) -> SagaOperation:
-    return SagaOperation(callback, {**(parameters or {}), **kwargs})
 
 
 class SagaStep(abc.ABC):
@@ -190,76 +112,7 @@ class SagaStep(abc.ABC):
         return self.kind
 
 
-class _CallbackStep(SagaStep):
-    """A step run by its callbacks: ``on_execute`` (required) and ``on_failure``."""
-
-    _slots: ClassVar[tuple[str, ...]] = ("on_execute_operation", "on_failure_operation")
-    on_execute_operation: SagaOperation | None
-    on_failure_operation: SagaOperation | None
-
-    def __init__(
-        self, saga: Saga | None = None, **callbacks: Callback | SagaOperation | None
-    ) -> None:
-        super().__init__(saga)
-        for name, callback in callbacks.items():
-            op = _operation(callback, None, {}) if callback is not None else None
-            setattr(self, f"{name}_operation", op)
-
-    def _set(
-        self,
-        slot: str,
-        error: type[SagaException],
-        callback: Callback | SagaOperation,
-        parameters: Mapping[str, Any] | None,
-        kwargs: Mapping[str, Any],
-    ) -> Self:
-        self._check_open()
-        if getattr(self, slot) is not None:
-            raise error()
-        setattr(self, slot, _operation(callback, parameters, kwargs))
-        return self
-
-    def on_execute(
-        self,
-        callback: Callback | SagaOperation,
-        parameters: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> Self:
-        return self._set(
-            "on_execute_operation", MultipleOnExecuteException, callback, parameters, kwargs
-        )
-
-    def on_failure(
-        self,
-        callback: Callback | SagaOperation,
-        parameters: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> Self:
-        return self._set(
-            "on_failure_operation", MultipleOnFailureException, callback, parameters, kwargs
-        )
-
-    def operations(self) -> list[SagaOperation | None]:
-        return [getattr(self, slot) for slot in self._slots]
-
-    def _value(self) -> Any:
-        return self.operations()
-
-    def validate(self) -> None:
-        if all(op is None for op in self.operations()):
-            raise EmptySagaStepException()
-        if self.on_execute_operation is None:
-            raise UndefinedOnExecuteException()
-
-    def signature(self) -> list[Any]:
-        return [self.kind, *(_sig(op) for op in self.operations())]
-
-    def describe(self) -> str:
-        op = self.on_execute_operation
-        return f"{self.kind} {op.name}" if op else self.kind
-
-
-class LocalSagaStep(_CallbackStep):
+class LocalSagaStep(StepCallbacks, SagaStep):
     """A step run in this process: ``on_execute(ctx)``, compensated by ``on_failure(ctx)``."""
 
     kind = "local"
@@ -270,23 +123,16 @@ class LocalSagaStep(_CallbackStep):
         on_failure: Callback | SagaOperation | None = None,
         saga: Saga | None = None,
     ) -> None:
-        super().__init__(saga, on_execute=on_execute, on_failure=on_failure)
+        super().__init__(saga)
+        self._keep(on_execute=on_execute, on_failure=on_failure)
 
 
-class RemoteSagaStep(_CallbackStep):
+class RemoteSagaStep(ReplyCallbacks, SagaStep):
     """A request to another service: ``on_execute(ctx)`` returns a ``SagaRequest``; the reply
     goes to ``on_success(ctx, response)`` or ``on_error(ctx, response)``; ``on_failure(ctx)``
     returns the compensating request."""
 
     kind = "remote"
-    _slots = (
-        "on_execute_operation",
-        "on_success_operation",
-        "on_error_operation",
-        "on_failure_operation",
-    )
-    on_success_operation: SagaOperation | None
-    on_error_operation: SagaOperation | None
 
     def __init__(
         self,
@@ -296,32 +142,12 @@ class RemoteSagaStep(_CallbackStep):
         on_failure: Callback | SagaOperation | None = None,
         saga: Saga | None = None,
     ) -> None:
-        super().__init__(
-            saga,
+        super().__init__(saga)
+        self._keep(
             on_execute=on_execute,
             on_success=on_success,
             on_error=on_error,
             on_failure=on_failure,
-        )
-
-    def on_success(
-        self,
-        callback: Callback | SagaOperation,
-        parameters: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> Self:
-        return self._set(
-            "on_success_operation", MultipleOnSuccessException, callback, parameters, kwargs
-        )
-
-    def on_error(
-        self,
-        callback: Callback | SagaOperation,
-        parameters: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> Self:
-        return self._set(
-            "on_error_operation", MultipleOnErrorException, callback, parameters, kwargs
         )
 
 
@@ -411,14 +237,10 @@ class ConditionalSagaStep(SagaStep):
 
     def signature(self) -> list[Any]:
         branches = [
-            [_sig(alt.condition), alt.saga.signature()] for alt in self.if_then_alternatives
+            [signature_of(alt.condition), alt.saga.signature()] for alt in self.if_then_alternatives
         ]
         other = self.else_then_alternative
         return [self.kind, branches, other.saga.signature() if other else None]
-
-
-def _sig(op: SagaOperation | None) -> list[Any] | None:
-    return op.signature() if op is not None else None
 
 
 def _saga(value: Any) -> Saga:

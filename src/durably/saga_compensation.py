@@ -9,7 +9,7 @@ same compensation on request (``SagaManager.rollback``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from .exceptions import (
@@ -30,7 +30,9 @@ from .saga_records import (
 from .saga_runtime import (
     CompensationFailed,
     StepFailed,
+    adopted,
     call,
+    context_for,
     describe,
     request_of,
     undo_operation,
@@ -53,6 +55,7 @@ class Compensation:
     compensations: list[str]
     error: str | None
     rollback_errors: list[str]
+    max_context_bytes: int
     _records: dict[str, SagaStepRecord]
     _cause: BaseException | None
     _raised: dict[str, BaseException]
@@ -63,10 +66,6 @@ class Compensation:
         def saga_name(self) -> str: ...
 
         def _step_at(self, path: str) -> SagaStep: ...
-
-        def _copy(self, path: str) -> SagaContext: ...
-
-        def _adopt(self, result: Any, ctx: SagaContext) -> SagaContext: ...
 
         async def _send(
             self, record: SagaStepRecord, phase: str, target: str, body: str
@@ -140,9 +139,10 @@ class Compensation:
 
     async def _undo_local(self, path: str, step: LocalSagaStep) -> None:
         await self._flush()  # a local compensation acts on the world: the plan is saved first
-        ctx = self._copy(path)
+        ctx = context_for(self.uuid, self.context, path)
         try:
-            self.context = self._adopt(await call(step.on_failure_operation, ctx), ctx)
+            result = await call(step.on_failure_operation, ctx)
+            self.context = adopted(result, ctx, self.max_context_bytes)
         except Exception as exc:
             raise CompensationFailed(exc) from None
 
@@ -151,7 +151,8 @@ class Compensation:
         return the key the reply is recorded under."""
         if record.status is not SagaStepStatus.PausedOnFailure:
             try:
-                request, body = request_of(await call(step.on_failure_operation, self._copy(path)))
+                ctx = context_for(self.uuid, self.context, path)
+                request, body = request_of(await call(step.on_failure_operation, ctx))
             except Exception as exc:
                 raise CompensationFailed(exc) from None
             await self._send(record, "failure", request.target, body)

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import tracing
-from .broker import request_message
 from .exceptions import SagaException
-from .saga_messages import SagaResponse
+from .saga_messages import SagaResponse, request_message
 from .saga_outbox import OutboxEntry
 from .saga_records import PendingRequest
 
 if TYPE_CHECKING:
     from .saga_execution import SagaExecution
-    from .saga_manager import SagaManager
+    from .saga_outbox import OutboxRelay
+    from .saga_repository import SagaExecutionRepository
 
 __all__ = ["ManagerRuntime", "Waiter"]
 
@@ -34,16 +34,32 @@ class Waiter:
 
 
 class ManagerRuntime:
-    """What one ``execute`` call uses: the repository, and the broker in one waiting mode."""
+    """What one ``execute`` call of a ``SagaManager`` uses: its repository, its relay and the
+    runs waiting for a reply in memory (``waiters``, by request key), and the broker in one
+    waiting mode. It is given the manager's parts, not the manager, so that the manager knows
+    this module and not the other way round."""
 
-    def __init__(self, manager: SagaManager, pause_on_disk: bool) -> None:
-        self.manager = manager
+    def __init__(
+        self,
+        storage: SagaExecutionRepository,
+        relay: OutboxRelay,
+        waiters: dict[str, Waiter],
+        *,
+        reply_to: str,
+        private_topic: str,
+        pause_on_disk: bool,
+    ) -> None:
+        self.storage = storage
+        self.relay = relay
+        self.waiters = waiters
+        self.reply_to = reply_to  # the shared reply queue
+        self.private_topic = private_topic  # the manager's own reply queue
         self.pause_on_disk = pause_on_disk
         self.sent: list[str] = []
         self.taken: dict[str, Waiter] = {}  # replies handed over, their step not saved yet
 
     async def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
-        saved = await self.manager.storage.apply(execution, reply_key)
+        saved = await self.storage.apply(execution, reply_key)
         self._applied(reply_key)
         return saved
 
@@ -61,13 +77,12 @@ class ManagerRuntime:
         reply_key: str | None = None,
         resend: bool = False,
     ) -> bool:
-        manager = self.manager
         if self.pause_on_disk:
-            reply_to = manager.reply_to
+            reply_to = self.reply_to
         else:
-            reply_to = manager._private_topic
+            reply_to = self.private_topic
             loop = asyncio.get_running_loop()
-            manager._waiters[request.key] = Waiter(
+            self.waiters[request.key] = Waiter(
                 request.token, loop.create_future(), loop.create_future()
             )
             self.sent.append(request.key)
@@ -88,11 +103,11 @@ class ManagerRuntime:
             topic=request.target,
             body=request.body,
             headers=headers,
-            creator=manager.relay.id,
-            fallback_reply_to=manager.reply_to,
+            creator=self.relay.id,
+            fallback_reply_to=self.reply_to,
         )
         # A resend replaces an unsent copy of the request instead of adding a second one.
-        saved = await manager.storage.apply(
+        saved = await self.storage.apply(
             execution, reply_key, outbox=entry, discard=request.key if resend else None
         )
         self._applied(reply_key)
@@ -101,25 +116,25 @@ class ManagerRuntime:
         # On failure it stays queued and is retried. Waiting in memory, the reply's save
         # deletes the row, so the relay's own delete can wait and be batched; paused on disk,
         # this process may exit at once, and a row left behind would be published again.
-        await manager.relay.publish(entry, batch_delete=not self.pause_on_disk)
+        await self.relay.publish(entry, batch_delete=not self.pause_on_disk)
         return True
 
     async def wait_reply(
         self, execution: SagaExecution, request: PendingRequest
     ) -> SagaResponse | None:
-        waiter = self.manager._waiters.get(request.key)
+        waiter = self.waiters.get(request.key)
         if self.pause_on_disk or waiter is None:
             return None  # saved as paused: the reply resumes it
         try:
             response = await waiter.reply
         finally:
-            self.manager._waiters.pop(request.key, None)
+            self.waiters.pop(request.key, None)
         self.taken[request.key] = waiter
         return response
 
     def close(self) -> None:
         for key in self.sent:
-            self.manager._waiters.pop(key, None)
+            self.waiters.pop(key, None)
         for waiter in self.taken.values():
             if not waiter.applied.done():  # the run ended before saving it: redeliver
                 waiter.applied.set_exception(SagaException("the reply was not applied"))

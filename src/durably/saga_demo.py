@@ -18,15 +18,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .broker import InMemoryBroker
 from .context import SagaContext
 from .exceptions import ServiceError
+from .memory_broker import InMemoryBroker
 from .saga import Saga
 from .saga_execution import SagaExecution
 from .saga_manager import SagaManager
 from .saga_messages import SagaRequest, SagaResponse
 from .saga_repository import SagaExecutionRepository
-from .views import context_table
+from .view_parts import context_table
 
 UNDELIVERABLE = frozenset({"Atlantis"})
 

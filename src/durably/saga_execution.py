@@ -13,33 +13,28 @@ request in one transaction (the outbox). Compensation is in ``saga_compensation`
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-from . import codec, saga_telemetry
-from .context import ExecutionScope, SagaContext
+from . import saga_telemetry
+from .context import SagaContext
 from .exceptions import SagaException, SagaExecutionAlreadyExecutedException
 from .saga import ConditionalSagaStep, LocalSagaStep, RemoteSagaStep, Saga, SagaStep
 from .saga_compensation import Compensation
 from .saga_messages import SagaResponse, SagaResponseStatus
-from .saga_records import (
-    FORWARD,
-    PendingRequest,
-    SagaStatus,
-    SagaStepRecord,
-    SagaStepStatus,
-)
+from .saga_records import FORWARD, PendingRequest, SagaStatus, SagaStepRecord, SagaStepStatus
 from .saga_runtime import (
     Detached,
     Paused,
     SagaRuntime,
     StepFailed,
+    adopted,
     call,
     choose,
+    context_for,
     describe,
     request_of,
 )
@@ -90,7 +85,7 @@ class SagaExecution(Compensation):
         self.created_at = created_at or datetime.now(UTC)
         self.updated_at = updated_at or self.created_at
         self._records = {record.path: record for record in records or []}
-        self._runtime: SagaRuntime | None = None
+        self._runtime: SagaRuntime[SagaExecution] | None = None
         self._response: SagaResponse | None = None
         self._cause: BaseException | None = None
         self._raised: dict[str, BaseException] = {}  # failed compensations' exceptions, by message
@@ -168,7 +163,10 @@ class SagaExecution(Compensation):
     # -- running ---------------------------------------------------------------------------
 
     async def execute(
-        self, response: SagaResponse | None = None, *, runtime: SagaRuntime | None = None
+        self,
+        response: SagaResponse | None = None,
+        *,
+        runtime: SagaRuntime[SagaExecution] | None = None,
     ) -> SagaContext:
         """Run until the saga finishes, errors or pauses; ``response`` is the reply the paused
         step waits for. Raises ``SagaFailedExecutionException`` once compensated.
@@ -227,9 +225,10 @@ class SagaExecution(Compensation):
     async def _run_local(self, path: str, step: LocalSagaStep) -> None:
         await self._flush()  # a local step may act on the world: what led here is saved first
         record = self._record(path, step)
-        ctx = self._copy(path)
+        ctx = context_for(self.uuid, self.context, path)
         try:
-            self.context = self._adopt(await call(step.on_execute_operation, ctx), ctx)
+            result = await call(step.on_execute_operation, ctx)
+            self.context = adopted(result, ctx, self.max_context_bytes)
         except Exception as exc:
             raise self._fail(record, SagaStepStatus.ErroredOnExecute, exc) from None
         record.status = SagaStepStatus.Finished
@@ -239,7 +238,8 @@ class SagaExecution(Compensation):
         record = self._record(path, step)
         if record.status is not SagaStepStatus.PausedByOnExecute:
             try:
-                request, body = request_of(await call(step.on_execute_operation, self._copy(path)))
+                ctx = context_for(self.uuid, self.context, path)
+                request, body = request_of(await call(step.on_execute_operation, ctx))
             except Exception as exc:
                 raise self._fail(record, SagaStepStatus.ErroredOnExecute, exc) from None
             if step.on_execute_operation is not None and step.on_execute_operation.anonymous:
@@ -251,9 +251,10 @@ class SagaExecution(Compensation):
             raise self._fail(record, SagaStepStatus.ErroredByOnExecute, error, reply_key=key)
         op = step.on_success_operation if response.ok else step.on_error_operation
         if op is not None:
-            ctx = self._copy(path)
+            ctx = context_for(self.uuid, self.context, path)
             try:
-                self.context = self._adopt(await call(op, ctx, response), ctx)
+                result = await call(op, ctx, response)
+                self.context = adopted(result, ctx, self.max_context_bytes)
             except Exception as exc:
                 status = (
                     SagaStepStatus.ErroredOnSuccess
@@ -272,7 +273,7 @@ class SagaExecution(Compensation):
         if record is None:
             record = self._record(path, step)
             try:
-                record.branch = await choose(step, self._copy(path))
+                record.branch = await choose(step, context_for(self.uuid, self.context, path))
             except Exception as exc:
                 raise self._fail(record, SagaStepStatus.ErroredOnExecute, exc) from None
             record.status = SagaStepStatus.RunningOnSuccess
@@ -317,20 +318,6 @@ class SagaExecution(Compensation):
             saga = parent.branch(branch)
         return saga.steps[int(parts[-1])]
 
-    def _copy(self, path: str) -> SagaContext:
-        # A deep copy: a callback that fails after changing nested data changes nothing.
-        scope = ExecutionScope(self.uuid, None, path)
-        return SagaContext._from_data(self.context.to_dict(), scope)
-
-    def _adopt(self, result: Any, ctx: SagaContext) -> SagaContext:
-        """The context a callback leaves: the Context or dict it returned, else its mutated
-        copy. Returning an exception fails the step; so does a context that cannot be saved."""
-        if isinstance(result, BaseException):
-            raise result
-        new = SagaContext(result if isinstance(result, Mapping) else ctx)
-        codec.dumps(new, max_bytes=self.max_context_bytes)
-        return new
-
     def _fail(
         self,
         record: SagaStepRecord,
@@ -344,17 +331,7 @@ class SagaExecution(Compensation):
         return StepFailed(record.path, exc, own, reply_key)
 
     async def _send(self, record: SagaStepRecord, phase: str, target: str, body: str) -> None:
-        # The key names the request (a participant dedupes on it, it is the same on every
-        # delivery); the token is its unguessable secret, which only the participant that
-        # received the request can echo in a reply.
-        self.pending = PendingRequest(
-            record.path,
-            phase,
-            f"{self.uuid}:{record.path}:{phase}",
-            target,
-            body,
-            secrets.token_urlsafe(16),
-        )
+        self.pending = PendingRequest.new(self.uuid, record.path, phase, target, body)
         record.status = (
             SagaStepStatus.PausedByOnExecute
             if phase == "execute"

@@ -28,7 +28,7 @@ from dataclasses import replace
 from typing import Any
 from uuid import UUID, uuid4
 
-from .broker import Broker, InMemoryBroker, Message, Subscription
+from .broker_base import Broker
 from .exceptions import (
     BrokerError,
     SagaDefinitionNotFound,
@@ -37,6 +37,7 @@ from .exceptions import (
     SagaFailedExecutionException,
     SagaTimeoutException,
 )
+from .memory_broker import InMemoryBroker
 from .saga import Saga, register_saga
 from .saga_delivery import ManagerRuntime, Waiter
 from .saga_execution import SagaExecution
@@ -45,6 +46,7 @@ from .saga_messages import HEADER_REPLY_TO, SagaResponse
 from .saga_outbox import OutboxEntry, OutboxRelay
 from .saga_records import SagaStatus
 from .saga_repository import SagaExecutionRepository
+from .wire import Message, Subscription
 
 __all__ = ["DEFAULT_REPLY_TO", "SagaManager"]
 
@@ -227,7 +229,14 @@ class SagaManager:
         *,
         resend: bool = False,
     ) -> SagaExecution | UUID:
-        runtime = ManagerRuntime(self, pause_on_disk)
+        runtime = ManagerRuntime(
+            self.storage,
+            self.relay,
+            self._waiters,
+            reply_to=self.reply_to,
+            private_topic=self._private_topic,
+            pause_on_disk=pause_on_disk,
+        )
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:

@@ -1,8 +1,9 @@
 """What saga steps send and receive: requests to participants and their responses (minos names).
 
-On the wire a request or a reply is a :class:`durably.broker.Message`: JSON text from the context
+On the wire a request or a reply is a :class:`durably.wire.Message`: JSON text from the context
 codec (never pickle) plus string headers that correlate a reply with the saga execution and the
-step that is waiting for it.
+step that is waiting for it. :func:`request_message` and :func:`reply_message` write them;
+:meth:`SagaResponse.from_message` reads a reply.
 """
 
 from __future__ import annotations
@@ -12,14 +13,12 @@ import sys
 from collections.abc import Generator, Iterable
 from enum import IntEnum
 from types import CodeType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 from . import codec
 from .exceptions import UndecodableMessageError
-
-if TYPE_CHECKING:
-    from .broker import Message
+from .wire import Message
 
 __all__ = ["SagaRequest", "SagaResponse", "SagaResponseStatus"]
 
@@ -35,6 +34,8 @@ HEADER_STATUS = "status"  # the reply's SagaResponseStatus, as digits
 # complete a step they never received the request of.
 HEADER_TOKEN = "token"
 
+_ECHOED = frozenset({HEADER_SAGA, HEADER_STEP, HEADER_KEY, HEADER_TOKEN})
+
 
 class SagaResponseStatus(IntEnum):
     """How a participant answered: SUCCESS runs ``on_success``, ERROR ``on_error``, and
@@ -43,6 +44,26 @@ class SagaResponseStatus(IntEnum):
     SUCCESS = 200
     ERROR = 400
     SYSTEM_ERROR = 500
+
+
+def request_message(
+    target: str, body: str, saga: str, step: str, reply_to: str, key: str, token: str
+) -> Message:
+    """A saga request as it goes on the wire."""
+    headers = {HEADER_SAGA: saga, HEADER_STEP: step, HEADER_REPLY_TO: reply_to, HEADER_KEY: key}
+    if token:
+        headers[HEADER_TOKEN] = token
+    return Message(target, body, headers)
+
+
+def reply_message(
+    request: Message, reply_to: str, status: SagaResponseStatus, body: str
+) -> Message:
+    """A participant's reply to ``request`` as it goes on the wire: the request's correlation
+    headers, and the status."""
+    headers = {k: v for k, v in request.headers.items() if k in _ECHOED}
+    headers[HEADER_STATUS] = str(int(status))
+    return Message(reply_to, body, headers)
 
 
 class SagaRequest:

@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import uuid4
 
-from .broker import Broker, Message
+from .broker_base import Broker
 from .saga_messages import HEADER_REPLY_TO
 from .saga_threads import off_loop
 from .store import Row, Store, timestamp
+from .wire import Message
 
 __all__ = ["OutboxEntry", "OutboxRelay"]
 

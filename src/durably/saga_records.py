@@ -6,10 +6,12 @@ CLI without the saga's definition.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
+from uuid import UUID
 
 __all__ = [
     "COMPENSATING",
@@ -85,3 +87,11 @@ class PendingRequest:
     target: str
     body: str  # the content as JSON (codec.dumps_value)
     token: str = ""
+
+    @classmethod
+    def new(cls, saga: UUID, path: str, phase: str, target: str, body: str) -> PendingRequest:
+        """A request about to go out. Its key names it (a participant dedupes on it, it is the
+        same on every delivery); its token is its unguessable secret, which only the
+        participant that received the request can echo in a reply."""
+        key = f"{saga}:{path}:{phase}"
+        return cls(path, phase, key, target, body, secrets.token_urlsafe(16))

@@ -1,5 +1,6 @@
-"""What a saga execution runs on: the runtime its manager gives it, the callbacks it calls, and
-the exceptions that unwind a run (pause, step failure, compensation failure).
+"""What a saga execution runs on: the runtime its manager gives it, the callbacks it calls and
+the contexts they get and leave, and the exceptions that unwind a run (pause, step failure,
+compensation failure).
 
 Kept apart from :class:`~durably.saga_execution.SagaExecution` so that the forward run
 (``saga_execution``) and the compensation (``saga_compensation``) share them.
@@ -8,30 +9,36 @@ Kept apart from :class:`~durably.saga_execution.SagaExecution` so that the forwa
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol, TypeVar
+from uuid import UUID
 
 from . import codec
+from .context import SagaContext
 from .saga import ConditionalSagaStep, SagaOperation, SagaStep
 from .saga_messages import SagaRequest, SagaResponse
 from .saga_records import PendingRequest
-
-if TYPE_CHECKING:
-    from .context import SagaContext
-    from .saga_execution import SagaExecution
+from .scope import ExecutionScope
 
 __all__ = ["SagaRuntime"]
 
+_E_contra = TypeVar("_E_contra", contravariant=True)
 
-class SagaRuntime(Protocol):
-    """What an execution needs from its manager: durable saves and request/reply."""
 
-    async def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
+class SagaRuntime(Protocol[_E_contra]):
+    """What an execution needs from its manager: durable saves and request/reply.
+
+    Generic in the execution it saves: ``SagaExecution.execute`` takes a
+    ``SagaRuntime[SagaExecution]``. The protocol is declared here, with what the run calls,
+    and the execution class above it uses both."""
+
+    async def save(self, execution: _E_contra, reply_key: str | None = None) -> bool:
         """Save the execution (its context too) in one transaction, recording ``reply_key`` as
         applied; return False, writing nothing, if that reply was applied already."""
         ...
 
     async def send(
-        self, execution: SagaExecution, request: PendingRequest, *, reply_key: str | None = None
+        self, execution: _E_contra, request: PendingRequest, *, reply_key: str | None = None
     ) -> bool:
         """Save the execution, paused on ``request``, and queue the request in the same
         transaction (the outbox): it goes out if and only if that state is saved. Like
@@ -39,7 +46,7 @@ class SagaRuntime(Protocol):
         ...
 
     async def wait_reply(
-        self, execution: SagaExecution, request: PendingRequest
+        self, execution: _E_contra, request: PendingRequest
     ) -> SagaResponse | None:
         """The reply to ``request``, or None to pause the execution on disk."""
         ...
@@ -48,17 +55,15 @@ class SagaRuntime(Protocol):
 class Detached:
     """The runtime of an execution run on its own: no storage, no broker."""
 
-    async def save(self, execution: SagaExecution, reply_key: str | None = None) -> bool:
+    async def save(self, execution: object, reply_key: str | None = None) -> bool:
         return True
 
     async def send(
-        self, execution: SagaExecution, request: PendingRequest, *, reply_key: str | None = None
+        self, execution: object, request: PendingRequest, *, reply_key: str | None = None
     ) -> bool:
         return True
 
-    async def wait_reply(
-        self, execution: SagaExecution, request: PendingRequest
-    ) -> SagaResponse | None:
+    async def wait_reply(self, execution: object, request: PendingRequest) -> SagaResponse | None:
         return None
 
 
@@ -91,6 +96,23 @@ async def choose(step: ConditionalSagaStep, ctx: SagaContext) -> int | None:
         if await call(alternative.condition, ctx):
             return index
     return -1 if step.else_then_alternative is not None else None
+
+
+def context_for(execution: UUID, context: SagaContext, path: str) -> SagaContext:
+    """What a callback of step ``path`` gets: a deep copy of the context, so that a callback
+    that fails after changing nested data changes nothing."""
+    scope = ExecutionScope(execution, None, path)
+    return SagaContext._from_data(context.to_dict(), scope)
+
+
+def adopted(result: Any, ctx: SagaContext, max_bytes: int) -> SagaContext:
+    """The context a callback leaves: the Context or dict it returned, else its mutated copy
+    ``ctx``. Returning an exception fails the step; so does a context that cannot be saved."""
+    if isinstance(result, BaseException):
+        raise result
+    new = SagaContext(result if isinstance(result, Mapping) else ctx)
+    codec.dumps(new, max_bytes=max_bytes)
+    return new
 
 
 def request_of(result: Any) -> tuple[SagaRequest, str]:

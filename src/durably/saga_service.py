@@ -19,13 +19,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from uuid import UUID
 
-from .broker import Broker, InMemoryBroker, Message, MessageHandler, Subscription
+from .broker_base import Broker
 from .exceptions import BrokerError
+from .memory_broker import InMemoryBroker
 from .saga import Saga
 from .saga_execution import SagaExecution
 from .saga_log import log_fields
 from .saga_manager import DEFAULT_REPLY_TO, SagaManager
 from .saga_repository import SagaExecutionRepository
+from .wire import Message, MessageHandler, Subscription
 
 __all__ = ["SagaService", "rollback_saga"]
 

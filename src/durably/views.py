@@ -1,325 +1,71 @@
 """What the command line shows people: rich tables of executions, a workflow execution's task
 timeline and context diffs, a saga execution's steps, and contexts.
 
-The same data as JSON, for ``--json``, is in :mod:`durably.json_views`.
+The pieces every view uses are in ``view_parts``; a workflow execution's views in
+``execution_views``; a saga execution's and the list of executions are here, and every view is
+importable from here. The same data as JSON, for ``--json``, is in :mod:`durably.json_views`.
 """
 
 from __future__ import annotations
 
-import re
-import shlex
-from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
 
-from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from . import codec
-from .diffs import Diff, task_diffs
-from .engine import Engine
-from .exceptions import DurablyError
-from .results import ExecutionResult, TaskResult
+from .execution_views import (
+    code_versions,
+    code_versions_of,
+    diff_section,
+    execution_header,
+    inspect_hint,
+    instance_counts,
+    logs_section,
+    outcome,
+    render_diff,
+    render_execution,
+    task_table,
+    waiting_for,
+)
 from .store import parse_timestamp
+from .view_parts import (
+    STYLES,
+    borderless_table,
+    clock,
+    context_table,
+    duration,
+    show_value,
+    styled,
+)
 
 if TYPE_CHECKING:
     from .saga_repository import SagaExecutionSummary
 
-STYLES = {
-    "completed": "green",
-    "finished": "green",
-    "failed": "bold red",
-    "errored": "bold red",
-    "abandoned": "bold magenta",
-    "upstream_failed": "red",
-    "waiting": "bold cyan",
-    "cancelled": "yellow",
-    "skipped": "yellow",
-    "paused": "yellow",
-    "running": "cyan",
-    "ready": "blue",
-    "pending": "blue",
-    "created": "blue",
-    "not_started": "dim",
-}
-
-
-def styled(status: str | None) -> Text:
-    status = status or ""
-    return Text(status, style=STYLES.get(status, ""))
-
-
-def show_value(value: Any, limit: int | None = 80) -> str:
-    """JSON for plain values, ``repr`` for the types JSON cannot hold."""
-    try:
-        text = codec.dumps_value(value)
-    except DurablyError:
-        text = repr(value)
-    else:
-        if codec.TAG in text:
-            text = repr(value)
-    if limit is not None and len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text
-
-
-def clock(moment: datetime | None, *, date: bool = False) -> str:
-    if moment is None:
-        return ""
-    local = moment.astimezone()
-    if date:
-        return local.strftime("%Y-%m-%d %H:%M:%S")
-    return local.strftime("%H:%M:%S.%f")[:-3]
-
-
-def duration(start: datetime | None, end: datetime | None) -> str:
-    if start is None or end is None:
-        return ""
-    seconds = (end - start).total_seconds()
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-def context_table(ctx: Mapping[str, Any], title: str | None = None) -> RenderableType:
-    if not ctx:
-        return Text("(empty context)", style="dim")
-    table = Table(title=title, title_justify="left", show_header=True, header_style="bold")
-    table.add_column("key", style="cyan", no_wrap=True)
-    table.add_column("value", overflow="fold")
-    for key, value in ctx.items():
-        table.add_row(key, show_value(value, limit=None))
-    return table
-
-
-def borderless_table(title: str | None = None) -> Table:
-    """The look of every table but a context's: a rule under the header, no box."""
-    return Table(
-        title=title,
-        title_justify="left",
-        header_style="bold",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-    )
-
-
-# -- workflow executions -------------------------------------------------------------------
-
-
-def instance_counts(result: ExecutionResult) -> dict[str, dict[str, int]]:
-    """Per mapped task, how many of its instances are in each status."""
-    counts: dict[str, dict[str, int]] = {}
-    for task in result.tasks.values():
-        if task.parent is not None:
-            per = counts.setdefault(task.parent, {})
-            per[task.status] = per.get(task.status, 0) + 1
-    return counts
-
-
-def task_table(
-    result: ExecutionResult, *, live: bool = False, expand: bool = False
-) -> RenderableType:
-    """The task timeline; errors are listed under the table, where they have room. A mapped
-    task is one row with a count of its instances per status (each its own row with
-    ``expand``)."""
-    counts = instance_counts(result)
-    table = borderless_table(f"{result.workflow}  {result.execution_id}")
-    table.add_column("task", style="bold", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("attempts", justify="right", no_wrap=True)
-    table.add_column("started", no_wrap=True)
-    table.add_column("took", justify="right", no_wrap=True)
-    if not live:
-        table.add_column("compensation", no_wrap=True)
-    now = datetime.now().astimezone()
-    errors = Text(style="red")
-    for name, task in result.tasks.items():
-        if task.parent is not None and not expand:
-            if task.error:
-                errors.append(f"  {name} ({task.status}): {task.error}\n")
-            continue
-        end = task.completed_at or (now if task.status == "running" else None)
-        status = styled(task.status)
-        if name in counts:
-            status.append(
-                " (" + ", ".join(f"{n} {s}" for s, n in sorted(counts[name].items())) + ")",
-                style="dim",
-            )
-        row: list[RenderableType] = [
-            name,
-            status,
-            str(task.attempts),
-            clock(task.started_at),
-            duration(task.started_at, end),
-        ]
-        if not live:
-            row.append(styled(task.compensation) if task.compensation else "")
-        table.add_row(*row)
-        ran = code_versions(task)
-        if ran and ran != code_versions_of([result.version]):
-            # Code other than the version it started on ran it (SPEC §3.5): a deploy mid-run.
-            errors.append(f"  {name} ran version {ran}\n", style="dim")
-        if task.child_id is not None:
-            errors.append(f"  {name} runs sub-workflow execution {task.child_id}\n", style="cyan")
-        elif task.status == "waiting":
-            errors.append(f"  {name} {waiting_for(task)}\n", style="cyan")
-        earlier = [a for a in task.history if a.error and a.error != task.error]
-        for attempt in earlier:  # an earlier attempt's error stays visible after a success
-            errors.append(
-                f"  {name} attempt {attempt.number} ({attempt.status}): {attempt.error}\n"
-            )
-        if task.error:
-            errors.append(f"  {name} ({task.status}): {task.error}\n")
-    errors.rstrip()
-    return Group(table, errors) if errors else table
-
-
-def code_versions(task: TaskResult) -> str:
-    """The versions its attempts ran, in order, each once in a row."""
-    return code_versions_of([a.version for a in task.history if a.version])
-
-
-def code_versions_of(versions: list[str]) -> str:
-    ran: list[str] = []
-    for version in versions:
-        if not ran or ran[-1] != version:
-            ran.append(version)
-    # A code hash is 16 hex digits: 8 tell deploys apart (a declared version is shown whole).
-    return " -> ".join(v[:8] if len(v) == 16 and _HEX.fullmatch(v) else v for v in ran)
-
-
-_HEX = re.compile("[0-9a-f]+")
-
-
-def waiting_for(task: TaskResult) -> str:
-    """What a waiting task waits for, and until when."""
-    when = clock(task.wake_at, date=True) if task.wake_at else None
-    if task.wait_event:
-        return f"waits for event {task.wait_event!r}" + (f" (times out {when})" if when else "")
-    return f"waits until {when}" if when else "waits"
-
-
-def execution_header(result: ExecutionResult) -> Text:
-    text = Text()
-    text.append(f"{result.workflow}", style="bold")
-    text.append(f"  {result.execution_id}  ")
-    text.append_text(styled(result.status))
-    text.append(f"\ncreated {clock(result.created_at, date=True)}", style="dim")
-    if result.completed_at:
-        text.append(
-            f" · finished {clock(result.completed_at, date=True)}"
-            f" ({duration(result.created_at, result.completed_at)})",
-            style="dim",
-        )
-    if result.version:
-        text.append(f" · version {result.version}", style="dim")
-    if result.parent_task is not None:
-        text.append(f"\nsub-workflow of execution {result.parent_id} (task {result.parent_task!r})")
-    elif result.parent_id is not None:
-        text.append(f"\nforked from execution {result.parent_id}", style="dim")
-    if result.error:
-        text.append(f"\nerror: {result.error}", style="red")
-    return text
-
-
-def render_diff(diff: Diff) -> Text:
-    if not diff:
-        return Text("    (no change)", style="dim")
-    lines = Text()
-    for key, value in diff.added.items():
-        lines.append(f"    + {key} = {show_value(value)}\n", style="green")
-    for key, (old, new) in diff.changed.items():
-        lines.append(f"    ~ {key}: {show_value(old)} → {show_value(new)}\n", style="yellow")
-    for key, value in diff.removed.items():
-        lines.append(f"    - {key} (was {show_value(value)})\n", style="red")
-    lines.rstrip()
-    return lines
-
-
-def diff_section(
-    engine: Engine, result: ExecutionResult, *, expand: bool = False
-) -> RenderableType:
-    diffs, inputs, exact = task_diffs(engine, result)
-    parts: list[RenderableType] = [Text("Context changes", style="bold underline")]
-    if not exact:
-        parts.append(
-            Text(
-                "(the workflow is not imported: each diff is against the previous task's "
-                "output; pass --module MODULE for each task's exact input)",
-                style="dim",
-            )
-        )
-    for name, task in result.tasks.items():
-        if task.parent is not None and not expand:
-            continue  # an instance of a mapped task: see its task's row (or --expand)
-        head = Text(f"  {name}", style="bold")
-        if name in diffs:
-            head.append(f"  (input: {inputs[name].basis})", style="dim")
-            parts.extend([head, render_diff(diffs[name])])
-        else:
-            head.append(f"  {task.status}, no saved context", style="dim")
-            parts.append(head)
-    return Group(*parts)
-
-
-def logs_section(result: ExecutionResult) -> RenderableType | None:
-    """What each attempt logged, under the attempt; None when no attempt logged."""
-    text = Text()
-    for name, task in result.tasks.items():
-        for attempt in task.history:
-            if not attempt.logs:
-                continue
-            text.append(f"  {name} attempt {attempt.number} ({attempt.status})\n", style="bold")
-            for entry in attempt.logs:
-                level = _LEVEL_STYLES.get(entry.level, "")
-                text.append(f"    {clock(entry.at)} ", style="dim")
-                text.append(f"{entry.level:<7} ", style=level)
-                text.append(f"{entry.message}\n")
-    if not text:
-        return None
-    text.rstrip()
-    return Group(Text("Logs", style="bold underline"), text)
-
-
-_LEVEL_STYLES = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "bold red", "DEBUG": "dim"}
-
-
-def render_execution(
-    engine: Engine, result: ExecutionResult, *, expand: bool = False
-) -> RenderableType:
-    """The full ``show`` view: header, task timeline, logs, context diffs, final context."""
-    logs = logs_section(result)
-    return Group(
-        execution_header(result),
-        Text(),
-        task_table(result, expand=expand),
-        *((Text(), logs) if logs is not None else ()),
-        Text(),
-        diff_section(engine, result, expand=expand),
-        Text(),
-        context_table(result.context, title="Final context"),
-    )
-
-
-def inspect_hint(execution_id: UUID, db: str | None, modules: Sequence[str] = ()) -> Text:
-    where = f" --db {shlex.quote(db)}" if db else ""
-    imports = "".join(f" -m {shlex.quote(m)}" for m in modules)
-    text = Text("Inspect it:  ", style="dim")
-    text.append(f"durably show {execution_id}{where}{imports}", style="bold")
-    text.append("\n             ")
-    text.append(f"durably context {execution_id}{where}", style="bold")
-    return text
-
-
-def outcome(result: ExecutionResult) -> Text:
-    text = Text()
-    text.append_text(styled(result.status))
-    text.append(f"  execution {result.execution_id}")
-    if result.error:
-        text.append(f"\nerror: {result.error}", style="red")
-    return text
+__all__ = [
+    "STYLES",
+    "borderless_table",
+    "clock",
+    "code_versions",
+    "code_versions_of",
+    "context_table",
+    "diff_section",
+    "duration",
+    "execution_header",
+    "executions_table",
+    "inspect_hint",
+    "instance_counts",
+    "logs_section",
+    "outcome",
+    "render_diff",
+    "render_execution",
+    "render_saga",
+    "show_value",
+    "styled",
+    "task_table",
+    "waiting_for",
+]
 
 
 # -- saga executions -----------------------------------------------------------------------

@@ -13,9 +13,10 @@ from uuid import UUID
 
 from ..diffs import Diff, task_diffs
 from ..engine import Engine
+from ..execution_views import instance_counts, waiting_for
 from ..json_views import encode_context, encode_value
 from ..results import Attempt, ExecutionResult, TaskResult
-from ..views import duration, instance_counts, waiting_for
+from ..view_parts import duration
 from . import graph, timeline
 
 
