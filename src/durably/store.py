@@ -39,8 +39,9 @@ class StoreStats:
     ``fetch_batch`` sent as one (PostgreSQL's pipeline mode) counts once however many
     statements it holds. SQLite has no network: there a round trip is one call into the
     library, so its batches count one per statement. Not counted: ``migrate``,
-    ``schema_version``, the LISTEN connection, and psycopg's own extra message exchange when
-    it first prepares a statement on a connection (once per query and connection).
+    ``schema_version``, the LISTEN connection, and psycopg's own statement preparation (one
+    more exchange on a query's 5th run on a connection, outside a batch, and a DEALLOCATE
+    when its cache of prepared statements overflows).
     """
 
     transactions: int = 0
