@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/bench_sagas.py
 	$(BIN)/python bench/bench_wakeup.py
+	$(BIN)/python bench/bench_claims.py
 	$(BIN)/python bench/bench_import.py
 
 clean:

@@ -56,6 +56,10 @@ class _SpyTx(Tx):
         self._calls.append(("fetch_all", name))
         return self._tx.fetch_all(name, params)
 
+    def fetch_batch(self, statements: Any) -> list[list[Any]]:
+        self._calls.extend(("fetch_batch", name) for name, _ in statements)
+        return self._tx.fetch_batch(statements)
+
 
 class Recorder:
     """Every committed transaction of a store: ("write" | "read", [statement names])."""

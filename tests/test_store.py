@@ -194,7 +194,8 @@ def seed_execution(store: Store, tasks: int = 1) -> tuple[str, list[str]]:
 
 
 def test_stats_count_transactions_and_statements(any_store: Store) -> None:
-    any_store.stats.reset()
+    stats = any_store.stats
+    stats.reset()
     now = timestamp()
     with any_store.transaction() as tx:
         tx.execute("insert_context", {"id": new_id(), "value": "{}", "now": now})
@@ -202,16 +203,50 @@ def test_stats_count_transactions_and_statements(any_store: Store) -> None:
             "insert_context", [{"id": new_id(), "value": "{}", "now": now} for _ in range(3)]
         )
         tx.fetch_all("get_tasks", {"id": new_id()})
-    assert (any_store.stats.transactions, any_store.stats.statements) == (1, 3)
+    # BEGIN, three statements (execute_many is one, sent in one go), COMMIT.
+    assert (stats.transactions, stats.statements, stats.round_trips) == (1, 3, 5)
     with any_store.read() as tx:
         tx.fetch_one("get_context", {"id": new_id()})
-    assert (any_store.stats.transactions, any_store.stats.statements) == (2, 4)
+    assert (stats.transactions, stats.statements, stats.round_trips) == (2, 4, 8)
     with pytest.raises(Boom):
         insert_then_raise(any_store, new_id(), Boom())
-    # A rolled-back transaction did not commit; its statement still ran.
-    assert (any_store.stats.transactions, any_store.stats.statements) == (2, 5)
+    # A rolled-back transaction did not commit; its statement still ran, and its ROLLBACK.
+    assert (stats.transactions, stats.statements, stats.round_trips) == (2, 5, 11)
+    stats.reset()
+    assert (stats.transactions, stats.statements, stats.round_trips) == (0, 0, 0)
+
+
+def test_a_batch_runs_in_order_and_in_one_round_trip_on_postgres(
+    any_store: Store, backend: str
+) -> None:
+    """fetch_batch: each statement sees the ones before it; every one's rows come back
+    ([] for one that returns none). PostgreSQL sends them together (one round trip),
+    SQLite runs them one by one."""
+    context_id, now = new_id(), timestamp()
     any_store.stats.reset()
-    assert (any_store.stats.transactions, any_store.stats.statements) == (0, 0)
+    with any_store.transaction() as tx:
+        results = tx.fetch_batch(
+            [
+                ("insert_context", {"id": context_id, "value": '{"b": 1}', "now": now}),
+                ("get_context", {"id": context_id}),
+                ("get_tasks", {"id": new_id()}),
+            ]
+        )
+        assert tx.fetch_batch([]) == []
+        assert [[r["value"] for r in rows] for rows in results[1:]] == [['{"b": 1}'], []]
+        assert results[0] == []
+    stats = any_store.stats
+    batch_trips = 1 if backend == "postgres" else 3
+    assert (stats.statements, stats.round_trips) == (3, 2 + batch_trips)
+
+
+def test_a_failing_statement_fails_its_batch(any_store: Store) -> None:
+    context_id, now = new_id(), timestamp()
+    insert = ("insert_context", {"id": context_id, "value": "{}", "now": now})
+    with pytest.raises(StoreError, match=r"(?i)unique"), any_store.transaction() as tx:
+        tx.fetch_batch([insert, ("get_context", {"id": context_id}), insert, insert])
+    assert read_context(any_store, context_id) is None  # rolled back
+    assert read_context(any_store, insert_context(any_store)) == '{"a": 1}'  # the store works
 
 
 # -- every named query runs --------------------------------------------------------------------

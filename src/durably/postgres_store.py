@@ -1,4 +1,9 @@
-"""The PostgreSQL store: psycopg 3 and a connection pool, for many workers on many machines."""
+"""The PostgreSQL store: psycopg 3 and a connection pool, for many workers on many machines.
+
+Transactions, named queries (a few of them sent together: pipeline mode), migrations and the
+LISTEN connection live here; the pool, its options and the driver's errors in
+:mod:`durably.postgres_connections`.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +11,26 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, LiteralString, Self
+from typing import Any, LiteralString
 
 import psycopg
-import psycopg.conninfo
-import psycopg.errors
 from psycopg import sql as pgsql
-from psycopg.adapt import AdaptersMap
-from psycopg.rows import DictRow, dict_row
-from psycopg.types.string import TextLoader
-from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+from psycopg.rows import DictRow
 
 from . import sql
-from .exceptions import MigrationError, StoreConflictError, StoreConnectionError, StoreError
+from .exceptions import MigrationError, StoreConnectionError, StoreError
 from .logs import fields
-from .store import Params, Row, Store, Tx, iter_statements
+from .postgres_connections import Connection, Connections, wrap_error
+from .store import Params, Row, Statement, Store, Tx, iter_statements
 
 logger = logging.getLogger(__name__)
 
-Connection = psycopg.Connection[DictRow]
-
 WORK_CHANNEL = "durably_work"
-# A schema name we accept: a plain identifier; pg_* names are reserved by PostgreSQL.
-SCHEMA_NAME = re.compile(r"(?![Pp][Gg]_)[A-Za-z_][A-Za-z0-9_]{0,62}")
-# Options that are SQLite's: a clear error beats silently ignoring them.
-SQLITE_ONLY = frozenset({"synchronous"})
 # A transaction whose BEGIN fails on a dead connection ran nothing: it is safe to retry on
 # another connection. These are the pauses between tries.
 RETRY_DELAYS = (0.05, 0.2, 0.5)
-
-# ids come back as str (the engine compares them with str ids) and JSON as its text (the engine
-# json.loads it); timestamptz stays a datetime, which store.parse_timestamp accepts.
-ADAPTERS = AdaptersMap(psycopg.adapters)
-for _type in ("uuid", "json", "jsonb"):
-    ADAPTERS.register_loader(_type, TextLoader)
 
 _TOKEN = re.compile(
     r"""
@@ -82,49 +71,54 @@ class _PostgresTx(Tx):
         self._cursor = conn.cursor()
 
     def _run(self, name: str, params: Params | None) -> psycopg.Cursor[DictRow]:
-        self._store._count(statements=1)
+        self._store._count(statements=1, round_trips=1)
         try:
             return self._cursor.execute(self._queries[name], params or {})
         except psycopg.Error as exc:
-            raise _wrap(self._conn, f"query {name!r} failed", exc) from exc
+            raise wrap_error(self._conn, f"query {name!r} failed", exc) from exc
 
     def execute(self, name: str, params: Params | None = None) -> int:
         return self._run(name, params).rowcount
 
     def execute_many(self, name: str, params: Iterable[Params]) -> None:
-        self._store._count(statements=1)
+        # One round trip: psycopg sends every parameter set in pipeline mode.
+        self._store._count(statements=1, round_trips=1)
         try:
             self._cursor.executemany(self._queries[name], params)
         except psycopg.Error as exc:
-            raise _wrap(self._conn, f"query {name!r} failed", exc) from exc
+            raise wrap_error(self._conn, f"query {name!r} failed", exc) from exc
 
     def fetch_one(self, name: str, params: Params | None = None) -> Row | None:
         cursor = self._run(name, params)
         try:
             return cursor.fetchone()
         except psycopg.Error as exc:
-            raise _wrap(self._conn, f"query {name!r} failed", exc) from exc
+            raise wrap_error(self._conn, f"query {name!r} failed", exc) from exc
 
     def fetch_all(self, name: str, params: Params | None = None) -> list[Row]:
         cursor = self._run(name, params)
         try:
             return list(cursor.fetchall())
         except psycopg.Error as exc:
-            raise _wrap(self._conn, f"query {name!r} failed", exc) from exc
+            raise wrap_error(self._conn, f"query {name!r} failed", exc) from exc
 
-
-def _wrap(conn: Connection | None, what: str, exc: psycopg.Error) -> StoreError:
-    """A driver error as ours: a lost connection is a StoreConnectionError."""
-    lost = isinstance(exc, psycopg.OperationalError) and (conn is None or conn.broken)
-    kind = StoreConnectionError if lost else StoreError
-    if isinstance(exc, psycopg.errors.DeadlockDetected):
-        kind = StoreConflictError
-    return kind(f"{what}: {_oneline(exc)}")
-
-
-def _oneline(exc: BaseException) -> str:
-    # libpq messages span lines ("...failed: Connection refused\n\tIs the server running").
-    return " ".join(str(exc).split())
+    def fetch_batch(self, statements: Sequence[Statement]) -> list[list[Row]]:
+        """The statements in one pipeline: sent together, then one Sync, so the client waits
+        once. The server still runs them one after the other, each with its own snapshot
+        taken when it starts (READ COMMITTED), inside the open transaction."""
+        if len(statements) < 2:
+            return super().fetch_batch(statements)
+        self._store._count(statements=len(statements), round_trips=1)
+        cursors = [self._conn.cursor() for _ in statements]
+        try:
+            with self._conn.pipeline():
+                for cursor, (name, params) in zip(cursors, statements, strict=True):
+                    cursor.execute(self._queries[name], params or {})
+            # After the Sync every result is in: reading them sends nothing.
+            return [list(c.fetchall()) if c.description is not None else [] for c in cursors]
+        except psycopg.Error as exc:
+            names = ", ".join(repr(name) for name, _ in statements)
+            raise wrap_error(self._conn, f"query batch ({names}) failed", exc) from exc
 
 
 class PostgresStore(Store):
@@ -148,87 +142,30 @@ class PostgresStore(Store):
         **options: Any,
     ) -> None:
         super().__init__()
-        if schema is not None and not (isinstance(schema, str) and SCHEMA_NAME.fullmatch(schema)):
-            raise StoreError(
-                f"invalid schema name {schema!r}: use letters, digits and underscores, "
-                "not starting with a digit or pg_, at most 63 characters"
-            )
-        self.schema = schema
-        self.min_size, self.max_size = _sizes(min_size, max_size)
-        self.timeout = _positive("timeout", timeout)
-        rejected = sorted(SQLITE_ONLY & options.keys())
-        if rejected:
-            raise StoreError(f"option {rejected[0]!r} applies to SQLite only, not PostgreSQL")
-        options.setdefault("application_name", "durably")
-        options.setdefault("connect_timeout", max(2, round(self.timeout)))
-        try:
-            self.conninfo = psycopg.conninfo.make_conninfo(url, **options)
-        except psycopg.Error as exc:
-            raise StoreError(f"invalid PostgreSQL URL or option: {_oneline(exc)}") from exc
-        self.where = _describe(self.conninfo)
         self._queries = {name: to_psycopg(q) for name, q in sql.queries(self.dialect).items()}
         self._stats_lock = threading.Lock()
         self._listen_lock = threading.Lock()
         self._listener: Connection | None = None
         self._closed = False
-        # What tells a dead server from a busy pool when no connection comes within timeout:
-        # how many pooled connections we hold, and the last connect attempt's error (None
-        # once one succeeds).
-        self._in_use = 0
-        self.last_connect_error: str | None = None
-        self._connection_class = _recording_connection_class(self)
-        # One direct connection first: a dead server, a bad password or a missing database
-        # fails here at once with libpq's own message, instead of after the pool's wait.
-        self._connect().close()
-        self._pool: ConnectionPool[Connection] = ConnectionPool(
-            self.conninfo,
-            connection_class=self._connection_class,
-            kwargs={"autocommit": True, "row_factory": dict_row, "context": ADAPTERS},
-            min_size=self.min_size,
-            max_size=self.max_size,
-            configure=self._configure,
-            timeout=self.timeout,
-            name=f"durably:{self.where}",
-            open=True,
+        self._connections = Connections(
+            url, schema=schema, min_size=min_size, max_size=max_size, timeout=timeout, **options
         )
-        try:
-            self._pool.wait(timeout=self.timeout)
-        except PoolTimeout as exc:
-            self._pool.close()
-            raise StoreConnectionError(
-                f"cannot connect to PostgreSQL ({self.where}) within {self.timeout:g} s"
-            ) from exc
+        self.schema = schema
+        self.where = self._connections.where
 
-    # -- connections ---------------------------------------------------------------------------
-
-    def _connect(self) -> Connection:
-        """A connection outside the pool (the probe, the LISTEN connection)."""
-        try:
-            conn = self._connection_class.connect(
-                self.conninfo, autocommit=True, row_factory=dict_row, context=ADAPTERS
-            )
-        except psycopg.Error as exc:
-            raise StoreConnectionError(
-                f"cannot connect to PostgreSQL ({self.where}): {_oneline(exc)}"
-            ) from exc
-        try:
-            self._configure(conn)
-        except psycopg.Error as exc:
-            conn.close()
-            raise _wrap(None, f"cannot configure the connection ({self.where})", exc) from exc
-        return conn
-
-    def _configure(self, conn: Connection) -> None:
-        if self.schema is not None:
-            conn.execute(pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(self.schema)))
+    # -- transactions --------------------------------------------------------------------------
 
     @contextmanager
-    def _begin(self, *, read_only: bool = False) -> Iterator[Connection]:
-        conn = self._start(read_only)
+    def _begin(self, *, read_only: bool = False, counted: bool = False) -> Iterator[Connection]:
+        """A transaction on a pooled connection: committed when the block exits, rolled back
+        on an error. ``counted``: its BEGIN and COMMIT (or ROLLBACK) go to the stats."""
+        conn = self._start(read_only, counted)
+        trips = 1 if counted else 0
         try:
             try:
                 yield conn
             except BaseException as exc:
+                self._count(round_trips=trips)
                 try:
                     conn.execute("ROLLBACK", prepare=False)
                 except psycopg.Error as rollback_exc:
@@ -238,88 +175,61 @@ class PostgresStore(Store):
                         extra=fields("rollback_failed"),
                     )
                 if isinstance(exc, psycopg.Error):
-                    raise _wrap(conn, "PostgreSQL error", exc) from exc
+                    raise wrap_error(conn, "PostgreSQL error", exc) from exc
                 raise
+            self._count(round_trips=trips)
             try:
                 conn.execute("COMMIT", prepare=False)
             except psycopg.Error as exc:
-                raise _wrap(conn, "commit failed", exc) from exc
+                raise wrap_error(conn, "commit failed", exc) from exc
         finally:
-            self._putconn(conn)
+            self._connections.put(conn)
 
-    def _start(self, read_only: bool) -> Connection:
+    def _start(self, read_only: bool, counted: bool) -> Connection:
         """A pooled connection with a transaction begun; dead connections are replaced."""
         for attempt in range(len(RETRY_DELAYS) + 1):
-            conn = self._getconn()
+            conn = self._connections.get()
+            if counted:
+                self._count(round_trips=1)  # each BEGIN sent, also one that fails
             try:
                 # A read sees one snapshot for the whole block; REPEATABLE READ READ ONLY
                 # cannot fail with a serialization error.
                 conn.execute(_BEGIN_READ if read_only else _BEGIN_WRITE, prepare=False)
             except psycopg.Error as exc:
-                self._putconn(conn)  # a broken connection is discarded by the pool
+                self._connections.put(conn)  # a broken connection is discarded by the pool
                 if not conn.broken or attempt == len(RETRY_DELAYS):
-                    raise _wrap(conn, f"cannot begin a transaction ({self.where})", exc) from exc
+                    raise wrap_error(
+                        conn, f"cannot begin a transaction ({self.where})", exc
+                    ) from exc
                 logger.warning(
                     "PostgreSQL connection lost, retrying: %s",
                     exc,
                     extra=fields("reconnect", attempt=attempt + 1),
                 )
                 # Other idle connections probably died with this one (a server restart).
-                self._pool.check()
+                self._connections.check()
                 time.sleep(RETRY_DELAYS[attempt])
                 continue
             return conn
         raise AssertionError("unreachable")
 
-    def _getconn(self) -> Connection:
-        try:
-            conn = self._pool.getconn()
-        except PoolClosed as exc:
-            raise StoreError("the store is closed") from exc
-        except PoolTimeout as exc:
-            raise self._no_connection() from exc
-        with self._stats_lock:
-            self._in_use += 1
-        return conn
-
-    def _putconn(self, conn: Connection) -> None:
-        with self._stats_lock:
-            self._in_use -= 1
-        self._pool.putconn(conn)
-
-    def _no_connection(self) -> StoreConnectionError:
-        """Why the pool gave no connection within the timeout: all of them are ours and busy,
-        or the pool cannot open any (the server is down, or unreachable)."""
-        error = self.last_connect_error
-        with self._stats_lock:
-            in_use = self._in_use
-        if in_use < self.max_size or error is not None:
-            cause = f"last connect error: {error}" if error else "no connect attempt finished"
-            return StoreConnectionError(
-                f"PostgreSQL is unreachable ({self.where}): no connection could be opened "
-                f"within {self.timeout:g} s ({cause})"
-            )
-        return StoreConnectionError(
-            f"all {self.max_size} PostgreSQL connections ({self.where}) are busy: none came "
-            f"free within {self.timeout:g} s; raise max_size, or hold transactions shorter"
-        )
-
-    def _count(self, *, transactions: int = 0, statements: int = 0) -> None:
+    def _count(self, *, transactions: int = 0, statements: int = 0, round_trips: int = 0) -> None:
         with self._stats_lock:
             self.stats.transactions += transactions
             self.stats.statements += statements
+            self.stats.round_trips += round_trips
 
     # -- the Store interface -------------------------------------------------------------------
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        with self._begin() as conn:
+        with self._begin(counted=True) as conn:
             yield _PostgresTx(self, conn)
         self._count(transactions=1)
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
-        with self._begin(read_only=True) as conn:
+        with self._begin(read_only=True, counted=True) as conn:
             yield _PostgresTx(self, conn)
         self._count(transactions=1)
 
@@ -328,7 +238,7 @@ class PostgresStore(Store):
             try:
                 return _version(conn)
             except psycopg.Error as exc:
-                raise _wrap(conn, "cannot read the schema version", exc) from exc
+                raise wrap_error(conn, "cannot read the schema version", exc) from exc
 
     def migrate(self) -> int:
         try:
@@ -360,7 +270,7 @@ class PostgresStore(Store):
             if self._closed:
                 return
             if self._listener is None:
-                self._listener = self._connect()
+                self._listener = self._connections.connect()
                 self._listener.execute(
                     pgsql.SQL("LISTEN {}").format(pgsql.Identifier(WORK_CHANNEL))
                 )
@@ -394,7 +304,7 @@ class PostgresStore(Store):
         finally:
             if locked:
                 self._listen_lock.release()
-        self._pool.close()
+        self._connections.close()
 
 
 _BEGIN_WRITE: LiteralString = "BEGIN"
@@ -403,52 +313,6 @@ _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version ("
     "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
 )
-
-
-def _recording_connection_class(store: PostgresStore) -> type[Connection]:
-    """A connection class that tells ``store`` how its last connect attempt went: the pool
-    retries in its own threads and keeps the driver's error to itself (it only logs it)."""
-
-    class RecordingConnection(Connection):
-        @classmethod
-        def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
-            try:
-                conn = super().connect(conninfo, **kwargs)
-            except psycopg.Error as exc:
-                store.last_connect_error = _oneline(exc)
-                raise
-            store.last_connect_error = None
-            return conn
-
-    return RecordingConnection
-
-
-def _sizes(min_size: Any, max_size: Any) -> tuple[int, int]:
-    try:
-        low, high = int(min_size), int(max_size)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"min_size and max_size must be integers: {exc}") from exc
-    if not 0 <= low <= high or high < 1:
-        raise StoreError(f"need 0 <= min_size <= max_size and max_size >= 1, not {low}, {high}")
-    return low, high
-
-
-def _positive(name: str, value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"{name} must be a number of seconds, not {value!r}") from exc
-    if not number > 0:
-        raise StoreError(f"{name} must be positive, not {value!r}")
-    return number
-
-
-def _describe(conninfo: str) -> str:
-    """Where we connect, for messages: never the password."""
-    params = psycopg.conninfo.conninfo_to_dict(conninfo)
-    return " ".join(
-        f"{key}={params[key]}" for key in ("host", "port", "dbname", "user") if params.get(key)
-    )
 
 
 def _version(conn: Connection) -> int:

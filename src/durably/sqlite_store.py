@@ -31,21 +31,25 @@ class _SQLiteTx(Tx):
         self._queries = store._queries
         self._stats = store.stats
 
-    def execute(self, name: str, params: Params | None = None) -> int:
+    def _count(self) -> None:
         self._stats.statements += 1
+        self._stats.round_trips += 1  # one call into SQLite (StoreStats)
+
+    def execute(self, name: str, params: Params | None = None) -> int:
+        self._count()
         return self._conn.execute(self._queries[name], params or {}).rowcount
 
     def execute_many(self, name: str, params: Iterable[Params]) -> None:
-        self._stats.statements += 1
+        self._count()
         self._conn.executemany(self._queries[name], params)
 
     def fetch_one(self, name: str, params: Params | None = None) -> Row | None:
-        self._stats.statements += 1
+        self._count()
         row: Row | None = self._conn.execute(self._queries[name], params or {}).fetchone()
         return row
 
     def fetch_all(self, name: str, params: Params | None = None) -> list[Row]:
-        self._stats.statements += 1
+        self._count()
         return self._conn.execute(self._queries[name], params or {}).fetchall()
 
 
@@ -115,6 +119,8 @@ class SQLiteStore(Store):
     def _begin(self, mode: str) -> Iterator[Tx]:
         with self._lock:
             conn = self._conn
+            stats = self.stats
+            stats.round_trips += 1  # the BEGIN; the COMMIT or ROLLBACK below, one more
             try:
                 conn.execute(mode)
             except sqlite3.Error as exc:
@@ -123,15 +129,18 @@ class SQLiteStore(Store):
                 yield _SQLiteTx(self)
             except BaseException:
                 if conn.in_transaction:
+                    stats.round_trips += 1
                     conn.execute("ROLLBACK")
                 raise
             try:
+                stats.round_trips += 1
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if conn.in_transaction:
+                    stats.round_trips += 1
                     conn.execute("ROLLBACK")
                 raise StoreError(f"commit failed: {exc}") from exc
-            self.stats.transactions += 1
+            stats.transactions += 1
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:

@@ -8,13 +8,15 @@ implement it; :mod:`durably.backends` opens the one a URL names.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 Params = Mapping[str, Any]
+# A named query and its parameters, as Tx.fetch_batch takes them.
+Statement = tuple[str, Params | None]
 
 
 class Row(Protocol):
@@ -27,13 +29,27 @@ class Row(Protocol):
 
 @dataclass
 class StoreStats:
-    """Counters of the work a store did: the machine-independent cost figure."""
+    """Counters of the work a store did through ``transaction()`` and ``read()``: the
+    machine-independent cost figure.
+
+    ``transactions`` counts those committed, ``statements`` the named queries run (an
+    ``execute_many`` is one). ``round_trips`` counts the times the store sent something to the
+    database and waited for its answer: the BEGIN, each statement, the COMMIT or ROLLBACK
+    (one each, also a BEGIN that failed on a dead connection and was retried), and a
+    ``fetch_batch`` sent as one (PostgreSQL's pipeline mode) counts once however many
+    statements it holds. SQLite has no network: there a round trip is one call into the
+    library, so its batches count one per statement. Not counted: ``migrate``,
+    ``schema_version``, the LISTEN connection, and psycopg's own statement preparation (one
+    more exchange on a query's 5th run on a connection, outside a batch, and a DEALLOCATE
+    when its cache of prepared statements overflows).
+    """
 
     transactions: int = 0
     statements: int = 0
+    round_trips: int = 0
 
     def reset(self) -> None:
-        self.transactions = self.statements = 0
+        self.transactions = self.statements = self.round_trips = 0
 
 
 class Tx(abc.ABC):
@@ -54,6 +70,19 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def fetch_all(self, name: str, params: Params | None = None) -> list[Row]:
         """Run a query; return every row."""
+
+    def fetch_batch(self, statements: Sequence[Statement]) -> list[list[Row]]:
+        """Run a few statements in order, in one round trip where the database allows it;
+        return each one's rows (``[]`` for a statement that returns none).
+
+        For statements whose parameters do not depend on each other's results. Each one
+        still runs after those before it finished, and sees what they did: under
+        PostgreSQL's READ COMMITTED it takes its snapshot only then, so a lock the first one
+        takes holds for what the next one counts. A failing statement fails the batch (the
+        ones after it do not run). This default runs them one by one (SQLite, in process);
+        PostgreSQL sends them together (pipeline mode).
+        """
+        return [self.fetch_all(name, params) for name, params in statements]
 
 
 class Store(abc.ABC):

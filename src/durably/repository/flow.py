@@ -3,8 +3,12 @@ what a limited claim books (admitted executions, spent tokens); and the definiti
 worker advertises, for ``durably list --stranded``.
 
 Workflows without limits are claimed by ``claim_tasks`` alone, as before. Those with limits
-go through ``lock_flow`` + ``claim_limited_tasks``: one round trip more per claim, paid only by
-a worker that serves a limited workflow.
+go through ``lock_flow`` + ``claim_limited_tasks``, two statements (on PostgreSQL the claim's
+counts must be read after the lock is held) sent together in one round trip
+(:meth:`~durably.store.Tx.fetch_batch`): a limited claim that fills its batch costs what a
+plain one does. One that comes back short then sends ``claim_tasks`` (for rows from before a
+limit was declared) and ``next_token`` (when a rate held it back) together: one round trip
+more.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 from ..flow import Limits, capacity, is_limited
 from ..records import Claim, ExecutionRecord, WorkerVersions
-from ..store import Row, Tx, parse_timestamp, timestamp
+from ..store import Row, Statement, Tx, parse_timestamp, timestamp
 from .rows import claims_of, execution_of
 
 
@@ -73,22 +77,28 @@ class Flow:
         can run (``name@shape version -> Workflow``); limited workflows first, so plentiful
         unlimited work never starves them."""
         sets = self.claim_sets(claimable)
-        stamp = timestamp(now)
         claims: list[Claim] = []
+        then: list[Statement] = []  # sent together, after the limited claim
         if sets.limited is not None:
             claims = self._claim_limited(tx, worker, sets, limit, now)
+            self.next_token_at = None
+            if len(claims) < limit and sets.limits.rates != "{}":
+                then.append(("next_token", {"rate_limits": sets.limits.rates, "clock": now}))
         if sets.plain is not None and len(claims) < limit:
-            params = {"worker": worker, "now": stamp, "limit": limit - len(claims)}
+            params = {"worker": worker, "now": timestamp(now), "limit": limit - len(claims)}
             params = {**params, "versions": sets.plain, "limited": sets.limited_keys}
-            rows = tx.fetch_all("claim_tasks", params)
-            claims += claims_of(rows)
+            then.append(("claim_tasks", params))
+        for (name, _), rows in zip(then, tx.fetch_batch(then), strict=True):
+            if name == "claim_tasks":
+                claims += claims_of(rows)
+            elif rows and rows[0]["at"] is not None:
+                self.next_token_at = float(rows[0]["at"])
         return claims
 
     def _claim_limited(
         self, tx: Tx, worker: str, sets: ClaimSets, limit: int, now: float
     ) -> list[Claim]:
         limits = sets.limits
-        self._lock_flow(tx, limits, now)
         params = {
             **_limit_params(limits, now),
             "worker": worker,
@@ -97,12 +107,8 @@ class Flow:
             # Candidates looked at: a batch can be cut short by a key with few free slots.
             "window": limit * 4 + 16,
         }
-        rows = tx.fetch_all("claim_limited_tasks", params)
+        _, rows = tx.fetch_batch([_lock_flow(limits, now), ("claim_limited_tasks", params)])
         self._book(tx, rows, limits, now)
-        self.next_token_at = None
-        if len(rows) < limit and limits.rates != "{}":
-            row = tx.fetch_one("next_token", {"rate_limits": limits.rates, "clock": now})
-            self.next_token_at = float(row["at"]) if row and row["at"] is not None else None
         return claims_of(rows)
 
     def start_limited_task(
@@ -111,8 +117,9 @@ class Flow:
         """``start_task`` for an in-process run of a limited workflow: only when the task's
         key has a free slot, its bucket a token and its execution a slot (counted under the
         same locks as a worker's claim); the slot and the token are then booked."""
-        self._lock_flow(tx, limits, now)
-        row = tx.fetch_one("flow_free", {**_limit_params(limits, now), "id": task_id})
+        params = {**_limit_params(limits, now), "id": task_id}
+        _, rows = tx.fetch_batch([_lock_flow(limits, now), ("flow_free", params)])
+        row = rows[0] if rows else None
         if row is None or any(row[f] is not None and row[f] < 1 for f in _FREE):
             if row is not None and row["rfree"] is not None and row["rfree"] < 1:
                 rate = float(json.loads(limits.rates)[row["rate_key"]][0])
@@ -127,9 +134,6 @@ class Flow:
         self, tx: Tx, task_id: str, worker: str, now: float, code_version: str | None = None
     ) -> bool:
         raise NotImplementedError  # the Tasks' (Flow comes after it in the Repository)
-
-    def _lock_flow(self, tx: Tx, limits: Limits, now: float) -> None:
-        tx.execute("lock_flow", {"locks": limits.locks, "rate_limits": limits.rates, "clock": now})
 
     def _book(self, tx: Tx, rows: Iterable[Row], limits: Limits, now: float) -> None:
         """SQLite's limited claim leaves the admissions and the tokens to its caller."""
@@ -187,6 +191,12 @@ class Flow:
 
 
 _FREE = ("tfree", "rfree", "wfree")
+
+
+def _lock_flow(limits: Limits, now: float) -> Statement:
+    """What a limited claim sends first, in the same round trip: the locks of its keys
+    (PostgreSQL) and the buckets it may take tokens from (created full)."""
+    return "lock_flow", {"locks": limits.locks, "rate_limits": limits.rates, "clock": now}
 
 
 def _limit_params(limits: Limits, now: float) -> dict[str, Any]:

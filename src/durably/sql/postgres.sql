@@ -166,8 +166,10 @@ FOR UPDATE;
 -- name: lock_flow
 -- One transaction lock per limited key, taken in the order of their hashes by every claimer
 -- (so two never deadlock): the claim statement that follows then counts what runs with no
--- other claim of those keys in flight. Completions take no lock: they only free slots. The
--- buckets it may take tokens from are created first (a new one is full).
+-- other claim of those keys in flight. The two travel in one round trip (Tx.fetch_batch,
+-- pipeline mode), but the server starts the claim, and takes its READ COMMITTED snapshot,
+-- only once this one has returned with the locks held. Completions take no lock: they only
+-- free slots. The buckets it may take tokens from are created first (a new one is full).
 WITH ensured AS (
     INSERT INTO rate_buckets (name, tokens, counted_at)
     SELECT key, CAST(value ->> 1 AS double precision), CAST(:clock AS double precision)
