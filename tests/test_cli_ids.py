@@ -44,9 +44,9 @@ def start_as(store_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callab
 
     def start(execution_id: str, wf: object = cli_app.pipeline, **context: object) -> str:
         chosen = iter([execution_id])
-        real = executions.new_id
+        real = executions.random_id
         with monkeypatch.context() as patch:
-            patch.setattr(executions, "new_id", lambda: next(chosen, None) or real())
+            patch.setattr(executions, "random_id", lambda: next(chosen, None) or real())
             started = engine.start(wf, context)  # type: ignore[arg-type]
         assert str(started) == execution_id
         return execution_id
