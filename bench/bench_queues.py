@@ -43,6 +43,7 @@ REQUIREMENTS = BENCH / "requirements-queues.txt"
 SYSTEMS = {"durably": "durably", "pgqueuer": "pgqueuer", "procrastinate": "procrastinate"}
 SYSTEMS["dbos"] = "DBOS"
 RUN_TIMEOUT = 1200.0
+WORKLOADS = ("trickle", "drain", "fanout")
 
 GUARANTEES = """\
 What one job is, in each system (so that the rates compare like with like):
@@ -124,7 +125,7 @@ def plan(opts: argparse.Namespace) -> list[tuple[Key, list[str]]]:
     common = [f"--postgres={opts.postgres}", f"--concurrency={opts.concurrency}"]
     out = []
     for workers in opts.workers:
-        for workload in ("trickle", "drain", "fanout"):
+        for workload in opts.workloads:
             for system in opts.only:
                 if workload == "fanout" and system != "durably":
                     continue
@@ -181,8 +182,17 @@ def run_storage(python: Path, opts: argparse.Namespace) -> dict[str, Any]:
 # --- reporting -------------------------------------------------------------------------------
 
 
+def value_of(sample: dict[str, Any], field: str) -> float | None:
+    if field == "enqueue_per_s":
+        took = sample.get("enqueue_s")
+        return sample["jobs"] / took if took else None
+    value = sample.get(field)
+    return None if value is None else float(value)
+
+
 def median(slot: dict[str, list[Any]] | None, field: str) -> float | None:
-    values = [s[field] for s in slot["samples"] if s.get(field) is not None] if slot else []
+    found = [value_of(s, field) for s in slot["samples"]] if slot else []
+    values = [v for v in found if v is not None]
     return statistics.median(values) if values else None
 
 
@@ -222,11 +232,13 @@ def report(runs: dict[Key, dict[str, list[Any]]], opts: argparse.Namespace) -> N
         header += [f"durably/{SYSTEMS[p]}" for p in peers]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for workload in ("trickle", "drain", "fanout"):
+    for workload in WORKLOADS:
         jobs = opts.fanout if workload == "fanout" else opts.jobs
         unit = "tasks" if workload == "fanout" else "jobs"
         for workers in opts.workers:
             metrics = [(f"{unit}/s", "per_s"), (f"commits/{unit[:-1]}", "commits_per_unit")]
+            if workload == "trickle":  # what bounds A: the enqueuing loop alone
+                metrics.append(("enqueue calls/s", "enqueue_per_s"))
             if not any((s, workload, workers) in runs for s in systems):
                 continue
             for i, (label, field) in enumerate(metrics):
@@ -242,7 +254,9 @@ def report(runs: dict[Key, dict[str, list[Any]]], opts: argparse.Namespace) -> N
         "durably on rates, below 1 on commits. Commits per job are the run database's "
         "xact_commit delta (pg_stat_database) from before the workers start until everything "
         "has disconnected, less the completion polls, over the jobs: the enqueues, the workers' "
-        "start-up, idle polls and shutdown are in it, and so is autovacuum and stats noise."
+        "start-up, idle polls and shutdown are in it, and so is autovacuum and stats noise. "
+        "In A every system keeps up with the enqueuing loop (one call at a time from one "
+        "thread), so A's rate is mostly the cost of an enqueue: see its enqueue calls/s row."
     )
 
 
@@ -308,6 +322,9 @@ def main() -> int:
     parser.add_argument(
         "--concurrency", type=int, default=10, help="jobs at once per worker process"
     )
+    parser.add_argument(
+        "--workloads", default="trickle,drain,fanout", help="a subset of trickle,drain,fanout"
+    )
     parser.add_argument("--fanout", type=int, default=5, help="fan-out executions per run")
     parser.add_argument("--storage-executions", type=int, default=1000)
     parser.add_argument("--list-at", type=int, default=100_000, help="executions when listing")
@@ -321,11 +338,19 @@ def main() -> int:
         help=f"the server (default {bench_run.DEFAULT_POSTGRES}); each run makes a database",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every sample")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="FILE",
+        help="print the tables of a run saved with --json (with the same other options) "
+        "instead of running",
+    )
     opts = parser.parse_args()
     if opts.quick:
         opts.rounds, opts.jobs, opts.fanout = 1, 100, 1
         opts.storage_executions, opts.list_at = 50, 1000
     opts.workers = [int(w) for w in str(opts.workers).split(",") if w]
+    opts.workloads = [w for w in WORKLOADS if w in opts.workloads.split(",")]
     unknown = set(opts.only.split(",")) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
@@ -333,8 +358,14 @@ def main() -> int:
 
     started = time.perf_counter()
     python = bench_python()
-    runs = run_rounds(python, opts)
-    storage = {} if opts.no_storage or "durably" not in opts.only else run_storage(python, opts)
+    if opts.from_json:
+        saved = json.loads(opts.from_json.read_text())
+        runs = {tuple(r.pop("key")): r for r in saved["runs"]}  # type: ignore[misc]
+        storage = saved["storage"]
+    else:
+        runs = run_rounds(python, opts)
+        skip = opts.no_storage or "durably" not in opts.only
+        storage = {} if skip else run_storage(python, opts)
     print(
         f"\n{platform.platform()}, {os.cpu_count()} CPUs shared with other work on the "
         f"machine, Python {platform.python_version()}; {versions(python)}; PostgreSQL "
@@ -345,7 +376,7 @@ def main() -> int:
     if storage:
         report_storage(storage)
     notes(runs, opts)
-    if opts.json:
+    if opts.json and not opts.from_json:
         dump = {
             "runs": [{"key": list(k), **r} for k, r in runs.items()],
             "storage": storage,
