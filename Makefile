@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench bench-postgres clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_wakeup.py
 	$(BIN)/python bench/bench_claims.py
 	$(BIN)/python bench/bench_import.py
+
+# Not part of `make bench`: needs a PostgreSQL server (DURABLY_BENCH_POSTGRES_URL, default
+# postgresql://postgres@127.0.0.1:5432/postgres) and installs pgqueuer and procrastinate into
+# .bench-venv. Takes about half an hour; BENCH_QUEUES_ARGS=--quick for a smoke run.
+bench-postgres: $(STAMP)
+	$(BIN)/python bench/bench_queues.py $(BENCH_QUEUES_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

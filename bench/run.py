@@ -329,7 +329,8 @@ def main() -> int:
         nargs="?",
         const=DEFAULT_POSTGRES,
         metavar="URL",
-        help=f"also run the chain on PostgreSQL (default server: {DEFAULT_POSTGRES})",
+        help=f"also run the chain on PostgreSQL (default server: {DEFAULT_POSTGRES}), then "
+        "bench/bench_queues.py (durably's workers against pgqueuer, procrastinate and DBOS)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every sample here")
     args = parser.parse_args()
@@ -349,6 +350,10 @@ def main() -> int:
         dump = [{"key": list(k), "samples": r.samples, "errors": r.errors} for k, r in runs.items()]
         args.json.write_text(json.dumps(dump, indent=1))
     print(f"\nbench took {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    if args.postgres:
+        queues = [sys.executable, str(BENCH / "bench_queues.py"), f"--postgres={args.postgres}"]
+        print(flush=True)
+        return subprocess.run([*queues, f"--rounds={args.reps}"], check=False).returncode
     return 0
 
 
