@@ -6,8 +6,10 @@ server (created here and dropped after): a handful of executions through the pub
 SQL, each copy one second older than the last, until there are --executions workflow
 executions and --sagas saga executions. Then prints, as Markdown:
 
-- `import durably`: the median wall time of --runs fresh interpreters, and of a bare one;
-- `durably list --db ...`: the median wall time of --runs fresh processes, on each backend;
+- `import durably`, and `durably list --db ...` on each backend: the median wall time of
+  --runs fresh processes (and of a bare interpreter), with durably compiled from source at
+  each start (no bytecode cache, as under PYTHONDONTWRITEBYTECODE) and from cached bytecode
+  (as an installed package runs);
 - `Engine.list(limit=50)` (by time, status and workflow) and the lookup by idempotency key,
   the median of warm calls in one process, on each backend.
 
@@ -36,6 +38,13 @@ from typing import Any
 SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 ENV = {**os.environ, "PYTHONPATH": str(SRC), "COLUMNS": "120"}
+# Two ways a process finds durably's modules: compiled from source on every start (as here,
+# where PYTHONDONTWRITEBYTECODE is set, and in a source checkout without __pycache__), or read
+# from cached bytecode (an installed package); each is measured. The cache goes to a temp dir.
+MODES = {
+    "no bytecode cache": {**ENV, "PYTHONDONTWRITEBYTECODE": "1"},
+    "cached bytecode": {k: v for k, v in ENV.items() if k != "PYTHONDONTWRITEBYTECODE"},
+}
 
 from durably import (  # noqa: E402
     Context,
@@ -175,13 +184,15 @@ def fill_postgres(url: str, executions: int, sagas: int) -> None:
 # -- measuring ---------------------------------------------------------------------------------
 
 
-def fresh(argv: list[str], runs: int) -> tuple[float, str]:
-    """The median wall seconds of ``runs`` fresh processes, and the last one's output."""
+def fresh(argv: list[str], runs: int, env: dict[str, str]) -> tuple[float, str]:
+    """The median wall seconds of ``runs`` fresh processes (after one that fills any
+    bytecode cache), and the last one's output."""
     times, out = [], ""
-    for _ in range(runs):
+    for run in range(runs + 1):
         started = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, text=True, env=ENV)
-        times.append(time.perf_counter() - started)
+        done = subprocess.run(argv, capture_output=True, text=True, env=env)
+        if run:
+            times.append(time.perf_counter() - started)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr}")
         out = done.stdout
@@ -228,14 +239,17 @@ def importtime(url: str) -> None:
         [sys.executable, "-X", "importtime", "-m", "durably", "list", "--db", url],
         capture_output=True,
         text=True,
-        env=ENV,
+        env=MODES["no bytecode cache"],
     )
     rows = []
     for line in done.stderr.splitlines():
         if line.startswith("import time:") and "|" in line and "cumulative" not in line:
             _, own, total, name = (part.strip() for part in line.replace(":", "|", 1).split("|"))
             rows.append((int(total), int(own), name))
-    print("\n`python -X importtime -m durably list`, the 25 slowest imports (cumulative):\n")
+    print(
+        "\n`python -X importtime -m durably list` (no bytecode cache), the 25 slowest imports"
+        " (cumulative):\n"
+    )
     print("| module | cumulative ms | own ms |\n|---|---|---|")
     for total, own, name in sorted(rows, reverse=True)[:25]:
         print(f"| `{name}` | {total / 1000:.1f} | {own / 1000:.1f} |")
@@ -266,6 +280,7 @@ def main() -> int:
             admin.execute(f"CREATE DATABASE {BENCH_DB}".encode())
             base = args.postgres.rsplit("/", 1)[0]
             urls["PostgreSQL"] = f"{base}/{BENCH_DB}"
+        MODES["cached bytecode"]["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
         try:
             return measure(args, urls, str(path))
         finally:
@@ -285,17 +300,25 @@ def measure(args: argparse.Namespace, urls: dict[str, str], path: str) -> int:
         took = time.perf_counter() - started
         print(f"{name}: {args.executions:,} executions and {args.sagas:,} sagas in {took:.1f} s")
 
-    bare, _ = fresh([sys.executable, "-c", "pass"], args.runs)
-    imported, _ = fresh([sys.executable, "-c", "import durably"], args.runs)
-    print(f"\nMedians of {args.runs} fresh processes (a bare interpreter: {bare * 1000:.0f} ms):\n")
-    print("| what | median ms |\n|---|---|")
-    print(f"| `import durably` | {imported * 1000:.0f} |")
-    outputs = {}
+    commands = {"`import durably`": [sys.executable, "-c", "import durably"]}
     for name, url in urls.items():
-        wall, outputs[name] = fresh(
-            [sys.executable, "-m", "durably", "list", "--db", url], args.runs
-        )
-        print(f"| `durably list` on {name} | {wall * 1000:.0f} |")
+        commands[f"`durably list` on {name}"] = [
+            sys.executable,
+            "-m",
+            "durably",
+            "list",
+            "--db",
+            url,
+        ]
+    print(f"\nMedians of {args.runs} fresh processes:\n")
+    print(f"| what | {' | '.join(MODES)} |\n|---|{'---|' * len(MODES)}")
+    outputs = {}
+    for what, argv in [("a bare interpreter", [sys.executable, "-c", "pass"]), *commands.items()]:
+        cells = []
+        for env in MODES.values():
+            wall, outputs[what] = fresh(argv, args.runs, env)
+            cells.append(f"{wall * 1000:.0f} ms")
+        print(f"| {what} | {' | '.join(cells)} |")
 
     print(f"\nIn-process, warm, at {args.executions:,} executions (median of 50 calls):\n")
     print(f"| call | {' | '.join(urls)} |\n|---|{'---|' * len(urls)}")
@@ -304,7 +327,7 @@ def measure(args: argparse.Namespace, urls: dict[str, str], path: str) -> int:
         cells = " | ".join(f"{found[name][call] * 1000:.2f} ms" for name in urls)
         print(f"| `{call}` | {cells} |")
 
-    first = outputs["SQLite"].splitlines()
+    first = outputs["`durably list` on SQLite"].splitlines()
     print(f"\n`durably list` on SQLite printed {len(first)} lines; its first three:\n")
     print("\n".join(first[:3]))
     if args.importtime:
