@@ -7,7 +7,6 @@ the rules are :mod:`durably.plan`'s and the queries :mod:`durably.repository`'s.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 import logging
@@ -117,6 +116,8 @@ class Engine(Inspection):
     ) -> ExecutionResult:
         """Run ``wf`` in this process until it is terminal (compensations included). With a
         ``key`` already used for this workflow, return (or wait for) that execution."""
+        import asyncio  # here, not at the top: reading executions (durably list) needs no asyncio
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -134,6 +135,8 @@ class Engine(Inspection):
         key: str | None = None,
     ) -> ExecutionResult:
         """``run`` without blocking the event loop (the engine's threads do the work)."""
+        import asyncio
+
         return await asyncio.to_thread(self._run, wf, context, key)
 
     def _run(
