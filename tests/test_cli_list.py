@@ -218,7 +218,7 @@ def test_list_prints_the_table_it_printed_before(db: str) -> None:
 
 def test_list_loads_only_what_listing_needs(db: str) -> None:
     # The commands' modules are imported when they run: listing needs the engine's read side
-    # and rich, not asyncio, the worker, the saga runtime, the brokers or the web stack.
+    # and rich, not asyncio, what runs executions, the saga runtime, the brokers or the web.
     code = (
         "import runpy, sys\n"
         f"sys.argv = ['durably', 'list', '--db', {db!r}]\n"
@@ -236,7 +236,8 @@ def test_list_loads_only_what_listing_needs(db: str) -> None:
     loaded = set(done.stderr.split())
     assert "durably.cli_inspect" in loaded  # the probe ran the command
     unwanted = {
-        "asyncio", "durably.broker", "durably.saga", "durably.saga_execution",
+        "asyncio", "durably.worker", "durably.runner", "durably.repair", "durably.scheduler",
+        "durably.broker", "durably.saga", "durably.saga_execution",
         "durably.saga_manager", "durably.saga_outbox", "durably.cli_worker", "durably.cli_run",
         "durably.cli_dashboard", "durably.cli_stranded", "durably.dashboard", "psycopg",
         "starlette", "jinja2", "uvicorn", "croniter", "prometheus_client", "opentelemetry",

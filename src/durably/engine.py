@@ -15,10 +15,10 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from . import attempt_logs, codec, mailbox, repair, retention, tracing
+from . import attempt_logs, codec, tracing
 from .arguments import as_id, check_int, check_key, check_lease, encode_initial
 from .backends import open_store
 from .clock import SYSTEM, Clock
@@ -34,14 +34,20 @@ from .inspection import Inspection
 from .logs import log
 from .registry import Registry
 from .results import ExecutionResult
-from .runner import Job, Runner
 from .runtime import DEFAULT_MAX_CONTEXT_BYTES, Runtime
-from .scheduler import ScheduleStatus, fire_all, statuses
 from .state import ExecutionState, TaskState
 from .statuses import EXECUTION_TERMINAL
 from .store import Store, Tx
-from .worker import Worker
 from .workflow import Workflow
+
+if TYPE_CHECKING:
+    from .runner import Job, Runner
+    from .scheduler import ScheduleStatus
+    from .worker import Worker
+
+# What runs executions (the runner, the worker, the repairs, the mailbox, retention and the
+# schedules) is imported by the methods that use it: an engine that only reads executions, as
+# `durably list` and `show` do, loads none of it (about 20 ms of a start without bytecode).
 
 logger = logging.getLogger("durably.engine")
 
@@ -153,6 +159,8 @@ class Engine(Inspection):
     def _run_here(
         self, definition: Workflow, context: Context | Mapping[str, Any] | None, key: str | None
     ) -> ExecutionResult:
+        from .runner import Runner
+
         initial = encode_initial(context, self.max_context_bytes)
         try:
             with self.store.transaction() as tx:
@@ -306,6 +314,9 @@ class Engine(Inspection):
     def resume(self, execution_id: UUID | str) -> ExecutionResult:
         """Continue an unfinished execution here, taking over claims whose process is gone or
         whose lease expired; a finished execution just returns its result."""
+        from . import repair
+        from .runner import Runner
+
         key = as_id(execution_id)
         with self._lock:
             if key in self._runs:
@@ -365,6 +376,8 @@ class Engine(Inspection):
         cancelled execution again, keeping completed ones, and return when it is terminal.
         A completed task whose compensation ran was undone, so it runs again too, with every
         task after it."""
+        from . import repair
+
         key = as_id(execution_id)
         with self.store.transaction() as tx:
             repair.reopen(self.runtime, tx, self._record(tx, key))
@@ -379,6 +392,8 @@ class Engine(Inspection):
         """A new execution that reuses the outputs of the tasks before ``from_task`` (none
         that was compensated), runs ``from_task`` (its input updated with ``context_patch``)
         and what follows it, and returns when it is terminal."""
+        from . import repair
+
         key = as_id(execution_id)
         if context_patch is not None and not isinstance(context_patch, Mapping):
             raise TypeError("context_patch must be a dict")
@@ -399,6 +414,8 @@ class Engine(Inspection):
         """Send an event to an execution (SPEC §3.4): a task waiting for it runs with the
         payload in its input; one sent earlier waits in the mailbox. A repeated ``key`` is
         ignored: returns False then, True when the event was stored."""
+        from . import mailbox
+
         key_id = as_id(execution_id)
         stored = mailbox.send(self.runtime, key_id, name, payload, key=check_key(key))
         with self._lock:
@@ -409,6 +426,8 @@ class Engine(Inspection):
 
     def worker(self, concurrency: int | None = None, **options: Any) -> Worker:
         """A worker that claims and runs queued tasks of this engine's workflows."""
+        from .worker import Worker
+
         return Worker(self.runtime, concurrency=concurrency, **options)
 
     # -- retention and schedules ---------------------------------------------------------------
@@ -419,6 +438,8 @@ class Engine(Inspection):
         """Delete the executions (workflow and saga) that finished more than ``older_than``
         ago, of one finished ``status`` or all of them, with everything they own; return how
         many (``dry_run``: how many would be). Running ones are never touched."""
+        from . import retention
+
         return retention.prune(
             self.store, self.runtime.repo, self.runtime.now(), older_than, status, dry_run=dry_run
         )
@@ -426,11 +447,15 @@ class Engine(Inspection):
     def fire_schedules(self) -> builtins.list[UUID]:
         """Start the executions of every due slot of the registered workflows' schedules, as a
         worker's turn does (once per slot across every engine and worker); return their ids."""
+        from .scheduler import fire_all
+
         return [UUID(found) for found in fire_all(self.runtime)]
 
     def schedules(self) -> builtins.list[ScheduleStatus]:
         """Each schedule's next slot, last run and missed count (what ``durably schedules``
         shows): those in the database and those of the registered workflows."""
+        from .scheduler import statuses
+
         return statuses(self.runtime)
 
     # -- lifecycle -----------------------------------------------------------------------------
