@@ -27,6 +27,7 @@ import asyncio
 import logging
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -286,6 +287,13 @@ def main() -> int:
             admin.execute(f"CREATE DATABASE {BENCH_DB}".encode())
             base = args.postgres.rsplit("/", 1)[0]
             urls["PostgreSQL"] = f"{base}/{BENCH_DB}"
+        # The processes import a copy of the source without any __pycache__ (a test run that
+        # spawned processes with another environment may have left some in the tree): with
+        # PYTHONDONTWRITEBYTECODE the copy stays without; the cache goes to its own folder.
+        copy = Path(tmp) / "src"
+        shutil.copytree(SRC, copy, ignore=shutil.ignore_patterns("__pycache__"))
+        for env in MODES.values():
+            env["PYTHONPATH"] = str(copy)
         MODES["cached bytecode"]["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
         try:
             return measure(args, urls, str(path))
