@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+from types import ModuleType
+
 import durably
 
 # Every public name SPEC.md spells, importable from ``durably`` itself.
@@ -26,8 +30,8 @@ SPEC_NAMES = {
     "SagaFailedCommitCallbackException", "SagaResponseException", "BrokerError",
     "SagaOperation", "IfThenAlternative", "ElseThenAlternative",
 }  # fmt: skip
-# Provided on first access (their drivers are optional extras).
-LAZY = {"RabbitMQBroker", "NatsBroker"}
+# Every public name is provided on first access (durably/__init__.py's __getattr__).
+LAZY = set(durably._MODULE_OF)
 
 
 def test_all_names_the_spec_api() -> None:
@@ -48,9 +52,32 @@ def test_all_is_exactly_the_public_api() -> None:
     public = {
         name
         for name, value in vars(durably).items()
-        if not name.startswith("_") and not isinstance(value, type(durably))
+        if not name.startswith("_") and not isinstance(value, ModuleType)
     }
     assert set(durably.__all__) == public | LAZY | {"__version__"}
+    assert set(dir(durably)) >= set(durably.__all__)
+
+
+def test_type_checkers_see_each_name_where_it_is_loaded_from() -> None:
+    # The imports under _TYPE_CHECKING (what mypy and editors read) and _EXPORTS (what
+    # __getattr__ imports) are two lists of the same names: they must agree.
+    tree = ast.parse(inspect.getsource(durably))
+    (block,) = [node for node in tree.body if isinstance(node, ast.If)]
+    typed = {
+        alias.name: str(node.module)
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert typed == durably._MODULE_OF
+
+
+def test_a_lazy_name_is_the_object_its_module_defines() -> None:
+    from durably import engine, workflow
+
+    assert durably.Engine is engine.Engine
+    assert durably.Workflow is workflow.Workflow
+    assert "Engine" in vars(durably)  # cached: the next access is a plain attribute
 
 
 def test_every_error_derives_from_the_root() -> None:

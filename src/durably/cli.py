@@ -2,8 +2,10 @@
 
 The group and what the commands share are in :mod:`durably.cli_common`; the commands in
 :mod:`durably.cli_run` (run, start, resume, send, retry, fork), :mod:`durably.cli_worker`,
-:mod:`durably.cli_inspect` (list, show, context) and :mod:`durably.cli_ops` (prune,
-schedules); cancel, migrate and demo are here.
+:mod:`durably.cli_inspect` (list, show, context), :mod:`durably.cli_ops` (prune,
+schedules) and :mod:`durably.cli_dashboard`; cancel, migrate and demo are here. Each module
+is imported when one of its commands runs (``cli_common.COMMANDS``), and each command imports
+what only it needs when it runs: a command's start costs what that command uses.
 
 Every option has an environment-variable twin, shown in ``--help``. Every error goes through
 one handler (:class:`DurablyGroup`), which prints it on one line and exits 1.
@@ -15,12 +17,11 @@ What the commands print is in :mod:`durably.views` (tables) and :mod:`durably.js
 from __future__ import annotations
 
 from collections.abc import Sequence
-from uuid import UUID
+from typing import TYPE_CHECKING
 
 import click
 
 from .backends import resolve_url
-from .broker import InMemoryBroker, broker_from_url
 from .cli_common import (
     CLIError,
     cli,
@@ -31,18 +32,8 @@ from .cli_common import (
     print_json,
 )
 
-# Importing the commands registers them on the group.
-from .cli_dashboard import dashboard  # noqa: F401  (the optional web UI, SPEC §8)
-from .cli_inspect import context, list_, show
-from .cli_ops import prune, schedules
-from .cli_run import fork, resume, retry, run, send, start
-from .cli_worker import worker
-from .json_views import saga_json, summary_json
-from .loading import import_modules, top_level_brokers
-from .lookup import find_execution, parse_id, resolve_id
-from .results import ExecutionResult
-from .statuses import EXECUTION_TERMINAL
-from .views import outcome, render_saga
+if TYPE_CHECKING:
+    from uuid import UUID
 
 
 @cli.command()
@@ -68,6 +59,12 @@ def cancel(
     """Cancel an execution: tasks not started are skipped, running ones finish. A saga is
     rolled back: its finished steps are compensated in reverse order (import its module with
     -m) and it ends errored."""
+    from .json_views import summary_json
+    from .lookup import find_execution, parse_id, resolve_id
+    from .results import ExecutionResult
+    from .statuses import EXECUTION_TERMINAL
+    from .views import outcome
+
     ref = parse_id(execution_id)
     with open_engine(db) as engine:
         key = resolve_id(engine, ref)
@@ -87,8 +84,12 @@ def cancel(
 def _cancel_saga(
     key: UUID, modules: tuple[str, ...], broker_url: str | None, db: str | None, as_json: bool
 ) -> None:
+    from .broker import InMemoryBroker, broker_from_url
+    from .json_views import saga_json
+    from .loading import import_modules, top_level_brokers
     from .saga_repository import SagaExecutionRepository
     from .saga_service import rollback_saga
+    from .views import render_saga
 
     loaded = import_modules(modules)
     brokers = [b for module in loaded for b in top_level_brokers(module)]
@@ -148,7 +149,5 @@ if __name__ == "__main__":  # pragma: no cover
     main()
 
 
-__all__ = [
-    "cancel", "cli", "context", "demo", "fork", "list_", "main", "migrate", "prune", "resume",
-    "retry", "run", "schedules", "send", "show", "start", "worker",
-]  # fmt: skip
+# The other commands are in their modules (cli_common.COMMANDS).
+__all__ = ["cancel", "cli", "demo", "main", "migrate"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
+from importlib import import_module
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
@@ -52,8 +53,30 @@ def one_line(message: str) -> str:
     return " ".join(message.split())
 
 
+# Where each command is defined: importing its module registers it on the group. A command's
+# module is imported when the command runs (or ``--help`` lists them all), so that ``durably
+# list`` loads what listing needs and not the worker, the sagas or the dashboard.
+COMMANDS = {
+    **dict.fromkeys(("run", "start", "resume", "send", "retry", "fork"), "cli_run"),
+    **dict.fromkeys(("list", "show", "context"), "cli_inspect"),
+    **dict.fromkeys(("prune", "schedules"), "cli_ops"),
+    **dict.fromkeys(("cancel", "migrate", "demo"), "cli"),
+    "worker": "cli_worker",
+    "dashboard": "cli_dashboard",
+}
+
+
 class DurablyGroup(click.Group):
-    """The central error handler: a failure is one line on stderr and exit status 1."""
+    """The central error handler: a failure is one line on stderr and exit status 1. Its
+    commands are imported from :data:`COMMANDS` when asked for (click's lazy subcommands)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            import_module(f"{__package__}.{COMMANDS[cmd_name]}")
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from rich.text import Text
@@ -19,22 +19,11 @@ from .cli_common import (
     print_json,
     unknown_task,
 )
-from .cli_stranded import print_stranded
 from .json_views import encode_context, execution_json, saga_json
-from .loading import (
-    import_modules,
-)
+from .loading import import_modules
 from .lookup import find_execution, list_executions, parse_id, resolve_id
 from .results import ExecutionResult
-from .views import (
-    context_table,
-    executions_table,
-    render_execution,
-    render_saga,
-)
-
-if TYPE_CHECKING:
-    pass
+from .views import context_table, executions_table, render_execution, render_saga
 
 
 @cli.command(name="list")
@@ -83,6 +72,8 @@ def list_(
     """List executions (workflows and sagas), newest first."""
     status = status.lower() if status else None
     if stranded:
+        from .cli_stranded import print_stranded
+
         with open_engine(db) as engine:
             print_stranded(engine, modules, limit, as_json)
         return

@@ -7,12 +7,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .exceptions import ExecutionNotFound, ExecutionStateError, StoreError
 from .logs import log
-from .results import ExecutionResult
-from .runner import Job, Runner
 from .runtime import Runtime
+
+if TYPE_CHECKING:  # an engine that only reads executions (durably list) never runs one
+    from .results import ExecutionResult
+    from .runner import Job, Runner
 
 logger = logging.getLogger("durably.engine")
 

@@ -7,17 +7,16 @@ the rules are :mod:`durably.plan`'s and the queries :mod:`durably.repository`'s.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 import os
 import time
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from . import attempt_logs, codec, mailbox, repair, retention, starts, tracing
+from . import attempt_logs, codec, starts, tracing
 from .arguments import as_id, check_int, check_key, check_lease, encode_initial
 from .backends import open_store
 from .clock import SYSTEM, Clock
@@ -31,14 +30,20 @@ from .flow import check_priority
 from .inspection import Inspection
 from .registry import Registry
 from .results import ExecutionResult
-from .runner import Job, Runner
 from .runtime import DEFAULT_MAX_CONTEXT_BYTES, Runtime
-from .scheduler import ScheduleStatus, fire_all, statuses
 from .state import ExecutionState
 from .statuses import EXECUTION_TERMINAL
 from .store import Store
-from .worker import Worker
 from .workflow import Workflow
+
+if TYPE_CHECKING:
+    from .runner import Job, Runner
+    from .scheduler import ScheduleStatus
+    from .worker import Worker
+
+# What runs executions (the runner, the worker, the repairs, the mailbox, retention and the
+# schedules) is imported by the methods that use it: an engine that only reads executions, as
+# `durably list` and `show` do, loads none of it (about 20 ms of a start without bytecode).
 
 
 class Engine(Inspection):
@@ -106,6 +111,8 @@ class Engine(Inspection):
     ) -> ExecutionResult:
         """Run ``wf`` in this process until it is terminal (compensations included). With a
         ``key`` already used for this workflow, return (or wait for) that execution."""
+        import asyncio  # here, not at the top: reading executions (durably list) needs no asyncio
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -123,6 +130,8 @@ class Engine(Inspection):
         key: str | None = None,
     ) -> ExecutionResult:
         """``run`` without blocking the event loop (the engine's threads do the work)."""
+        import asyncio
+
         return await asyncio.to_thread(self._run, wf, context, key)
 
     def _run(
@@ -139,6 +148,8 @@ class Engine(Inspection):
     def _run_here(
         self, definition: Workflow, context: Context | Mapping[str, Any] | None, key: str | None
     ) -> ExecutionResult:
+        from .runner import Runner
+
         initial = encode_initial(context, self.max_context_bytes)
         try:
             with self.store.transaction() as tx:
@@ -211,6 +222,9 @@ class Engine(Inspection):
     def resume(self, execution_id: UUID | str) -> ExecutionResult:
         """Continue an unfinished execution here, taking over claims whose process is gone or
         whose lease expired; a finished execution just returns its result."""
+        from . import repair
+        from .runner import Runner
+
         key = as_id(execution_id)
         if self._runs.running(key):
             raise ExecutionStateError(f"execution {key} is already running in this engine")
@@ -265,6 +279,8 @@ class Engine(Inspection):
         cancelled execution again, keeping completed ones, and return when it is terminal.
         A completed task whose compensation ran was undone, so it runs again too, with every
         task after it."""
+        from . import repair
+
         key = as_id(execution_id)
         with self.store.transaction() as tx:
             repair.reopen(self.runtime, tx, self._record(tx, key))
@@ -279,6 +295,8 @@ class Engine(Inspection):
         """A new execution that reuses the outputs of the tasks before ``from_task`` (none
         that was compensated), runs ``from_task`` (its input updated with ``context_patch``)
         and what follows it, and returns when it is terminal."""
+        from . import repair
+
         key = as_id(execution_id)
         if context_patch is not None and not isinstance(context_patch, Mapping):
             raise TypeError("context_patch must be a dict")
@@ -299,6 +317,8 @@ class Engine(Inspection):
         """Send an event to an execution (SPEC §3.4): a task waiting for it runs with the
         payload in its input; one sent earlier waits in the mailbox. A repeated ``key`` is
         ignored: returns False then, True when the event was stored."""
+        from . import mailbox
+
         key_id = as_id(execution_id)
         stored = mailbox.send(self.runtime, key_id, name, payload, key=check_key(key))
         self._runs.poke(key_id)
@@ -306,6 +326,8 @@ class Engine(Inspection):
 
     def worker(self, concurrency: int | None = None, **options: Any) -> Worker:
         """A worker that claims and runs queued tasks of this engine's workflows."""
+        from .worker import Worker
+
         return Worker(self.runtime, concurrency=concurrency, **options)
 
     # -- retention and schedules ---------------------------------------------------------------
@@ -316,6 +338,8 @@ class Engine(Inspection):
         """Delete the executions (workflow and saga) that finished more than ``older_than``
         ago, of one finished ``status`` or all of them, with everything they own; return how
         many (``dry_run``: how many would be). Running ones are never touched."""
+        from . import retention
+
         return retention.prune(
             self.store, self.runtime.repo, self.runtime.now(), older_than, status, dry_run=dry_run
         )
@@ -323,11 +347,15 @@ class Engine(Inspection):
     def fire_schedules(self) -> builtins.list[UUID]:
         """Start the executions of every due slot of the registered workflows' schedules, as a
         worker's turn does (once per slot across every engine and worker); return their ids."""
+        from .scheduler import fire_all
+
         return [UUID(found) for found in fire_all(self.runtime)]
 
     def schedules(self) -> builtins.list[ScheduleStatus]:
         """Each schedule's next slot, last run and missed count (what ``durably schedules``
         shows): those in the database and those of the registered workflows."""
+        from .scheduler import statuses
+
         return statuses(self.runtime)
 
     # -- lifecycle -----------------------------------------------------------------------------

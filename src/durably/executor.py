@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import logging
@@ -10,7 +9,7 @@ import queue
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import attempt_logs, tracing
 from .attempt_logs import AttemptLog
@@ -18,6 +17,12 @@ from .context import Context
 from .exceptions import TaskInterrupted, TaskReturnError, TaskTimeoutError
 from .logs import fields
 from .workflow import Task
+
+if TYPE_CHECKING:
+    import asyncio
+
+# asyncio is imported where async tasks are run, not at the top: an engine that only reads
+# executions (durably list, show) never starts a loop, and the import costs tens of ms.
 
 _R = TypeVar("_R")
 _Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
@@ -194,6 +199,8 @@ class Executor:
         self, task: Task, ctx: Context, handle: TaskHandle
     ) -> concurrent.futures.Future[dict[str, Any]]:
         if task.is_async:
+            import asyncio
+
             return asyncio.run_coroutine_threadsafe(self._run_async(task, ctx, handle), self.loop)
         future = self.pool.submit(run_inline, task, ctx, handle)
         if task.timeout is None:
@@ -206,6 +213,8 @@ class Executor:
             return await self._await(task, ctx, handle)
 
     async def _await(self, task: Task, ctx: Context, handle: TaskHandle) -> dict[str, Any]:
+        import asyncio
+
         coro: Coroutine[Any, Any, Any] = task.fn(*_args(task, ctx, handle))
         try:
             returned = await asyncio.wait_for(coro, task.timeout)
@@ -258,6 +267,8 @@ class Executor:
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
+                import asyncio
+
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(
                     target=loop.run_forever, name="durably-async", daemon=True

@@ -8,12 +8,14 @@ import os
 import sys
 from collections.abc import Iterable
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .broker_base import Broker
 from .workflow import Workflow
+
+if TYPE_CHECKING:
+    from .broker_base import Broker
 
 
 class LoadError(click.ClickException):
@@ -93,6 +95,8 @@ def top_level_sagas(module: ModuleType) -> list[Any]:
 def top_level_brokers(module: ModuleType) -> list[Broker]:
     """The brokers defined at the module's top level (their ``@broker.service`` participants
     are what ``durably worker`` serves), each once however many names it has."""
+    from .broker import Broker  # asyncio and the saga messages: only for the commands that serve
+
     found: dict[int, Broker] = {}
     for value in vars(module).values():
         if isinstance(value, Broker):

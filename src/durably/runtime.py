@@ -9,7 +9,6 @@ knows the :class:`~durably.Engine`: ``engine → runner/worker → runtime → r
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import logging
@@ -353,6 +352,8 @@ class Runtime(WaitsAndMaps, Children):
 
     def call(self, fn: Callable[..., Any], ctx: Context) -> None:
         if inspect.iscoroutinefunction(fn):
+            import asyncio  # only async compensations need it (an engine that reads does not)
+
             asyncio.run_coroutine_threadsafe(fn(ctx), self.executor.loop).result()
         else:
             fn(ctx)

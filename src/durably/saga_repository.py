@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from . import codec
@@ -27,12 +27,16 @@ from .backends import open_store
 from .context import SagaContext
 from .exceptions import SagaDefinitionNotFound, SagaExecutionNotFoundException
 from .listing import ListFilter
-from .saga import registered_saga
-from .saga_execution import SagaExecution
-from .saga_outbox import OutboxEntry
 from .saga_records import PendingRequest, SagaStatus, SagaStepRecord
-from .saga_threads import off_loop
 from .store import Row, Store, parse_timestamp, timestamp
+
+if TYPE_CHECKING:
+    from .saga_execution import SagaExecution
+    from .saga_outbox import OutboxEntry
+
+# The saga runtime (definitions, executions, the outbox and its broker, the event loop's
+# threads) is imported by the methods that run sagas, not here: listing and showing stored
+# executions, as `durably list` and `show` do, needs none of it.
 
 __all__ = ["SagaExecutionRepository", "SagaExecutionSummary"]
 
@@ -79,10 +83,14 @@ class SagaExecutionRepository:
 
     async def load(self, uuid: UUID | str) -> SagaExecution:
         """The stored execution, with its definition from this process's registry."""
+        from .saga_threads import off_loop
+
         return await off_loop(self.db, self.load_execution, uuid)
 
     async def delete(self, uuid: UUID | str | SagaExecution) -> None:
         """Remove the execution, its context, its reply keys and its unsent requests."""
+        from .saga_threads import off_loop
+
         await off_loop(self.db, self.delete_sync, uuid)
 
     async def apply(
@@ -95,6 +103,8 @@ class SagaExecutionRepository:
     ) -> bool:
         """:meth:`save` off the event loop. The execution is encoded here, on the caller's
         thread (it is the caller's to change), and only the database work moves."""
+        from .saga_threads import off_loop
+
         write = _Write.of(execution, reply_key, outbox, discard)
         saved = await off_loop(self.db, self._write, write)
         if saved:
@@ -104,6 +114,8 @@ class SagaExecutionRepository:
     # -- what the manager and the CLI use ----------------------------------------------------
 
     def delete_sync(self, uuid: UUID | str | SagaExecution) -> None:
+        from .saga_execution import SagaExecution
+
         key = str(uuid.uuid if isinstance(uuid, SagaExecution) else _as_uuid(uuid))
         with self.db.transaction() as tx:
             tx.execute("saga_delete_outbox", {"id": key})
@@ -156,6 +168,9 @@ class SagaExecutionRepository:
     def load_execution(self, uuid: UUID | str) -> SagaExecution:
         """``load`` without the event loop. Raises ``SagaExecutionNotFoundException``, and
         ``SagaDefinitionNotFound`` when no registered saga has the stored fingerprint."""
+        from .saga import registered_saga
+        from .saga_execution import SagaExecution
+
         row = self._row(uuid)
         definition = registered_saga(row["fingerprint"])
         if definition is None:
