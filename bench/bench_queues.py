@@ -196,16 +196,8 @@ def median(slot: dict[str, list[Any]] | None, field: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def fmt(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
-
-
-def ratio(ours: float | None, theirs: float | None) -> str:
-    return f"{ours / theirs:.3g}x" if ours is not None and theirs else "n/a"
+# Numbers print as bench/run.py prints its own.
+fmt, ratio = bench_run.fmt, bench_run.ratio
 
 
 def cell(slot: dict[str, list[Any]] | None, field: str) -> tuple[str, float | None]:
