@@ -21,21 +21,22 @@ def new_id() -> str:
     in WAL mode every page a commit touches is written out whole, so random keys cost a page
     per index per task. Made from bytes rather than ``uuid.UUID``, which validates an object
     per id."""
-    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10))
-    raw[6] = raw[6] & 0x0F | 0x70  # version 7
-    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return _uuid_text((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10), 0x70)
 
 
 def random_id() -> str:
     """A random (version 4) UUID as text, for execution ids: people abbreviate those to
     their first 8 characters, which a time-ordered id would share with every execution
     started in the same minute."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
-    h = raw.hex()
+    return _uuid_text(os.urandom(16), 0x40)
+
+
+def _uuid_text(raw: bytes, version: int) -> str:
+    """16 bytes as UUID text, with ``version`` (its high nibble) and the RFC 4122 variant."""
+    b = bytearray(raw)
+    b[6] = b[6] & 0x0F | version
+    b[8] = b[8] & 0x3F | 0x80
+    h = b.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
