@@ -72,9 +72,9 @@ class Recorder:
 
     def _wrap(self, kind: str, real: Any) -> Any:
         @contextmanager
-        def opened() -> Iterator[Tx]:
+        def opened(**options: Any) -> Iterator[Tx]:
             calls: list[tuple[str, str]] = []
-            with real() as tx:
+            with real(**options) as tx:
                 yield _SpyTx(tx, calls)
             self.log.append((kind, [name for _, name in calls]))
             self.verbs.extend(calls)

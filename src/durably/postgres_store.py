@@ -156,10 +156,13 @@ class PostgresStore(Store):
     # -- transactions --------------------------------------------------------------------------
 
     @contextmanager
-    def _begin(self, *, read_only: bool = False, counted: bool = False) -> Iterator[Connection]:
+    def _begin(
+        self, *, read_only: bool = False, counted: bool = False, claiming: bool = False
+    ) -> Iterator[Connection]:
         """A transaction on a pooled connection: committed when the block exits, rolled back
         on an error. ``counted``: its BEGIN and COMMIT (or ROLLBACK) go to the stats."""
-        conn = self._start(read_only, counted)
+        begin = _BEGIN_READ if read_only else _BEGIN_CLAIM if claiming else _BEGIN_WRITE
+        conn = self._start(begin, counted)
         trips = 1 if counted else 0
         try:
             try:
@@ -185,7 +188,7 @@ class PostgresStore(Store):
         finally:
             self._connections.put(conn)
 
-    def _start(self, read_only: bool, counted: bool) -> Connection:
+    def _start(self, begin: LiteralString, counted: bool) -> Connection:
         """A pooled connection with a transaction begun; dead connections are replaced."""
         for attempt in range(len(RETRY_DELAYS) + 1):
             conn = self._connections.get()
@@ -194,7 +197,7 @@ class PostgresStore(Store):
             try:
                 # A read sees one snapshot for the whole block; REPEATABLE READ READ ONLY
                 # cannot fail with a serialization error.
-                conn.execute(_BEGIN_READ if read_only else _BEGIN_WRITE, prepare=False)
+                conn.execute(begin, prepare=False)
             except psycopg.Error as exc:
                 self._connections.put(conn)  # a broken connection is discarded by the pool
                 if not conn.broken or attempt == len(RETRY_DELAYS):
@@ -222,8 +225,8 @@ class PostgresStore(Store):
     # -- the Store interface -------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        with self._begin(counted=True) as conn:
+    def transaction(self, *, claiming: bool = False) -> Iterator[Tx]:
+        with self._begin(counted=True, claiming=claiming) as conn:
             yield _PostgresTx(self, conn)
         self._count(transactions=1)
 
@@ -308,6 +311,12 @@ class PostgresStore(Store):
 
 
 _BEGIN_WRITE: LiteralString = "BEGIN"
+# A claim walks the ready rows in its index's order and stops after its batch. With stale
+# or no statistics (a queue filled since the last ANALYZE) the planner believes only a row
+# or two are ready and prefers a bitmap scan that sorts every ready row: 54 ms a claim at
+# 2,000 queued, against 0.1 ms. Without bitmap scans the ordered index walk is its cheapest
+# plan whatever the statistics. Sent with the BEGIN, in the same round trip.
+_BEGIN_CLAIM: LiteralString = "BEGIN; SET LOCAL enable_bitmapscan = off"
 _BEGIN_READ: LiteralString = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version ("

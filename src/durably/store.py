@@ -94,8 +94,9 @@ class Store(abc.ABC):
         self.stats = StoreStats()
 
     @abc.abstractmethod
-    def transaction(self) -> AbstractContextManager[Tx]:
-        """A write transaction: committed when the block exits, rolled back on an error."""
+    def transaction(self, *, claiming: bool = False) -> AbstractContextManager[Tx]:
+        """A write transaction: committed when the block exits, rolled back on an error.
+        ``claiming``: it claims ready tasks (``claim_tasks``), and the store plans it so."""
 
     @abc.abstractmethod
     def read(self) -> AbstractContextManager[Tx]:

@@ -178,7 +178,7 @@ class Worker(Sweeping):
         while not jobs:
             done: list[tuple[Workflow, ExecutionState]] = []
             began = time.perf_counter()
-            with self.rt.store.transaction() as tx:
+            with self.rt.store.transaction(claiming=True) as tx:
                 now = self.rt.now()
                 claims = self.rt.repo.claim_tasks(
                     tx, self.rt.worker_id, self.rt.registry.claimable(), limit, now

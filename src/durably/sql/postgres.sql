@@ -11,31 +11,30 @@ SELECT id FROM pipeline_executions WHERE id = :id FOR UPDATE;
 
 -- name: claim_tasks
 -- SKIP LOCKED: concurrent workers each take a different ready row without waiting. Ready
--- rows and due waiting rows are read apart, each in claim order (the first through the
--- task_executions_claim index, so a claim reads about :limit rows, however many are ready),
--- then merged.
+-- rows and due waiting rows are read apart, each in claim order, then merged. The ready
+-- rows are walked in the task_executions_claim index's order, so a claim reads about :limit
+-- rows however many are ready, and whatever the planner's statistics say: the claim's
+-- transaction turns bitmap scans off (PostgresStore, claiming=True), the only plan that
+-- could sort the whole ready set instead, and each row's execution is looked up by its key
+-- in a subquery the planner cannot turn into a join that starts from the executions.
 WITH ready AS (
     SELECT t.id, t.priority, t.created_at, t.position FROM task_executions t
-    JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
     WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
-      AND p.status = 'running' AND p.claimed_by IS NULL
-      AND t.pipeline_key = ANY (ARRAY(SELECT jsonb_object_keys(CAST(:versions AS jsonb))))
-      AND (t.flow_limited = 0 OR t.pipeline_key <> ALL (
-          ARRAY(SELECT jsonb_array_elements_text(CAST(:limited AS jsonb)))
-      ))
+      AND CAST(:versions AS jsonb) ? t.pipeline_key
+      AND (t.flow_limited = 0 OR NOT CAST(:limited AS jsonb) ? t.pipeline_key)
+      AND (SELECT p.status = 'running' AND p.claimed_by IS NULL FROM pipeline_executions p
+           WHERE p.id = t.pipeline_execution_id)
     ORDER BY t.priority DESC, t.created_at, t.position
     LIMIT :limit
     FOR UPDATE OF t SKIP LOCKED
 ),
 due AS (
     SELECT t.id, t.priority, t.created_at, t.position FROM task_executions t
-    JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
     WHERE t.status = 'waiting' AND t.wake_at <= CAST(:now AS timestamptz)
-      AND p.status = 'running' AND p.claimed_by IS NULL
-      AND t.pipeline_key = ANY (ARRAY(SELECT jsonb_object_keys(CAST(:versions AS jsonb))))
-      AND (t.flow_limited = 0 OR t.pipeline_key <> ALL (
-          ARRAY(SELECT jsonb_array_elements_text(CAST(:limited AS jsonb)))
-      ))
+      AND CAST(:versions AS jsonb) ? t.pipeline_key
+      AND (t.flow_limited = 0 OR NOT CAST(:limited AS jsonb) ? t.pipeline_key)
+      AND (SELECT p.status = 'running' AND p.claimed_by IS NULL FROM pipeline_executions p
+           WHERE p.id = t.pipeline_execution_id)
     ORDER BY t.priority DESC, t.created_at, t.position
     LIMIT :limit
     FOR UPDATE OF t SKIP LOCKED
@@ -187,7 +186,10 @@ SELECT count(*) AS n FROM (
 -- name: claim_limited_tasks
 -- As SQLite's, with SKIP LOCKED on the task rows and on the executions it admits (never
 -- waiting for a lock another transaction holds there), and the admissions and the tokens
--- written by the same statement (booked = 1).
+-- written by the same statement (booked = 1). Its candidates are read as claim_tasks reads
+-- its own: in index order, each task's execution looked up by key (OFFSET 0 keeps that
+-- lateral subquery from being flattened into a join the planner may start from the other
+-- side).
 WITH
 task_max AS (
     SELECT key AS k, CAST(value AS integer) AS m
@@ -233,11 +235,15 @@ ready_open AS MATERIALIZED (
                         (SELECT m FROM flow_max WHERE k = p.pipeline_name))
            END AS wfree
     FROM task_executions t
-    JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+    CROSS JOIN LATERAL (
+        SELECT e.id, e.created_at, e.admitted, e.concurrency_key, e.pipeline_name
+        FROM pipeline_executions e
+        WHERE e.id = t.pipeline_execution_id AND e.status = 'running' AND e.claimed_by IS NULL
+        OFFSET 0
+    ) p
     WHERE t.status = 'ready' AND t.flow_limited = 1
-          AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
-      AND p.status = 'running' AND p.claimed_by IS NULL
-      AND t.pipeline_key = ANY (ARRAY(SELECT jsonb_object_keys(CAST(:versions AS jsonb))))
+      AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
+      AND CAST(:versions AS jsonb) ? t.pipeline_key
       AND COALESCE((SELECT free FROM task_free WHERE k = t.concurrency_key), 1) >= 1
       AND COALESCE((SELECT free FROM tokens WHERE k = t.rate_key), 1) >= 1
       AND (p.admitted = 1 OR p.concurrency_key IS NULL
@@ -258,10 +264,14 @@ due_open AS MATERIALIZED (
                         (SELECT m FROM flow_max WHERE k = p.pipeline_name))
            END AS wfree
     FROM task_executions t
-    JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+    CROSS JOIN LATERAL (
+        SELECT e.id, e.created_at, e.admitted, e.concurrency_key, e.pipeline_name
+        FROM pipeline_executions e
+        WHERE e.id = t.pipeline_execution_id AND e.status = 'running' AND e.claimed_by IS NULL
+        OFFSET 0
+    ) p
     WHERE t.status = 'waiting' AND t.wake_at <= CAST(:now AS timestamptz)
-      AND p.status = 'running' AND p.claimed_by IS NULL
-      AND t.pipeline_key = ANY (ARRAY(SELECT jsonb_object_keys(CAST(:versions AS jsonb))))
+      AND CAST(:versions AS jsonb) ? t.pipeline_key
       AND COALESCE((SELECT free FROM task_free WHERE k = t.concurrency_key), 1) >= 1
       AND COALESCE((SELECT free FROM tokens WHERE k = t.rate_key), 1) >= 1
       AND (p.admitted = 1 OR p.concurrency_key IS NULL

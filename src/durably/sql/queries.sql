@@ -302,6 +302,9 @@ WHERE id = :id AND claimed_by = :previous;
 -- version of the definition that runs it, recorded as the attempt's code_version. Ready rows
 -- and due waiting rows are read apart, each in claim order (the first through the
 -- task_executions_claim index: a claim reads about :limit rows, however many are ready).
+-- The plan is spelled out, because the planner's guess without statistics (or with stale
+-- ones) is to sort every ready row: INDEXED BY names each index, and CROSS JOIN keeps the
+-- task rows the outer loop, each execution found by its key.
 -- SQLite runs it in an IMMEDIATE transaction, so two workers never claim the same row.
 UPDATE task_executions
 SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_at = :now,
@@ -311,8 +314,9 @@ SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_a
 WHERE id IN (
     SELECT id FROM (
         SELECT * FROM (
-            SELECT t.id, t.priority, t.created_at, t.position FROM task_executions t
-            JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+            SELECT t.id, t.priority, t.created_at, t.position
+            FROM task_executions t INDEXED BY task_executions_claim
+            CROSS JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
             WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= :now)
               AND p.status = 'running' AND p.claimed_by IS NULL
               AND t.pipeline_key IN (SELECT key FROM json_each(:versions))
@@ -323,8 +327,9 @@ WHERE id IN (
         )
         UNION ALL
         SELECT * FROM (
-            SELECT t.id, t.priority, t.created_at, t.position FROM task_executions t
-            JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+            SELECT t.id, t.priority, t.created_at, t.position
+            FROM task_executions t INDEXED BY task_executions_waiting
+            CROSS JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
             WHERE t.status = 'waiting' AND t.wake_at <= :now
               AND p.status = 'running' AND p.claimed_by IS NULL
               AND t.pipeline_key IN (SELECT key FROM json_each(:versions))
@@ -646,7 +651,7 @@ WHERE p.status IN ('pending', 'running', 'paused')
 GROUP BY t.status;
 
 -- name: count_ready_tasks
--- The queue depth: ready tasks, read from the partial index task_executions_ready.
+-- The queue depth: ready tasks, read from the partial index task_executions_claim.
 SELECT count(*) AS n FROM task_executions WHERE status = 'ready';
 
 -- name: count_outbox
@@ -702,8 +707,8 @@ ready_open AS (
                                     AND a.status = 'running' AND a.admitted = 1)
                     FROM flow_max f WHERE f.k = p.pipeline_name)
                END AS wfree
-        FROM task_executions t
-        JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+        FROM task_executions t INDEXED BY task_executions_limited_claim
+        CROSS JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
         WHERE t.status = 'ready' AND t.flow_limited = 1
           AND (t.retry_at IS NULL OR t.retry_at <= :now)
           AND p.status = 'running' AND p.claimed_by IS NULL
@@ -729,8 +734,8 @@ due_open AS (
                                     AND a.status = 'running' AND a.admitted = 1)
                     FROM flow_max f WHERE f.k = p.pipeline_name)
                END AS wfree
-        FROM task_executions t
-        JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
+        FROM task_executions t INDEXED BY task_executions_waiting
+        CROSS JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
         WHERE t.status = 'waiting' AND t.wake_at <= :now
           AND p.status = 'running' AND p.claimed_by IS NULL
           AND t.pipeline_key IN (SELECT key FROM json_each(:versions))

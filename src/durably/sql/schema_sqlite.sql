@@ -81,8 +81,6 @@ CREATE TABLE task_executions (
     logs TEXT,
     UNIQUE (pipeline_execution_id, task_name)
 );
-CREATE INDEX task_executions_ready ON task_executions (status, retry_at)
-    WHERE status = 'ready';
 CREATE INDEX task_executions_waiting ON task_executions (wake_at) WHERE status = 'waiting';
 CREATE INDEX task_executions_instances ON task_executions (pipeline_execution_id, map_parent, map_index)
     WHERE map_parent IS NOT NULL;

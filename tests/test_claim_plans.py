@@ -1,0 +1,228 @@
+"""The claims' plans walk the ready rows in claim order through their index, reading about a
+batch's worth of rows, on a database of 100,000 finished executions with 2,000 queued, with
+no planner statistics, with statistics from before the queue filled, and with fresh ones.
+
+The database is filled with bulk inserts (this module's own SQL): the point is the plan.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from durably import sql
+
+pytestmark = pytest.mark.slow
+
+FINISHED = 100_000
+QUEUED = 2_000
+LIMIT = 10
+KEY = "claim_plan@shape"
+EXECUTION_COLUMNS = (
+    "id, pipeline_name, pipeline_version, status, context_id, created_at, updated_at"
+)
+TASK_COLUMNS = (
+    "id, pipeline_execution_id, task_name, position, status, pipeline_key, flow_limited,"
+    " concurrency_key, created_at, updated_at"
+)
+STATISTICS = ["none", "stale", "fresh"]
+
+
+def _rows(start: int, count: int, status: str, at: datetime) -> Iterator[tuple[Any, ...]]:
+    """(execution row, task row) pairs; of the ready ones every other is flow-limited."""
+    for i in range(start, start + count):
+        stamp = (at + timedelta(microseconds=i)).isoformat()
+        execution = str(uuid.uuid4())
+        running = "running" if status == "ready" else "completed"
+        limited = int(status == "ready" and i % 2 == 1)
+        yield (
+            (execution, "claim_plan", "v1", running, CONTEXT_ID, stamp, stamp),
+            (
+                str(uuid.uuid4()), execution, "only", 0, status, KEY, limited,
+                "lane" if limited else None, stamp, stamp,
+            ),
+        )  # fmt: skip
+
+
+CONTEXT_ID = str(uuid.uuid4())
+CONTEXT = "INSERT INTO contexts (id, value, created_at, updated_at) VALUES ({})"
+
+
+def _params(limited: bool) -> dict[str, Any]:
+    now = datetime.now(UTC) + timedelta(days=1)
+    params: dict[str, Any] = {
+        "worker": "w",
+        "now": now.isoformat(),
+        "limit": LIMIT,
+        "versions": json.dumps({KEY: "v1"}),
+        "limited": json.dumps([KEY] if limited else []),
+    }
+    if limited:
+        params |= {
+            "task_limits": json.dumps({"lane": 1_000_000}),
+            "flow_limits": "{}",
+            "rate_limits": "{}",
+            "clock": now.timestamp(),
+            "window": LIMIT * 4 + 16,
+        }
+    return params
+
+
+# --- SQLite ------------------------------------------------------------------------------------
+
+
+def _sqlite_fill(path: str, statistics: str) -> None:
+    from durably.sqlite_store import SQLiteStore
+
+    store = SQLiteStore(path)
+    store.migrate()
+    store.close()
+    conn = sqlite3.connect(path)
+    now = datetime.now(UTC)
+    conn.execute(CONTEXT.format("?, '{}', ?, ?"), (CONTEXT_ID, now.isoformat(), now.isoformat()))
+
+    def put(rows: Iterator[tuple[Any, ...]]) -> None:
+        pairs = list(rows)
+        marks = ", ".join("?" * 7)
+        conn.executemany(
+            f"INSERT INTO pipeline_executions ({EXECUTION_COLUMNS}) VALUES ({marks})",
+            [e for e, _ in pairs],
+        )
+        marks = ", ".join("?" * 10)
+        conn.executemany(
+            f"INSERT INTO task_executions ({TASK_COLUMNS}) VALUES ({marks})", [t for _, t in pairs]
+        )
+
+    put(_rows(0, FINISHED, "completed", now - timedelta(days=2)))
+    if statistics == "stale":
+        conn.execute("ANALYZE")
+    put(_rows(FINISHED, QUEUED, "ready", now - timedelta(days=1)))
+    if statistics == "fresh":
+        conn.execute("ANALYZE")
+    conn.commit()
+    conn.close()
+
+
+def _subtree(plan: list[tuple[int, int, int, str]], root: int) -> list[str]:
+    """The details of a node of EXPLAIN QUERY PLAN and everything under it."""
+    ids, found = {root}, []
+    for node, parent, _, detail in plan:
+        if parent in ids:
+            ids.add(node)
+            found.append(detail)
+    return found
+
+
+@pytest.mark.parametrize("statistics", STATISTICS)
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [
+        ("claim_tasks", "task_executions_claim"),
+        ("claim_limited_tasks", "task_executions_limited_claim"),
+    ],
+)
+def test_sqlite_claims_walk_their_index_whatever_the_statistics(
+    tmp_path: Any, statistics: str, name: str, index: str
+) -> None:
+    path = str(tmp_path / "claims.db")
+    _sqlite_fill(path, statistics)
+    conn = sqlite3.connect(path)
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN " + sql.queries("sqlite")[name], _params(name != "claim_tasks")
+    ).fetchall()
+    walk = [node for node, _, _, detail in plan if detail == f"SCAN t USING INDEX {index}"]
+    assert len(walk) == 1, plan
+    # The walk sits in a co-routine of its own that nothing sorts: ordered by the index, it
+    # stops at the batch (a sort would have read every ready row first).
+    parent = next(parent for node, parent, _, _ in plan if node == walk[0])
+    inside = _subtree(plan, parent)
+    assert not any("TEMP B-TREE" in detail for detail in inside), plan
+    assert "SEARCH p USING INDEX sqlite_autoindex_pipeline_executions_1 (id=?)" in inside, plan
+    claimed = conn.execute(sql.queries("sqlite")[name], _params(name != "claim_tasks")).fetchall()
+    assert len(claimed) == LIMIT
+    conn.rollback()
+    conn.close()
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------
+
+
+def _postgres_fill(url: str, statistics: str) -> None:
+    import psycopg
+
+    now = datetime.now(UTC)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in ("pipeline_executions", "task_executions"):
+            # The statistics are the test's to set: autovacuum must not analyze meanwhile.
+            conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        conn.execute(CONTEXT.format("%s, '{}', %s, %s"), (CONTEXT_ID, now, now))
+
+        def put(rows: Iterator[tuple[Any, ...]]) -> None:
+            pairs = list(rows)
+            with conn.cursor() as cur:
+                with cur.copy(f"COPY pipeline_executions ({EXECUTION_COLUMNS}) FROM STDIN") as c:
+                    for execution, _ in pairs:
+                        c.write_row(execution)
+                with cur.copy(f"COPY task_executions ({TASK_COLUMNS}) FROM STDIN") as c:
+                    for _, task in pairs:
+                        c.write_row(task)
+
+        put(_rows(0, FINISHED, "completed", now - timedelta(days=2)))
+        if statistics == "stale":
+            conn.execute("ANALYZE")
+        put(_rows(FINISHED, QUEUED, "ready", now - timedelta(days=1)))
+        if statistics == "fresh":
+            conn.execute("ANALYZE")
+
+
+def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _nodes(child)
+
+
+@pytest.mark.parametrize("statistics", STATISTICS)
+@pytest.mark.parametrize(
+    ("name", "cte", "index"),
+    [
+        ("claim_tasks", "ready", "task_executions_claim"),
+        ("claim_limited_tasks", "ready_open", "task_executions_limited_claim"),
+    ],
+)
+def test_postgres_claims_walk_their_index_whatever_the_statistics(
+    make_pg_database: Callable[..., str], statistics: str, name: str, cte: str, index: str
+) -> None:
+    import psycopg
+
+    from durably.postgres_store import _BEGIN_CLAIM, to_psycopg
+
+    url = make_pg_database()
+    _postgres_fill(url, statistics)
+    query = to_psycopg(sql.queries("postgres")[name])
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(_BEGIN_CLAIM)  # as the worker's claim transaction begins
+        row = conn.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + query, _params(name != "claim_tasks")
+        ).fetchone()
+        conn.execute("ROLLBACK")
+    assert row is not None
+    plan = row[0][0]["Plan"]
+    ready = next(n for n in _nodes(plan) if n.get("Subplan Name") == f"CTE {cte}")
+    inside = list(_nodes(ready))
+    scans = [n for n in inside if n.get("Index Name") == index]
+    assert [n["Node Type"] for n in scans] == ["Index Scan"], json.dumps(ready, indent=1)
+    assert not [n for n in inside if n["Node Type"] in ("Sort", "Bitmap Heap Scan")], ready
+    # About a batch's rows read, not the 2,000 ready (the limited claim looks at a window).
+    window = _params(True)["window"] if name != "claim_tasks" else LIMIT
+    assert scans[0]["Actual Rows"] <= window, ready
+    # Nothing reads either table whole (the 100,000 finished executions, their tasks).
+    whole = [n for n in _nodes(plan) if n["Node Type"] == "Seq Scan"
+             and n["Relation Name"] in ("pipeline_executions", "task_executions")]  # fmt: skip
+    assert not whole, plan
+    assert plan["Actual Rows"] == LIMIT
