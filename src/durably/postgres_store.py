@@ -7,6 +7,7 @@ LISTEN connection live here; the pool, its options and the driver's errors in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -62,31 +63,60 @@ def to_psycopg(query: str) -> str:
 
 
 class _PostgresTx(Tx):
-    __slots__ = ("_conn", "_cursor", "_queries", "_store")
+    __slots__ = ("_conn", "_cursor", "_pending", "_queries", "_store")
 
-    def __init__(self, store: PostgresStore, conn: Connection) -> None:
+    def __init__(self, store: PostgresStore, conn: Connection, pending: list[Statement]) -> None:
         self._store = store
         self._queries = store._queries
         self._conn = conn
         self._cursor = conn.cursor()
+        # Writes sent with the next statement or the COMMIT (send); the list is the
+        # transaction's, which commits what is left in it.
+        self._pending = pending
 
     def _run(self, name: str, params: Params | None) -> psycopg.Cursor[DictRow]:
         self._store._count(statements=1, round_trips=1)
+        if self._pending:
+            return self._carry(name, params)
         try:
             return self._cursor.execute(self._queries[name], params or {})
         except psycopg.Error as exc:
             raise wrap_error(self._conn, f"query {name!r} failed", exc) from exc
 
+    def _carry(self, name: str, params: Params | None) -> psycopg.Cursor[DictRow]:
+        """The writes held back, then this statement: one pipeline, one wait."""
+        statements = [*self._pending, (name, params)]
+        self._pending.clear()
+        try:
+            with self._conn.pipeline():
+                for held, held_params in statements[:-1]:
+                    self._conn.execute(self._queries[held], held_params or {})
+                self._cursor.execute(self._queries[name], params or {})
+        except psycopg.Error as exc:
+            raise wrap_error(self._conn, f"query batch ({_names(statements)}) failed", exc) from exc
+        return self._cursor
+
+    def send(self, name: str, params: Params | None = None) -> None:
+        self._store._count(statements=1)
+        self._pending.append((name, params))
+
     def execute(self, name: str, params: Params | None = None) -> int:
         return self._run(name, params).rowcount
 
     def execute_many(self, name: str, params: Iterable[Params]) -> None:
-        # One round trip: psycopg sends every parameter set in pipeline mode.
+        # One round trip: psycopg sends every parameter set in pipeline mode (with the
+        # writes held back before them).
         self._store._count(statements=1, round_trips=1)
+        held = list(self._pending)
+        self._pending.clear()
         try:
-            self._cursor.executemany(self._queries[name], params)
+            with self._conn.pipeline():
+                for name_, params_ in held:
+                    self._conn.execute(self._queries[name_], params_ or {})
+                self._cursor.executemany(self._queries[name], params)
         except psycopg.Error as exc:
-            raise wrap_error(self._conn, f"query {name!r} failed", exc) from exc
+            names = _names([*held, (name, None)])
+            raise wrap_error(self._conn, f"query batch ({names}) failed", exc) from exc
 
     def fetch_one(self, name: str, params: Params | None = None) -> Row | None:
         cursor = self._run(name, params)
@@ -109,16 +139,24 @@ class _PostgresTx(Tx):
         if len(statements) < 2:
             return super().fetch_batch(statements)
         self._store._count(statements=len(statements), round_trips=1)
+        held = list(self._pending)
+        self._pending.clear()
         cursors = [self._conn.cursor() for _ in statements]
         try:
             with self._conn.pipeline():
+                for name, params in held:
+                    self._conn.execute(self._queries[name], params or {})
                 for cursor, (name, params) in zip(cursors, statements, strict=True):
                     cursor.execute(self._queries[name], params or {})
             # After the Sync every result is in: reading them sends nothing.
             return [list(c.fetchall()) if c.description is not None else [] for c in cursors]
         except psycopg.Error as exc:
-            names = ", ".join(repr(name) for name, _ in statements)
+            names = _names([*held, *statements])
             raise wrap_error(self._conn, f"query batch ({names}) failed", exc) from exc
+
+
+def _names(statements: Sequence[Statement]) -> str:
+    return ", ".join(repr(name) for name, _ in statements)
 
 
 class PostgresStore(Store):
@@ -157,10 +195,16 @@ class PostgresStore(Store):
 
     @contextmanager
     def _begin(
-        self, *, read_only: bool = False, counted: bool = False, claiming: bool = False
+        self,
+        *,
+        read_only: bool = False,
+        counted: bool = False,
+        claiming: bool = False,
+        pending: list[Statement] | None = None,
     ) -> Iterator[Connection]:
         """A transaction on a pooled connection: committed when the block exits, rolled back
-        on an error. ``counted``: its BEGIN and COMMIT (or ROLLBACK) go to the stats."""
+        on an error. ``counted``: its BEGIN and COMMIT (or ROLLBACK) go to the stats.
+        ``pending``: writes held back (``Tx.send``), sent with the COMMIT."""
         begin = _BEGIN_READ if read_only else _BEGIN_CLAIM if claiming else _BEGIN_WRITE
         conn = self._start(begin, counted)
         trips = 1 if counted else 0
@@ -181,12 +225,29 @@ class PostgresStore(Store):
                     raise wrap_error(conn, "PostgreSQL error", exc) from exc
                 raise
             self._count(round_trips=trips)
+            if pending:
+                self._commit_with(conn, pending)
+                return
             try:
                 conn.execute("COMMIT", prepare=False)
             except psycopg.Error as exc:
                 raise wrap_error(conn, "commit failed", exc) from exc
         finally:
             self._connections.put(conn)
+
+    def _commit_with(self, conn: Connection, pending: list[Statement]) -> None:
+        """The writes held back and the COMMIT, in one pipeline. If one fails, the COMMIT
+        after it does not run (the pipeline is aborted) and the transaction rolls back."""
+        try:
+            with conn.pipeline():
+                for name, params in pending:
+                    conn.execute(self._queries[name], params or {})
+                conn.execute("COMMIT", prepare=False)
+        except psycopg.Error as exc:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK", prepare=False)
+            names = _names(pending)
+            raise wrap_error(conn, f"query batch ({names}) failed at commit", exc) from exc
 
     def _start(self, begin: LiteralString, counted: bool) -> Connection:
         """A pooled connection with a transaction begun; dead connections are replaced."""
@@ -226,14 +287,16 @@ class PostgresStore(Store):
 
     @contextmanager
     def transaction(self, *, claiming: bool = False) -> Iterator[Tx]:
-        with self._begin(counted=True, claiming=claiming) as conn:
-            yield _PostgresTx(self, conn)
+        pending: list[Statement] = []
+        with self._begin(counted=True, claiming=claiming, pending=pending) as conn:
+            yield _PostgresTx(self, conn, pending)
         self._count(transactions=1)
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
-        with self._begin(read_only=True, counted=True) as conn:
-            yield _PostgresTx(self, conn)
+        pending: list[Statement] = []  # a write sent here fails at its commit (READ ONLY)
+        with self._begin(read_only=True, counted=True, pending=pending) as conn:
+            yield _PostgresTx(self, conn, pending)
         self._count(transactions=1)
 
     def schema_version(self) -> int:

@@ -59,6 +59,15 @@ class Tx(abc.ABC):
     def execute(self, name: str, params: Params | None = None) -> int:
         """Run a statement; return the number of rows it changed."""
 
+    def send(self, name: str, params: Params | None = None) -> None:
+        """Run a write whose result nobody reads (an insert under an id made here, a status
+        set where the caller needs no row count). The store may hold it back and send it with
+        the next statement that returns something, or with the COMMIT: on PostgreSQL one
+        round trip then carries them all. It runs before anything run after it, and an error
+        it raises still fails this transaction (at the latest when it commits). This default
+        runs it at once (SQLite: there is no network to save)."""
+        self.execute(name, params)
+
     @abc.abstractmethod
     def execute_many(self, name: str, params: Iterable[Params]) -> None:
         """Run a statement once per parameter set."""

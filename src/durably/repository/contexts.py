@@ -13,7 +13,7 @@ from .rows import new_id
 class Contexts:
     def insert_context(self, tx: Tx, value: str, now: float) -> str:
         context_id = new_id()
-        tx.execute("insert_context", {"id": context_id, "value": value, "now": timestamp(now)})
+        tx.send("insert_context", {"id": context_id, "value": value, "now": timestamp(now)})
         return context_id
 
     def context(self, tx: Tx, context_id: str) -> str | None:
@@ -44,7 +44,7 @@ class Contexts:
     def link_output(
         self, tx: Tx, execution_id: str, task_id: str, name: str, context_id: str, now: float
     ) -> None:
-        tx.execute(
+        tx.send(
             "save_output",
             {
                 "id": new_id(),

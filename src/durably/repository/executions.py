@@ -208,7 +208,7 @@ class Executions(Maps, Listing):
         self, tx: Tx, execution_id: str, status: str, final: str, error: str | None, now: float
     ) -> None:
         context_id = self.insert_context(tx, final, now)
-        tx.execute(
+        tx.send(
             "finish_execution",
             {
                 "id": execution_id,
@@ -241,7 +241,7 @@ class Executions(Maps, Listing):
         return int(row["unfinished"]) if row is not None else 0
 
     def notify_work(self, tx: Tx) -> None:
-        tx.execute("notify_work", {})
+        tx.send("notify_work", {})
 
     def snapshot(self, tx: Tx, execution_id: str, *, initial: bool = True) -> Snapshot | None:
         """Everything stored about an execution; the initial context only when asked or

@@ -41,11 +41,9 @@ class Tasks(Contexts):
         # The output and its link, written here rather than through the contexts methods:
         # this runs once per task, so its statements are spelled out.
         context_id = new_id()
-        tx.execute("insert_context", {"id": context_id, "value": value, "now": stamp})
+        tx.send("insert_context", {"id": context_id, "value": value, "now": stamp})
         link = {"id": new_id(), "task_id": ref.task_id, "execution_id": ref.execution_id}
-        tx.execute(
-            "save_output", {**link, "name": ref.name, "context_id": context_id, "now": stamp}
-        )
+        tx.send("save_output", {**link, "name": ref.name, "context_id": context_id, "now": stamp})
         return True
 
     def fail_task(
@@ -89,7 +87,7 @@ class Tasks(Contexts):
         tx.execute("settle_unstarted_task", params)
 
     def mark_ready(self, tx: Tx, task_id: str, now: float) -> None:
-        tx.execute("mark_ready", {"id": task_id, "now": timestamp(now)})
+        tx.send("mark_ready", {"id": task_id, "now": timestamp(now)})
 
     def recover_task(self, tx: Tx, claim: StaleClaim, abandon: bool, now: float) -> bool:
         """Take a lost claim back: the task is ready again, or abandoned past the recovery

@@ -1,0 +1,83 @@
+"""``Tx.send``: a write whose result nobody reads, held back on PostgreSQL and sent with the
+next statement or the COMMIT (one round trip for all of them), run at once on SQLite. Either
+way it runs before what follows it, and its error fails its transaction."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from durably.exceptions import StoreError
+from durably.store import Store, timestamp
+
+from .test_store import insert_context, read_context
+
+
+def insert(context_id: str, value: str = "{}") -> dict[str, str]:
+    return {"id": context_id, "value": value, "now": timestamp()}
+
+
+def test_a_sent_write_runs_before_the_statement_after_it(any_store: Store, backend: str) -> None:
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    any_store.stats.reset()
+    with any_store.transaction() as tx:
+        tx.send("insert_context", insert(first, '{"n": 1}'))
+        tx.send("insert_context", insert(second, '{"n": 2}'))
+        row = tx.fetch_one("get_context", {"id": second})
+        assert row is not None
+        assert row["value"] == '{"n": 2}'
+    stats = any_store.stats
+    # PostgreSQL: BEGIN, the two writes with the read, COMMIT. SQLite: one call each.
+    trips = 3 if backend == "postgres" else 5
+    assert (stats.transactions, stats.statements, stats.round_trips) == (1, 3, trips)
+    assert read_context(any_store, first) == '{"n": 1}'
+
+
+def test_writes_sent_last_go_with_the_commit(any_store: Store, backend: str) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    any_store.stats.reset()
+    with any_store.transaction() as tx:
+        for context_id in ids:
+            tx.send("insert_context", insert(context_id))
+    stats = any_store.stats
+    assert (stats.transactions, stats.statements) == (1, 3)
+    assert stats.round_trips == (2 if backend == "postgres" else 5)  # BEGIN, COMMIT + writes
+    assert [read_context(any_store, context_id) for context_id in ids] == ["{}"] * 3
+
+
+def test_sent_writes_keep_their_order_around_a_bulk_write(any_store: Store) -> None:
+    first, more = str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(2)]
+    with any_store.transaction() as tx:
+        tx.send("insert_context", insert(first))
+        tx.execute_many("insert_context", [insert(context_id) for context_id in more])
+        batch = tx.fetch_batch([("get_context", {"id": first}), ("get_context", {"id": more[1]})])
+    assert [len(rows) for rows in batch] == [1, 1]
+
+
+def test_a_failing_sent_write_fails_its_transaction_at_the_commit(any_store: Store) -> None:
+    taken, other = str(uuid.uuid4()), str(uuid.uuid4())
+    # The error comes as the transaction's block exits, at its commit.
+    with pytest.raises(StoreError, match=r"(?i)unique|duplicate"), any_store.transaction() as tx:  # noqa: PT012
+        tx.send("insert_context", insert(other))
+        tx.send("insert_context", insert(taken))
+        tx.send("insert_context", insert(taken))  # the same id again
+    assert read_context(any_store, other) is None  # nothing of it committed
+    assert read_context(any_store, insert_context(any_store)) == '{"a": 1}'  # the store works
+
+
+def test_a_failing_sent_write_fails_the_statement_it_travels_with(
+    any_store: Store, backend: str
+) -> None:
+    taken = str(uuid.uuid4())
+    with pytest.raises(StoreError) as caught, any_store.transaction() as tx:  # noqa: PT012
+        tx.send("insert_context", insert(taken))
+        tx.send("insert_context", insert(taken))
+        tx.fetch_one("get_context", {"id": taken})
+        raise AssertionError("the read ran after a failed write")  # pragma: no cover
+    message = str(caught.value).lower()
+    assert "unique" in message or "duplicate" in message
+    if backend == "postgres":  # it names the statements it was sent with
+        assert "'insert_context'" in message
+        assert "'get_context'" in message
+    assert read_context(any_store, taken) is None
