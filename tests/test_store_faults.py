@@ -242,16 +242,16 @@ def test_a_deadlock_is_a_store_conflict_error(postgres_url: str) -> None:
     wf.task(name="only")(lambda ctx: None)
     with Engine(postgres_url, workflows=[wf]) as engine:
         first, second = str(engine.start(wf, {})), str(engine.start(wf, {}))
-        repo = engine.runtime.repo
         both_hold_one = threading.Barrier(2)
         outcomes: list[BaseException | None] = []
 
         def lock(a: str, b: str) -> None:
             try:
                 with engine.store.transaction() as tx:
-                    repo.lock_execution(tx, a)
+                    # The lock at once (lock_execution would send it with what follows).
+                    tx.fetch_one("lock_execution", {"id": a})
                     both_hold_one.wait(timeout=10)
-                    repo.lock_execution(tx, b)  # each waits for the other: a cycle
+                    tx.fetch_one("lock_execution", {"id": b})  # each waits for the other
                 outcomes.append(None)
             except BaseException as exc:
                 outcomes.append(exc)

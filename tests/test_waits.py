@@ -952,18 +952,18 @@ def test_an_event_racing_a_timeout_claim_is_not_lost(postgres_url: str) -> None:
     ):
         execution_id = str(sender.start(wf, {}))
         repo = worker_engine.runtime.repo
-        original = repo.execution
+        original = repo.executions
         armed, inside, release = threading.Event(), threading.Event(), threading.Event()
 
-        def held_claim(tx: Any, key: str) -> Any:
+        def held_claim(tx: Any, ids: Any) -> Any:
             # Called inside the worker's claim transaction, after claim_tasks locked the row.
             if armed.is_set():
                 armed.clear()
                 inside.set()
                 release.wait(10)
-            return original(tx, key)
+            return original(tx, ids)
 
-        repo.execution = held_claim  # type: ignore[method-assign]
+        repo.executions = held_claim  # type: ignore[method-assign]
         with running_worker(worker_engine):
             wait_status(sender, execution_id, "gated", "waiting")
             armed.set()

@@ -149,6 +149,8 @@ class Claim:
     configuration: dict[str, Any]
     wait_event: str | None = None  # claimed from an event wait past its timeout
     map_parent: str | None = None  # an instance of this mapped task
+    # Its whole row as the claim left it (running, this attempt): not read again.
+    record: TaskRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,10 +138,16 @@ class Runtime(WaitsAndMaps, Children):
         outputs: Sequence[str] | None = (),
         *,
         context_id: str | None = None,
+        known: Sequence[TaskRecord] = (),
     ) -> ExecutionState:
         """The named tasks, the named outputs (None: all of either) and, given its id, the
-        initial context."""
-        tasks = self.repo.tasks(tx, execution_id, names)
+        initial context. ``known``: task rows this transaction already read (a claim's)."""
+        if names is None or not known:
+            tasks = self.repo.tasks(tx, execution_id, names)
+        else:
+            have = {task.name for task in known}
+            missing = [name for name in names if name not in have]
+            tasks = [*known, *(self.repo.tasks(tx, execution_id, missing) if missing else ())]
         return ExecutionState(
             wf,
             execution_id,

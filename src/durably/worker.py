@@ -185,8 +185,10 @@ class Worker(Sweeping):
                 )
                 if not claims:
                     return []
-                for claim in claims:
-                    job, finished = prepare(self.rt, tx, claim, now)
+                # Every claimed task's execution row in one round trip.
+                executions = self.rt.repo.executions(tx, [c.execution_id for c in claims])
+                for claim, execution in zip(claims, executions, strict=True):
+                    job, finished = prepare(self.rt, tx, claim, execution, now)
                     if job is not None:
                         jobs.append(job)
                     elif finished is not None:

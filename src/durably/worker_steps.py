@@ -44,12 +44,12 @@ class Finished:
 
 
 def prepare(
-    rt: Runtime, tx: Tx, claim: Claim, now: float
+    rt: Runtime, tx: Tx, claim: Claim, execution: ExecutionRecord | None, now: float
 ) -> tuple[Job | None, tuple[Workflow, ExecutionState] | None]:
     """A claimed task's input, or its settlement without running: ``(job, None)``, or
-    ``(None, the whole execution if that finished it)``."""
-    execution = rt.repo.execution(tx, claim.execution_id)
-    assert execution is not None
+    ``(None, the whole execution if that finished it)``. ``execution``: its row, read in
+    the claim's transaction."""
+    assert execution is not None, "a claimed task's execution is locked by the claim"
     wf = rt.workflow(execution.workflow, execution.version, execution.shape)
     # An instance of a mapped task takes that task's dependencies (and its fork patch).
     declared = claim.map_parent or claim.name
@@ -61,6 +61,7 @@ def prepare(
         list(dict.fromkeys([claim.name, declared, *deps])),
         deps,
         context_id=None if deps else execution.context_id,
+        known=[claim.record] if claim.record is not None else (),
     )
     state.trace = execution.trace_context
     if claim.wait_event is not None:  # claimed from an event wait past its timeout

@@ -4,7 +4,7 @@ cancelling and reopening it, the sweeper's lists, and reading a whole execution.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import codec, versions
@@ -159,6 +159,11 @@ class Executions(Maps, Listing):
         row = tx.fetch_one("get_execution", {"id": execution_id})
         return execution_of(row) if row is not None else None
 
+    def executions(self, tx: Tx, execution_ids: Sequence[str]) -> list[ExecutionRecord | None]:
+        """Several executions' rows, in the order of their ids, in one round trip."""
+        batch = tx.fetch_batch([("get_execution", {"id": id_}) for id_ in execution_ids])
+        return [execution_of(rows[0]) if rows else None for rows in batch]
+
     def execution_by_key(self, tx: Tx, workflow: str, key: str) -> ExecutionRecord | None:
         row = tx.fetch_one("find_execution_by_key", {"name": workflow, "key": key})
         return execution_of(row) if row is not None else None
@@ -177,7 +182,9 @@ class Executions(Maps, Listing):
         ]
 
     def lock_execution(self, tx: Tx, execution_id: str) -> None:
-        tx.fetch_one("lock_execution", {"id": execution_id})
+        # Sent with the statement after it: the lock is held before that one starts (and
+        # takes its snapshot), as if it had been a round trip of its own.
+        tx.send("lock_execution", {"id": execution_id})
 
     def claim_execution(
         self, tx: Tx, execution_id: str, worker: str, previous: str | None, now: float

@@ -64,6 +64,7 @@ def execution_of(row: Row) -> ExecutionRecord:
 
 
 def claims_of(rows: Sequence[Row]) -> list[Claim]:
+    """A claim's rows (each a whole task row, and the limited claim's bookings after it)."""
     return [
         Claim(
             task_id=str(row["id"]),
@@ -73,8 +74,9 @@ def claims_of(rows: Sequence[Row]) -> list[Claim]:
             configuration=configuration_of(row["task_configuration"]),
             wait_event=row["wait_event"],
             map_parent=row["map_parent"],
+            record=record,
         )
-        for row in rows
+        for row, record in zip(rows, tasks_of(rows), strict=True)
     ]
 
 

@@ -51,8 +51,7 @@ SET status = 'running', attempt = c.attempt + 1, claimed_by = :worker, heartbeat
     code_version = CAST(:versions AS jsonb) ->> c.pipeline_key
 FROM chosen h
 WHERE c.id = h.id
-RETURNING c.id, c.pipeline_execution_id, c.task_name, c.attempt, c.task_configuration,
-    c.wait_event, c.map_parent;
+RETURNING c.*;
 
 -- name: get_task_states
 -- The named tasks of an execution (a JSON array of names): one query, however many.
@@ -321,8 +320,7 @@ SET status = 'running', attempt = c.attempt + 1, claimed_by = :worker, heartbeat
     code_version = CAST(:versions AS jsonb) ->> c.pipeline_key
 FROM chosen h
 WHERE c.id = h.id
-RETURNING c.id, c.pipeline_execution_id, c.task_name, c.attempt, c.task_configuration,
-    c.wait_event, c.map_parent, c.rate_key, h.wk IS NOT NULL AS admits, 1 AS booked;
+RETURNING c.*, h.wk IS NOT NULL AS admits, 1 AS booked;
 
 -- name: flow_free
 SELECT t.rate_key, t.pipeline_execution_id,

@@ -342,8 +342,7 @@ WHERE id IN (
     ORDER BY priority DESC, created_at, position
     LIMIT :limit
 )
-RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration, wait_event,
-    map_parent;
+RETURNING *;
 
 -- name: worker_claims
 -- The worker-path tasks a worker holds: any it is not running lost their claim's owner.
@@ -766,8 +765,7 @@ SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_a
     waited = CASE WHEN status = 'waiting' AND wait_event IS NULL THEN 1 ELSE waited END,
     code_version = (SELECT value FROM json_each(:versions) WHERE key = pipeline_key)
 WHERE id IN (SELECT id FROM chosen)
-RETURNING id, pipeline_execution_id, task_name, attempt, task_configuration, wait_event,
-    map_parent, rate_key,
+RETURNING *,
     (SELECT concurrency_key IS NOT NULL AND admitted = 0 FROM pipeline_executions
      WHERE id = task_executions.pipeline_execution_id) AS admits,
     0 AS booked;
