@@ -294,11 +294,13 @@ class Worker(Sweeping):
                 job = item.job
                 if job.state.id not in locked:
                     # Other workers may have finished siblings since the claim: read the
-                    # statuses under the lock so exactly one completion marks a dependent ready.
+                    # statuses under the lock so exactly one completion marks a dependent ready
+                    # (the task's own row is not read again: the writes are fenced on it).
                     self.rt.repo.lock_execution(tx, job.state.id)
                     locked.add(job.state.id)
                 parent = job.state.tasks[job.name].parent
-                fresh = around(self.rt, tx, job.wf, job.state.id, job.name, parent)
+                known = [job.record] if job.record is not None else []
+                fresh = around(self.rt, tx, job.wf, job.state.id, job.name, parent, known)
                 now = self.rt.now()
                 unblocked = self.rt.record(
                     tx, fresh, job.name, job.attempt, item.output, item.error, now

@@ -5,11 +5,12 @@ the dependents marked ready, and the execution finished when nothing is left to 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from . import outcomes, plan
-from .records import Claim, ExecutionRecord
+from .records import Claim, ExecutionRecord, TaskRecord
 from .runtime import Runtime
 from .state import ExecutionState
 from .statuses import COMPLETED
@@ -28,6 +29,9 @@ class Job:
     # Its execution's row as the claim read it: what never changes (its initial context, a
     # child's parent, its trace) is read from here again when the attempt ends.
     execution: ExecutionRecord | None = None
+    # Its own row as the claim left it. Its outcome is written only while this attempt holds
+    # the claim (fenced), so the row is not read again to record it.
+    record: TaskRecord | None = None
 
     @property
     def task_id(self) -> str:
@@ -65,7 +69,8 @@ def prepare(
     )
     state.trace = execution.trace_context
     if claim.wait_event is not None:  # claimed from an event wait past its timeout
-        return Job(wf, state, claim.name, claim.attempt, {}, claim.wait_event, execution), None
+        job = Job(wf, state, claim.name, claim.attempt, {}, claim.wait_event, execution)
+        return job, None
     if plan.needs_whole_execution(state, claim.name):
         # A dependency that did not complete passes on its own input: that needs the
         # whole execution (rare: only after a failure or a skip).
@@ -76,7 +81,9 @@ def prepare(
             return None, None  # it waits; the claim started no attempt
         decision = plan.Start(claim.name, plan.input_for(state, claim.name))
     if isinstance(decision, plan.Start):
-        return Job(wf, state, claim.name, claim.attempt, decision.input, None, execution), None
+        job = Job(wf, state, claim.name, claim.attempt, decision.input, None, execution)
+        job.record = claim.record
+        return job, None
     if isinstance(decision, plan.Spawn):
         rt.spawn(tx, state, decision, now, claimed=True)
         return None, None  # it waits for its child, which workers run
@@ -100,11 +107,18 @@ def prepare(
 
 
 def around(
-    rt: Runtime, tx: Tx, wf: Workflow, execution_id: str, name: str, parent: str | None = None
+    rt: Runtime,
+    tx: Tx,
+    wf: Workflow,
+    execution_id: str,
+    name: str,
+    parent: str | None = None,
+    known: Sequence[TaskRecord] = (),
 ) -> ExecutionState:
     """The tasks a change of ``name`` can affect: it, its dependents, and theirs. For an
     instance of a mapped task: it, that task (with what its input needs, for its output
-    once the last instance is done), and what that task unblocks."""
+    once the last instance is done), and what that task unblocks. ``known``: rows not to
+    read again (a single task with no dependents reads nothing)."""
     declared = parent or name
     children = wf.dependents()[declared]
     touched = dict.fromkeys([name, declared, *children])
@@ -118,7 +132,9 @@ def around(
         if not deps:
             execution = rt.repo.execution(tx, execution_id)
             context_id = execution.context_id if execution else None
-    return rt.load_partial(tx, execution_id, wf, list(touched), deps, context_id=context_id)
+    return rt.load_partial(
+        tx, execution_id, wf, list(touched), deps, context_id=context_id, known=known
+    )
 
 
 def mark_ready(rt: Runtime, tx: Tx, state: ExecutionState, names: list[str], now: float) -> None:
