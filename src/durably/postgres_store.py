@@ -100,6 +100,11 @@ class _PostgresTx(Tx):
         self._store._count(statements=1)
         self._pending.append((name, params))
 
+    def send_many(self, name: str, params: Iterable[Params]) -> None:
+        # In a pipeline, executemany sends one Bind/Execute per set: so do these.
+        self._store._count(statements=1)
+        self._pending.extend((name, one) for one in params)
+
     def execute(self, name: str, params: Params | None = None) -> int:
         return self._run(name, params).rowcount
 

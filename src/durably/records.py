@@ -151,6 +151,7 @@ class Claim:
     map_parent: str | None = None  # an instance of this mapped task
     # Its whole row as the claim left it (running, this attempt): not read again.
     record: TaskRecord | None = None
+    pipeline_key: str | None = None  # the claimable definition it was claimed for
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,11 @@ class Tx(abc.ABC):
         runs it at once (SQLite: there is no network to save)."""
         self.execute(name, params)
 
+    def send_many(self, name: str, params: Iterable[Params]) -> None:
+        """:meth:`send` for a statement run once per parameter set (one statement, as
+        :meth:`execute_many`)."""
+        self.execute_many(name, params)
+
     @abc.abstractmethod
     def execute_many(self, name: str, params: Iterable[Params]) -> None:
         """Run a statement once per parameter set."""

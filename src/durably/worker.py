@@ -27,7 +27,7 @@ from .runtime import Runtime
 from .scheduler import Scheduler
 from .state import ExecutionState
 from .sweeper import Sweeping
-from .worker_steps import Finished, Job, after, around, mark_ready, prepare
+from .worker_steps import Finished, Job, after, around, is_root, mark_ready, prepare
 from .workflow import Workflow
 
 logger = logging.getLogger("durably.worker")
@@ -180,15 +180,16 @@ class Worker(Sweeping):
             began = time.perf_counter()
             with self.rt.store.transaction(claiming=True) as tx:
                 now = self.rt.now()
-                claims = self.rt.repo.claim_tasks(
-                    tx, self.rt.worker_id, self.rt.registry.claimable(), limit, now
-                )
+                claimable = self.rt.registry.claimable()
+                claims = self.rt.repo.claim_tasks(tx, self.rt.worker_id, claimable, limit, now)
                 if not claims:
                     return []
-                # Every claimed task's execution row in one round trip.
-                executions = self.rt.repo.executions(tx, [c.execution_id for c in claims])
-                for claim, execution in zip(claims, executions, strict=True):
-                    job, finished = prepare(self.rt, tx, claim, execution, now)
+                # Every claimed task's execution row in one round trip (a root task's with
+                # the initial context it runs on).
+                wanted = [(c.execution_id, is_root(claimable, c)) for c in claims]
+                executions = self.rt.repo.executions(tx, wanted)
+                for claim, (execution, initial) in zip(claims, executions, strict=True):
+                    job, finished = prepare(self.rt, tx, claim, execution, now, initial)
                     if job is not None:
                         jobs.append(job)
                     elif finished is not None:
@@ -292,13 +293,14 @@ class Worker(Sweeping):
             locked: set[str] = set()
             for item in batch:
                 job = item.job
-                if job.state.id not in locked:
+                parent = job.state.tasks[job.name].parent
+                if job.state.id not in locked and (parent is not None or len(job.wf.tasks) > 1):
                     # Other workers may have finished siblings since the claim: read the
                     # statuses under the lock so exactly one completion marks a dependent ready
-                    # (the task's own row is not read again: the writes are fenced on it).
+                    # or finds the execution done (the task's own row is not read again: the
+                    # writes are fenced on it). A lone task has no sibling to wait for.
                     self.rt.repo.lock_execution(tx, job.state.id)
                     locked.add(job.state.id)
-                parent = job.state.tasks[job.name].parent
                 known = [job.record] if job.record is not None else []
                 fresh = around(self.rt, tx, job.wf, job.state.id, job.name, parent, known)
                 now = self.rt.now()

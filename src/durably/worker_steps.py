@@ -5,7 +5,7 @@ the dependents marked ready, and the execution finished when nothing is left to 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,12 +47,24 @@ class Finished:
     error: BaseException | None
 
 
+def is_root(claimable: Mapping[str, Workflow], claim: Claim) -> bool:
+    """Whether the claimed task has no dependencies (it runs on the initial context), by
+    the definition it was claimed for."""
+    wf = claimable.get(claim.pipeline_key or "")
+    return wf is not None and not wf.tasks[claim.map_parent or claim.name].dependencies
+
+
 def prepare(
-    rt: Runtime, tx: Tx, claim: Claim, execution: ExecutionRecord | None, now: float
+    rt: Runtime,
+    tx: Tx,
+    claim: Claim,
+    execution: ExecutionRecord | None,
+    now: float,
+    initial: str | None = None,
 ) -> tuple[Job | None, tuple[Workflow, ExecutionState] | None]:
     """A claimed task's input, or its settlement without running: ``(job, None)``, or
     ``(None, the whole execution if that finished it)``. ``execution``: its row, read in
-    the claim's transaction."""
+    the claim's transaction; ``initial``: its initial context, if read with it."""
     assert execution is not None, "a claimed task's execution is locked by the claim"
     wf = rt.workflow(execution.workflow, execution.version, execution.shape)
     # An instance of a mapped task takes that task's dependencies (and its fork patch).
@@ -64,9 +76,11 @@ def prepare(
         wf,
         list(dict.fromkeys([claim.name, declared, *deps])),
         deps,
-        context_id=None if deps else execution.context_id,
+        context_id=None if deps or initial is not None else execution.context_id,
         known=[claim.record] if claim.record is not None else (),
     )
+    if not deps and initial is not None:
+        state.initial = initial
     state.trace = execution.trace_context
     if claim.wait_event is not None:  # claimed from an event wait past its timeout
         job = Job(wf, state, claim.name, claim.attempt, {}, claim.wait_event, execution)

@@ -13,7 +13,7 @@ from ..listing import ListFilter
 from ..records import ChildRecord, ExecutionRecord, Snapshot, TaskRecord
 from ..state import TaskState
 from ..statuses import COMPLETED, NOT_STARTED, READY
-from ..store import Tx, timestamp
+from ..store import Statement, Tx, timestamp
 from ..workflow import Workflow
 from .listing import Listing
 from .maps import Maps
@@ -147,7 +147,7 @@ class Executions(Maps, Listing):
                     "now": stamp,
                 }
             )
-        tx.execute_many("insert_task", rows)
+        tx.send_many("insert_task", rows)
         states = [TaskState(r["id"], r["name"], r["status"], r["attempt"]) for r in rows]
         return execution_id, states
 
@@ -159,10 +159,24 @@ class Executions(Maps, Listing):
         row = tx.fetch_one("get_execution", {"id": execution_id})
         return execution_of(row) if row is not None else None
 
-    def executions(self, tx: Tx, execution_ids: Sequence[str]) -> list[ExecutionRecord | None]:
-        """Several executions' rows, in the order of their ids, in one round trip."""
-        batch = tx.fetch_batch([("get_execution", {"id": id_}) for id_ in execution_ids])
-        return [execution_of(rows[0]) if rows else None for rows in batch]
+    def executions(
+        self, tx: Tx, wanted: Sequence[tuple[str, bool]]
+    ) -> list[tuple[ExecutionRecord | None, str | None]]:
+        """Several executions' rows, each with its initial context where asked
+        (``(id, with_context)`` pairs), in their order, in one round trip."""
+        statements: list[Statement] = [
+            ("get_execution_with_context" if context else "get_execution", {"id": id_})
+            for id_, context in wanted
+        ]
+        found: list[tuple[ExecutionRecord | None, str | None]] = []
+        for rows, (_, context) in zip(tx.fetch_batch(statements), wanted, strict=True):
+            if not rows:
+                found.append((None, None))
+            else:
+                found.append(
+                    (execution_of(rows[0]), rows[0]["initial_context"] if context else None)
+                )
+        return found
 
     def execution_by_key(self, tx: Tx, workflow: str, key: str) -> ExecutionRecord | None:
         row = tx.fetch_one("find_execution_by_key", {"name": workflow, "key": key})

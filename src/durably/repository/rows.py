@@ -75,6 +75,7 @@ def claims_of(rows: Sequence[Row]) -> list[Claim]:
             wait_event=row["wait_event"],
             map_parent=row["map_parent"],
             record=record,
+            pipeline_key=row["pipeline_key"],
         )
         for row, record in zip(rows, tasks_of(rows), strict=True)
     ]

@@ -37,6 +37,12 @@ INSERT INTO task_executions (
 -- name: get_execution
 SELECT * FROM pipeline_executions WHERE id = :id;
 
+-- name: get_execution_with_context
+-- A claimed root task's execution and the initial context it runs on, in one read.
+SELECT p.*, c.value AS initial_context
+FROM pipeline_executions p LEFT JOIN contexts c ON c.id = p.context_id
+WHERE p.id = :id;
+
 -- name: get_tasks
 SELECT * FROM task_executions WHERE pipeline_execution_id = :id
 ORDER BY position, COALESCE(map_index, -1);

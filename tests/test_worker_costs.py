@@ -1,0 +1,96 @@
+"""What a single-task execution costs the database on the worker path (issue 14): counted
+by the store (StoreStats), so the figures do not depend on the machine.
+
+On PostgreSQL, per execution of a one-task workflow:
+
+    start       BEGIN; insert_execution (the initial context sent with it);
+                COMMIT (the task rows and the NOTIFY sent with it)
+    claim       BEGIN (bitmap scans off); claim_tasks; the execution with its initial
+                context (one round trip for the batch); COMMIT
+    record      BEGIN; complete_task (fenced on the claim); COMMIT (the output, its link,
+                the final context and the execution's end sent with it)
+
+A claim of N tasks and the record of N outcomes are one transaction each, so a worker with N
+free slots spends 2/N commits per task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from durably import Context, Engine, Workflow
+from durably.worker_steps import Finished
+
+from .conftest import unique
+
+
+def one_task() -> Workflow:
+    wf = Workflow(unique("cost"))
+
+    def only(ctx: Context) -> None:
+        ctx["done"] = ctx["i"]
+
+    wf.task(name="only")(only)
+    return wf
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[tuple[Engine, Workflow]]:
+    wf = one_task()
+    with Engine(store_url, workflows=[wf], lease=3600) as engine:
+        worker = engine.worker()
+        # psycopg prepares a statement on its 5th run on a connection: get past that first.
+        for _ in range(6):
+            engine.start(wf, {"i": 0})
+        for job in worker.claim(6):
+            worker.record(job, {"done": 0})
+        yield engine, wf
+
+
+def costs(engine: Engine, wf: Workflow, n: int) -> dict[str, tuple[int, int, int]]:
+    """(transactions, statements, round trips) of starting n executions, claiming them in
+    one claim and recording their outcomes in one batch."""
+    stats, worker = engine.store.stats, engine.worker()
+    found = {}
+    stats.reset()
+    ids = [str(engine.start(wf, {"i": i})) for i in range(n)]
+    found["start"] = (stats.transactions, stats.statements, stats.round_trips)
+    stats.reset()
+    jobs = worker.claim(n)
+    found["claim"] = (stats.transactions, stats.statements, stats.round_trips)
+    assert sorted(job.state.id for job in jobs) == sorted(ids)
+    stats.reset()
+    worker._unsaved += [Finished(job, {"done": job.input["i"]}, None) for job in jobs]
+    worker._save_outcomes()
+    found["record"] = (stats.transactions, stats.statements, stats.round_trips)
+    results = [engine.get(execution_id) for execution_id in ids]
+    assert [r.status for r in results] == ["completed"] * n
+    assert sorted(r.context["done"] for r in results) == list(range(n))
+    return found
+
+
+def test_a_single_task_execution_on_a_worker(engine: tuple[Engine, Workflow], backend: str) -> None:
+    found = costs(*engine, 1)
+    statements = {key: value[1] for key, value in found.items()}
+    # start: context, execution, tasks, NOTIFY. claim: the claim, the execution with its
+    # context. record: the completion, the output and its link, the final context, the end.
+    assert statements == {"start": 4, "claim": 2, "record": 5}
+    assert {key: value[0] for key, value in found.items()} == {"start": 1, "claim": 1, "record": 1}
+    if backend == "postgres":
+        assert {key: value[2] for key, value in found.items()} == {
+            "start": 3, "claim": 4, "record": 3,
+        }  # fmt: skip
+
+
+def test_a_batch_costs_a_worker_two_commits_and_one_round_trip_a_task(
+    engine: tuple[Engine, Workflow], backend: str
+) -> None:
+    found = costs(*engine, 8)
+    assert found["claim"][:2] == (1, 1 + 8)  # one claim, one read per task
+    assert found["record"][:2] == (1, 5 * 8)
+    if backend == "postgres":
+        # BEGIN, the claim, the reads (one round trip), COMMIT; BEGIN, a completion each
+        # (what it sends travels with the next one), COMMIT.
+        assert (found["claim"][2], found["record"][2]) == (4, 2 + 8)
