@@ -200,13 +200,14 @@ def test_postgres_claims_walk_their_index_whatever_the_statistics(
 ) -> None:
     import psycopg
 
-    from durably.postgres_store import _BEGIN_CLAIM, to_psycopg
+    from durably.postgres_store import to_psycopg
 
     url = make_pg_database()
     _postgres_fill(url, statistics)
     query = to_psycopg(sql.queries("postgres")[name])
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(_BEGIN_CLAIM)  # as the worker's claim transaction begins
+        conn.execute("BEGIN")  # as the worker's claim transaction begins (claiming=True)
+        conn.execute("SET LOCAL enable_bitmapscan = off")
         row = conn.execute(
             "EXPLAIN (ANALYZE, FORMAT JSON) " + query, _params(name != "claim_tasks")
         ).fetchone()

@@ -336,7 +336,8 @@ def test_prune_selection_is_index_backed(any_store: Any, backend: str) -> None:
         assert "pipeline_executions_finished" in " ".join(str(tuple(row)) for row in plan)
         return
     with any_store.transaction() as tx:
-        cursor = tx._cursor
+        tx.execute("next_wake")  # the transaction's BEGIN goes with its first statement
+        cursor = tx.conn.cursor()
         cursor.execute("SET LOCAL enable_seqscan = off")
         cursor.execute(
             "EXPLAIN SELECT id FROM pipeline_executions WHERE status = 'completed' "

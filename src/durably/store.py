@@ -33,12 +33,14 @@ class StoreStats:
     machine-independent cost figure.
 
     ``transactions`` counts those committed, ``statements`` the named queries run (an
-    ``execute_many`` is one). ``round_trips`` counts the times the store sent something to the
-    database and waited for its answer: the BEGIN, each statement, the COMMIT or ROLLBACK
-    (one each, also a BEGIN that failed on a dead connection and was retried), and a
-    ``fetch_batch`` sent as one (PostgreSQL's pipeline mode) counts once however many
-    statements it holds. SQLite has no network: there a round trip is one call into the
-    library, so its batches count one per statement. Not counted: ``migrate``,
+    ``execute_many`` is one, a ``send`` too). ``round_trips`` counts the times the store sent
+    something to the database and waited for its answer. On PostgreSQL what travels together
+    counts once (pipeline mode): a transaction's BEGIN goes with its first statement, the
+    writes held back by ``send`` with the next statement or the COMMIT, a ``fetch_batch``
+    as one; a ROLLBACK counts one, and so does each try of a first statement that failed on
+    a dead connection and was sent again. SQLite has no network: there a round trip is one
+    call into the library (the BEGIN and the COMMIT too), so its batches count one per
+    statement. Not counted: ``migrate``,
     ``schema_version``, the LISTEN connection, and psycopg's own statement preparation (one
     more exchange on a query's 5th run on a connection, outside a batch, and a DEALLOCATE
     when its cache of prepared statements overflows).

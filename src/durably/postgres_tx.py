@@ -1,0 +1,186 @@
+"""A PostgreSQL transaction that waits on the server as few times as it can.
+
+Three things travel together in one pipeline (psycopg's pipeline mode: the statements sent,
+then one Sync, so the client waits once):
+
+- the BEGIN, sent with the transaction's first statement rather than on its own;
+- the writes held back by :meth:`~durably.store.Tx.send`, sent before the next statement
+  that returns something, or with the COMMIT;
+- the statements of a :meth:`~durably.store.Tx.fetch_batch`.
+
+The server still runs them one after the other, each under its own READ COMMITTED snapshot
+taken when it starts. A transaction that sent nothing commits without a word to the server.
+
+A pooled connection can be dead (a server restart, a failover): the first pipeline of a
+transaction, the one that carries its BEGIN, then fails with nothing of the transaction on
+the server, and it is sent again on a fresh connection. Not the one that also carries the
+COMMIT: if the connection broke after the server committed, sending it again would apply it
+twice. That one goes out as two round trips (the writes with the BEGIN, then the COMMIT).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, LiteralString
+
+import psycopg
+from psycopg.rows import DictRow
+
+from .logs import fields
+from .postgres_connections import Connection, wrap_error
+from .store import Params, Row, Statement, Tx
+
+if TYPE_CHECKING:
+    from .postgres_store import PostgresStore
+
+logger = logging.getLogger("durably.postgres_store")
+
+# A transaction whose BEGIN fails on a dead connection ran nothing: it is safe to retry on
+# another connection. These are the pauses between tries.
+RETRY_DELAYS = (0.05, 0.2, 0.5)
+Cursor = psycopg.Cursor[DictRow]
+
+
+class PostgresTx(Tx):
+    __slots__ = ("_begin", "_pending", "_queries", "_store", "conn")
+
+    def __init__(
+        self, store: PostgresStore, conn: Connection, begin: Sequence[LiteralString]
+    ) -> None:
+        self._store = store
+        self._queries = store.queries
+        self.conn = conn
+        self._begin = tuple(begin)  # not sent yet: it goes with the first statement
+        self._pending: list[Statement] = []  # writes held back (send)
+
+    # -- the Tx verbs -----------------------------------------------------------------------
+
+    def send(self, name: str, params: Params | None = None) -> None:
+        self._store.tally(statements=1)
+        self._pending.append((name, params))
+
+    def send_many(self, name: str, params: Iterable[Params]) -> None:
+        # In a pipeline, executemany sends one Bind/Execute per set: so do these.
+        self._store.tally(statements=1)
+        self._pending.extend((name, one) for one in params)
+
+    def execute(self, name: str, params: Params | None = None) -> int:
+        return self._pipeline([(name, params)])[0].rowcount
+
+    def execute_many(self, name: str, params: Iterable[Params]) -> None:
+        self._pipeline([(name, None)], many=list(params))
+
+    def fetch_one(self, name: str, params: Params | None = None) -> Row | None:
+        cursor = self._pipeline([(name, params)])[0]
+        try:
+            return cursor.fetchone()
+        except psycopg.Error as exc:
+            raise wrap_error(self.conn, f"query {name!r} failed", exc) from exc
+
+    def fetch_all(self, name: str, params: Params | None = None) -> list[Row]:
+        cursor = self._pipeline([(name, params)])[0]
+        try:
+            return list(cursor.fetchall())
+        except psycopg.Error as exc:
+            raise wrap_error(self.conn, f"query {name!r} failed", exc) from exc
+
+    def fetch_batch(self, statements: Sequence[Statement]) -> list[list[Row]]:
+        if not statements:
+            return []
+        cursors = self._pipeline(statements)
+        # After the Sync every result is in: reading them sends nothing.
+        return [list(c.fetchall()) if c.description is not None else [] for c in cursors]
+
+    # -- the round trips --------------------------------------------------------------------
+
+    def _pipeline(
+        self, statements: Sequence[Statement], *, many: list[Params] | None = None
+    ) -> list[Cursor]:
+        """Send the BEGIN if it is still due, the writes held back, then ``statements`` (the
+        one statement run once per set of ``many``), and wait once; a cursor per statement."""
+        held = list(self._pending)
+        self._pending.clear()
+        self._store.tally(statements=len(statements))
+        for attempt in range(len(RETRY_DELAYS) + 1):
+            self._store.tally(round_trips=1)
+            cursors = [self.conn.cursor() for _ in statements]
+            try:
+                if not self._begin and not held and len(statements) == 1 and many is None:
+                    name, params = statements[0]
+                    cursors[0].execute(self._queries[name], params or {})  # nothing to pipe
+                    return cursors
+                with self.conn.pipeline():
+                    for begin in self._begin:
+                        self.conn.execute(begin, prepare=False)
+                    for name, params in held:
+                        self.conn.execute(self._queries[name], params or {})
+                    for cursor, (name, params) in zip(cursors, statements, strict=True):
+                        if many is not None:
+                            cursor.executemany(self._queries[name], many)
+                        else:
+                            cursor.execute(self._queries[name], params or {})
+            except psycopg.Error as exc:
+                if self._begin and self.conn.broken and attempt < len(RETRY_DELAYS):
+                    self._reconnect(exc, attempt)  # it never began: begin it elsewhere
+                    continue
+                names = ", ".join(repr(name) for name, _ in [*held, *statements])
+                one = len(held) + len(statements) == 1
+                what = f"query {names}" if one else f"query batch ({names})"
+                if self._begin:
+                    what += f" (the transaction's first, {self._store.where})"
+                raise wrap_error(self.conn, f"{what} failed", exc) from exc
+            self._begin = ()
+            return cursors
+        raise AssertionError("unreachable")
+
+    def _reconnect(self, exc: psycopg.Error, attempt: int) -> None:
+        logger.warning(
+            "PostgreSQL connection lost, retrying: %s",
+            exc,
+            extra=fields("reconnect", attempt=attempt + 1),
+        )
+        connections = self._store.connections
+        connections.put(self.conn)  # a broken connection is discarded by the pool
+        # Other idle connections probably died with this one (a server restart).
+        connections.check()
+        time.sleep(RETRY_DELAYS[attempt])
+        self.conn = connections.get()
+
+    def commit(self) -> None:
+        """What is held back, then COMMIT: one round trip once the transaction has begun."""
+        if self._begin:
+            if not self._pending:
+                return  # nothing was sent: nothing to commit
+            self._pipeline([])  # the BEGIN and the writes, where a dead connection is retried
+        held = list(self._pending)
+        self._pending.clear()
+        self._store.tally(round_trips=1)
+        try:
+            if not held:
+                self.conn.execute("COMMIT", prepare=False)
+                return
+            with self.conn.pipeline():
+                for name, params in held:
+                    self.conn.execute(self._queries[name], params or {})
+                self.conn.execute("COMMIT", prepare=False)
+        except psycopg.Error as exc:
+            # A write that failed stopped the pipeline before the COMMIT: roll back.
+            with contextlib.suppress(psycopg.Error):
+                self.conn.execute("ROLLBACK", prepare=False)
+            names = ", ".join(repr(name) for name, _ in held)
+            what = f"query batch ({names}) failed at commit" if held else "commit failed"
+            raise wrap_error(self.conn, what, exc) from exc
+
+    def rollback(self) -> None:
+        """Undo what was sent (nothing to undo when nothing was: no round trip)."""
+        self._pending.clear()
+        if self._begin:
+            return
+        self._store.tally(round_trips=1)
+        try:
+            self.conn.execute("ROLLBACK", prepare=False)
+        except psycopg.Error as exc:
+            logger.warning("rollback failed: %s", exc, extra=fields("rollback_failed"))
