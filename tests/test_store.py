@@ -274,6 +274,7 @@ SAMPLES: dict[str, Callable[[], Any]] = {
     "configuration": lambda: "{}",
     "error": lambda: "boom",
     "names": lambda: '["wf@v1"]',
+    "terminal": lambda: '["completed", "failed"]',
     "reply_status": lambda: 200,
     "lease_until": timestamp,
     "ids": lambda: json.dumps([new_id()]),

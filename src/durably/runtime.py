@@ -13,7 +13,7 @@ import inspect
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import codec, metrics, outcomes, plan, tracing
@@ -139,16 +139,25 @@ class Runtime(WaitsAndMaps, Children):
         *,
         context_id: str | None = None,
         known: Sequence[TaskRecord] = (),
+        waits: Mapping[str, Sequence[str]] | None = None,
     ) -> ExecutionState:
         """The named tasks, the named outputs (None: all of either) and, given its id, the
-        initial context. ``known``: task rows this transaction already read (a claim's)."""
-        if names is None or not known:
-            tasks = self.repo.tasks(tx, execution_id, names)
+        initial context. ``known``: task rows this transaction already read (a claim's).
+        ``waits``: tasks whose listed dependencies are not read but counted: one still
+        unfinished counts in the task's ``remaining`` like a loaded one."""
+        waiting: set[str] = set()
+        if names is None:
+            tasks = self.repo.tasks(tx, execution_id, None)
         else:
             have = {task.name for task in known}
             missing = [name for name in names if name not in have]
-            tasks = [*known, *(self.repo.tasks(tx, execution_id, missing) if missing else ())]
-        return ExecutionState(
+            found: list[TaskRecord] = []
+            if missing and waits:
+                found, waiting = self.repo.tasks_and_waiting(tx, execution_id, missing, waits)
+            elif missing:
+                found = self.repo.tasks(tx, execution_id, missing)
+            tasks = [*known, *found]
+        state = ExecutionState(
             wf,
             execution_id,
             [task.state() for task in tasks],
@@ -157,6 +166,9 @@ class Runtime(WaitsAndMaps, Children):
             patches_of(tasks),
             received_of(tasks),
         )
+        for name in waiting:
+            state.remaining[name] += 1  # an unfinished dependency, not loaded
+        return state
 
     # -- transitions -------------------------------------------------------------------------
 

@@ -4,11 +4,11 @@ and the attempt history."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ..records import AttemptRecord, AttemptRef, StaleClaim, TaskRecord
-from ..statuses import ABANDONED, READY
-from ..store import Tx, parse_timestamp, timestamp
+from ..statuses import ABANDONED, READY, TASK_TERMINAL
+from ..store import Statement, Tx, parse_timestamp, timestamp
 from .contexts import Contexts
 from .rows import new_id, stale_of, tasks_of
 
@@ -21,9 +21,28 @@ class Tasks(Contexts):
         if names is None:
             rows = tx.fetch_all("get_tasks", {"id": execution_id})
         else:
-            params = {"id": execution_id, "names": json.dumps(list(names))}
-            rows = tx.fetch_all("get_task_states", params)
+            rows = tx.fetch_all("get_task_states", _names(execution_id, names))
         return tasks_of(rows)
+
+    def tasks_and_waiting(
+        self,
+        tx: Tx,
+        execution_id: str,
+        names: Sequence[str],
+        waits: Mapping[str, Sequence[str]],
+    ) -> tuple[list[TaskRecord], set[str]]:
+        """The named tasks, and which of those ``waits`` maps to dependencies still have an
+        unfinished one among them (counted in the same round trip, not read): a fan-in of a
+        hundred is decided by the completion of its last dependency, not read by each."""
+        statements: list[Statement] = [("get_task_states", _names(execution_id, names))]
+        waiting = [name for name in waits if name in names]
+        terminal = json.dumps(sorted(TASK_TERMINAL))
+        for name in waiting:
+            params = {**_names(execution_id, waits[name]), "terminal": terminal}
+            statements.append(("count_unfinished_among", params))
+        rows, *counts = tx.fetch_batch(statements)
+        pairs = zip(waiting, counts, strict=True)
+        return tasks_of(rows), {name for name, found in pairs if found[0]["unfinished"]}
 
     def start_task(
         self, tx: Tx, task_id: str, worker: str, now: float, code_version: str | None = None
@@ -169,3 +188,7 @@ class Tasks(Contexts):
 
 def _fence(ref: AttemptRef, now: float) -> dict[str, object]:
     return {"id": ref.task_id, "worker": ref.worker, "attempt": ref.number, "now": timestamp(now)}
+
+
+def _names(execution_id: str, names: Sequence[str]) -> dict[str, object]:
+    return {"id": execution_id, "names": json.dumps(list(names))}

@@ -60,6 +60,12 @@ FROM task_executions
 WHERE pipeline_execution_id = :id
   AND task_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb)));
 
+-- name: count_unfinished_among
+SELECT count(*) AS unfinished FROM task_executions
+WHERE pipeline_execution_id = :id
+  AND task_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb)))
+  AND status NOT IN (SELECT jsonb_array_elements_text(CAST(:terminal AS jsonb)));
+
 -- name: get_named_outputs
 SELECT m.task_name, c.value
 FROM task_execution_metadata m JOIN contexts c ON c.id = m.context_id

@@ -361,6 +361,14 @@ WHERE t.claimed_by = :worker AND t.status = 'running' AND p.claimed_by IS NULL;
 SELECT count(*) AS unfinished FROM task_executions
 WHERE pipeline_execution_id = :id AND status IN ('not_started', 'ready', 'waiting', 'running');
 
+-- name: count_unfinished_among
+-- How many of the named tasks (a JSON array) are not in a terminal status (:terminal, a
+-- JSON array): whether the last of a wide fan-in's dependencies is done, without reading them.
+SELECT count(*) AS unfinished FROM task_executions
+WHERE pipeline_execution_id = :id
+  AND task_name IN (SELECT value FROM json_each(:names))
+  AND status NOT IN (SELECT value FROM json_each(:terminal));
+
 -- name: get_task_states
 -- The named tasks of an execution (a JSON array of names): one query, however many.
 -- json_each is SQLite; PostgreSQL overrides with jsonb_array_elements_text.
