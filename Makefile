@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_sagas.py
 	$(BIN)/python bench/bench_wakeup.py
 	$(BIN)/python bench/bench_claims.py
+	$(BIN)/python bench/bench_claim_scale.py
 	$(BIN)/python bench/bench_import.py
 
 # Not part of `make bench`: needs a PostgreSQL server (DURABLY_BENCH_POSTGRES_URL, default

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 
 import _common
 
-from durably import Concurrency, Context, Engine, RateLimit, Workflow
+from durably import Concurrency, Context, Engine, RateLimit, StoreConnectionError, Workflow
 
 DEFAULT_URL = os.environ.get("DURABLY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 WARM_UP = 10  # claims before measuring: psycopg prepares a statement on its 5th run
@@ -149,7 +149,7 @@ def main() -> int:
     for backend in ("postgres", "sqlite"):
         try:
             rows = measure(backend, args)
-        except Exception as exc:  # no server: say so, measure SQLite
+        except StoreConnectionError as exc:  # no server: say so, measure SQLite
             if backend != "postgres":
                 raise
             print(f"postgres: skipped, PostgreSQL unreachable ({' '.join(str(exc).split())})")
@@ -160,8 +160,9 @@ def main() -> int:
                 f"{row['transactions']:>12.2f} {row['p50']:>7.2f} {row['p95']:>7.2f}"
             )
     print(
-        "round trips: BEGIN, each statement, COMMIT; a batch sent together (PostgreSQL "
-        "pipeline mode) is one. SQLite runs in process: there each call into it counts."
+        "round trips: what is sent together counts once (PostgreSQL's pipeline mode: the BEGIN "
+        "with the first statement, a batch, held writes with the next statement or COMMIT). "
+        "SQLite runs in process: there each call into it counts, BEGIN and COMMIT too."
     )
     return 0
 
