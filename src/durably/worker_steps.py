@@ -51,7 +51,8 @@ def is_root(claimable: Mapping[str, Workflow], claim: Claim) -> bool:
     """Whether the claimed task has no dependencies (it runs on the initial context), by
     the definition it was claimed for."""
     wf = claimable.get(claim.pipeline_key or "")
-    return wf is not None and not wf.tasks[claim.map_parent or claim.name].dependencies
+    task = wf.tasks.get(claim.map_parent or claim.name) if wf is not None else None
+    return task is not None and not task.dependencies
 
 
 def prepare(
