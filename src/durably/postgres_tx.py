@@ -13,15 +13,19 @@ taken when it starts. A transaction that sent nothing commits without a word to 
 
 A pooled connection can be dead (a server restart, a failover): the first pipeline of a
 transaction, the one that carries its BEGIN, then fails with nothing of the transaction on
-the server, and it is sent again on a fresh connection. Not the one that also carries the
-COMMIT: if the connection broke after the server committed, sending it again would apply it
-twice. That one goes out as two round trips (the writes with the BEGIN, then the COMMIT).
+the server, and it is sent again on a fresh connection. Not one that also carries the COMMIT
+(a transaction that only held writes back): if the connection broke after the server
+committed, sending it again would apply it twice. Before that one, the connection is looked
+at without a round trip (a closed one has its goodbye waiting to be read) and replaced if
+dead; one that dies during it fails the transaction with an unknown outcome, as any COMMIT
+that loses its connection does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, LiteralString
@@ -150,19 +154,23 @@ class PostgresTx(Tx):
         self.conn = connections.get()
 
     def commit(self) -> None:
-        """What is held back, then COMMIT: one round trip once the transaction has begun."""
+        """What is held back, then COMMIT: one round trip (with the BEGIN too, when the
+        transaction only held writes back)."""
+        if self._begin and not self._pending:
+            return  # nothing was sent: nothing to commit
         if self._begin:
-            if not self._pending:
-                return  # nothing was sent: nothing to commit
-            self._pipeline([])  # the BEGIN and the writes, where a dead connection is retried
+            self._drop_if_dead()
         held = list(self._pending)
         self._pending.clear()
         self._store.tally(round_trips=1)
+        begin, self._begin = self._begin, ()
         try:
             if not held:
                 self.conn.execute("COMMIT", prepare=False)
                 return
             with self.conn.pipeline():
+                for statement in begin:
+                    self.conn.execute(statement, prepare=False)
                 for name, params in held:
                     self.conn.execute(self._queries[name], params or {})
                 self.conn.execute("COMMIT", prepare=False)
@@ -173,6 +181,19 @@ class PostgresTx(Tx):
             names = ", ".join(repr(name) for name, _ in held)
             what = f"query batch ({names}) failed at commit" if held else "commit failed"
             raise wrap_error(self.conn, what, exc) from exc
+
+    def _drop_if_dead(self) -> None:
+        """Before a pipeline that begins and commits at once: a pooled connection the server
+        closed has its goodbye (an error, or the end of the stream) waiting to be read, while
+        an idle live one has nothing. Found so, without a round trip, it is replaced; found
+        only by the pipeline, it could not be (the COMMIT might have been applied)."""
+        try:
+            readable, _, _ = select.select([self.conn.fileno()], [], [], 0)
+        except (OSError, ValueError, psycopg.Error):
+            readable = [True]
+        if readable:
+            self.conn.close()  # the pool discards a closed connection
+            self._reconnect(psycopg.OperationalError("the server closed the connection"), 0)
 
     def rollback(self) -> None:
         """Undo what was sent (nothing to undo when nothing was: no round trip)."""

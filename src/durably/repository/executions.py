@@ -98,25 +98,24 @@ class Executions(Maps, Listing):
                 text = initial if initial is not None else self.context(tx, context_id)
                 decoded = codec.loads(text or "{}")
             limited = execution_key(wf.concurrency, wf.name, decoded)
-        inserted = tx.execute(
-            "insert_execution",
-            {
-                "id": execution_id,
-                "name": wf.name,
-                "version": wf.version,
-                "shape": wf.shape_version,
-                "priority": priority,
-                "concurrency_key": limited,
-                "status": "running",
-                "context_id": context_id,
-                "claimed_by": claimed_by,
-                "parent_id": parent_id,
-                "parent_task": parent_task,
-                "key": key,
-                "now": stamp,
-            },
-        )
-        if not inserted:
+        params = {
+            "id": execution_id,
+            "name": wf.name,
+            "version": wf.version,
+            "shape": wf.shape_version,
+            "priority": priority,
+            "concurrency_key": limited,
+            "status": "running",
+            "context_id": context_id,
+            "claimed_by": claimed_by,
+            "parent_id": parent_id,
+            "parent_task": parent_task,
+            "key": key,
+            "now": stamp,
+        }
+        if key is None:  # no key, no conflict to learn of: nothing to wait for
+            tx.send("insert_execution", params)
+        elif not tx.execute("insert_execution", params):
             return None
         reused = reused or {}
         rows = []
