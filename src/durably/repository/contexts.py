@@ -1,45 +1,92 @@
-"""Contexts and task outputs: context rows hold codec JSON text; a task's output is a
-context row linked to the task by its metadata row."""
+"""Contexts and task outputs: a context row holds codec JSON text, or what changed since the
+row it rests on (:mod:`.deltas`); a task's output is a context row linked to the task by its
+metadata row. Every read returns full texts, whatever the rows hold."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from ..store import Tx, timestamp
+from .deltas import SavedRow, resolve, rest_on, resting
 from .rows import new_id
+from .saved import INITIAL, SavedContexts
 
 
 class Contexts:
+    def __init__(self) -> None:
+        self.saved = SavedContexts()
+
     def insert_context(self, tx: Tx, value: str, now: float) -> str:
-        context_id = new_id()
-        tx.execute("insert_context", {"id": context_id, "value": value, "now": timestamp(now)})
-        return context_id
+        return self.save_context(tx, value, now).id
+
+    def save_context(
+        self, tx: Tx, value: str, now: float, bases: Sequence[SavedRow] = ()
+    ) -> SavedRow:
+        """Store ``value``: as one of ``bases`` when it holds that very text (no new row), as
+        a delta on the base that gives the smallest, or in full."""
+        plan = rest_on(value, bases) if bases else None
+        if plan is not None and plan[1] is None:
+            return plan[0]
+        row_id, stamp = new_id(), timestamp(now)
+        if plan is None or plan[1] is None:
+            tx.execute("insert_context", {"id": row_id, "value": value, "now": stamp})
+            return SavedRow(row_id, value)
+        base, delta = plan
+        params = {"id": row_id, "value": delta, "base_id": base.id, "now": stamp}
+        tx.execute("insert_context_delta", params)
+        return resting(row_id, value, base, delta)
+
+    def bases(self, execution_id: str, names: Sequence[str] | None) -> list[SavedRow]:
+        """The rows an output made from these tasks' outputs (none: from the initial
+        context) is likely to differ little from, among those this process holds."""
+        return [] if names is None else self.saved.linked(execution_id, names)
 
     def context(self, tx: Tx, context_id: str) -> str | None:
-        row = tx.fetch_one("get_context", {"id": context_id})
-        return row["value"] if row is not None else None
+        row = _one(tx.fetch_all("get_context", {"id": context_id}), context_id)
+        return row.text if row is not None else None
+
+    def initial_context(self, tx: Tx, execution_id: str, context_id: str) -> str | None:
+        """The execution's initial context, kept in memory: its root tasks' outputs are
+        stored as what they changed in it."""
+        row = _one(tx.fetch_all("get_context", {"id": context_id}), context_id)
+        if row is None:
+            return None
+        self.saved.keep(execution_id, [(INITIAL, row)])
+        return row.text
 
     def outputs(
         self, tx: Tx, execution_id: str, names: Sequence[str] | None = None
     ) -> dict[str, str]:
         """Saved outputs (codec text) by task name: all of them, or only ``names``."""
+        return {name: row.text for name, row in self.output_rows(tx, execution_id, names)}
+
+    def output_rows(
+        self, tx: Tx, execution_id: str, names: Sequence[str] | None = None
+    ) -> list[tuple[str, SavedRow]]:
+        return labelled(self._output_rows(tx, execution_id, names), "task_name")
+
+    def _output_rows(self, tx: Tx, execution_id: str, names: Sequence[str] | None) -> list[Any]:
+        """The outputs' rows as stored, each named by its task, and the rows they rest on."""
         if names is None:
             rows = tx.fetch_all("get_outputs", {"id": execution_id})
         elif not names:
-            return {}
+            return []
         else:
             params = {"id": execution_id, "names": json.dumps(list(names))}
             rows = tx.fetch_all("get_named_outputs", params)
-        return {row["task_name"]: row["value"] for row in rows}
+        self.saved.keep(execution_id, labelled(rows, "task_name"))
+        return rows
 
     def output_context_ids(self, tx: Tx, execution_id: str) -> dict[str, str]:
         rows = tx.fetch_all("get_output_ids", {"id": execution_id})
         return {row["task_name"]: str(row["context_id"]) for row in rows}
 
     def task_output(self, tx: Tx, execution_id: str, name: str) -> str | None:
-        row = tx.fetch_one("get_task_output", {"id": execution_id, "name": name})
-        return row["value"] if row is not None else None
+        rows = tx.fetch_all("get_task_output", {"id": execution_id, "name": name})
+        row = _one(rows, rows[0]["id"]) if rows else None  # the output's row comes first
+        return row.text if row is not None else None
 
     def link_output(
         self, tx: Tx, execution_id: str, task_id: str, name: str, context_id: str, now: float
@@ -56,5 +103,64 @@ class Contexts:
             },
         )
 
+    def save_output(
+        self, tx: Tx, execution_id: str, task_id: str, name: str, value: str, now: float,
+        dependencies: Sequence[str] | None = None,
+    ) -> None:  # fmt: skip
+        """Store a task's output and link it; ``dependencies``: the tasks whose outputs its
+        input was made of (empty: the initial context; None: unknown, stored in full)."""
+        row = self.save_context(tx, value, now, self.bases(execution_id, dependencies))
+        self.link_output(tx, execution_id, task_id, name, row.id, now)
+        self.saved.keep(execution_id, [(name, row)])
+
+    def share_outputs(
+        self, tx: Tx, source: str, execution_id: str, task_ids: Mapping[str, str],
+        initial_id: str, now: float,
+    ) -> None:  # fmt: skip
+        """A fork's reused outputs (``task_ids``: name -> its task in the fork) linked to the
+        rows of ``source`` that hold them. A delta is copied onto the fork's own rows instead:
+        a row the fork links must rest only on rows the fork itself keeps (its outputs and
+        the initial context they share), so pruning ``source`` never takes its base."""
+        stored = self._output_rows(tx, source, list(task_ids))
+        rows = dict(labelled(stored, "task_name"))
+        raws = _raw(stored)
+        kept: dict[str, str] = {str(initial_id): str(initial_id)}  # source row -> fork row
+        for name in sorted(rows, key=lambda n: rows[n].depth):
+            row = rows[name]
+            delta, base_id = raws[row.id]
+            if base_id is None:
+                target = row.id
+            elif (base := kept.get(base_id)) is not None:
+                target = new_id()
+                params = {"id": target, "value": delta, "base_id": base}
+                tx.execute("insert_context_delta", {**params, "now": timestamp(now)})
+            else:
+                target = self.save_context(tx, row.text, now).id
+            kept[row.id] = target
+            self.link_output(tx, execution_id, task_ids[name], name, target, now)
+
     def delete_output(self, tx: Tx, execution_id: str, name: str) -> None:
         tx.execute("delete_output", {"id": execution_id, "name": name})
+
+
+def _raw(rows: Iterable[Any]) -> dict[str, tuple[str, str | None]]:
+    return {
+        str(row["id"]): (row["value"], str(row["base_id"]) if row["base_id"] else None)
+        for row in rows
+    }
+
+
+def _one(rows: Sequence[Any], wanted: Any) -> SavedRow | None:
+    """The row ``wanted`` of a chain query's rows (it and those it rests on), resolved."""
+    if not rows:
+        return None
+    return resolve(_raw(rows), [str(wanted)])[str(wanted)]
+
+
+def labelled(rows: Sequence[Any], label: str) -> list[tuple[Any, SavedRow]]:
+    """A chain query's rows -> (label, resolved row) for each labelled one (the others are
+    the rows they rest on)."""
+    raw = _raw(rows)
+    named = [(row[label], str(row["id"])) for row in rows if row[label] is not None]
+    found = resolve(raw, [row_id for _, row_id in named])
+    return [(name, found[row_id]) for name, row_id in named]

@@ -4,7 +4,7 @@ cancelling and reopening it, the sweeper's lists, and reading a whole execution.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import codec, versions
@@ -18,10 +18,12 @@ from ..workflow import Workflow
 from .listing import Listing
 from .maps import Maps
 from .rows import execution_of, new_id, random_id, stored
+from .saved import INITIAL
 
 
 class Executions(Maps, Listing):
     def __init__(self) -> None:
+        super().__init__()
         self._templates: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     def template(self, wf: Workflow) -> list[dict[str, Any]]:
@@ -90,7 +92,9 @@ class Executions(Maps, Listing):
         stamp = timestamp(now)
         execution_id = random_id()
         if context_id is None:
-            context_id = self.insert_context(tx, initial or "{}", now)
+            saved = self.save_context(tx, initial or "{}", now)
+            context_id = saved.id
+            self.saved.keep(execution_id, [(INITIAL, saved)])
         limited = None
         if wf.concurrency is not None:
             decoded = {}
@@ -205,9 +209,13 @@ class Executions(Maps, Listing):
         return bool(tx.execute("hand_to_workers", params))
 
     def finish_execution(
-        self, tx: Tx, execution_id: str, status: str, final: str, error: str | None, now: float
-    ) -> None:
-        context_id = self.insert_context(tx, final, now)
+        self, tx: Tx, execution_id: str, status: str, final: str, error: str | None, now: float,
+        *, sources: Sequence[str] | None = None,
+    ) -> None:  # fmt: skip
+        """``sources``: the tasks whose outputs the final context merges (empty: it is the
+        initial context). With one source, as a chain ends, it is that output's own row."""
+        bases = self.bases(execution_id, sources)
+        context_id = self.save_context(tx, final, now, bases).id
         tx.execute(
             "finish_execution",
             {
