@@ -26,14 +26,13 @@ class Contexts:
     ) -> SavedRow:
         """Store ``value``: as one of ``bases`` when it holds that very text (no new row), as
         a delta on the base that gives the smallest, or in full."""
-        plan = rest_on(value, bases) if bases else None
-        if plan is not None and plan[1] is None:
-            return plan[0]
+        base, delta = rest_on(value, bases) if bases else (None, None)
+        if base is not None and delta is None:
+            return base
         row_id, stamp = new_id(), timestamp(now)
-        if plan is None or plan[1] is None:
+        if base is None or delta is None:
             tx.execute("insert_context", {"id": row_id, "value": value, "now": stamp})
             return SavedRow(row_id, value)
-        base, delta = plan
         params = {"id": row_id, "value": delta, "base_id": base.id, "now": stamp}
         tx.execute("insert_context_delta", params)
         return resting(row_id, value, base, delta)

@@ -114,10 +114,10 @@ def delta_of(base: Mapping[str, str], new: Mapping[str, str]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
-def rest_on(text: str, bases: Sequence[SavedRow]) -> tuple[SavedRow, str | None] | None:
+def rest_on(text: str, bases: Sequence[SavedRow]) -> tuple[SavedRow | None, str | None]:
     """How to store ``text`` given rows it was likely made from: ``(base, None)`` when a
     base holds this very text (no new row), ``(base, delta)`` for the smallest delta that
-    rebuilds it exactly within the chain limits, or None (store the full text)."""
+    rebuilds it exactly within the chain limits, or ``(None, None)``: the full text."""
     new: dict[str, str] | None = None
     best: tuple[SavedRow, str] | None = None
     for base in bases:
@@ -134,7 +134,7 @@ def rest_on(text: str, bases: Sequence[SavedRow]) -> tuple[SavedRow, str | None]
             continue
         if text_of(applied(base.encodings(), delta)) == text:
             best = (base, delta)
-    return best
+    return best or (None, None)
 
 
 def resolve(
