@@ -64,19 +64,22 @@ class Contexts:
     def output_rows(
         self, tx: Tx, execution_id: str, names: Sequence[str] | None = None
     ) -> list[tuple[str, SavedRow]]:
-        return labelled(self._output_rows(tx, execution_id, names), "task_name")
+        return self._output_rows(tx, execution_id, names)[0]
 
-    def _output_rows(self, tx: Tx, execution_id: str, names: Sequence[str] | None) -> list[Any]:
-        """The outputs' rows as stored, each named by its task, and the rows they rest on."""
+    def _output_rows(
+        self, tx: Tx, execution_id: str, names: Sequence[str] | None
+    ) -> tuple[list[tuple[str, SavedRow]], list[Any]]:
+        """The outputs by task name, and the rows as stored (they and those they rest on)."""
         if names is None:
             rows = tx.fetch_all("get_outputs", {"id": execution_id})
         elif not names:
-            return []
+            return [], []
         else:
             params = {"id": execution_id, "names": json.dumps(list(names))}
             rows = tx.fetch_all("get_named_outputs", params)
-        self.saved.keep(execution_id, labelled(rows, "task_name"))
-        return rows
+        found = labelled(rows, "task_name")
+        self.saved.keep(execution_id, found)
+        return found, rows
 
     def output_context_ids(self, tx: Tx, execution_id: str) -> dict[str, str]:
         rows = tx.fetch_all("get_output_ids", {"id": execution_id})
@@ -120,8 +123,8 @@ class Contexts:
         rows of ``source`` that hold them. A delta is copied onto the fork's own rows instead:
         a row the fork links must rest only on rows the fork itself keeps (its outputs and
         the initial context they share), so pruning ``source`` never takes its base."""
-        stored = self._output_rows(tx, source, list(task_ids))
-        rows = dict(labelled(stored, "task_name"))
+        found, stored = self._output_rows(tx, source, list(task_ids))
+        rows = dict(found)
         raws = _raw(stored)
         kept: dict[str, str] = {str(initial_id): str(initial_id)}  # source row -> fork row
         for name in sorted(rows, key=lambda n: rows[n].depth):

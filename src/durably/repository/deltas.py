@@ -29,6 +29,8 @@ MAX_DEPTH = 16
 # delta must save more than a reference costs, and each row of a chain costs at least this.
 REFERENCE_COST = 36
 
+_SMALLEST_DELTA = len('{"set":{"k":0}}')
+
 # The codec's own settings (codec_encode): a value re-encoded here is the text it wrote.
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 
@@ -123,7 +125,7 @@ def rest_on(text: str, bases: Sequence[SavedRow]) -> tuple[SavedRow | None, str 
     for base in bases:
         if base.text == text:
             return base, None
-        if base.depth >= MAX_DEPTH:
+        if base.depth >= MAX_DEPTH or len(text) <= _SMALLEST_DELTA + REFERENCE_COST:
             continue
         if new is None:
             new = encodings_of(text)
