@@ -16,11 +16,11 @@ from durably import Context, Engine, Workflow
 from durably.codec import dumps
 from durably.repository import Repository
 from durably.repository.deltas import (
-    MAX_DEPTH,
+    SHARE,
     SavedRow,
     applied,
     delta_of,
-    encodings_of,
+    members_of,
     resolve,
     rest_on,
     text_of,
@@ -36,13 +36,13 @@ PAYLOAD = "x" * 1000
 
 def stored_as(text: str, base_text: str) -> str | None:
     """The delta ``text`` is stored as on a full row holding ``base_text`` (None: full)."""
-    base, delta = rest_on(text, [SavedRow("b", base_text)])
+    base, delta, _ = rest_on(text, [SavedRow("b", base_text)])
     assert base is None or delta is not None
     return delta
 
 
 def rebuilt(base_text: str, delta: str) -> str:
-    return text_of(applied(encodings_of(base_text), delta))
+    return text_of(applied(members_of(base_text), delta))
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def test_the_delta_names_only_what_changed() -> None:
     # A key set back to its base's value is no change at all: the base row is the output.
     same = dumps({"p": PAYLOAD, "a": 1, "gone": 2, "same": [1]})
     row = SavedRow("b", base)
-    assert rest_on(same, [row]) == (row, None)
+    assert rest_on(same, [row]) == (row, None, None)
 
 
 def test_a_key_moved_is_deleted_and_set_again() -> None:
@@ -98,40 +98,39 @@ def test_small_or_rewritten_contexts_are_stored_in_full() -> None:
     assert stored_as(dumps({**tagged, "a": 1}), dumps(tagged)) is None
 
 
-def test_a_chain_stops_at_its_depth_and_at_the_size_of_the_text() -> None:
+def test_a_chain_of_tasks_rests_on_one_full_row_until_its_changes_outgrow_it() -> None:
+    """Each output is what changed since the chain's last full row, never a delta on a
+    delta: any row reads as itself and at most one more."""
     rows = {"r0": (dumps({"p": PAYLOAD}), None)}
     row = resolve(rows, ["r0"])["r0"]
-    depth = 0
-    for i in range(1, 100):
-        text = dumps({**json.loads(row.text), f"k{i}": i})
-        _, delta = rest_on(text, [row])
+    full = []
+    for i in range(1, 300):
+        text = dumps({**json.loads(row.text), f"key{i}": i})  # a growing context
+        base, delta, _ = rest_on(text, [row])
+        rows[f"r{i}"] = (delta, base.id) if base is not None and delta else (text, None)
         if delta is None:
-            break
-        rows[f"r{i}"] = (delta, row.id)
+            full.append(i)
         row = resolve(rows, [f"r{i}"])[f"r{i}"]
         assert row.text == text
-        depth = row.depth
-    assert depth == MAX_DEPTH
-    # Bulky changes stop a chain by its characters before its depth: reading a row never
-    # costs more than about twice its text.
-    rows = {"r0": (dumps({"p": PAYLOAD}), None)}
+        assert row.base is None or row.base.base is None
+        assert len(rows[f"r{i}"][0]) <= len(text) // SHARE or row.base is None
+    # A full row once the changes since the last reach a quarter of the text: rarely.
+    assert len(full) >= 3
+    assert all(b - a >= 20 for a, b in zip([0, *full], full, strict=False))
+    # A context whose keys change in place never needs another full row.
     row = resolve(rows, ["r0"])["r0"]
-    for i in range(1, 10):
-        text = dumps({"p": PAYLOAD, "big": str(i) * 400})
-        _, delta = rest_on(text, [row])
-        if delta is None:
-            break
-        rows[f"r{i}"] = (delta, row.id)
-        row = resolve(rows, [f"r{i}"])[f"r{i}"]
-        assert row.chain <= len(row.text)
-    assert row.depth == 3
+    for i in range(1, 300):
+        base, delta, _ = rest_on(dumps({"p": PAYLOAD, "n": i, "s": str(i) * 5}), [row])
+        assert base is not None
+        assert delta is not None
+        row = SavedRow(f"n{i}", dumps({"p": PAYLOAD, "n": i, "s": str(i) * 5}), base)
 
 
 def test_the_smallest_delta_among_several_bases_wins() -> None:
     a = SavedRow("a", dumps({"p": PAYLOAD, "x": 1}))
     b = SavedRow("b", dumps({"p": PAYLOAD, "x": 1, "y": 2, "z": 3}))
     text = dumps({"p": PAYLOAD, "x": 1, "y": 2, "z": 3, "w": 4})
-    base, delta = rest_on(text, [a, b])
+    base, delta, _ = rest_on(text, [a, b])
     assert base is b
     assert delta == '{"set":{"w":4}}'
 
@@ -139,6 +138,8 @@ def test_the_smallest_delta_among_several_bases_wins() -> None:
 def test_a_row_resting_on_a_missing_row_is_an_error_not_a_wrong_value() -> None:
     with pytest.raises(LookupError, match="rests on"):
         resolve({"r1": ('{"set":{"a":1}}', "r0")}, ["r1"])
+    with pytest.raises(LookupError, match="not a full row"):
+        resolve({"r1": ('{"set":{"a":1}}', "r0"), "r0": ("{}", "r")}, ["r1"])
     assert delta_of({"a": "1"}, {"a": "1"}) == "{}"
 
 
@@ -183,7 +184,8 @@ def test_a_chain_stores_deltas_and_every_reader_sees_full_contexts(
     # The initial context in full, one small delta per task, and no copy for the final one.
     assert len(rows) == 11
     assert sum(base is None for _, _, base in rows) == 1
-    assert all(len(value) < 40 for _, value, base in rows if base is not None)
+    # Each delta is what changed since the initial context: ten keys at most.
+    assert sum(len(value) for _, value, base in rows if base is not None) < 600
 
 
 def test_show_and_dashboard_diffs_read_through_deltas(engine: Engine) -> None:
@@ -249,8 +251,9 @@ def test_huge_and_unicode_values_round_trip(engine: Engine, store_url: str) -> N
     assert out["amount"] == Decimal("1.10")
     assert result.context == out
     deltas = [value for _, value, base in raw_contexts(store_url) if base is not None]
-    assert len(deltas) == 2  # a's holds the big value it added, b's only its own keys
-    assert [len(value) < 200 for value in deltas].count(True) == 1
+    # a's output is mostly the big value it added: in full. b's rests on it: its own keys.
+    assert len(deltas) == 1
+    assert len(deltas[0]) < 200
 
 
 def test_a_fan_in_and_a_worker_store_deltas_too(engine: Engine, store_url: str) -> None:
@@ -332,7 +335,7 @@ def test_a_10000_task_chain_reads_a_bounded_number_of_rows(engine: Engine, store
     with engine.store.read() as tx:
         for i in range(0, 10_000, 997):
             rows = tx.fetch_all("get_task_output", {"id": execution_id, "name": names[i]})
-            assert len(rows) <= MAX_DEPTH + 1
+            assert len(rows) == 1  # the row, with the full row it rests on joined
             text = fresh.task_output(tx, execution_id, names[i])
             assert text is not None
             assert json.loads(text)[f"k{i % 50}"] == i
@@ -342,8 +345,10 @@ def test_a_10000_task_chain_reads_a_bounded_number_of_rows(engine: Engine, store
     assert len(everything) == 10_000
     assert json.loads(everything[names[-1]]) == data
     assert time.perf_counter() - began < 10
-    full = sum(base is None for _, _, base in raw_contexts(store_url))
-    assert 10_000 / (MAX_DEPTH + 1) <= full <= 10_000 / MAX_DEPTH + 3, "a full row every 17"
+    stored = raw_contexts(store_url)
+    # A full row each time the keys changed since the last one reach a quarter of the text.
+    assert sum(base is None for _, _, base in stored) < 10_000 / 20
+    assert max(len(value) for _, value, base in stored if base) < len(dumps(data)) / SHARE
 
 
 # -- existing databases ----------------------------------------------------------------------

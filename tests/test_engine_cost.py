@@ -14,11 +14,11 @@ Derived from that and the code, per transaction:
                            + start_task per dependent it made runnable             = 3 + runnable
     ...the last one also   finish_execution (the final context is the last output's
                            own row; insert_context first only when it is no saved row) = + 1
-    get() (end of run)     read: get_execution, get_context (final), get_tasks,
-                           get_outputs, get_attempts                              = 5
+    get() (end of run)     read: get_execution, get_tasks, get_outputs (the final
+                           context among them), get_attempts                      = 4
 
-So a 10-task chain costs 11 write transactions (44 statements) and 1 read (5 statements):
-12 transactions, 49 statements. The task row is its current attempt's history entry:
+So a 10-task chain costs 11 write transactions (44 statements) and 1 read (4 statements):
+12 transactions, 48 statements. The task row is its current attempt's history entry:
 task_attempts gets a row only for an attempt that a later one supersedes (a retry, a lost
 claim), so attempts cost nothing on the common path. Dependency outputs are cached in memory
 by the run, so a task with 50 dependencies builds its input without a single extra statement.
@@ -126,7 +126,7 @@ START = ["insert_context", "insert_execution", "insert_task"]
 COMPLETE = ["complete_task", "insert_context", "save_output"]
 UNCHANGED = ["complete_task", "save_output"]  # its output is the row its input came from
 FINISH = ["finish_execution"]  # the final context is a saved row: the last output's
-GET = ["get_execution", "get_context", "get_tasks", "get_outputs", "get_attempts"]
+GET = ["get_execution", "get_tasks", "get_outputs", "get_attempts"]
 
 
 def test_a_10_task_chain_costs_one_write_transaction_per_task_plus_one(
@@ -140,7 +140,7 @@ def test_a_10_task_chain_costs_one_write_transaction_per_task_plus_one(
 
     stats = engine.store.stats
     assert stats.transactions == 12  # 1 start + 10 completions + 1 read by get()
-    assert stats.statements == 49  # 4 + 9 * 4 + 4 + 5
+    assert stats.statements == 48  # 4 + 9 * 4 + 4 + 4
 
     writes = recorder.writes()
     assert len(writes) == 11
@@ -162,9 +162,9 @@ def test_a_10_task_chain_costs_one_write_transaction_per_task_plus_one(
         assert engine.run(chain(length)).status == "completed"
         costs[length] = (engine.store.stats.transactions, engine.store.stats.statements)
     assert costs == {
-        1: (3, 4 + 4 + 5),
-        5: (7, 4 + 4 * 4 + 4 + 5),
-        20: (22, 4 + 19 * 4 + 4 + 5),
+        1: (3, 4 + 4 + 4),
+        5: (7, 4 + 4 * 4 + 4 + 4),
+        20: (22, 4 + 19 * 4 + 4 + 4),
     }
 
 
@@ -188,8 +188,8 @@ def test_a_task_with_50_dependencies_loads_its_inputs_without_extra_statements(
     # 1 start + 50 root completions + the sink's completion + the read of get().
     assert engine.store.stats.transactions == width + 3
     # start: 3 + 50 start_task; roots: 3 each, +1 for the one that made the sink runnable;
-    # the sink: 3 + 1 (it is the last task); get(): 5.
-    assert engine.store.stats.statements == (3 + width) + (3 * width + 1) + 4 + 5
+    # the sink: 3 + 1 (it is the last task); get(): 4.
+    assert engine.store.stats.statements == (3 + width) + (3 * width + 1) + 4 + 4
 
     writes = recorder.writes()
     assert writes[0] == START + ["start_task"] * width

@@ -1,6 +1,6 @@
 """Contexts and task outputs: a context row holds codec JSON text, or what changed since the
-row it rests on (:mod:`.deltas`); a task's output is a context row linked to the task by its
-metadata row. Every read returns full texts, whatever the rows hold."""
+full row it rests on (:mod:`.deltas`); a task's output is a context row linked to the task by
+its metadata row. Every read returns full texts, whatever the rows hold."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..store import Tx, timestamp
-from .deltas import SavedRow, resolve, rest_on, resting
+from .deltas import SavedRow, resolve, rest_on
 from .rows import new_id
 from .saved import INITIAL, SavedContexts
 
@@ -25,8 +25,8 @@ class Contexts:
         self, tx: Tx, value: str, now: float, bases: Sequence[SavedRow] = ()
     ) -> SavedRow:
         """Store ``value``: as one of ``bases`` when it holds that very text (no new row), as
-        a delta on the base that gives the smallest, or in full."""
-        base, delta = rest_on(value, bases) if bases else (None, None)
+        a delta on the full row (of theirs) that gives the smallest, or in full."""
+        base, delta, members = rest_on(value, bases) if bases else (None, None, None)
         if base is not None and delta is None:
             return base
         row_id, stamp = new_id(), timestamp(now)
@@ -35,7 +35,7 @@ class Contexts:
             return SavedRow(row_id, value)
         params = {"id": row_id, "value": delta, "base_id": base.id, "now": stamp}
         tx.execute("insert_context_delta", params)
-        return resting(row_id, value, base, delta)
+        return SavedRow(row_id, value, base, members)
 
     def bases(self, execution_id: str, names: Sequence[str] | None) -> list[SavedRow]:
         """The rows an output made from these tasks' outputs (none: from the initial
@@ -43,13 +43,13 @@ class Contexts:
         return [] if names is None else self.saved.linked(execution_id, names)
 
     def context(self, tx: Tx, context_id: str) -> str | None:
-        row = _one(tx.fetch_all("get_context", {"id": context_id}), context_id)
+        row = _one(tx.fetch_all("get_context", {"id": context_id}))
         return row.text if row is not None else None
 
     def initial_context(self, tx: Tx, execution_id: str, context_id: str) -> str | None:
         """The execution's initial context, kept in memory: its root tasks' outputs are
         stored as what they changed in it."""
-        row = _one(tx.fetch_all("get_context", {"id": context_id}), context_id)
+        row = _one(tx.fetch_all("get_context", {"id": context_id}))
         if row is None:
             return None
         self.saved.keep(execution_id, [(INITIAL, row)])
@@ -64,30 +64,25 @@ class Contexts:
     def output_rows(
         self, tx: Tx, execution_id: str, names: Sequence[str] | None = None
     ) -> list[tuple[str, SavedRow]]:
-        return self._output_rows(tx, execution_id, names)[0]
-
-    def _output_rows(
-        self, tx: Tx, execution_id: str, names: Sequence[str] | None
-    ) -> tuple[list[tuple[str, SavedRow]], list[Any]]:
-        """The outputs by task name, and the rows as stored (they and those they rest on)."""
+        """The saved outputs by task name, as rows (kept in memory: later outputs of the
+        execution are stored as what they changed in them)."""
         if names is None:
             rows = tx.fetch_all("get_outputs", {"id": execution_id})
         elif not names:
-            return [], []
+            return []
         else:
             params = {"id": execution_id, "names": json.dumps(list(names))}
             rows = tx.fetch_all("get_named_outputs", params)
         found = labelled(rows, "task_name")
         self.saved.keep(execution_id, found)
-        return found, rows
+        return found
 
     def output_context_ids(self, tx: Tx, execution_id: str) -> dict[str, str]:
         rows = tx.fetch_all("get_output_ids", {"id": execution_id})
         return {row["task_name"]: str(row["context_id"]) for row in rows}
 
     def task_output(self, tx: Tx, execution_id: str, name: str) -> str | None:
-        rows = tx.fetch_all("get_task_output", {"id": execution_id, "name": name})
-        row = _one(rows, rows[0]["id"]) if rows else None  # the output's row comes first
+        row = _one(tx.fetch_all("get_task_output", {"id": execution_id, "name": name}))
         return row.text if row is not None else None
 
     def link_output(
@@ -120,25 +115,15 @@ class Contexts:
         initial_id: str, now: float,
     ) -> None:  # fmt: skip
         """A fork's reused outputs (``task_ids``: name -> its task in the fork) linked to the
-        rows of ``source`` that hold them. A delta is copied onto the fork's own rows instead:
-        a row the fork links must rest only on rows the fork itself keeps (its outputs and
-        the initial context they share), so pruning ``source`` never takes its base."""
-        found, stored = self._output_rows(tx, source, list(task_ids))
-        rows = dict(found)
-        raws = _raw(stored)
-        kept: dict[str, str] = {str(initial_id): str(initial_id)}  # source row -> fork row
-        for name in sorted(rows, key=lambda n: rows[n].depth):
-            row = rows[name]
-            delta, base_id = raws[row.id]
-            if base_id is None:
-                target = row.id
-            elif (base := kept.get(base_id)) is not None:
-                target = new_id()
-                params = {"id": target, "value": delta, "base_id": base}
-                tx.execute("insert_context_delta", {**params, "now": timestamp(now)})
-            else:
+        rows of ``source`` that hold them. A row the fork links must rest only on a row the
+        fork itself keeps (the initial context they share, or another reused output), so
+        that pruning ``source`` never takes it: any other delta is copied in full."""
+        rows = dict(self.output_rows(tx, source, list(task_ids)))
+        kept = {str(initial_id)} | {row.id for row in rows.values() if row.base is None}
+        for name, row in rows.items():
+            target = row.id
+            if row.base is not None and row.base.id not in kept:
                 target = self.save_context(tx, row.text, now).id
-            kept[row.id] = target
             self.link_output(tx, execution_id, task_ids[name], name, target, now)
 
     def delete_output(self, tx: Tx, execution_id: str, name: str) -> None:
@@ -146,23 +131,26 @@ class Contexts:
 
 
 def _raw(rows: Iterable[Any]) -> dict[str, tuple[str, str | None]]:
-    return {
-        str(row["id"]): (row["value"], str(row["base_id"]) if row["base_id"] else None)
-        for row in rows
-    }
+    """id -> (value, base_id) of a query's rows and of the rows they rest on (joined as
+    ``base_value``, ``base_base_id``)."""
+    found: dict[str, tuple[str, str | None]] = {}
+    for row in rows:
+        base_id = str(row["base_id"]) if row["base_id"] is not None else None
+        found[str(row["id"])] = (row["value"], base_id)
+        if base_id is not None and row["base_value"] is not None:
+            rests_on = row["base_base_id"]
+            found[base_id] = (row["base_value"], str(rests_on) if rests_on else None)
+    return found
 
 
-def _one(rows: Sequence[Any], wanted: Any) -> SavedRow | None:
-    """The row ``wanted`` of a chain query's rows (it and those it rests on), resolved."""
+def _one(rows: Sequence[Any]) -> SavedRow | None:
     if not rows:
         return None
-    return resolve(_raw(rows), [str(wanted)])[str(wanted)]
+    wanted = str(rows[0]["id"])
+    return resolve(_raw(rows), [wanted])[wanted]
 
 
 def labelled(rows: Sequence[Any], label: str) -> list[tuple[Any, SavedRow]]:
-    """A chain query's rows -> (label, resolved row) for each labelled one (the others are
-    the rows they rest on)."""
-    raw = _raw(rows)
-    named = [(row[label], str(row["id"])) for row in rows if row[label] is not None]
-    found = resolve(raw, [row_id for _, row_id in named])
-    return [(name, found[row_id]) for name, row_id in named]
+    """An outputs query's rows -> (``label`` of the row, the row resolved)."""
+    found = resolve(_raw(rows), [str(row["id"]) for row in rows])
+    return [(row[label], found[str(row["id"])]) for row in rows]

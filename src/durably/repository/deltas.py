@@ -1,7 +1,7 @@
 """Context rows stored as what changed: the format, pure.
 
 A ``contexts`` row holds either the codec's full JSON text (``base_id`` NULL), or, resting on
-the row ``base_id``, what changed at the top level since that row, as a JSON object::
+the full row ``base_id``, what changed at the top level since that row, as a JSON object::
 
     {"set": {"k3": 3}, "deleted": ["tmp"]}          (either part left out when empty)
 
@@ -10,77 +10,83 @@ still holds keeps its place, any other goes at the end in the order given (so a 
 deleted and set moves to the end). Values are compared by their JSON text, never as Python
 objects: a task may change a nested value in place, so only the texts tell what was saved.
 
-A writer keeps a delta only when rebuilding from it gives exactly the text it was given
-(:func:`rest_on`), so a row reads back as what was written whatever base was chosen. A
-chain of deltas stays short: at most :data:`MAX_DEPTH` rows, and never more characters
-than the full text itself, so reading a row costs at most about twice its own size.
+A delta always rests on a full row, never on another delta: a task whose input came from a
+delta row writes what changed since that row's base. Reading any row is then that row and at
+most one more, in the same query, whatever the length of the chain of tasks. A delta is kept
+only while it is at most a quarter of the full text (:data:`SHARE`): reading costs little
+more than the text, and a context that keeps growing gets a new full row once its changes
+since the last one reach a quarter of it, so the deltas of a long chain stay small.
+A delta rebuilds exactly the text it was made from (:func:`rest_on` checks that the text is
+what its members join to), so a row reads back as written whatever base was chosen.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from json.encoder import encode_basestring
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "SavedRow", "resolve", "rest_on", "resting"]
+__all__ = ["SavedRow", "resolve", "rest_on"]
 
-MAX_DEPTH = 16
-# What a delta row costs beyond its value: the base's id (a UUID's text). Counted so that a
-# delta must save more than a reference costs, and each row of a chain costs at least this.
+SHARE = 4  # a delta is kept while it is at most 1/SHARE of the text, its reference counted
+# What a delta row costs beyond its value: the base's id (a UUID's text).
 REFERENCE_COST = 36
-
 _SMALLEST_DELTA = len('{"set":{"k":0}}')
 
 # The codec's own settings (codec_encode): a value re-encoded here is the text it wrote.
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+_SCALARS: dict[type, Any] = {
+    # What the encoder writes for these, without its per-call setup (most values are these).
+    str: encode_basestring,
+    int: int.__repr__,
+    float: float.__repr__,  # finite: the codec tags the others
+    bool: lambda b: "true" if b else "false",
+    type(None): lambda _: "null",
+}
+
+
+def _encode(value: Any) -> str:
+    scalar = _SCALARS.get(type(value))
+    return scalar(value) if scalar is not None else _ENCODER.encode(value)
 
 
 class SavedRow:
-    """A context row as this process read or wrote it: its id, its full text, and what
-    reading it costs (``depth`` deltas, ``chain`` characters of them, ids counted, above the
-    full row it rests on; both 0 for a full row)."""
+    """A context row as this process read or wrote it: its id, its full text, and the full
+    row it rests on (``base``, None for a full row)."""
 
-    __slots__ = ("_encodings", "chain", "depth", "id", "text")
+    __slots__ = ("_members", "base", "id", "text")
 
     def __init__(
-        self, row_id: str, text: str, depth: int = 0, chain: int = 0,
-        encodings: dict[str, str] | None = None,
+        self, row_id: str, text: str, base: SavedRow | None = None,
+        members: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
         self.id = row_id
         self.text = text
-        self.depth = depth
-        self.chain = chain
-        self._encodings = encodings
+        self.base = base
+        self._members = members
 
-    def encodings(self) -> dict[str, str]:
-        """Each top-level key's value as JSON text, in the text's order (parsed once)."""
-        if self._encodings is None:
-            self._encodings = encodings_of(self.text)
-        return self._encodings
+    def members(self) -> dict[str, str]:
+        """Each top-level key's member (``"key":value`` as JSON text), in the text's order
+        (parsed once)."""
+        if self._members is None:
+            self._members = members_of(self.text)
+        return self._members
 
     def __repr__(self) -> str:
-        return f"SavedRow({self.id!r}, depth={self.depth}, chain={self.chain})"
+        return f"SavedRow({self.id!r}, base={self.base.id if self.base else None!r})"
 
 
-def resting(
-    row_id: str, text: str, base: SavedRow, delta: str, encodings: dict[str, str] | None = None
-) -> SavedRow:
-    """The row ``row_id`` holding ``delta`` on ``base`` (its full text: ``text``)."""
-    return SavedRow(
-        row_id, text, base.depth + 1, base.chain + len(delta) + REFERENCE_COST, encodings
-    )
-
-
-def encodings_of(text: str) -> dict[str, str]:
+def members_of(text: str) -> dict[str, str]:
     data = json.loads(text)
     if type(data) is not dict:
         raise ValueError(f"a context row holds a JSON object, not {type(data).__name__}")
-    return {key: _ENCODE(value) for key, value in data.items()}
+    return {key: f"{encode_basestring(key)}:{_encode(value)}" for key, value in data.items()}
 
 
-def text_of(encodings: Mapping[str, str]) -> str:
+def text_of(members: Mapping[str, str]) -> str:
     """The object's text, as the codec writes it (its encoder joins members the same way)."""
-    return "{" + ",".join(f"{_ENCODE(key)}:{value}" for key, value in encodings.items()) + "}"
+    return "{" + ",".join(members.values()) + "}"
 
 
 def applied(base: Mapping[str, str], delta: str) -> dict[str, str]:
@@ -89,7 +95,7 @@ def applied(base: Mapping[str, str], delta: str) -> dict[str, str]:
     for key in change.get("deleted", ()):
         result.pop(key, None)
     for key, value in change.get("set", {}).items():
-        result[key] = _ENCODE(value)
+        result[key] = f"{encode_basestring(key)}:{_encode(value)}"
     return result
 
 
@@ -112,52 +118,57 @@ def delta_of(base: Mapping[str, str], new: Mapping[str, str]) -> str:
     if changed:
         parts.append('"set":' + text_of(changed))
     if deleted:
-        parts.append('"deleted":' + _ENCODE(deleted))
+        parts.append('"deleted":' + _encode(deleted))
     return "{" + ",".join(parts) + "}"
 
 
-def rest_on(text: str, bases: Sequence[SavedRow]) -> tuple[SavedRow | None, str | None]:
-    """How to store ``text`` given rows it was likely made from: ``(base, None)`` when a
-    base holds this very text (no new row), ``(base, delta)`` for the smallest delta that
-    rebuilds it exactly within the chain limits, or ``(None, None)``: the full text."""
-    new: dict[str, str] | None = None
+def rest_on(
+    text: str, bases: Sequence[SavedRow]
+) -> tuple[SavedRow | None, str | None, dict[str, str] | None]:
+    """How to store ``text`` given rows it was likely made from: ``(row, None, _)`` when one
+    holds this very text (no new row), ``(full row, delta, members of text)`` for the
+    smallest delta on their full rows, or ``(None, None, None)``: the full text."""
+    for row in bases:
+        if row.text == text:
+            return row, None, None
+    limit = len(text) // SHARE - REFERENCE_COST  # the longest delta worth keeping
+    if limit < _SMALLEST_DELTA:
+        return None, None, None
+    new = members_of(text)
+    # Applying a delta rebuilds these members, keys in order, by construction: the text must
+    # be what they join to (so not a text in another form, written by another version).
+    if text_of(new) != text:
+        return None, None, None
     best: tuple[SavedRow, str] | None = None
-    for base in bases:
-        if base.text == text:
-            return base, None
-        if base.depth >= MAX_DEPTH or len(text) <= _SMALLEST_DELTA + REFERENCE_COST:
-            continue
-        if new is None:
-            new = encodings_of(text)
-        delta = delta_of(base.encodings(), new)
-        if base.chain + len(delta) + REFERENCE_COST > len(text):
-            continue  # not worth it, or reading the chain would cost more than the text
-        if best is not None and len(delta) >= len(best[1]):
-            continue
-        if text_of(applied(base.encodings(), delta)) == text:
-            best = (base, delta)
-    return best or (None, None)
+    for full in dict.fromkeys(row.base or row for row in bases):
+        delta = delta_of(full.members(), new)
+        if len(delta) <= limit and (best is None or len(delta) < len(best[1])):
+            best = (full, delta)
+    if best is None:
+        return None, None, None
+    return best[0], best[1], new
 
 
 def resolve(
     rows: Mapping[str, tuple[str, str | None]], wanted: Iterable[str]
 ) -> dict[str, SavedRow]:
-    """The rows ``wanted`` (and those they rest on) from ``rows``: id -> (value, base_id),
-    as one query read them."""
+    """The rows ``wanted`` from ``rows`` (id -> (value, base_id), as one query read them:
+    the rows and the full rows they rest on)."""
     done: dict[str, SavedRow] = {}
     for row_id in wanted:
-        path: list[str] = []
-        at: str | None = row_id
-        while at is not None and at not in done:
-            if at not in rows or len(path) > len(rows):  # a missing row, or a cycle
-                raise LookupError(f"context row {row_id} rests on {at}, which was not read")
-            path.append(at)
-            at = rows[at][1]
-        for step in reversed(path):
-            value, base_id = rows[step]
-            if base_id is None:
-                done[step] = SavedRow(step, value)
-                continue
-            encodings = applied(done[base_id].encodings(), value)
-            done[step] = resting(step, text_of(encodings), done[base_id], value, encodings)
+        if row_id in done:
+            continue
+        if row_id not in rows:
+            raise LookupError(f"context row {row_id} was not read")
+        value, base_id = rows[row_id]
+        if base_id is None:
+            done[row_id] = SavedRow(row_id, value)
+            continue
+        base = done.get(base_id)
+        if base is None:
+            if base_id not in rows or rows[base_id][1] is not None:
+                raise LookupError(f"context row {row_id} rests on {base_id}, not a full row read")
+            base = done[base_id] = SavedRow(base_id, rows[base_id][0])
+        members = applied(base.members(), value)
+        done[row_id] = SavedRow(row_id, text_of(members), base, members)
     return done

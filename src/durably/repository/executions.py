@@ -257,16 +257,20 @@ class Executions(Maps, Listing):
         execution = self.execution(tx, execution_id)
         if execution is None:
             return None
+        tasks = self.tasks(tx, execution_id)
+        outputs = self.output_rows(tx, execution_id)
+        # The final context is most often an output's own row (a chain's last): read already.
+        rows = {row.id: row.text for _, row in outputs}
         final = None
-        if execution.final_context_id is not None:
-            final = self.context(tx, execution.final_context_id)
+        if (final_id := execution.final_context_id) is not None:
+            final = rows[final_id] if final_id in rows else self.context(tx, final_id)
         first = None
         if initial or final is None:
             first = self.context(tx, execution.context_id) or "{}"
         return Snapshot(
             execution=execution,
-            tasks=self.tasks(tx, execution_id),
-            outputs=self.outputs(tx, execution_id),
+            tasks=tasks,
+            outputs={name: row.text for name, row in outputs},
             initial=first,
             final=final,
             attempts=self.attempts(tx, execution_id),

@@ -63,20 +63,12 @@ WHERE pipeline_execution_id = :id
   AND task_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb)));
 
 -- name: get_named_outputs
-WITH RECURSIVE linked AS (
-    SELECT m.task_name, c.id, c.value, c.base_id
-    FROM task_execution_metadata m JOIN contexts c ON c.id = m.context_id
-    WHERE m.pipeline_execution_id = :id
-      AND m.task_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb)))
-), chain (id) AS (
-    SELECT base_id FROM linked WHERE base_id IS NOT NULL
-    UNION
-    SELECT c.base_id FROM chain JOIN contexts c ON c.id = chain.id WHERE c.base_id IS NOT NULL
-)
-SELECT task_name, id, value, base_id FROM linked
-UNION ALL
-SELECT NULL, c.id, c.value, c.base_id FROM chain JOIN contexts c ON c.id = chain.id
-WHERE chain.id NOT IN (SELECT id FROM linked);
+SELECT m.task_name, c.id, c.value, c.base_id, b.value AS base_value, b.base_id AS base_base_id
+FROM task_execution_metadata m
+JOIN contexts c ON c.id = m.context_id
+LEFT JOIN contexts b ON b.id = c.base_id
+WHERE m.pipeline_execution_id = :id
+  AND m.task_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb)));
 
 -- name: heartbeat_executions
 UPDATE pipeline_executions SET heartbeat_at = :now

@@ -2,8 +2,8 @@
 -- Times are ISO-8601 UTC text from Python; ids are UUID text.
 
 -- Context rows: base_id NULL, value is the codec's full text. Otherwise value is what changed
--- since the row base_id (repository/deltas.py), and a read returns the row with the rows it
--- rests on (base_id not NULL): a few at most, read in the same query by a recursive walk.
+-- since the full row base_id (repository/deltas.py): every read of a context joins the row
+-- it rests on (base_value), and that row's own base_id, which the reader checks is NULL.
 
 -- name: insert_context
 INSERT INTO contexts (id, value, created_at, updated_at) VALUES (:id, :value, :now, :now);
@@ -13,12 +13,9 @@ INSERT INTO contexts (id, value, base_id, created_at, updated_at)
 VALUES (:id, :value, :base_id, :now, :now);
 
 -- name: get_context
-WITH RECURSIVE chain (id) AS (
-    SELECT id FROM contexts WHERE id = :id
-    UNION
-    SELECT c.base_id FROM chain JOIN contexts c ON c.id = chain.id WHERE c.base_id IS NOT NULL
-)
-SELECT c.id, c.value, c.base_id FROM chain JOIN contexts c ON c.id = chain.id;
+SELECT c.id, c.value, c.base_id, b.value AS base_value, b.base_id AS base_base_id
+FROM contexts c LEFT JOIN contexts b ON b.id = c.base_id
+WHERE c.id = :id;
 
 -- name: insert_execution
 -- A second start with the same workflow name and idempotency key inserts nothing.
@@ -55,37 +52,23 @@ SELECT * FROM task_executions WHERE pipeline_execution_id = :id
 ORDER BY position, COALESCE(map_index, -1);
 
 -- name: get_outputs
--- Every saved task output of an execution: one query, cached by the caller. Each output's
--- row is named by its task, the rows they rest on follow without a name.
-WITH RECURSIVE linked AS (
-    SELECT m.task_name, c.id, c.value, c.base_id
-    FROM task_execution_metadata m JOIN contexts c ON c.id = m.context_id
-    WHERE m.pipeline_execution_id = :id
-), chain (id) AS (
-    SELECT base_id FROM linked WHERE base_id IS NOT NULL
-    UNION
-    SELECT c.base_id FROM chain JOIN contexts c ON c.id = chain.id WHERE c.base_id IS NOT NULL
-)
-SELECT task_name, id, value, base_id FROM linked
-UNION ALL
-SELECT NULL, c.id, c.value, c.base_id FROM chain JOIN contexts c ON c.id = chain.id
-WHERE chain.id NOT IN (SELECT id FROM linked);
+-- Every saved task output of an execution: one query, cached by the caller.
+SELECT m.task_name, c.id, c.value, c.base_id, b.value AS base_value, b.base_id AS base_base_id
+FROM task_execution_metadata m
+JOIN contexts c ON c.id = m.context_id
+LEFT JOIN contexts b ON b.id = c.base_id
+WHERE m.pipeline_execution_id = :id;
 
 -- name: get_output_ids
 SELECT task_name, task_execution_id, context_id FROM task_execution_metadata
 WHERE pipeline_execution_id = :id;
 
 -- name: get_task_output
--- The output's row first, then the rows it rests on.
-WITH RECURSIVE chain (id, step) AS (
-    SELECT m.context_id, 0 FROM task_execution_metadata m
-    WHERE m.pipeline_execution_id = :id AND m.task_name = :name
-    UNION
-    SELECT c.base_id, chain.step + 1 FROM chain JOIN contexts c ON c.id = chain.id
-    WHERE c.base_id IS NOT NULL
-)
-SELECT c.id, c.value, c.base_id FROM chain JOIN contexts c ON c.id = chain.id
-ORDER BY chain.step;
+SELECT c.id, c.value, c.base_id, b.value AS base_value, b.base_id AS base_base_id
+FROM task_execution_metadata m
+JOIN contexts c ON c.id = m.context_id
+LEFT JOIN contexts b ON b.id = c.base_id
+WHERE m.pipeline_execution_id = :id AND m.task_name = :name;
 
 -- Lists, newest first, one page after a keyset cursor (durably.listing). Each variant walks
 -- one index in (created_at, id) order, so a page reads about :limit rows: no filter
@@ -390,20 +373,11 @@ FROM task_executions
 WHERE pipeline_execution_id = :id AND task_name IN (SELECT value FROM json_each(:names));
 
 -- name: get_named_outputs
--- As get_outputs, for the named tasks only.
-WITH RECURSIVE linked AS (
-    SELECT m.task_name, c.id, c.value, c.base_id
-    FROM task_execution_metadata m JOIN contexts c ON c.id = m.context_id
-    WHERE m.pipeline_execution_id = :id AND m.task_name IN (SELECT value FROM json_each(:names))
-), chain (id) AS (
-    SELECT base_id FROM linked WHERE base_id IS NOT NULL
-    UNION
-    SELECT c.base_id FROM chain JOIN contexts c ON c.id = chain.id WHERE c.base_id IS NOT NULL
-)
-SELECT task_name, id, value, base_id FROM linked
-UNION ALL
-SELECT NULL, c.id, c.value, c.base_id FROM chain JOIN contexts c ON c.id = chain.id
-WHERE chain.id NOT IN (SELECT id FROM linked);
+SELECT m.task_name, c.id, c.value, c.base_id, b.value AS base_value, b.base_id AS base_base_id
+FROM task_execution_metadata m
+JOIN contexts c ON c.id = m.context_id
+LEFT JOIN contexts b ON b.id = c.base_id
+WHERE m.pipeline_execution_id = :id AND m.task_name IN (SELECT value FROM json_each(:names));
 
 -- name: insert_attempt
 -- An attempt that a later one supersedes (failed and retried, or lost), kept for the task's
@@ -632,22 +606,13 @@ WHERE id = :id
 RETURNING map_total, map_done, map_failed;
 
 -- name: instance_outputs
--- The instances' output rows by index, then the rows they rest on (map_index NULL).
-WITH RECURSIVE linked AS (
-    SELECT t.map_index, c.id, c.value, c.base_id
-    FROM task_executions t
-    JOIN task_execution_metadata m ON m.task_execution_id = t.id
-    JOIN contexts c ON c.id = m.context_id
-    WHERE t.pipeline_execution_id = :id AND t.map_parent = :parent
-), chain (id) AS (
-    SELECT base_id FROM linked WHERE base_id IS NOT NULL
-    UNION
-    SELECT c.base_id FROM chain JOIN contexts c ON c.id = chain.id WHERE c.base_id IS NOT NULL
-)
-SELECT map_index, id, value, base_id FROM linked
-UNION ALL
-SELECT NULL, c.id, c.value, c.base_id FROM chain JOIN contexts c ON c.id = chain.id
-WHERE chain.id NOT IN (SELECT id FROM linked);
+SELECT t.map_index, c.id, c.value, c.base_id, b.value AS base_value, b.base_id AS base_base_id
+FROM task_executions t
+JOIN task_execution_metadata m ON m.task_execution_id = t.id
+JOIN contexts c ON c.id = m.context_id
+LEFT JOIN contexts b ON b.id = c.base_id
+WHERE t.pipeline_execution_id = :id AND t.map_parent = :parent
+ORDER BY t.map_index;
 
 -- name: finish_mapped_task
 UPDATE task_executions
