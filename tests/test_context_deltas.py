@@ -351,6 +351,49 @@ def test_a_10000_task_chain_reads_a_bounded_number_of_rows(engine: Engine, store
     assert max(len(value) for _, value, base in stored if base) < len(dumps(data)) / SHARE
 
 
+def test_mapped_instances_and_a_subworkflow_read_through_deltas(
+    engine: Engine, store_url: str
+) -> None:
+    from .workers import running_worker
+
+    fail = {"now": True}
+    wf = Workflow(unique("mapped"))
+    wf.task(name="prepare")(lambda ctx: ctx.update(items=[1, 2, 3]))
+
+    @wf.task(dependencies=["prepare"], map_over="items", retry=None)
+    def each(ctx: Context, handle: Any) -> None:
+        if handle.index == 1 and fail["now"]:
+            raise RuntimeError("not yet")
+        ctx[f"item{handle.index}"] = handle.item * 10
+
+    child = Workflow(unique("child"))
+    child.task(name="inner")(lambda ctx: ctx.update(inner=len(ctx["payload"])))
+    wf.subworkflow("sub", child, dependencies=["each"])
+    wf.task(name="last", dependencies=["sub"])(lambda ctx: ctx.update(last=True))
+    first = engine.run(wf, {"payload": PAYLOAD})
+    assert first.status == "failed"
+    fail["now"] = False
+    again = engine.retry(first.execution_id)
+    assert again.status == "completed", again.error
+    items = {"item0": 10, "item1": 20, "item2": 30}
+    final = {"payload": PAYLOAD, "items": [1, 2, 3], **items, "inner": 1000, "last": True}
+    assert again.context == final
+    assert engine.task_context(again.execution_id, "each") == {
+        "payload": PAYLOAD, "items": [1, 2, 3], **items,
+    }  # fmt: skip
+    # The same on the worker path.
+    engine.register(wf)
+    engine.register(child)
+    execution_id = engine.start(wf, {"payload": PAYLOAD})
+    with running_worker(engine):
+        done = engine.wait(execution_id, timeout=30)
+    assert done.status == "completed", done.error
+    assert done.context == final
+    assert done.tasks["sub"].context == {k: v for k, v in final.items() if k != "last"}
+    deltas = [value for _, value, base in raw_contexts(store_url) if base is not None]
+    assert len(deltas) >= 10, "instances, the map, the child's and the parent's tasks"
+
+
 # -- existing databases ----------------------------------------------------------------------
 
 
