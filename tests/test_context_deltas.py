@@ -394,6 +394,51 @@ def test_mapped_instances_and_a_subworkflow_read_through_deltas(
     assert len(deltas) >= 10, "instances, the map, the child's and the parent's tasks"
 
 
+def test_rows_of_a_rolled_back_transaction_are_never_rested_on(
+    engine: Engine, store_url: str
+) -> None:
+    """A row this process wrote in a transaction that rolled back stays in its memory: the
+    statements that would rest on it, link it or end on it check it exists, and the text is
+    stored in full instead."""
+    wf = Workflow(unique("rollback"))
+    wf.task(name="t")(lambda ctx: None)
+    execution_id = str(engine.start(wf, {"payload": PAYLOAD}))
+    repo = Repository()
+    a_text = dumps({"payload": PAYLOAD, "a": 1})
+
+    def doomed() -> None:
+        with engine.store.transaction() as tx:
+            initial = repo.save_context(tx, dumps({"payload": PAYLOAD}), 0.0)
+            repo.saved.keep(execution_id, [("", initial)])
+            repo.save_output(tx, execution_id, str(uuid.uuid4()), "a", a_text, 0.0, ())
+            raise RuntimeError("the transaction rolls back")
+
+    with pytest.raises(RuntimeError):
+        doomed()
+    b_text = dumps({"payload": PAYLOAD, "a": 1, "b": 2})
+    with engine.store.transaction() as tx:
+        repo.save_output(tx, execution_id, str(uuid.uuid4()), "b", b_text, 0.0, ["a"])
+        repo.save_output(tx, execution_id, str(uuid.uuid4()), "c", a_text, 0.0, ["a"])
+        repo.finish_execution(tx, execution_id, "completed", a_text, None, 0.0, sources=["a"])
+    with engine.store.read() as tx:
+        fresh = Repository()
+        assert fresh.outputs(tx, execution_id) == {"b": b_text, "c": a_text}
+        snapshot = fresh.snapshot(tx, execution_id)
+    assert snapshot is not None
+    assert snapshot.final == a_text
+    raw = Raw(store_url)
+    dangling = raw.query(
+        "SELECT count(*) FROM contexts c WHERE c.base_id IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM contexts b WHERE b.id = c.base_id)"
+    )
+    assert dangling == [(0,)]
+    unlinked = raw.query(
+        "SELECT count(*) FROM task_execution_metadata m "
+        "WHERE NOT EXISTS (SELECT 1 FROM contexts c WHERE c.id = m.context_id)"
+    )
+    assert unlinked == [(0,)]
+
+
 # -- existing databases ----------------------------------------------------------------------
 
 

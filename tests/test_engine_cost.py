@@ -124,7 +124,7 @@ def chain(length: int) -> Workflow:
 
 START = ["insert_context", "insert_execution", "insert_task"]
 COMPLETE = ["complete_task", "insert_context", "save_output"]
-UNCHANGED = ["complete_task", "save_output"]  # its output is the row its input came from
+UNCHANGED = ["complete_task", "link_saved_output"]  # its output is its input's row
 FINISH = ["finish_execution"]  # the final context is a saved row: the last output's
 GET = ["get_execution", "get_tasks", "get_outputs", "get_attempts"]
 

@@ -13,6 +13,8 @@ from .deltas import SavedRow, resolve, rest_on
 from .rows import new_id
 from .saved import INITIAL, SavedContexts
 
+SAVED = "link_saved_output"  # links a row saved before, only if it still exists
+
 
 class Contexts:
     def __init__(self) -> None:
@@ -24,18 +26,19 @@ class Contexts:
     def save_context(
         self, tx: Tx, value: str, now: float, bases: Sequence[SavedRow] = ()
     ) -> SavedRow:
-        """Store ``value``: as one of ``bases`` when it holds that very text (no new row), as
-        a delta on the full row (of theirs) that gives the smallest, or in full."""
+        """Store ``value``: as one of ``bases`` when it holds that very text (no new row, the
+        caller checks it exists), as a delta on the full row (of theirs) that gives the
+        smallest, or in full."""
         base, delta, members = rest_on(value, bases) if bases else (None, None, None)
         if base is not None and delta is None:
             return base
         row_id, stamp = new_id(), timestamp(now)
-        if base is None or delta is None:
-            tx.execute("insert_context", {"id": row_id, "value": value, "now": stamp})
-            return SavedRow(row_id, value)
-        params = {"id": row_id, "value": delta, "base_id": base.id, "now": stamp}
-        tx.execute("insert_context_delta", params)
-        return SavedRow(row_id, value, base, members)
+        if base is not None and delta is not None:
+            params = {"id": row_id, "value": delta, "base_id": base.id, "now": stamp}
+            if tx.execute("insert_context_delta", params):
+                return SavedRow(row_id, value, base, members)
+        tx.execute("insert_context", {"id": row_id, "value": value, "now": stamp})
+        return SavedRow(row_id, value)
 
     def bases(self, execution_id: str, names: Sequence[str] | None) -> list[SavedRow]:
         """The rows an output made from these tasks' outputs (none: from the initial
@@ -86,10 +89,11 @@ class Contexts:
         return row.text if row is not None else None
 
     def link_output(
-        self, tx: Tx, execution_id: str, task_id: str, name: str, context_id: str, now: float
-    ) -> None:
-        tx.execute(
-            "save_output",
+        self, tx: Tx, execution_id: str, task_id: str, name: str, context_id: str, now: float,
+        query: str = "save_output",
+    ) -> int:  # fmt: skip
+        return tx.execute(
+            query,
             {
                 "id": new_id(),
                 "task_id": task_id,
@@ -106,8 +110,14 @@ class Contexts:
     ) -> None:  # fmt: skip
         """Store a task's output and link it; ``dependencies``: the tasks whose outputs its
         input was made of (empty: the initial context; None: unknown, stored in full)."""
-        row = self.save_context(tx, value, now, self.bases(execution_id, dependencies))
-        self.link_output(tx, execution_id, task_id, name, row.id, now)
+        bases = self.bases(execution_id, dependencies)
+        row = self.save_context(tx, value, now, bases)
+        if row in bases:  # saved before: linked only if it still exists
+            if not self.link_output(tx, execution_id, task_id, name, row.id, now, SAVED):
+                row = self.save_context(tx, value, now)
+                self.link_output(tx, execution_id, task_id, name, row.id, now)
+        else:
+            self.link_output(tx, execution_id, task_id, name, row.id, now)
         self.saved.keep(execution_id, [(name, row)])
 
     def share_outputs(

@@ -92,9 +92,9 @@ class Executions(Maps, Listing):
         stamp = timestamp(now)
         execution_id = random_id()
         if context_id is None:
-            saved = self.save_context(tx, initial or "{}", now)
-            context_id = saved.id
-            self.saved.keep(execution_id, [(INITIAL, saved)])
+            row = self.save_context(tx, initial or "{}", now)
+            context_id = row.id
+            self.saved.keep(execution_id, [(INITIAL, row)])
         limited = None
         if wf.concurrency is not None:
             decoded = {}
@@ -215,17 +215,12 @@ class Executions(Maps, Listing):
         """``sources``: the tasks whose outputs the final context merges (empty: it is the
         initial context). With one source, as a chain ends, it is that output's own row."""
         bases = self.bases(execution_id, sources)
-        context_id = self.save_context(tx, final, now, bases).id
-        tx.execute(
-            "finish_execution",
-            {
-                "id": execution_id,
-                "status": status,
-                "context_id": context_id,
-                "error": error,
-                "now": timestamp(now),
-            },
-        )
+        row = self.save_context(tx, final, now, bases)
+        params = {"id": execution_id, "status": status, "error": error, "now": timestamp(now)}
+        if not tx.execute("finish_execution", {**params, "context_id": row.id}) and row in bases:
+            # A row saved before that no longer exists (see finish_execution): in full.
+            row = self.save_context(tx, final, now)
+            tx.execute("finish_execution", {**params, "context_id": row.id})
 
     def cancel_execution(self, tx: Tx, execution_id: str, now: float) -> None:
         params = {"id": execution_id, "now": timestamp(now), "error": "cancelled"}

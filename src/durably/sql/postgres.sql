@@ -366,3 +366,24 @@ WHERE p.status = 'running' AND p.claimed_by IS NULL
        OR p.pipeline_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb))))
 ORDER BY p.created_at
 LIMIT :limit;
+
+-- Contexts ------------------------------------------------------------------------------------
+-- The shared versions insert from a SELECT, whose parameters PostgreSQL does not type from the
+-- target columns.
+
+-- name: insert_context_delta
+INSERT INTO contexts (id, value, base_id, created_at, updated_at)
+SELECT CAST(:id AS uuid), :value, CAST(:base_id AS uuid), CAST(:now AS timestamptz),
+       CAST(:now AS timestamptz)
+WHERE EXISTS (SELECT 1 FROM contexts b WHERE b.id = CAST(:base_id AS uuid) AND b.base_id IS NULL);
+
+-- name: link_saved_output
+INSERT INTO task_execution_metadata (
+    id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at, updated_at
+)
+SELECT CAST(:id AS uuid), CAST(:task_id AS uuid), CAST(:execution_id AS uuid), :name,
+       CAST(:context_id AS uuid), CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+WHERE EXISTS (SELECT 1 FROM contexts c WHERE c.id = CAST(:context_id AS uuid))
+ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
+SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
+    updated_at = excluded.updated_at;

@@ -9,8 +9,12 @@
 INSERT INTO contexts (id, value, created_at, updated_at) VALUES (:id, :value, :now, :now);
 
 -- name: insert_context_delta
+-- Only on a full row that exists: a process may still hold in memory a row it wrote in a
+-- transaction that rolled back (repository/saved.py). Nothing inserted: the caller stores the
+-- full text instead.
 INSERT INTO contexts (id, value, base_id, created_at, updated_at)
-VALUES (:id, :value, :base_id, :now, :now);
+SELECT :id, :value, :base_id, :now, :now
+WHERE EXISTS (SELECT 1 FROM contexts b WHERE b.id = :base_id AND b.base_id IS NULL);
 
 -- name: get_context
 SELECT c.id, c.value, c.base_id, b.value AS base_value, b.base_id AS base_base_id
@@ -154,6 +158,18 @@ ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
 SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
     updated_at = excluded.updated_at;
 
+-- name: link_saved_output
+-- save_output for a row saved before (an output equal to the row its input came from), only
+-- if that row exists, as insert_context_delta checks its base.
+INSERT INTO task_execution_metadata (
+    id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at, updated_at
+)
+SELECT :id, :task_id, :execution_id, :name, :context_id, :now, :now
+WHERE EXISTS (SELECT 1 FROM contexts c WHERE c.id = :context_id)
+ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
+SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
+    updated_at = excluded.updated_at;
+
 -- name: fail_task
 UPDATE task_executions
 SET status = 'failed', completed_at = :now, error_details = :error, last_error = :error,
@@ -178,10 +194,13 @@ UPDATE task_executions SET status = 'ready', updated_at = :now
 WHERE id = :id AND status = 'not_started';
 
 -- name: finish_execution
+-- The final context may be a row saved before (an output's): it must exist, as
+-- insert_context_delta checks its base.
 UPDATE pipeline_executions
 SET status = :status, final_context_id = :context_id, completed_at = :now,
     error_details = :error, claimed_by = NULL, updated_at = :now
-WHERE id = :id AND status IN ('pending', 'running');
+WHERE id = :id AND status IN ('pending', 'running')
+  AND EXISTS (SELECT 1 FROM contexts c WHERE c.id = :context_id);
 
 -- name: claim_execution
 -- Take over an execution to drive it in this process (compare-and-swap on the old owner).
