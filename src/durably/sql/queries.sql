@@ -625,9 +625,11 @@ WHERE id = :id
 RETURNING map_total, map_done, map_failed;
 
 -- name: instance_outputs
+-- The link found by (execution, name), its unique index: task_execution_id has none (0012).
 SELECT t.map_index, c.id, c.value, c.base_id, b.value AS base_value, b.base_id AS base_base_id
 FROM task_executions t
-JOIN task_execution_metadata m ON m.task_execution_id = t.id
+JOIN task_execution_metadata m
+  ON m.pipeline_execution_id = t.pipeline_execution_id AND m.task_name = t.task_name
 JOIN contexts c ON c.id = m.context_id
 LEFT JOIN contexts b ON b.id = c.base_id
 WHERE t.pipeline_execution_id = :id AND t.map_parent = :parent
