@@ -2,7 +2,9 @@
 as a delta against the row its input came from without reading that row again.
 
 Rows never change once written (a saga's context rows are not kept here), so a cached row is
-never wrong, only possibly no longer linked: a delta resting on it still reads back exactly.
+never wrong, only possibly no longer linked (a delta resting on it still reads back exactly),
+or gone with a transaction that rolled back: the statements that use a row saved before check
+that it exists (``insert_context_delta``, ``link_saved_output``, ``finish_execution``).
 Bounded by entries and by characters held; thread-safe (one Repository serves every thread
 of a runtime).
 """
