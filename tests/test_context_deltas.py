@@ -439,6 +439,56 @@ def test_rows_of_a_rolled_back_transaction_are_never_rested_on(
     assert unlinked == [(0,)]
 
 
+def test_the_cli_shows_contexts_and_diffs_read_through_deltas(
+    engine: Engine, store_url: str
+) -> None:
+    from click.testing import CliRunner
+
+    from durably.cli import cli as durably_cli
+
+    wf = chain(4, "cli")
+    result = engine.run(wf, {"payload": PAYLOAD})
+    assert result.status == "completed", result.error
+    runner = CliRunner()
+    shown = runner.invoke(
+        durably_cli,
+        ["context", str(result.execution_id), "--task", "t2", "--db", store_url, "--json"],
+    )
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output) == {"payload": PAYLOAD, "k0": 0, "k1": 1, "k2": 2}
+    show = runner.invoke(
+        durably_cli, ["show", str(result.execution_id), "--db", store_url, "--json"]
+    )
+    assert show.exit_code == 0, show.output
+    tasks = json.loads(show.output)["tasks"]
+    assert tasks["t3"]["diff"] == {"added": {"k3": 3}, "changed": {}, "removed": []}
+
+
+def test_a_fork_copies_a_delta_whose_base_it_does_not_keep(engine: Engine, store_url: str) -> None:
+    wf = Workflow(unique("share"))
+    wf.task(name="t")(lambda ctx: None)
+    source, fork = (str(engine.start(wf, {"payload": PAYLOAD})) for _ in range(2))
+    repo = Repository()
+    x_text = dumps({"payload": PAYLOAD, "x": 1})
+    fork_initial = engine.snapshot(fork).execution.context_id
+    with engine.store.transaction() as tx:
+        unlinked = repo.save_context(tx, dumps({"payload": PAYLOAD}), 0.0)  # nobody's output
+        delta = repo.save_context(tx, x_text, 0.0, [unlinked])
+        assert delta.base is unlinked
+        repo.link_output(tx, source, str(uuid.uuid4()), "x", delta.id, 0.0)
+        repo.share_outputs(tx, source, fork, {"x": str(uuid.uuid4())}, fork_initial, 0.0)
+    with engine.store.read() as tx:
+        assert Repository().outputs(tx, fork) == {"x": x_text}
+    linked = Raw(store_url).query(
+        "SELECT CAST(c.id AS TEXT), c.base_id FROM task_execution_metadata m "
+        "JOIN contexts c ON c.id = m.context_id WHERE CAST(m.pipeline_execution_id AS TEXT) = %s",
+        fork,
+    )
+    assert len(linked) == 1
+    assert linked[0][0] != delta.id  # a copy of its own, in full
+    assert linked[0][1] is None
+
+
 # -- existing databases ----------------------------------------------------------------------
 
 
