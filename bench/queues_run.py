@@ -259,9 +259,20 @@ def _chain(tasks: int) -> Any:
     return wf
 
 
+# The bytes each table and index takes: SQLite's pages per b-tree (dbstat), PostgreSQL's
+# relations (a table's own size includes its TOAST, its indexes are listed apart).
+_SQLITE_PARTS = "SELECT name, sum(pgsize) FROM dbstat GROUP BY name"
+_POSTGRES_PARTS = (
+    "SELECT c.relname, pg_table_size(c.oid) FROM pg_class c "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i')"
+)
+
+
 @contextlib.contextmanager
-def _backend(backend: str, server: str) -> Iterator[tuple[str, Any, Any]]:
-    """(url, the bytes durably's tables take now, a query's one value)."""
+def _backend(backend: str, server: str) -> Iterator[tuple[str, Any, Any, Any]]:
+    """(url, the bytes durably's tables take now, a query's one value, the bytes by table
+    and index)."""
     if backend == "sqlite":
         import sqlite3
 
@@ -283,7 +294,14 @@ def _backend(backend: str, server: str) -> Iterator[tuple[str, Any, Any]]:
                 finally:
                     conn.close()
 
-            yield f"sqlite:///{path}", size, value
+            def parts() -> dict[str, int]:
+                conn = sqlite3.connect(path)
+                try:
+                    return dict(conn.execute(_SQLITE_PARTS).fetchall())
+                finally:
+                    conn.close()
+
+            yield f"sqlite:///{path}", size, value, parts
         return
     import psycopg
 
@@ -298,7 +316,11 @@ def _backend(backend: str, server: str) -> Iterator[tuple[str, Any, Any]]:
             with psycopg.connect(url, autocommit=True) as conn:
                 return conn.execute(sql).fetchone()[0]
 
-        yield url, lambda: int(value(tables)), value
+        def parts() -> dict[str, int]:
+            with psycopg.connect(url, autocommit=True) as conn:
+                return dict(conn.execute(_POSTGRES_PARTS).fetchall())
+
+        yield url, lambda: int(value(tables)), value, parts
 
 
 def storage(args: argparse.Namespace) -> dict[str, Any]:
@@ -313,9 +335,10 @@ def storage(args: argparse.Namespace) -> dict[str, Any]:
     chain = _chain(10)
     single = WORKFLOWS[0]
     payload = "x" * 1000
-    with _backend(args.backend, args.postgres) as (url, size, value):
+    with _backend(args.backend, args.postgres) as (url, size, value, parts):
         with Engine(url, workflows=[chain, single]) as engine:
             empty = size()
+            before = parts()
             began = time.perf_counter()
             for i in range(args.executions):
                 result = engine.run(chain, {"payload": payload, "i": i})
@@ -323,6 +346,7 @@ def storage(args: argparse.Namespace) -> dict[str, Any]:
                     raise SystemExit(f"execution {i} {result.status}: {result.error}")
             run_s = time.perf_counter() - began
             full = size()
+            after = parts()
             rest = args.list_at - args.executions
             threads = 4 if args.backend == "postgres" else 1
             began = time.perf_counter()
@@ -348,6 +372,11 @@ def storage(args: argparse.Namespace) -> dict[str, Any]:
             "backend": args.backend,
             "executions": args.executions,
             "bytes_per_execution": (full - empty) / args.executions,
+            "bytes_by_table": {
+                name: (after[name] - before.get(name, 0)) / args.executions
+                for name in sorted(after)
+                if after[name] != before.get(name, 0)
+            },
             "run_s": run_s,
             "listed_executions": total,
             "started": rest,

@@ -8,14 +8,18 @@ Derived from that and the code, per transaction:
 
     start (engine.run)     insert_context (initial), insert_execution, insert_task (one
                            executemany), start_task per root                       = 3 + roots
-    a task completes       complete_task, insert_context, save_output,
+    a task completes       complete_task, insert_context (or insert_context_delta: what it
+                           changed; none when its output is its input's row unchanged),
+                           save_output,
                            + start_task per dependent it made runnable             = 3 + runnable
-    ...the last one also   insert_context (final), finish_execution                = + 2
-    get() (end of run)     read: get_execution, get_context (final), get_tasks,
-                           get_outputs, get_attempts                              = 5
+    ...the last one also   save_final_fallback (a full copy, only if the last output's
+                           row it points at is gone), finish_execution; insert_context
+                           first only when the final context is no saved row       = + 2
+    get() (end of run)     read: get_execution, get_tasks, get_outputs (the final
+                           context among them), get_attempts                      = 4
 
-So a 10-task chain costs 11 write transactions (45 statements) and 1 read (5 statements):
-12 transactions, 50 statements. The task row is its current attempt's history entry:
+So a 10-task chain costs 11 write transactions (45 statements) and 1 read (4 statements):
+12 transactions, 49 statements. The task row is its current attempt's history entry:
 task_attempts gets a row only for an attempt that a later one supersedes (a retry, a lost
 claim), so attempts cost nothing on the common path. Dependency outputs are cached in memory
 by the run, so a task with 50 dependencies builds its input without a single extra statement.
@@ -121,8 +125,10 @@ def chain(length: int) -> Workflow:
 
 START = ["insert_context", "insert_execution", "insert_task"]
 COMPLETE = ["complete_task", "insert_context", "save_output"]
-FINISH = ["insert_context", "finish_execution"]
-GET = ["get_execution", "get_context", "get_tasks", "get_outputs", "get_attempts"]
+UNCHANGED = ["complete_task", "link_saved_output"]  # its output is its input's row
+# The final context is a saved row, the last output's (copied in full only if it is gone).
+FINISH = ["save_final_fallback", "finish_execution"]
+GET = ["get_execution", "get_tasks", "get_outputs", "get_attempts"]
 
 
 def test_a_10_task_chain_costs_one_write_transaction_per_task_plus_one(
@@ -136,11 +142,13 @@ def test_a_10_task_chain_costs_one_write_transaction_per_task_plus_one(
 
     stats = engine.store.stats
     assert stats.transactions == 12  # 1 start + 10 completions + 1 read by get()
-    assert stats.statements == 50  # 4 + 9 * 4 + 5 + 5
+    assert stats.statements == 49  # 4 + 9 * 4 + 5 + 4
 
     writes = recorder.writes()
     assert len(writes) == 11
     assert writes[0] == [*START, "start_task"]
+    # Once the context outgrows a reference, an output is the delta on its input's row.
+    writes = [[name.removesuffix("_delta") for name in names] for names in writes]
     for names in writes[1:10]:
         assert names == [*COMPLETE, "start_task"]
     assert writes[10] == [*COMPLETE, *FINISH]
@@ -156,9 +164,9 @@ def test_a_10_task_chain_costs_one_write_transaction_per_task_plus_one(
         assert engine.run(chain(length)).status == "completed"
         costs[length] = (engine.store.stats.transactions, engine.store.stats.statements)
     assert costs == {
-        1: (3, 4 + 5 + 5),
-        5: (7, 4 + 4 * 4 + 5 + 5),
-        20: (22, 4 + 19 * 4 + 5 + 5),
+        1: (3, 4 + 5 + 4),
+        5: (7, 4 + 4 * 4 + 5 + 4),
+        20: (22, 4 + 19 * 4 + 5 + 4),
     }
 
 
@@ -182,8 +190,8 @@ def test_a_task_with_50_dependencies_loads_its_inputs_without_extra_statements(
     # 1 start + 50 root completions + the sink's completion + the read of get().
     assert engine.store.stats.transactions == width + 3
     # start: 3 + 50 start_task; roots: 3 each, +1 for the one that made the sink runnable;
-    # the sink: 3 + 2 (it is the last task); get(): 5.
-    assert engine.store.stats.statements == (3 + width) + (3 * width + 1) + 5 + 5
+    # the sink: 3 + 2 (it is the last task: FINISH); get(): 4.
+    assert engine.store.stats.statements == (3 + width) + (3 * width + 1) + 5 + 4
 
     writes = recorder.writes()
     assert writes[0] == START + ["start_task"] * width
@@ -240,7 +248,8 @@ def test_a_fan_out_claims_every_dependent_in_the_completing_transaction(
     assert engine.store.stats.transactions == 4 + 2  # one per task, the start, the read
     writes = recorder.writes()
     assert writes[1] == [*COMPLETE, "start_task", "start_task", "start_task"]
-    assert sorted(map(len, writes[2:])) == [3, 3, 5]
+    # a, b and c change nothing: each output is root's row, linked again.
+    assert sorted(writes[2:]) == sorted([UNCHANGED, UNCHANGED, [*UNCHANGED, *FINISH]])
 
 
 def test_a_failure_settles_skipped_dependents_in_the_same_transaction(
@@ -258,6 +267,7 @@ def test_a_failure_settles_skipped_dependents_in_the_same_transaction(
     assert engine.run(wf).status == "failed"
     assert recorder.writes() == [
         [*START, "start_task"],
+        # The final context is the initial one: its row, with nothing written.
         ["fail_task", "settle_unstarted_task", "settle_unstarted_task", *FINISH],
     ]
     assert engine.store.stats.transactions == 3
@@ -281,6 +291,6 @@ def test_a_retried_attempt_costs_one_more_transaction_for_the_failure_and_one_to
         [*START, "start_task"],
         ["retry_task_later", "insert_attempt"],
         ["start_task"],
-        [*COMPLETE, *FINISH],
+        [*UNCHANGED, *FINISH],  # the empty context is unchanged: the initial row again
     ]
     assert engine.store.stats.transactions == 5

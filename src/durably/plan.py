@@ -135,15 +135,20 @@ def needs_whole_execution(state: ExecutionState, name: str) -> bool:
     return any(dep not in state.outputs for dep in state.definition(name).dependencies)
 
 
-def final_context(state: ExecutionState) -> dict[str, Any]:
-    """The leaves' outputs merged in declaration order (rule 8). When a leaf did not
-    complete, the outputs of the completed tasks nearest to it stand in for it."""
-    frontier = [
+def final_sources(state: ExecutionState) -> list[str]:
+    """The tasks whose outputs make the final context: the leaves, or when a leaf did not
+    complete the completed tasks nearest to it; none: the initial context is the final."""
+    return [
         name
         for name in state.shape.tasks
         if name in state.outputs
         and not any(child in state.outputs for child in state.dependents[name])
     ]
+
+
+def final_context(state: ExecutionState) -> dict[str, Any]:
+    """The leaves' outputs merged in declaration order (rule 8), see :func:`final_sources`."""
+    frontier = final_sources(state)
     if not frontier:
         return codec.loads(state.initial or "{}")
     return latest_wins([(name, codec.loads(state.outputs[name])) for name in frontier])

@@ -104,14 +104,14 @@ def fork(rt: Runtime, tx: Tx, record: ExecutionRecord, from_task: str, patch: st
     assert created is not None  # no key: nothing to conflict with
     new_id, states = created
     ids = {state.name: state.id for state in states}
-    for name in reused:
-        rt.repo.link_output(tx, new_id, ids[name], name, saved[name], now)
+    task_ids = {name: ids[name] for name in reused}
+    rt.repo.share_outputs(tx, record.id, new_id, task_ids, record.context_id, now)
     state = ExecutionState(
         wf,
         new_id,
         states,
         rt.repo.outputs(tx, new_id) if reused else {},
-        rt.repo.context(tx, record.context_id),
+        rt.repo.initial_context(tx, new_id, record.context_id),
         {from_task: codec.loads(patch)} if patch else None,
     )
     return Runner(rt, wf, state)

@@ -162,7 +162,7 @@ class Runtime(WaitsAndMaps, Children):
             execution_id,
             [task.state() for task in tasks],
             self.repo.outputs(tx, execution_id, outputs),
-            self.repo.context(tx, context_id) if context_id else None,
+            self.repo.initial_context(tx, execution_id, context_id) if context_id else None,
             patches_of(tasks),
             received_of(tasks),
         )
@@ -194,7 +194,8 @@ class Runtime(WaitsAndMaps, Children):
         if self.repo.limits_of(state.shape) is not None:
             self.repo.notify_work(tx)  # a slot frees up: wake the workers a limit holds back
         if isinstance(outcome, plan.Completed):
-            if not self.repo.complete_task(tx, ref, outcome.value, now):
+            deps = definition.dependencies  # its output is stored as what it changed in them
+            if not self.repo.complete_task(tx, ref, outcome.value, now, dependencies=deps):
                 return None
             self._took_outcome(tx, state, name, now)
             state.outputs[name] = outcome.value
@@ -318,7 +319,8 @@ class Runtime(WaitsAndMaps, Children):
         status, error = outcomes.execution_outcome(state)
         final = codec.dumps(plan.final_context(state))
         now = now or self.now()
-        self.repo.finish_execution(tx, state.id, status, final, error, now)
+        sources = plan.final_sources(state)
+        self.repo.finish_execution(tx, state.id, status, final, error, now, sources=sources)
         self.report(tx, state, status, final, error, now)
         if getattr(state.shape, "concurrency", None) is not None:
             self.repo.notify_work(tx)  # its slot frees up: a queued execution may start

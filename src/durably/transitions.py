@@ -42,8 +42,8 @@ class WaitsAndMaps:
         if decision.count == 0:
             value = codec.dumps(decision.input, max_bytes=self.max_context_bytes)
             self.repo.settle_task(tx, task.id, COMPLETED, None, now)
-            context_id = self.repo.insert_context(tx, value, now)
-            self.repo.link_output(tx, state.id, task.id, name, context_id, now)
+            deps = definition.dependencies
+            self.repo.save_output(tx, state.id, task.id, name, value, now, deps)
             state.outputs[name] = value
             return [], state.mark(name, COMPLETED)
         worker = self.worker_id if not in_process else ""
@@ -113,7 +113,9 @@ class WaitsAndMaps:
                 status = COMPLETED
             except Exception as exc:
                 status, error = FAILED, plan.describe(exc)
-        self.repo.finish_mapped_task(tx, state.id, task.id, parent, status, error, value, now)
+        self.repo.finish_mapped_task(
+            tx, state.id, task.id, parent, status, error, value, now, definition.dependencies
+        )
         if value is not None:
             state.outputs[parent] = value
         return starts, state.mark(parent, status, error)

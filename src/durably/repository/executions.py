@@ -15,13 +15,16 @@ from ..state import TaskState
 from ..statuses import COMPLETED, NOT_STARTED, READY
 from ..store import Statement, Tx, timestamp
 from ..workflow import Workflow
+from .deltas import SavedRow
 from .listing import Listing
 from .maps import Maps
 from .rows import execution_of, new_id, random_id, stored
+from .saved import INITIAL
 
 
 class Executions(Maps, Listing):
     def __init__(self) -> None:
+        super().__init__()
         self._templates: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     def template(self, wf: Workflow) -> list[dict[str, Any]]:
@@ -90,7 +93,9 @@ class Executions(Maps, Listing):
         stamp = timestamp(now)
         execution_id = random_id()
         if context_id is None:
-            context_id = self.insert_context(tx, initial or "{}", now)
+            row = self.save_context(tx, initial or "{}", now)
+            context_id = row.id
+            self.saved.keep(execution_id, [(INITIAL, row)])
         limited = None
         if wf.concurrency is not None:
             decoded = {}
@@ -169,12 +174,14 @@ class Executions(Maps, Listing):
         ]
         found: list[tuple[ExecutionRecord | None, str | None]] = []
         for rows, (_, context) in zip(tx.fetch_batch(statements), wanted, strict=True):
-            if not rows:
-                found.append((None, None))
-            else:
-                found.append(
-                    (execution_of(rows[0]), rows[0]["initial_context"] if context else None)
-                )
+            record = execution_of(rows[0]) if rows else None
+            initial = None
+            if record is not None and context and rows[0]["initial_base"] is None:
+                initial = rows[0]["initial_context"]
+                if initial is not None:  # kept as initial_context keeps it: a root task's
+                    row = SavedRow(record.context_id, initial)  # output rests on it
+                    self.saved.keep(record.id, [(INITIAL, row)])
+            found.append((record, initial))
         return found
 
     def execution_by_key(self, tx: Tx, workflow: str, key: str) -> ExecutionRecord | None:
@@ -225,19 +232,21 @@ class Executions(Maps, Listing):
         return bool(tx.execute("hand_to_workers", params))
 
     def finish_execution(
-        self, tx: Tx, execution_id: str, status: str, final: str, error: str | None, now: float
-    ) -> None:
-        context_id = self.insert_context(tx, final, now)
-        tx.send(
-            "finish_execution",
-            {
-                "id": execution_id,
-                "status": status,
-                "context_id": context_id,
-                "error": error,
-                "now": timestamp(now),
-            },
-        )
+        self, tx: Tx, execution_id: str, status: str, final: str, error: str | None, now: float,
+        *, sources: Sequence[str] | None = None,
+    ) -> None:  # fmt: skip
+        """``sources``: the tasks whose outputs the final context merges (empty: it is the
+        initial context). With one source, as a chain ends, it is that output's own row."""
+        bases = self.bases(execution_id, sources)
+        row = self.save_context(tx, final, now, bases)
+        stamp = timestamp(now)
+        params = {"id": execution_id, "status": status, "error": error, "now": stamp}
+        fallback = row.id
+        if row in bases:  # saved before: if that row is gone, the final context in full
+            fallback = new_id()
+            copy = {"fallback_id": fallback, "context_id": row.id, "final": final}
+            tx.send("save_final_fallback", {**copy, "now": stamp})
+        tx.send("finish_execution", {**params, "context_id": row.id, "fallback_id": fallback})
 
     def cancel_execution(self, tx: Tx, execution_id: str, now: float) -> None:
         params = {"id": execution_id, "now": timestamp(now), "error": "cancelled"}
@@ -269,16 +278,20 @@ class Executions(Maps, Listing):
         execution = self.execution(tx, execution_id)
         if execution is None:
             return None
+        tasks = self.tasks(tx, execution_id)
+        outputs = self.output_rows(tx, execution_id)
+        # The final context is most often an output's own row (a chain's last): read already.
+        rows = {row.id: row.text for _, row in outputs}
         final = None
-        if execution.final_context_id is not None:
-            final = self.context(tx, execution.final_context_id)
+        if (final_id := execution.final_context_id) is not None:
+            final = rows[final_id] if final_id in rows else self.context(tx, final_id)
         first = None
         if initial or final is None:
             first = self.context(tx, execution.context_id) or "{}"
         return Snapshot(
             execution=execution,
-            tasks=self.tasks(tx, execution_id),
-            outputs=self.outputs(tx, execution_id),
+            tasks=tasks,
+            outputs={name: row.text for name, row in outputs},
             initial=first,
             final=final,
             attempts=self.attempts(tx, execution_id),

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 from ..state import TaskState
 from ..statuses import NOT_STARTED, READY, RUNNING
 from ..store import Tx, timestamp
+from .contexts import labelled
 from .rows import new_id
 from .waits import Waits
 
@@ -80,19 +82,20 @@ class Maps(Waits):
         return int(row["map_total"] or 0), int(row["map_done"]), int(row["map_failed"])
 
     def instance_outputs(self, tx: Tx, execution_id: str, parent: str) -> Sequence[str]:
+        """The outputs of the mapped task's instances, by index."""
         rows = tx.fetch_all("instance_outputs", {"id": execution_id, "parent": parent})
-        return [row["value"] for row in rows]
+        return [row.text for _, row in sorted(labelled(rows, "map_index"), key=itemgetter(0))]
 
     def finish_mapped_task(
         self, tx: Tx, execution_id: str, task_id: str, name: str, status: str,
         error: str | None, value: str | None, now: float,
+        dependencies: Sequence[str] | None = None,
     ) -> None:  # fmt: skip
         stamp = timestamp(now)
         params = {"id": task_id, "status": status, "error": error, "now": stamp}
         tx.execute("finish_mapped_task", params)
         if value is not None:
-            context_id = self.insert_context(tx, value, now)
-            self.link_output(tx, execution_id, task_id, name, context_id, now)
+            self.save_output(tx, execution_id, task_id, name, value, now, dependencies)
 
     def reset_instance(self, tx: Tx, task_id: str, now: float) -> None:
         """``retry``: a failed instance runs again (its last attempt kept in the history)."""

@@ -50,19 +50,19 @@ class Tasks(Contexts):
         params = {"id": task_id, "worker": worker, "now": timestamp(now)}
         return bool(tx.execute("start_task", {**params, "code_version": code_version}))
 
-    def complete_task(self, tx: Tx, ref: AttemptRef, value: str, now: float) -> bool:
+    def complete_task(
+        self, tx: Tx, ref: AttemptRef, value: str, now: float,
+        *, dependencies: Sequence[str] | None = None,
+    ) -> bool:  # fmt: skip
         """Mark the attempt completed and save its output, only if ``ref.worker`` still holds
-        the claim for that attempt (a zombie's output is discarded: False)."""
+        the claim for that attempt (a zombie's output is discarded: False). ``dependencies``:
+        the tasks whose outputs its input was made of (empty: the initial context), so that
+        the output is stored as what it changed (None: stored in full)."""
         stamp = timestamp(now)
         fence = {"id": ref.task_id, "worker": ref.worker, "attempt": ref.number, "now": stamp}
         if not tx.execute("complete_task", {**fence, "logs": ref.logs}):
             return False
-        # The output and its link, written here rather than through the contexts methods:
-        # this runs once per task, so its statements are spelled out.
-        context_id = new_id()
-        tx.send("insert_context", {"id": context_id, "value": value, "now": stamp})
-        link = {"id": new_id(), "task_id": ref.task_id, "execution_id": ref.execution_id}
-        tx.send("save_output", {**link, "name": ref.name, "context_id": context_id, "now": stamp})
+        self.save_output(tx, ref.execution_id, ref.task_id, ref.name, value, now, dependencies)
         return True
 
     def fail_task(

@@ -67,8 +67,10 @@ WHERE pipeline_execution_id = :id
   AND status NOT IN (SELECT jsonb_array_elements_text(CAST(:terminal AS jsonb)));
 
 -- name: get_named_outputs
-SELECT m.task_name, c.value
-FROM task_execution_metadata m JOIN contexts c ON c.id = m.context_id
+SELECT m.task_name, c.id, c.value, c.base_id, b.value AS base_value, b.base_id AS base_base_id
+FROM task_execution_metadata m
+JOIN contexts c ON c.id = m.context_id
+LEFT JOIN contexts b ON b.id = c.base_id
 WHERE m.pipeline_execution_id = :id
   AND m.task_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb)));
 
@@ -378,3 +380,25 @@ WHERE p.status = 'running' AND p.claimed_by IS NULL
        OR p.pipeline_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb))))
 ORDER BY p.created_at
 LIMIT :limit;
+
+-- Contexts ------------------------------------------------------------------------------------
+-- The shared versions insert from a SELECT, whose parameters PostgreSQL does not type from the
+-- target columns.
+
+-- name: insert_context_delta
+INSERT INTO contexts (id, value, base_id, created_at, updated_at)
+SELECT CAST(:id AS uuid), CASE WHEN b.id IS NULL THEN :full ELSE :value END, b.id,
+       CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+FROM (SELECT 1 AS one) o
+LEFT JOIN contexts b ON b.id = CAST(:base_id AS uuid) AND b.base_id IS NULL;
+
+-- name: link_saved_output
+INSERT INTO task_execution_metadata (
+    id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at, updated_at
+)
+SELECT CAST(:id AS uuid), CAST(:task_id AS uuid), CAST(:execution_id AS uuid), :name,
+       CAST(:context_id AS uuid), CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+WHERE EXISTS (SELECT 1 FROM contexts c WHERE c.id = CAST(:context_id AS uuid))
+ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
+SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
+    updated_at = excluded.updated_at;

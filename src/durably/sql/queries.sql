@@ -1,11 +1,25 @@
 -- Workflow executions: named queries shared by every dialect (see __init__.py).
 -- Times are ISO-8601 UTC text from Python; ids are UUID text.
 
+-- Context rows: base_id NULL, value is the codec's full text. Otherwise value is what changed
+-- since the full row base_id (repository/deltas.py): every read of a context joins the row
+-- it rests on (base_value), and that row's own base_id, which the reader checks is NULL.
+
 -- name: insert_context
 INSERT INTO contexts (id, value, created_at, updated_at) VALUES (:id, :value, :now, :now);
 
+-- name: insert_context_delta
+-- What changed since the full row :base_id, if that row exists, else the full text (:full):
+-- a process may still hold in memory a row it wrote in a transaction that rolled back
+-- (repository/saved.py). Always one row, so the caller waits for no answer.
+INSERT INTO contexts (id, value, base_id, created_at, updated_at)
+SELECT :id, CASE WHEN b.id IS NULL THEN :full ELSE :value END, b.id, :now, :now
+FROM (SELECT 1 AS one) o LEFT JOIN contexts b ON b.id = :base_id AND b.base_id IS NULL;
+
 -- name: get_context
-SELECT value FROM contexts WHERE id = :id;
+SELECT c.id, c.value, c.base_id, b.value AS base_value, b.base_id AS base_base_id
+FROM contexts c LEFT JOIN contexts b ON b.id = c.base_id
+WHERE c.id = :id;
 
 -- name: insert_execution
 -- A second start with the same workflow name and idempotency key inserts nothing.
@@ -38,8 +52,9 @@ INSERT INTO task_executions (
 SELECT * FROM pipeline_executions WHERE id = :id;
 
 -- name: get_execution_with_context
--- A claimed root task's execution and the initial context it runs on, in one read.
-SELECT p.*, c.value AS initial_context
+-- A claimed root task's execution and the initial context it runs on, in one read (a full
+-- row: initial_base is NULL; a delta is read as every context is).
+SELECT p.*, c.value AS initial_context, c.base_id AS initial_base
 FROM pipeline_executions p LEFT JOIN contexts c ON c.id = p.context_id
 WHERE p.id = :id;
 
@@ -49,8 +64,10 @@ ORDER BY position, COALESCE(map_index, -1);
 
 -- name: get_outputs
 -- Every saved task output of an execution: one query, cached by the caller.
-SELECT m.task_name, c.value
-FROM task_execution_metadata m JOIN contexts c ON c.id = m.context_id
+SELECT m.task_name, c.id, c.value, c.base_id, b.value AS base_value, b.base_id AS base_base_id
+FROM task_execution_metadata m
+JOIN contexts c ON c.id = m.context_id
+LEFT JOIN contexts b ON b.id = c.base_id
 WHERE m.pipeline_execution_id = :id;
 
 -- name: get_output_ids
@@ -58,8 +75,10 @@ SELECT task_name, task_execution_id, context_id FROM task_execution_metadata
 WHERE pipeline_execution_id = :id;
 
 -- name: get_task_output
-SELECT c.value
-FROM task_execution_metadata m JOIN contexts c ON c.id = m.context_id
+SELECT c.id, c.value, c.base_id, b.value AS base_value, b.base_id AS base_base_id
+FROM task_execution_metadata m
+JOIN contexts c ON c.id = m.context_id
+LEFT JOIN contexts b ON b.id = c.base_id
 WHERE m.pipeline_execution_id = :id AND m.task_name = :name;
 
 -- Lists, newest first, one page after a keyset cursor (durably.listing). Each variant walks
@@ -146,6 +165,18 @@ ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
 SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
     updated_at = excluded.updated_at;
 
+-- name: link_saved_output
+-- save_output for a row saved before (an output equal to the row its input came from), only
+-- if that row exists, as insert_context_delta checks its base.
+INSERT INTO task_execution_metadata (
+    id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at, updated_at
+)
+SELECT :id, :task_id, :execution_id, :name, :context_id, :now, :now
+WHERE EXISTS (SELECT 1 FROM contexts c WHERE c.id = :context_id)
+ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
+SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
+    updated_at = excluded.updated_at;
+
 -- name: fail_task
 UPDATE task_executions
 SET status = 'failed', completed_at = :now, error_details = :error, last_error = :error,
@@ -169,10 +200,21 @@ WHERE id = :id AND status IN ('not_started', 'ready', 'running');
 UPDATE task_executions SET status = 'ready', updated_at = :now
 WHERE id = :id AND status = 'not_started';
 
+-- name: save_final_fallback
+-- The final context in full under :fallback_id, if the row saved before that it is meant to
+-- be (:context_id, an output's) does not exist (see insert_context_delta).
+INSERT INTO contexts (id, value, created_at, updated_at)
+SELECT :fallback_id, :final, :now, :now
+WHERE NOT EXISTS (SELECT 1 FROM contexts c WHERE c.id = :context_id);
+
 -- name: finish_execution
+-- The final context is :context_id, or the full copy save_final_fallback made when that row
+-- saved before does not exist (:fallback_id is :context_id for a row written just now).
 UPDATE pipeline_executions
-SET status = :status, final_context_id = :context_id, completed_at = :now,
-    error_details = :error, claimed_by = NULL, updated_at = :now
+SET status = :status,
+    final_context_id = COALESCE((SELECT c.id FROM contexts c WHERE c.id = :context_id),
+                                :fallback_id),
+    completed_at = :now, error_details = :error, claimed_by = NULL, updated_at = :now
 WHERE id = :id AND status IN ('pending', 'running');
 
 -- name: claim_execution
@@ -377,8 +419,10 @@ FROM task_executions
 WHERE pipeline_execution_id = :id AND task_name IN (SELECT value FROM json_each(:names));
 
 -- name: get_named_outputs
-SELECT m.task_name, c.value
-FROM task_execution_metadata m JOIN contexts c ON c.id = m.context_id
+SELECT m.task_name, c.id, c.value, c.base_id, b.value AS base_value, b.base_id AS base_base_id
+FROM task_execution_metadata m
+JOIN contexts c ON c.id = m.context_id
+LEFT JOIN contexts b ON b.id = c.base_id
 WHERE m.pipeline_execution_id = :id AND m.task_name IN (SELECT value FROM json_each(:names));
 
 -- name: insert_attempt
@@ -608,10 +652,13 @@ WHERE id = :id
 RETURNING map_total, map_done, map_failed;
 
 -- name: instance_outputs
-SELECT t.map_index, c.value
+-- The link found by (execution, name), its unique index: task_execution_id has none (0012).
+SELECT t.map_index, c.id, c.value, c.base_id, b.value AS base_value, b.base_id AS base_base_id
 FROM task_executions t
-JOIN task_execution_metadata m ON m.task_execution_id = t.id
+JOIN task_execution_metadata m
+  ON m.pipeline_execution_id = t.pipeline_execution_id AND m.task_name = t.task_name
 JOIN contexts c ON c.id = m.context_id
+LEFT JOIN contexts b ON b.id = c.base_id
 WHERE t.pipeline_execution_id = :id AND t.map_parent = :parent
 ORDER BY t.map_index;
 

@@ -7,7 +7,9 @@ CREATE TABLE contexts (
     id UUID PRIMARY KEY,
     value TEXT NOT NULL,
     created_at TIMESTAMPTZ NOT NULL,
-    updated_at TIMESTAMPTZ NOT NULL
+    updated_at TIMESTAMPTZ NOT NULL,
+    -- 0014: NULL, value is the full text, else what changed since this row (deltas.py)
+    base_id UUID
 );
 
 CREATE TABLE pipeline_executions (

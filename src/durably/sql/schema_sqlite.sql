@@ -5,7 +5,9 @@ CREATE TABLE contexts (
     id TEXT PRIMARY KEY,
     value TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    -- 0014: NULL, value is the full text, else what changed since this row (deltas.py)
+    base_id TEXT
 );
 
 CREATE TABLE pipeline_executions (
