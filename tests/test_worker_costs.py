@@ -14,8 +14,9 @@ BEGIN travels with its first statement):
 
 One round trip to start, five on the worker (two of them commits).
 
-A claim of N tasks and the record of N outcomes are one transaction each, so a worker with N
-free slots spends 2/N commits per task.
+A claim of N tasks and the record of N outcomes are one transaction each, or, in a running
+worker's turn, one transaction together (the outcomes of the tasks that finished and the claim
+of the slots they freed), so a worker with N free slots spends 1/N commits per task.
 """
 
 from __future__ import annotations
@@ -98,3 +99,25 @@ def test_a_batch_costs_a_worker_two_commits_and_one_round_trip_a_task(
         # BEGIN with the claim, the reads (one round trip), COMMIT; BEGIN with the first
         # completion, a completion each (what one sends travels with the next), COMMIT.
         assert (found["claim"][2], found["record"][2]) == (3, 1 + 8)
+
+
+def test_a_turn_records_what_finished_and_claims_the_freed_slots_in_one_commit(
+    engine: tuple[Engine, Workflow], backend: str
+) -> None:
+    engine_, wf = engine
+    stats, worker = engine_.store.stats, engine_.worker()
+    ids = [str(engine_.start(wf, {"i": i})) for i in range(16)]
+    first = worker.claim(8)
+    worker._unsaved += [Finished(job, {"done": job.input["i"]}, None) for job in first]
+    stats.reset()
+    second = worker._turn(8)
+    assert stats.transactions == 1
+    assert stats.statements == 5 * 8 + 1 + 8  # the records, the claim, its reads
+    if backend == "postgres":
+        # A completion each (the first with the BEGIN), the claim, its reads, the COMMIT.
+        assert stats.round_trips == 8 + 1 + 1 + 1
+    assert not worker._unsaved
+    assert {job.state.id for job in first} | {job.state.id for job in second} == set(ids)
+    done = [engine_.get(job.state.id) for job in first]
+    assert [r.status for r in done] == ["completed"] * 8
+    assert worker.completed >= 8

@@ -1,9 +1,9 @@
 """Workers: claim ready tasks of queued executions and run them (``durably worker``).
 
-Per batch of tasks a worker commits two transactions: the claim (which also loads what each
-task needs: its dependencies' statuses and outputs, or the initial context) and the
-completion of every attempt that finished meanwhile (outputs, statuses, and the dependents
-they made ready). A sweeper returns stale claims of *other* processes to ``ready``, takes
+A worker's turn is one transaction: the outcomes of every attempt that finished since the
+last (outputs, statuses, the dependents they made ready) and the claim of the slots they
+freed (which also loads what each task needs: its dependencies' statuses and outputs, or the
+initial context). So a worker with N slots commits about once per N tasks. A sweeper returns stale claims of *other* processes to ``ready``, takes
 over executions whose in-process driver died, and finishes executions whose last task was
 completed by a worker that then died. The rules are :mod:`durably.plan`'s, applied through
 the shared :class:`~durably.runtime.Runtime`.
@@ -26,6 +26,7 @@ from .retention import Pruner
 from .runtime import Runtime
 from .scheduler import Scheduler
 from .state import ExecutionState
+from .store import Tx
 from .sweeper import Sweeping
 from .worker_steps import Finished, Job, after, around, is_root, mark_ready, prepare
 from .workflow import Workflow
@@ -107,18 +108,18 @@ class Worker(Sweeping):
         log(logger, logging.INFO, "worker %s stopped", self.rt.worker_id, action="worker_stopped")
 
     def _step(self, running: dict[concurrent.futures.Future[dict[str, Any]], Job]) -> None:
-        """One turn: sweep when due, claim up to the free slots, record what finished, or
-        wait for work."""
-        self._save_outcomes()
+        """One turn: sweep when due, record what finished and claim up to the free slots
+        (one transaction), then wait for a task to finish, or for work."""
         if time.monotonic() - self._last_sweep > self.rt.lease / 2:
             self.sweep()
         if not self._stopping.is_set():
             for chore in self._upkeep:
                 chore.tick()
         claimed = False
-        if not self._stopping.is_set() and len(running) < self.concurrency:
-            jobs = self.claim(self.concurrency - len(running))
-            claimed = bool(jobs)
+        free = 0 if self._stopping.is_set() else self.concurrency - len(running)
+        jobs = self._turn(free)
+        if jobs:
+            claimed = True
             for job in jobs:
                 if job.timed_out is not None:
                     timeout = WaitTimeout(
@@ -141,7 +142,7 @@ class Worker(Sweeping):
                 if exc is not None and not isinstance(exc, Exception):
                     exc = TaskInterrupted(f"the task raised {plan.describe(exc)}")
                 self._unsaved.append(Finished(job, None if exc else future.result(), exc))
-            self._save_outcomes()
+            # Recorded at once by the next turn, with the claim of the slots they free.
         elif not claimed:
             self.rt.store.wait_for_work(self._idle_wait())
 
@@ -176,45 +177,87 @@ class Worker(Sweeping):
         the claim goes on."""
         jobs: list[Job] = []
         while not jobs:
-            done: list[tuple[Workflow, ExecutionState]] = []
             began = time.perf_counter()
             with self.rt.store.transaction(claiming=True) as tx:
-                now = self.rt.now()
-                claimable = self.rt.registry.claimable()
-                claims = self.rt.repo.claim_tasks(tx, self.rt.worker_id, claimable, limit, now)
-                if not claims:
-                    return []
-                # Every claimed task's execution row in one round trip (a root task's with
-                # the initial context it runs on).
-                wanted = [(c.execution_id, is_root(claimable, c)) for c in claims]
-                executions = self.rt.repo.executions(tx, wanted)
-                for claim, (execution, initial) in zip(claims, executions, strict=True):
-                    job, finished = prepare(self.rt, tx, claim, execution, now, initial)
-                    if job is not None:
-                        jobs.append(job)
-                    elif finished is not None:
-                        done.append(finished)
-            if metrics.active is not None:
-                metrics.active.claim(len(jobs), time.perf_counter() - began)
-            for job in jobs:  # only once the claim is committed
-                self._active.add(job.task_id)
-                self.rt.heartbeat.hold(task=job.task_id)
-                log(
-                    logger,
-                    logging.INFO,
-                    "claimed task %r attempt %d of execution %s",
-                    job.name,
-                    job.attempt,
-                    job.state.id,
-                    action="task_claimed",
-                    execution_id=job.state.id,
-                    workflow=job.wf.name,
-                    task=job.name,
-                    attempt=job.attempt,
-                )
-            for wf, state in done:
-                self._finish_if_done(wf, state)
+                jobs, done, any_claimed = self._claim_in(tx, limit)
+            if not any_claimed:
+                return []
+            self._claimed(jobs, done, began)
         return jobs
+
+    def _turn(self, limit: int) -> list[Job]:
+        """Record every finished attempt and claim up to ``limit`` in ONE transaction (one
+        commit a turn, not two); apart when there is only one of them to do, or when that
+        transaction fails (an outcome the database refuses is then found, as before)."""
+        if not self._unsaved or limit <= 0:
+            self._save_outcomes()
+            return self.claim(limit) if limit > 0 else []
+        batch = sorted(self._unsaved, key=lambda item: item.job.state.id)
+        began = time.perf_counter()
+        try:
+            with self.rt.store.transaction(claiming=True) as tx:
+                saved, finished = self._save_in(tx, batch)
+                jobs, done, any_claimed = self._claim_in(tx, limit)
+        except StoreConnectionError:
+            raise
+        except StoreError:
+            self._save_outcomes()
+            return self.claim(limit)
+        self._unsaved.clear()
+        self._saved(batch, saved, finished)
+        if any_claimed:
+            self._claimed(jobs, done, began)
+        # Claims all settled without running (their triggers): claim on, as claim() does.
+        return jobs if jobs or not any_claimed else self.claim(limit)
+
+    def _claim_in(
+        self, tx: Tx, limit: int
+    ) -> tuple[list[Job], list[tuple[Workflow, ExecutionState]], bool]:
+        """The claim's statements: the jobs to run, the executions it finished, and whether
+        it claimed anything."""
+        jobs: list[Job] = []
+        done: list[tuple[Workflow, ExecutionState]] = []
+        now = self.rt.now()
+        claimable = self.rt.registry.claimable()
+        claims = self.rt.repo.claim_tasks(tx, self.rt.worker_id, claimable, limit, now)
+        if not claims:
+            return jobs, done, False
+        # Every claimed task's execution row in one round trip (a root task's with the
+        # initial context it runs on).
+        wanted = [(c.execution_id, is_root(claimable, c)) for c in claims]
+        executions = self.rt.repo.executions(tx, wanted)
+        for claim, (execution, initial) in zip(claims, executions, strict=True):
+            job, finished = prepare(self.rt, tx, claim, execution, now, initial)
+            if job is not None:
+                jobs.append(job)
+            elif finished is not None:
+                done.append(finished)
+        return jobs, done, True
+
+    def _claimed(
+        self, jobs: list[Job], done: list[tuple[Workflow, ExecutionState]], began: float
+    ) -> None:
+        """Once the claim is committed: hold its leases, say so, finish what it finished."""
+        if metrics.active is not None:
+            metrics.active.claim(len(jobs), time.perf_counter() - began)
+        for job in jobs:
+            self._active.add(job.task_id)
+            self.rt.heartbeat.hold(task=job.task_id)
+            log(
+                logger,
+                logging.INFO,
+                "claimed task %r attempt %d of execution %s",
+                job.name,
+                job.attempt,
+                job.state.id,
+                action="task_claimed",
+                execution_id=job.state.id,
+                workflow=job.wf.name,
+                task=job.name,
+                attempt=job.attempt,
+            )
+        for wf, state in done:
+            self._finish_if_done(wf, state)
 
     def _finish_if_done(self, wf: Workflow, state: ExecutionState) -> None:
         # Compensations run once: only the worker that claims the execution runs them.
@@ -263,6 +306,16 @@ class Worker(Sweeping):
                 saved += one
                 finished += done
         self._unsaved.clear()
+        self._saved(batch, saved, finished)
+
+    def _saved(
+        self,
+        batch: list[Finished],
+        saved: list[bool],
+        finished: list[tuple[Workflow, ExecutionState]],
+    ) -> None:
+        """Once the outcomes are committed: drop their leases, count them, say which were
+        discarded, finish what they finished."""
         for item, ok in zip(batch, saved, strict=True):
             self._active.discard(item.job.task_id)
             self.rt.heartbeat.drop(task=item.job.task_id)
@@ -287,35 +340,40 @@ class Worker(Sweeping):
     def _save(
         self, batch: list[Finished]
     ) -> tuple[list[bool], list[tuple[Workflow, ExecutionState]]]:
+        with self.rt.store.transaction() as tx:
+            return self._save_in(tx, batch)
+
+    def _save_in(
+        self, tx: Tx, batch: list[Finished]
+    ) -> tuple[list[bool], list[tuple[Workflow, ExecutionState]]]:
+        """The outcomes' statements: whether each was recorded (its claim still held), and
+        the executions they finished that have compensations to run first."""
         saved: list[bool] = []
         finished: list[tuple[Workflow, ExecutionState]] = []
-        with self.rt.store.transaction() as tx:
-            locked: set[str] = set()
-            for item in batch:
-                job = item.job
-                parent = job.state.tasks[job.name].parent
-                if job.state.id not in locked and (parent is not None or len(job.wf.tasks) > 1):
-                    # Other workers may have finished siblings since the claim: read the
-                    # statuses under the lock so exactly one completion marks a dependent ready
-                    # or finds the execution done (the task's own row is not read again: the
-                    # writes are fenced on it). A lone task has no sibling to wait for.
-                    self.rt.repo.lock_execution(tx, job.state.id)
-                    locked.add(job.state.id)
-                known = [job.record] if job.record is not None else []
-                fresh = around(self.rt, tx, job.wf, job.state.id, job.name, parent, known)
-                now = self.rt.now()
-                unblocked = self.rt.record(
-                    tx, fresh, job.name, job.attempt, item.output, item.error, now
-                )
-                saved.append(unblocked is not None)
-                if unblocked is None:
-                    continue
-                if parent is not None:
-                    _, unblocked = self.rt.close_instance(
-                        tx, fresh, job.name, now, in_process=False
-                    )
-                    self.rt.repo.notify_work(tx)  # a freed slot, or what its end unblocked
-                mark_ready(self.rt, tx, fresh, unblocked, now)
-                if (done := after(self.rt, tx, job.wf, fresh, job.execution)) is not None:
-                    finished.append(done)
+        locked: set[str] = set()
+        for item in batch:
+            job = item.job
+            parent = job.state.tasks[job.name].parent
+            if job.state.id not in locked and (parent is not None or len(job.wf.tasks) > 1):
+                # Other workers may have finished siblings since the claim: read the
+                # statuses under the lock so exactly one completion marks a dependent ready
+                # or finds the execution done (the task's own row is not read again: the
+                # writes are fenced on it). A lone task has no sibling to wait for.
+                self.rt.repo.lock_execution(tx, job.state.id)
+                locked.add(job.state.id)
+            known = [job.record] if job.record is not None else []
+            fresh = around(self.rt, tx, job.wf, job.state.id, job.name, parent, known)
+            now = self.rt.now()
+            unblocked = self.rt.record(
+                tx, fresh, job.name, job.attempt, item.output, item.error, now
+            )
+            saved.append(unblocked is not None)
+            if unblocked is None:
+                continue
+            if parent is not None:
+                _, unblocked = self.rt.close_instance(tx, fresh, job.name, now, in_process=False)
+                self.rt.repo.notify_work(tx)  # a freed slot, or what its end unblocked
+            mark_ready(self.rt, tx, fresh, unblocked, now)
+            if (done := after(self.rt, tx, job.wf, fresh, job.execution)) is not None:
+                finished.append(done)
         return saved, finished
