@@ -126,7 +126,11 @@ def item_of(state: ExecutionState, name: str) -> Any:
 
 def _passed_on(state: ExecutionState, name: str) -> dict[str, Any]:
     saved = state.outputs.get(name)
-    return codec.loads(saved) if saved is not None else input_for(state, name)
+    if saved is not None:
+        return codec.loads(saved)
+    if name in state.released:  # its dependents all completed: no input is built from it
+        raise IncompleteState(f"the output of task {name!r} was released from memory")
+    return input_for(state, name)
 
 
 def needs_whole_execution(state: ExecutionState, name: str) -> bool:
@@ -141,8 +145,7 @@ def final_context(state: ExecutionState) -> dict[str, Any]:
     frontier = [
         name
         for name in state.shape.tasks
-        if name in state.outputs
-        and not any(child in state.outputs for child in state.dependents[name])
+        if state.saved(name) and not any(state.saved(child) for child in state.dependents[name])
     ]
     if not frontier:
         return codec.loads(state.initial or "{}")

@@ -30,7 +30,7 @@ from .plan import Start
 from .records import StaleClaim
 from .runtime import Runtime
 from .state import ExecutionState
-from .statuses import RUNNING, WAITING
+from .statuses import COMPLETED, RUNNING, WAITING
 from .store import Tx
 from .subworkflows import child_of_event
 from .workflow import Workflow
@@ -48,6 +48,7 @@ class Runner:
         self.rt = runtime
         self.wf = wf
         self.state = state
+        state.track_readers()  # it holds every task: it can let go of outputs no one reads
         self.cancelled = False
         self.finished = False
         self.inputs: dict[str, dict[str, Any]] = {}
@@ -267,10 +268,15 @@ class Runner:
             )
             return []
         started = []
-        if self.state.tasks[name].parent is not None:
+        parent = self.state.tasks[name].parent
+        if parent is not None:
             starts, unblocked = self.rt.close_instance(tx, self.state, name, now, in_process=True)
             started.extend(starts)
         started.extend(self.rt.dispatch(tx, self.state, unblocked, now))
+        # The inputs this completion made are built: what nothing reads again can go.
+        for done in (name, parent):
+            if done is not None and self.state.tasks[done].status == COMPLETED:
+                self.state.release_outputs(done)
         if not started and self.state.all_done() and not outcomes.compensation_order(self.state):
             self.rt.finish(tx, self.state, now)
             self.finished = True
@@ -322,7 +328,8 @@ class Runner:
             execution = self.rt.repo.execution(tx, self.id)
             assert execution is not None
             fresh = self.rt.load(tx, execution, self.wf)
-        self.state.tasks, self.state.outputs = fresh.tasks, fresh.outputs
+        self.state.tasks = fresh.tasks
+        self.state.reload_outputs(fresh.outputs)
         self.state.remaining, self.state.received = fresh.remaining, fresh.received
         self.state.open = fresh.open
 
