@@ -16,14 +16,14 @@ Shapes, each task a trivial `def t(ctx): ctx[key] = value`:
 - `fanout`: start -> N tasks -> end (the end merges N outputs: O(N) once, not per task).
 - `wide`: N independent tasks (the final context merges the N leaves).
 
-Each (shape, size) runs in a fresh subprocess on a fresh SQLite file (or a fresh PostgreSQL
-database with --postgres): one unmeasured 100-task execution of the same shape first (imports,
-statement caches); then the first execution of N tasks, timed apart (what the definition
-costs once per process: its task rows' template, its version hash); then more, timed until at
-least 3,000 tasks ran (their median per execution is shown); then one more under tracemalloc:
-the peak of Python allocations during `engine.run`, the part of it the returned result still
-holds afterwards (every task's outcome and saved output text: the API returns them), and the
-growth of the process's peak RSS over that run. Nothing here asserts on timings.
+Each (shape, size) runs on a fresh SQLite file (or a fresh PostgreSQL database with
+--postgres), in two fresh processes that each first run one unmeasured 100-task execution of
+the same shape (imports, statement caches). The first times the first execution of N tasks
+apart (what the definition costs once per process: its task rows' template, its version
+hash), then more, until at least 3,000 tasks ran (their median is shown). The second measures
+how much one execution raises the process's peak RSS, then, under tracemalloc, another's peak
+of Python allocations and the part of it the returned result still holds (every task's
+outcome and saved output text: the API returns them). Nothing here asserts on timings.
 """
 
 from __future__ import annotations
@@ -92,24 +92,33 @@ def rss_kib() -> int:
         return int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
 
 
-def measure(url: str, shape: str, n: int) -> dict[str, Any]:
-    """One (shape, size) in this process: per-task wall time, statements, memory."""
+def _engine(url: str, shape: str, n: int) -> tuple[Engine, Callable[[], Any], int]:
+    """An engine on ``url`` that ran one 100-task execution of ``shape`` (imports, statement
+    caches), and a call running the ``n``-task one."""
     wf, tasks = workflow(shape, n)
     warm, _ = workflow(shape, 100)
-    with Engine(url, workflows=[wf, warm]) as engine:
+    engine = Engine(url, workflows=[wf, warm])
+    engine.run(warm, {})
 
-        def run_one() -> Any:
-            result = engine.run(wf, {})
-            if result.status != "completed":
-                raise SystemExit(f"{shape} {n}: {result.status}: {result.error}")
-            return result
+    def run_one() -> Any:
+        result = engine.run(wf, {})
+        if result.status != "completed":
+            raise SystemExit(f"{shape} {n}: {result.status}: {result.error}")
+        return result
+
+    return engine, run_one, tasks
+
+
+def measure_time(url: str, shape: str, n: int) -> dict[str, Any]:
+    """Per-task wall time and statements: the first execution, then the median of more."""
+    engine, run_one, tasks = _engine(url, shape, n)
+    with engine:
 
         def timed() -> float:
             started = time.perf_counter()
             run_one()
             return time.perf_counter() - started
 
-        engine.run(warm, {})
         stats = engine.store.stats
         statements = stats.statements
         first = timed()  # the definition's first execution: what it costs once per process
@@ -117,14 +126,6 @@ def measure(url: str, shape: str, n: int) -> dict[str, Any]:
         while (len(walls) + 1) * tasks < MIN_TASKS:
             walls.append(timed())
         statements = (stats.statements - statements) / ((len(walls) + 1) * tasks)
-        gc.collect()
-        rss_before = rss_kib()
-        tracemalloc.start()
-        result = run_one()
-        kept, peak = tracemalloc.get_traced_memory()  # kept: what the result holds
-        tracemalloc.stop()
-        rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
-        del result
     return {
         "shape": shape,
         "size": n,
@@ -133,21 +134,47 @@ def measure(url: str, shape: str, n: int) -> dict[str, Any]:
         "first_us_per_task": 1e6 * first / tasks,
         "us_per_task": 1e6 * statistics.median(walls) / tasks,
         "statements_per_task": statements,
+    }
+
+
+def measure_memory(url: str, shape: str, n: int) -> dict[str, Any]:
+    """In a process of its own (peak RSS only grows): how much the first execution raises
+    the peak RSS, untraced; then, under tracemalloc, a second one's peak and what its
+    result still holds."""
+    engine, run_one, tasks = _engine(url, shape, n)
+    with engine:
+        gc.collect()
+        rss_before = rss_kib()
+        run_one()
+        rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+        gc.collect()
+        tracemalloc.start()
+        result = run_one()
+        kept, peak = tracemalloc.get_traced_memory()  # kept: what the result holds
+        tracemalloc.stop()
+        del result
+    return {
         "traced_peak_bytes_per_task": peak / tasks,
         "result_bytes_per_task": kept / tasks,
         "rss_growth_bytes_per_task": max(0, rss_growth) * 1024 / tasks,
     }
 
 
+MEASURES = {"time": measure_time, "memory": measure_memory}
+
+
 def run_one(url: str, shape: str, n: int) -> dict[str, Any]:
-    """``measure`` in a fresh interpreter (one JSON line back)."""
-    code = [sys.executable, __file__, "--one", shape, str(n), "--url", url]
-    proc = subprocess.run(code, capture_output=True, text=True, timeout=TIMEOUT, check=False)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
-        raise RuntimeError(f"{shape} {n}: exit {proc.returncode}: " + " | ".join(tail))
-    return json.loads(lines[-1])
+    """Each measure in a fresh interpreter (one JSON line back from each)."""
+    out: dict[str, Any] = {}
+    for kind in MEASURES:
+        code = [sys.executable, __file__, "--one", kind, shape, str(n), "--url", url]
+        proc = subprocess.run(code, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
+            raise RuntimeError(f"{shape} {n}: exit {proc.returncode}: " + " | ".join(tail))
+        out.update(json.loads(lines[-1]))
+    return out
 
 
 def database(backend: str, server: str | None, stack: Any) -> str:
@@ -201,11 +228,12 @@ def main() -> int:
         help=f"also run on PostgreSQL (default server: {DEFAULT_POSTGRES})",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows here")
-    parser.add_argument("--one", nargs=2, metavar=("SHAPE", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # MEASURE SHAPE SIZE
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.url, args.one[0], int(args.one[1]))), flush=True)
+        kind, shape, size = args.one
+        print(json.dumps(MEASURES[kind](args.url, shape, int(size))), flush=True)
         return 0
     sizes = [int(size) for size in args.sizes.split(",")]
     shapes = [shape for shape in SHAPES if shape in args.shapes.split(",")]
