@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import cProfile
 import pstats
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from durably import Context, Engine, Workflow
+from durably import Context, Engine, RetryPolicy, Workflow, plan
 from durably.flow import is_limited
 from durably.runtime import Runtime
 from durably.state import ExecutionState
@@ -127,6 +128,39 @@ def test_a_fan_out_holds_what_its_join_and_its_compensation_read(engine: Engine)
     assert result.tasks["join"].context is not None
     assert result.tasks["join"].context["join"] == ["m0", "m1", "m2", "m3", "m4", "s"]
     assert undone == [{"s": 1}]  # the compensation got its task's output
+
+
+def test_waiting_for_completions_looks_only_at_retries(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While tasks run, the run waits for the next completion or the next retry time: it
+    asks about the tasks that wait for a retry, not every task (a fan-out of 10,000 slow tasks
+    waited 10,000 times, each a scan of 10,000 tasks)."""
+    asked: list[list[str] | None] = []
+    next_wake = plan.next_wake
+
+    def counting(state: ExecutionState, names: Any = None) -> float | None:
+        asked.append(None if names is None else list(names))
+        return next_wake(state, names)
+
+    monkeypatch.setattr(plan, "next_wake", counting)
+    attempts: list[int] = []
+    wf = Workflow(unique("slow"))
+    for i in range(12):
+        wf.task(name=f"m{i}")(lambda ctx: time.sleep(0.02))
+
+    @wf.task(retry=RetryPolicy(max_attempts=2, initial_delay=0.05, jitter=False))
+    def flaky(ctx: Context, handle: Any) -> None:
+        attempts.append(handle.attempt)
+        time.sleep(0.02)
+        if handle.attempt == 1:
+            raise ValueError("once")
+
+    result = engine.run(wf, {})
+    assert result.status == "completed", result.error
+    assert attempts == [1, 2]
+    assert asked, "the run waited for completions"
+    assert all(names is not None and set(names) <= {"flaky"} for names in asked), asked
 
 
 def test_flow_limits_declared_later_are_seen() -> None:

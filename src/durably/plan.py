@@ -18,6 +18,7 @@ one transition touches (a worker); the functions need only those.
 from __future__ import annotations
 
 import copy
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -271,9 +272,9 @@ def advance(state: ExecutionState, unblocked: Iterable[str], now: float) -> list
 
     Settled tasks are marked in ``state``; the caller records every decision."""
     decisions: list[Decision] = []
-    queue = list(unblocked)
+    queue = deque(unblocked)  # a root's 10,000 dependents: popping a list's head is O(n)
     while queue:
-        name = queue.pop(0)
+        name = queue.popleft()
         if state.tasks[name].status not in UNSTARTED:
             continue
         decision = decide(state, name, now)
@@ -309,11 +310,13 @@ def due(state: ExecutionState, now: float) -> list[str]:
     ]
 
 
-def next_wake(state: ExecutionState) -> float | None:
-    """The earliest time something is due: a retry, a timer, an event wait's timeout."""
+def next_wake(state: ExecutionState, names: Iterable[str] | None = None) -> float | None:
+    """The earliest time something is due: a retry, a timer, an event wait's timeout;
+    among ``names`` when the caller knows which tasks may have one (else every task)."""
+    tasks = state.tasks.values() if names is None else (state.tasks[n] for n in names)
     times = [
         t.retry_at if t.status in UNSTARTED else t.wake_at
-        for t in state.tasks.values()
+        for t in tasks
         if t.status in UNSTARTED or t.status == WAITING
     ]
     found = [moment for moment in times if moment is not None]
