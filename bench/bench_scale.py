@@ -63,10 +63,10 @@ def _setter(key: str, value: int) -> Callable[[Context], None]:
     return task
 
 
-def workflow(shape: str, n: int) -> tuple[Workflow, int]:
+def workflow(shape: str, n: int, prefix: str = "scale") -> tuple[Workflow, int]:
     """The workflow of ``shape`` with ``n`` tasks of its own (fan-out: plus start and end),
     and how many tasks it runs."""
-    wf = Workflow(f"scale_{shape}_{n}")
+    wf = Workflow(f"{prefix}_{shape}_{n}")
     if shape in ("chain", "chain-same"):
         for i in range(n):
             key = "k" if shape == "chain-same" else f"k{i}"
@@ -96,7 +96,7 @@ def _engine(url: str, shape: str, n: int) -> tuple[Engine, Callable[[], Any], in
     """An engine on ``url`` that ran one 100-task execution of ``shape`` (imports, statement
     caches), and a call running the ``n``-task one."""
     wf, tasks = workflow(shape, n)
-    warm, _ = workflow(shape, 100)
+    warm, _ = workflow(shape, 100, "warm")  # its own name: wf's first run stays its first
     engine = Engine(url, workflows=[wf, warm])
     engine.run(warm, {})
 
