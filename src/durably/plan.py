@@ -18,7 +18,6 @@ one transition touches (a worker); the functions need only those.
 from __future__ import annotations
 
 import copy
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -143,10 +142,11 @@ def needs_whole_execution(state: ExecutionState, name: str) -> bool:
 def final_context(state: ExecutionState) -> dict[str, Any]:
     """The leaves' outputs merged in declaration order (rule 8). When a leaf did not
     complete, the outputs of the completed tasks nearest to it stand in for it."""
+    saved = state.released.union(state.outputs)  # released: saved, no longer held
     frontier = [
         name
         for name in state.shape.tasks
-        if state.saved(name) and not any(state.saved(child) for child in state.dependents[name])
+        if name in saved and not any(child in saved for child in state.dependents[name])
     ]
     if not frontier:
         return codec.loads(state.initial or "{}")
@@ -272,9 +272,10 @@ def advance(state: ExecutionState, unblocked: Iterable[str], now: float) -> list
 
     Settled tasks are marked in ``state``; the caller records every decision."""
     decisions: list[Decision] = []
-    queue = deque(unblocked)  # a root's 10,000 dependents: popping a list's head is O(n)
-    while queue:
-        name = queue.popleft()
+    queue = list(unblocked)
+    # Iterated while it grows (in order, first in first out), never popped from its head:
+    # that is O(n) on a list, and a root may unblock 10,000 dependents at once.
+    for name in queue:
         if state.tasks[name].status not in UNSTARTED:
             continue
         decision = decide(state, name, now)

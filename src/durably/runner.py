@@ -278,9 +278,10 @@ class Runner:
             started.extend(starts)
         started.extend(self.rt.dispatch(tx, self.state, unblocked, now))
         # The inputs this completion made are built: what nothing reads again can go.
-        for done in (name, task.parent):
-            if done is not None and self.state.tasks[done].status == COMPLETED:
-                self.state.release_outputs(done)
+        if task.status == COMPLETED:
+            self.state.release_outputs(name)
+        if task.parent is not None and self.state.tasks[task.parent].status == COMPLETED:
+            self.state.release_outputs(task.parent)  # its last instance completed it
         if not started and self.state.all_done() and not outcomes.compensation_order(self.state):
             self.rt.finish(tx, self.state, now)
             self.finished = True

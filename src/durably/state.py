@@ -177,10 +177,6 @@ class ExecutionState:
             return None
         return {name for name, task in self.tasks.items() if task.retry_at is not None}
 
-    def saved(self, name: str) -> bool:
-        """Whether the task's output is saved (held in ``outputs``, or released)."""
-        return name in self.outputs or name in self.released
-
     def track_readers(self) -> None:
         """Start letting go of the outputs nothing will read again (:meth:`release_outputs`):
         an in-process run, which holds every task, does; a worker's partial state cannot
@@ -192,8 +188,9 @@ class ExecutionState:
             name: sum(self.tasks[r].status != COMPLETED for r in self.dependents[name])
             for name in self.shape.tasks
         }
-        for name in self.shape.tasks:
-            self._release(name)
+        for name, task in self.shape.tasks.items():
+            if not self._readers[name] and self.dependents[name] and task.compensate is None:
+                self._drop(name)
 
     def release_outputs(self, completed: str) -> None:
         """``completed`` just completed (once tracked): let go of the outputs nothing can
@@ -207,21 +204,23 @@ class ExecutionState:
         never a leaf's or one whose task has a compensation; an instance's goes as soon as
         it completed (its mapped task reads its instances' outputs from the database).
         ``_readers`` counts each task's dependents that have not completed."""
-        if self._readers is None:
+        readers = self._readers
+        if readers is None:
             return
-        if self.tasks[completed].parent is not None:
-            self._release(completed, instance=True)
+        parent = self.tasks[completed].parent
+        if parent is not None:
+            if self.shape.tasks[parent].compensate is None:
+                self._drop(completed)
             return
-        for dep in self.shape.tasks[completed].dependencies:
-            self._readers[dep] -= 1
-            self._release(dep)
+        tasks = self.shape.tasks
+        for dep in tasks[completed].dependencies:
+            readers[dep] -= 1
+            # Not a leaf (``completed`` depends on it), so its last reader just completed.
+            if readers[dep] == 0 and tasks[dep].compensate is None:
+                self._drop(dep)
 
-    def _release(self, name: str, *, instance: bool = False) -> None:
-        if name not in self.outputs or self.definition(name).compensate is not None:
-            return
-        assert self._readers is not None
-        if instance or (self._readers[name] == 0 and self.dependents[name]):
-            del self.outputs[name]
+    def _drop(self, name: str) -> None:
+        if self.outputs.pop(name, None) is not None:
             self.released.add(name)
 
     def reload_outputs(self, outputs: dict[str, str]) -> None:
