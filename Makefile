@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_claims.py
 	$(BIN)/python bench/bench_claim_scale.py
 	$(BIN)/python bench/bench_import.py
+	$(BIN)/python bench/bench_scale.py
 
 # Not part of `make bench`: needs a PostgreSQL server (DURABLY_BENCH_POSTGRES_URL, default
 # postgresql://postgres@127.0.0.1:5432/postgres) and installs pgqueuer and procrastinate into

@@ -86,11 +86,15 @@ def ancestors(deps: dict[str, list[str]], name: str) -> set[str]:
 
 
 class Run:
-    """Drives a state like the runner does, checking the invariants at every step."""
+    """Drives a state like the runner does, checking the invariants at every step; with
+    ``release``, letting go of the outputs nothing reads again as the runner does."""
 
-    def __init__(self, wf: Workflow, initial: dict[str, Any]) -> None:
+    def __init__(self, wf: Workflow, initial: dict[str, Any], release: bool = False) -> None:
         self.wf = wf
         self.state = new_state(wf, initial)
+        self.release = release
+        if release:
+            self.state.track_readers()
         self.running: list[str] = []
         self.inputs: dict[str, dict[str, Any]] = {}
         self.outputs: dict[str, dict[str, Any]] = {}
@@ -123,6 +127,8 @@ class Run:
             self.completion_order.append(name)
             unblocked = self.state.mark(name, COMPLETED)
         self.record(advance(self.state, unblocked, NOW))
+        if not fail:
+            self.state.release_outputs(name)
 
 
 def _latest_wins(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -177,7 +183,7 @@ def test_every_task_ends_terminal_and_none_starts_early(
     dag: tuple[Workflow, dict[str, list[str]]], data: st.DataObject
 ) -> None:
     wf, _ = dag
-    run = Run(wf, {"seed": 1})
+    run = Run(wf, {"seed": 1}, release=data.draw(st.booleans(), label="release"))
     while run.running:
         index = data.draw(st.integers(0, len(run.running) - 1), label="finish")
         run.finish(index, fail=data.draw(st.booleans(), label="fail"))
@@ -195,6 +201,17 @@ def test_every_task_ends_terminal_and_none_starts_early(
     ]
     expected = _latest_wins([run.outputs[n] for n in frontier]) if frontier else {"seed": 1}
     assert final_context(run.state) == expected
+    # Released or held, every output is saved; one is released exactly when nothing reads it
+    # again: it has dependents and they all completed (a run holds its frontier's outputs).
+    held, released = set(run.state.outputs), run.state.released
+    assert held | released == set(run.outputs)
+    assert not held & released
+    for name in run.outputs:
+        dependents = wf.dependents()[name]
+        unread = bool(dependents) and all(
+            run.state.tasks[c].status == COMPLETED for c in dependents
+        )
+        assert (name in released) == (unread and run.release), name
 
 
 @EXAMPLES
@@ -205,7 +222,7 @@ def test_a_started_task_sees_a_failed_dependencys_input(
     """Whatever rules let a task run past failures, its input is its dependencies' outputs
     (or, for one that did not complete, what that one received) in declaration order."""
     wf, _ = dag
-    run = Run(wf, {"seed": 1})
+    run = Run(wf, {"seed": 1}, release=data.draw(st.booleans(), label="release"))
     while run.running:
         index = data.draw(st.integers(0, len(run.running) - 1), label="finish")
         run.finish(index, fail=data.draw(st.booleans(), label="fail"))

@@ -173,6 +173,4 @@ class Limits:
 def is_limited(wf: Any) -> bool:
     """Whether any flow limit applies to the workflow's tasks (they go through the limited
     claim; the others through the plain one, whose cost does not change)."""
-    return wf.concurrency is not None or any(
-        task.concurrency is not None or task.rate_limit is not None for task in wf.tasks.values()
-    )
+    return wf.concurrency is not None or bool(wf.has_task_limits())

@@ -30,7 +30,7 @@ from .plan import Start
 from .records import StaleClaim
 from .runtime import Runtime
 from .state import ExecutionState
-from .statuses import RUNNING, WAITING
+from .statuses import COMPLETED, RUNNING, WAITING
 from .store import Tx
 from .subworkflows import child_of_event
 from .workflow import Workflow
@@ -48,6 +48,8 @@ class Runner:
         self.rt = runtime
         self.wf = wf
         self.state = state
+        state.track_readers()  # it holds every task: it can let go of outputs no one reads
+        self.timed = state.timed_tasks()  # what may wake (a retry time), None: scan them all
         self.cancelled = False
         self.finished = False
         self.inputs: dict[str, dict[str, Any]] = {}
@@ -166,7 +168,9 @@ class Runner:
                 return [future for future in done if future in self.running]
 
     def _wake_in(self) -> float:
-        due = plan.next_wake(self.state)
+        if self.timed is not None:  # the retries that started since have no time ahead
+            self.timed = {n for n in self.timed if self.state.tasks[n].retry_at is not None}
+        due = plan.next_wake(self.state, self.timed)
         token = self.rt.repo.next_token_at  # a rate limit held a task back until then
         if token is not None and token > self.rt.now():
             due = token if due is None else min(due, token)
@@ -266,11 +270,18 @@ class Runner:
                 attempt=attempt,
             )
             return []
+        if task.retry_at is not None and self.timed is not None:
+            self.timed.add(name)  # it waits for its retry time
         started = []
-        if self.state.tasks[name].parent is not None:
+        if task.parent is not None:
             starts, unblocked = self.rt.close_instance(tx, self.state, name, now, in_process=True)
             started.extend(starts)
         started.extend(self.rt.dispatch(tx, self.state, unblocked, now))
+        # The inputs this completion made are built: what nothing reads again can go.
+        if task.status == COMPLETED:
+            self.state.release_outputs(name)
+        if task.parent is not None and self.state.tasks[task.parent].status == COMPLETED:
+            self.state.release_outputs(task.parent)  # its last instance completed it
         if not started and self.state.all_done() and not outcomes.compensation_order(self.state):
             self.rt.finish(tx, self.state, now)
             self.finished = True
@@ -322,7 +333,9 @@ class Runner:
             execution = self.rt.repo.execution(tx, self.id)
             assert execution is not None
             fresh = self.rt.load(tx, execution, self.wf)
-        self.state.tasks, self.state.outputs = fresh.tasks, fresh.outputs
+        self.state.tasks = fresh.tasks
+        self.state.reload_outputs(fresh.outputs)
+        self.timed = self.state.timed_tasks()
         self.state.remaining, self.state.received = fresh.remaining, fresh.received
         self.state.open = fresh.open
 

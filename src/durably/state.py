@@ -11,7 +11,7 @@ from uuid import UUID
 
 from .merge import MergeFn
 from .retry import RetryPolicy
-from .statuses import TASK_TERMINAL, UNSTARTED
+from .statuses import COMPLETED, TASK_TERMINAL, UNSTARTED
 from .triggers import TriggerRule
 from .waits import Wait
 
@@ -99,6 +99,10 @@ class ExecutionState:
         self.id = execution_id
         self.tasks = {task.name: task for task in tasks}
         self.outputs = dict(outputs or {})
+        # Saved outputs an in-process run let go of (release_outputs): in the database, no
+        # longer in ``outputs``, and never read again by this run.
+        self.released: set[str] = set()
+        self._readers: dict[str, int] | None = None  # see release_outputs
         self.initial = initial
         self.patches = dict(patches or {})
         self.received = dict(received or {})
@@ -162,3 +166,67 @@ class ExecutionState:
 
     def all_done(self) -> bool:
         return self.open == 0
+
+    def timed_tasks(self) -> set[str] | None:
+        """The tasks with a retry time ahead; None when its definition has tasks that wait
+        (a wait, a sub-workflow): they start waiting inside a dispatch, where only a scan of
+        every task finds them. An in-process run adds each retry it records, so waiting for
+        completions does not scan every task each time (a fan-out of 10,000 slow tasks waits
+        about 10,000 times)."""
+        if any(t.wait is not None or t.child is not None for t in self.shape.tasks.values()):
+            return None
+        return {name for name, task in self.tasks.items() if task.retry_at is not None}
+
+    def track_readers(self) -> None:
+        """Start letting go of the outputs nothing will read again (:meth:`release_outputs`):
+        an in-process run, which holds every task, does; a worker's partial state cannot
+        know, and keeps what it loaded. Outputs that the loaded statuses already make
+        unread (a resumed run's) go now."""
+        if any(name not in self.tasks for name in self.shape.tasks):
+            return
+        self._readers = {
+            name: sum(self.tasks[r].status != COMPLETED for r in self.dependents[name])
+            for name in self.shape.tasks
+        }
+        for name, task in self.shape.tasks.items():
+            if not self._readers[name] and self.dependents[name] and task.compensate is None:
+                self._drop(name)
+
+    def release_outputs(self, completed: str) -> None:
+        """``completed`` just completed (once tracked): let go of the outputs nothing can
+        read any more, so that a run holds the outputs of its frontier, not every one (a
+        10,000-task chain whose context grows held 10,000 contexts of up to 10,000 keys).
+
+        An output is read for a dependent's input (while the dependent may still start or
+        retry, and through a dependent that did not complete and passes its own input on),
+        for the final context (the leaves', or the nearest completed tasks'), and for a
+        compensation. So a task's output goes once every dependent of it has completed, and
+        never a leaf's or one whose task has a compensation; an instance's goes as soon as
+        it completed (its mapped task reads its instances' outputs from the database).
+        ``_readers`` counts each task's dependents that have not completed."""
+        readers = self._readers
+        if readers is None:
+            return
+        parent = self.tasks[completed].parent
+        if parent is not None:
+            if self.shape.tasks[parent].compensate is None:
+                self._drop(completed)
+            return
+        tasks = self.shape.tasks
+        for dep in tasks[completed].dependencies:
+            readers[dep] -= 1
+            # Not a leaf (``completed`` depends on it), so its last reader just completed.
+            if readers[dep] == 0 and tasks[dep].compensate is None:
+                self._drop(dep)
+
+    def _drop(self, name: str) -> None:
+        if self.outputs.pop(name, None) is not None:
+            self.released.add(name)
+
+    def reload_outputs(self, outputs: dict[str, str]) -> None:
+        """Every saved output, read again (after a reload); what nothing reads is let go
+        again."""
+        tracked = self._readers is not None
+        self.outputs, self.released, self._readers = outputs, set(), None
+        if tracked:
+            self.track_readers()

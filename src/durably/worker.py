@@ -3,9 +3,10 @@
 A worker's turn is one transaction: the outcomes of every attempt that finished since the
 last (outputs, statuses, the dependents they made ready) and the claim of the slots they
 freed (which also loads what each task needs: its dependencies' statuses and outputs, or the
-initial context). So a worker with N slots commits about once per N tasks. A sweeper returns stale claims of *other* processes to ``ready``, takes
-over executions whose in-process driver died, and finishes executions whose last task was
-completed by a worker that then died. The rules are :mod:`durably.plan`'s, applied through
+initial context). So a worker with N slots commits about once per N tasks. A sweeper
+returns stale claims of *other* processes to ``ready``, takes over executions whose
+in-process driver died, and finishes executions whose last task was completed by a worker
+that then died. The rules are :mod:`durably.plan`'s, applied through
 the shared :class:`~durably.runtime.Runtime`.
 """
 

@@ -71,6 +71,7 @@ class Workflow:
         self._checked: tuple[str, ...] | None = None
         self._version: str | None = None
         self._dependents: dict[str, tuple[str, ...]] | None = None
+        self._task_limits: bool | None = None
         # Schedule name -> its definition (:meth:`schedule`); workers fire them.
         self.schedules: dict[str, Schedule] = {}
         with _registry_lock:
@@ -170,6 +171,7 @@ class Workflow:
             # A function declared under two names cannot stand for either as a dependency.
             self._by_fn[fn] = None if fn in self._by_fn else task_name
             self._checked = self._version = self._dependents = self._shape = None
+            self._task_limits = None
             return fn
 
         return decorate
@@ -360,6 +362,17 @@ class Workflow:
                         result[dep].append(task.name)
             self._dependents = {name: tuple(children) for name, children in result.items()}
         return self._dependents
+
+    def has_task_limits(self) -> bool:
+        """Whether any task has a ``concurrency`` or a ``rate_limit`` (computed once per
+        definition: every task row an execution inserts asks, so a scan per ask would make
+        starting a 10,000-task execution quadratic)."""
+        if self._task_limits is None:
+            self._task_limits = any(
+                task.concurrency is not None or task.rate_limit is not None
+                for task in self.tasks.values()
+            )
+        return self._task_limits
 
     def roots(self) -> list[str]:
         return [name for name, task in self.tasks.items() if not task.dependencies]
