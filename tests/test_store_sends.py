@@ -13,6 +13,7 @@ from durably.backends import open_store
 from durably.exceptions import StoreError
 from durably.store import Store, timestamp
 
+from .conftest import wait_until
 from .test_store import insert_context, read_context, terminate
 
 
@@ -94,9 +95,29 @@ def test_a_dead_pooled_connection_is_replaced_for_a_transaction_that_only_sends(
     with open_store(postgres_url, application_name="durably_kill_sends", min_size=2) as store:
         insert_context(store)
         assert terminate(pg_server, "durably_kill_sends") >= 1
+        # Gone for good, as after a restart (pg_terminate_backend returns before the backend
+        # has said goodbye and closed its socket).
+        wait_until(lambda: not pg_server.conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'durably_kill_sends'"
+        ).fetchall(), "the killed backends to exit")  # fmt: skip
         # Its BEGIN, its writes and its COMMIT travel together: the dead connection is
         # seen before they leave (its goodbye waits to be read), and replaced.
         context_id = str(uuid.uuid4())
         with store.transaction() as tx:
             tx.send("insert_context", insert(context_id))
         assert read_context(store, context_id) == "{}"
+
+
+@pytest.mark.postgres
+def test_a_transaction_whose_first_statement_fails_is_rolled_back_before_the_pool(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its BEGIN went with that statement: the ROLLBACK is sent, the pool gets its connection
+    back idle (it would otherwise roll it back itself, with a warning)."""
+    with open_store(postgres_url, min_size=1, max_size=1) as store:
+        taken = insert_context(store)
+        with caplog.at_level("WARNING"):
+            with pytest.raises(StoreError), store.transaction() as tx:
+                tx.execute("insert_context", insert(taken))  # the same id: refused
+            assert read_context(store, taken) == '{"a": 1}'
+        assert not [r for r in caplog.records if r.name.startswith("psycopg")], caplog.text

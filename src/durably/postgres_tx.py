@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, LiteralString
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow
 
 from .logs import fields
@@ -130,6 +131,8 @@ class PostgresTx(Tx):
                 if self._begin and self.conn.broken and attempt < len(RETRY_DELAYS):
                     self._reconnect(exc, attempt)  # it never began: begin it elsewhere
                     continue
+                if self.conn.info.transaction_status != TransactionStatus.IDLE:
+                    self._begin = ()  # it began, then failed: the rollback must be sent
                 names = ", ".join(repr(name) for name, _ in [*held, *statements])
                 one = len(held) + len(statements) == 1
                 what = f"query {names}" if one else f"query batch ({names})"
