@@ -74,6 +74,22 @@ def _params(limited: bool) -> dict[str, Any]:
     return params
 
 
+def _fill(
+    put: Callable[[Iterator[tuple[Any, ...]]], None],
+    analyze: Callable[[], object],
+    statistics: str,
+    now: datetime,
+) -> None:
+    """The finished executions, then the queued ones, with the planner's statistics taken
+    before the queue filled (stale), after it (fresh), or never (none)."""
+    put(_rows(0, FINISHED, "completed", now - timedelta(days=2)))
+    if statistics == "stale":
+        analyze()
+    put(_rows(FINISHED, QUEUED, "ready", now - timedelta(days=1)))
+    if statistics == "fresh":
+        analyze()
+
+
 # --- SQLite ------------------------------------------------------------------------------------
 
 
@@ -99,12 +115,7 @@ def _sqlite_fill(path: str, statistics: str) -> None:
             f"INSERT INTO task_executions ({TASK_COLUMNS}) VALUES ({marks})", [t for _, t in pairs]
         )
 
-    put(_rows(0, FINISHED, "completed", now - timedelta(days=2)))
-    if statistics == "stale":
-        conn.execute("ANALYZE")
-    put(_rows(FINISHED, QUEUED, "ready", now - timedelta(days=1)))
-    if statistics == "fresh":
-        conn.execute("ANALYZE")
+    _fill(put, lambda: conn.execute("ANALYZE"), statistics, now)
     conn.commit()
     conn.close()
 
@@ -173,12 +184,7 @@ def _postgres_fill(url: str, statistics: str) -> None:
                     for _, task in pairs:
                         c.write_row(task)
 
-        put(_rows(0, FINISHED, "completed", now - timedelta(days=2)))
-        if statistics == "stale":
-            conn.execute("ANALYZE")
-        put(_rows(FINISHED, QUEUED, "ready", now - timedelta(days=1)))
-        if statistics == "fresh":
-            conn.execute("ANALYZE")
+        _fill(put, lambda: conn.execute("ANALYZE"), statistics, now)
 
 
 def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:

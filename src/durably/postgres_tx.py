@@ -118,10 +118,7 @@ class PostgresTx(Tx):
                     cursors[0].execute(self._queries[name], params or {})  # nothing to pipe
                     return cursors
                 with self.conn.pipeline():
-                    for begin in self._begin:
-                        self.conn.execute(begin, prepare=False)
-                    for name, params in held:
-                        self.conn.execute(self._queries[name], params or {})
+                    self._send_ahead(self._begin, held)
                     for cursor, (name, params) in zip(cursors, statements, strict=True):
                         if many is not None:
                             cursor.executemany(self._queries[name], many)
@@ -142,6 +139,13 @@ class PostgresTx(Tx):
             self._begin = ()
             return cursors
         raise AssertionError("unreachable")
+
+    def _send_ahead(self, begin: Sequence[LiteralString], held: Sequence[Statement]) -> None:
+        """Into the open pipeline: the BEGIN still due, then the writes held back."""
+        for statement in begin:
+            self.conn.execute(statement, prepare=False)
+        for name, params in held:
+            self.conn.execute(self._queries[name], params or {})
 
     def _reconnect(self, exc: psycopg.Error, attempt: int) -> None:
         logger.warning(
@@ -172,10 +176,7 @@ class PostgresTx(Tx):
                 self.conn.execute("COMMIT", prepare=False)
                 return
             with self.conn.pipeline():
-                for statement in begin:
-                    self.conn.execute(statement, prepare=False)
-                for name, params in held:
-                    self.conn.execute(self._queries[name], params or {})
+                self._send_ahead(begin, held)
                 self.conn.execute("COMMIT", prepare=False)
         except psycopg.Error as exc:
             # A write that failed stopped the pipeline before the COMMIT: roll back.

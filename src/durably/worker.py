@@ -116,23 +116,21 @@ class Worker(Sweeping):
         if not self._stopping.is_set():
             for chore in self._upkeep:
                 chore.tick()
-        claimed = False
         free = 0 if self._stopping.is_set() else self.concurrency - len(running)
         jobs = self._turn(free)
-        if jobs:
-            claimed = True
-            for job in jobs:
-                if job.timed_out is not None:
-                    timeout = WaitTimeout(
-                        f"no event {job.timed_out!r} arrived before the wait's timeout"
-                    )
-                    self._unsaved.append(Finished(job, None, timeout))
-                    continue
-                ctx = self.rt.context(job.state, job.name, job.input)
-                handle = self.rt.handle(job.state, job.name, job.attempt)
-                declared = job.state.tasks[job.name].parent or job.name
-                future = self.rt.executor.submit(job.wf.tasks[declared], ctx, handle)
-                running[future] = job
+        claimed = bool(jobs)
+        for job in jobs:
+            if job.timed_out is not None:
+                timeout = WaitTimeout(
+                    f"no event {job.timed_out!r} arrived before the wait's timeout"
+                )
+                self._unsaved.append(Finished(job, None, timeout))
+                continue
+            ctx = self.rt.context(job.state, job.name, job.input)
+            handle = self.rt.handle(job.state, job.name, job.attempt)
+            declared = job.state.tasks[job.name].parent or job.name
+            future = self.rt.executor.submit(job.wf.tasks[declared], ctx, handle)
+            running[future] = job
         if running:
             done, _ = concurrent.futures.wait(
                 running, timeout=self._slot_wait(), return_when=concurrent.futures.FIRST_COMPLETED

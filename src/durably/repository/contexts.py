@@ -13,8 +13,6 @@ from .deltas import SavedRow, resolve, rest_on
 from .rows import new_id
 from .saved import INITIAL, SavedContexts
 
-SAVED = "link_saved_output"  # links a row saved before, only if it still exists
-
 
 class Contexts:
     def __init__(self) -> None:
@@ -91,23 +89,17 @@ class Contexts:
         return row.text if row is not None else None
 
     def link_output(
-        self, tx: Tx, execution_id: str, task_id: str, name: str, context_id: str, now: float,
-        query: str = "save_output",
-    ) -> int:  # fmt: skip
-        """Link the output; the rows linked (``save_output`` always links one, and is sent
-        with what follows it; another query may link none)."""
-        params = {
-            "id": new_id(),
-            "task_id": task_id,
-            "execution_id": execution_id,
-            "name": name,
-            "context_id": context_id,
-            "now": timestamp(now),
-        }
-        if query == "save_output":
-            tx.send(query, params)
-            return 1
-        return tx.execute(query, params)
+        self, tx: Tx, execution_id: str, task_id: str, name: str, context_id: str, now: float
+    ) -> None:
+        """Link the output to a row written here (sent with what follows: nothing to learn)."""
+        tx.send("save_output", _link(execution_id, task_id, name, context_id, now))
+
+    def link_saved_output(
+        self, tx: Tx, execution_id: str, task_id: str, name: str, context_id: str, now: float
+    ) -> bool:
+        """Link the output to a row saved before, only if it still exists."""
+        params = _link(execution_id, task_id, name, context_id, now)
+        return bool(tx.execute("link_saved_output", params))
 
     def save_output(
         self, tx: Tx, execution_id: str, task_id: str, name: str, value: str, now: float,
@@ -118,7 +110,7 @@ class Contexts:
         bases = self.bases(execution_id, dependencies)
         row = self.save_context(tx, value, now, bases)
         if row in bases:  # saved before: linked only if it still exists
-            if not self.link_output(tx, execution_id, task_id, name, row.id, now, SAVED):
+            if not self.link_saved_output(tx, execution_id, task_id, name, row.id, now):
                 row = self.save_context(tx, value, now)
                 self.link_output(tx, execution_id, task_id, name, row.id, now)
         else:
@@ -143,6 +135,19 @@ class Contexts:
 
     def delete_output(self, tx: Tx, execution_id: str, name: str) -> None:
         tx.execute("delete_output", {"id": execution_id, "name": name})
+
+
+def _link(
+    execution_id: str, task_id: str, name: str, context_id: str, now: float
+) -> dict[str, object]:
+    return {
+        "id": new_id(),
+        "task_id": task_id,
+        "execution_id": execution_id,
+        "name": name,
+        "context_id": context_id,
+        "now": timestamp(now),
+    }
 
 
 def _raw(rows: Iterable[Any]) -> dict[str, tuple[str, str | None]]:
