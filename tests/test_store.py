@@ -305,6 +305,20 @@ SAMPLES: dict[str, Callable[[], Any]] = {
     "rate": lambda: 5.0,
     "capacity": lambda: 1.0,
     "lease": lambda: 30.0,
+    "tasks": lambda: json.dumps(
+        [
+            {
+                "id": new_id(),
+                "name": "t",
+                "position": 0,
+                "status": "ready",
+                "attempt": 0,
+                "max_attempts": 1,
+                "flow_limited": 0,
+            }
+        ]
+    ),
+    "notify": lambda: True,
 }
 
 

@@ -197,10 +197,9 @@ class Engine(Inspection):
         try:
             with self.store.transaction() as tx:
                 existing, created = starts.insert(
-                    self.runtime, tx, definition, initial, key, claimed=False, priority=priority
-                )
-                if existing is None:
-                    self.runtime.repo.notify_work(tx)
+                    self.runtime, tx, definition, initial, key, claimed=False,
+                    priority=priority, notify=True,
+                )  # fmt: skip
         except starts.KeyTaken:
             existing = starts.by_key(self.runtime, definition, key)
         return UUID(existing or created[0])

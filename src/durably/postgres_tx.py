@@ -3,7 +3,8 @@
 Three things travel together in one pipeline (psycopg's pipeline mode: the statements sent,
 then one Sync, so the client waits once):
 
-- the BEGIN, sent with the transaction's first statement rather than on its own;
+- the BEGIN, sent with the transaction's first statement rather than on its own (or not at
+  all: a transaction of one held write sends just that statement, atomic on its own);
 - the writes held back by :meth:`~durably.store.Tx.send`, sent before the next statement
   that returns something, or with the COMMIT;
 - the statements of a :meth:`~durably.store.Tx.fetch_batch`.
@@ -31,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, LiteralString
 
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.rows import DictRow
 
 from .logs import fields
@@ -49,8 +50,14 @@ RETRY_DELAYS = (0.05, 0.2, 0.5)
 Cursor = psycopg.Cursor[DictRow]
 
 
+def _has_rows(cursor: Cursor) -> bool:
+    result = cursor.pgresult
+    return result is not None and result.status == ExecStatus.TUPLES_OK
+
+
 class PostgresTx(Tx):
     __slots__ = ("_begin", "_pending", "_queries", "_store", "conn")
+    combined = True
 
     def __init__(
         self, store: PostgresStore, conn: Connection, begin: Sequence[LiteralString]
@@ -96,8 +103,9 @@ class PostgresTx(Tx):
         if not statements:
             return []
         cursors = self._pipeline(statements)
-        # After the Sync every result is in: reading them sends nothing.
-        return [list(c.fetchall()) if c.description is not None else [] for c in cursors]
+        # After the Sync every result is in: reading them sends nothing. (Not asked through
+        # ``description``: it builds a Column object per column of every result.)
+        return [list(c.fetchall()) if _has_rows(c) else [] for c in cursors]
 
     # -- the round trips --------------------------------------------------------------------
 
@@ -174,6 +182,10 @@ class PostgresTx(Tx):
         try:
             if not held:
                 self.conn.execute("COMMIT", prepare=False)
+                return
+            if begin and len(held) == 1:  # one statement: atomic alone (autocommit)
+                name, params = held[0]
+                self.conn.execute(self._queries[name], params or {})
                 return
             with self.conn.pipeline():
                 self._send_ahead(begin, held)

@@ -14,6 +14,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from . import codec, metrics, outcomes, plan, tracing
@@ -29,6 +30,7 @@ from .plan import Start
 from .records import AttemptRef, ExecutionRecord, StaleClaim, TaskRecord
 from .registry import Registry
 from .repository import Repository
+from .repository.contexts import PlannedCompletion
 from .state import ExecutionState
 from .statuses import (
     COMPLETED,
@@ -37,13 +39,39 @@ from .statuses import (
     RUNNING,
     WAITING,
 )
-from .store import Store, Tx
+from .store import Row, Statement, Store, Tx
 from .transitions import WaitsAndMaps
 from .workflow import Workflow
 
 logger = logging.getLogger("durably.runtime")
 
 DEFAULT_MAX_CONTEXT_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedLoad:
+    """A partial load's statements (``tasks`` of them read task rows, then outputs, then
+    the initial context if ``initial``), and what :meth:`Runtime.loaded` needs besides."""
+
+    wf: Workflow
+    execution_id: str
+    missing: list[str] | None  # the task rows read (None: all)
+    known: Sequence[TaskRecord]
+    waits: Mapping[str, Sequence[str]] | None
+    statements: list[Statement]
+    tasks: int
+    outputs: bool
+    initial: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRecord:
+    """A completed attempt's write, planned (Runtime.plan_record)."""
+
+    name: str
+    attempt: int
+    value: str  # the output, as codec text
+    completion: PlannedCompletion
 
 
 class Runtime(WaitsAndMaps, Children):
@@ -144,25 +172,63 @@ class Runtime(WaitsAndMaps, Children):
         """The named tasks, the named outputs (None: all of either) and, given its id, the
         initial context. ``known``: task rows this transaction already read (a claim's).
         ``waits``: tasks whose listed dependencies are not read but counted: one still
-        unfinished counts in the task's ``remaining`` like a loaded one."""
-        waiting: set[str] = set()
+        unfinished counts in the task's ``remaining`` like a loaded one. (One round trip:
+        :meth:`plan_load`, then :meth:`loaded`.)"""
+        planned = self.plan_load(
+            execution_id, wf, names, outputs, context_id=context_id, known=known, waits=waits
+        )
+        return self.loaded(planned, tx.fetch_batch(planned.statements))
+
+    def plan_load(
+        self,
+        execution_id: str,
+        wf: Workflow,
+        names: Sequence[str] | None,
+        outputs: Sequence[str] | None = (),
+        *,
+        context_id: str | None = None,
+        known: Sequence[TaskRecord] = (),
+        waits: Mapping[str, Sequence[str]] | None = None,
+    ) -> PlannedLoad:
+        """:meth:`load_partial`'s reads, to send with other statements (a worker's batch)."""
+        missing: list[str] | None = None
+        tasks: list[Statement] = []
         if names is None:
-            tasks = self.repo.tasks(tx, execution_id, None)
+            tasks = self.repo.task_reads(execution_id, None)
         else:
             have = {task.name for task in known}
             missing = [name for name in names if name not in have]
-            found: list[TaskRecord] = []
-            if missing and waits:
-                found, waiting = self.repo.tasks_and_waiting(tx, execution_id, missing, waits)
-            elif missing:
-                found = self.repo.tasks(tx, execution_id, missing)
-            tasks = [*known, *found]
+            tasks = self.repo.task_reads(execution_id, missing, waits) if missing else []
+        found = self.repo.output_reads(execution_id, outputs)
+        initial = [self.repo.initial_reads(context_id)] if context_id else []
+        statements = [*tasks, *found, *initial]
+        return PlannedLoad(
+            wf, execution_id, missing, known, waits, statements, len(tasks), bool(found),
+            bool(initial),
+        )  # fmt: skip
+
+    def loaded(self, planned: PlannedLoad, rows: Sequence[list[Row]]) -> ExecutionState:
+        """The state a :meth:`plan_load` reads, from its statements' rows."""
+        split = planned.tasks
+        rest = rows[split:]
+        found: list[TaskRecord] = []
+        waiting: set[str] = set()
+        if split:
+            found, waiting = self.repo.tasks_read(planned.missing, planned.waits, rows[:split])
+        outputs = {}
+        if planned.outputs:
+            rows_of = self.repo.outputs_read(planned.execution_id, rest[0])
+            outputs = {name: row.text for name, row in rows_of}
+        initial = None
+        if planned.initial:
+            initial = self.repo.initial_read(planned.execution_id, rest[-1])
+        tasks = [*planned.known, *found]
         state = ExecutionState(
-            wf,
-            execution_id,
+            planned.wf,
+            planned.execution_id,
             [task.state() for task in tasks],
-            self.repo.outputs(tx, execution_id, outputs),
-            self.repo.initial_context(tx, execution_id, context_id) if context_id else None,
+            outputs,
+            initial,
             patches_of(tasks),
             received_of(tasks),
         )
@@ -216,6 +282,37 @@ class Runtime(WaitsAndMaps, Children):
             return []
         self._log_outcome(logging.WARNING, "failed", state, name, attempt, outcome.error)
         return state.mark(name, FAILED, outcome.error)
+
+    def plan_record(
+        self, state: ExecutionState, name: str, attempt: int, outcome: plan.Completed, now: float
+    ) -> PlannedRecord:
+        """:meth:`record`'s write of a completed attempt as one statement, to send with
+        others (a worker's batch, where the store combines writes); :meth:`recorded` then
+        applies its answer. Not for a sub-workflow's task (its child outcome is reset)."""
+        task = state.tasks[name]
+        ref = AttemptRef(state.id, task.id, name, attempt, self.worker_id, task.started_at)
+        ref.logs = self.logs.take(task.id, attempt)
+        deps = state.definition(name).dependencies
+        completion = self.repo.plan_complete(ref, outcome.value, now, deps)
+        return PlannedRecord(name, attempt, outcome.value, completion)
+
+    def recorded(
+        self, tx: Tx, state: ExecutionState, planned: PlannedRecord, rows: Sequence[Row],
+        now: float,
+    ) -> list[str] | None:  # fmt: skip
+        """:meth:`record`'s answer for a :meth:`plan_record` statement's rows (``state``:
+        the tasks around it, read before that statement ran)."""
+        name = planned.name
+        if self.repo.limits_of(state.shape) is not None:
+            self.repo.notify_work(tx)  # a slot frees up: wake the workers a limit holds back
+        if not self.repo.completion_read(planned.completion, rows):
+            return None
+        state.outputs[name] = planned.value
+        if metrics.active is not None:
+            metrics.active.attempt_of(state, name, "completed", now)
+        if logger.isEnabledFor(logging.INFO):
+            self._log_outcome(logging.INFO, "completed", state, name, planned.attempt, None)
+        return state.mark(name, COMPLETED)
 
     def _took_outcome(self, tx: Tx, state: ExecutionState, name: str, now: float) -> None:
         """A sub-workflow task's child outcome belongs to the attempt just recorded: a retry

@@ -17,10 +17,11 @@ class KeyTaken(Exception):
 
 def insert(
     rt: Runtime, tx: Tx, wf: Workflow, initial: str, key: str | None, *, claimed: bool,
-    priority: int = 0,
+    priority: int = 0, notify: bool = False,
 ) -> tuple[str | None, tuple[str, list[TaskState]]]:  # fmt: skip
     """``(existing id, _)`` when the key is taken, else ``(None, (id, task states))``;
-    :class:`KeyTaken` when a concurrent start inserted the key after the look-up."""
+    :class:`KeyTaken` when a concurrent start inserted the key after the look-up.
+    ``notify``: wake idle workers when it commits (a start for workers)."""
     key = check_key(key)
     if key is not None and (found := rt.repo.execution_by_key(tx, wf.name, key)) is not None:
         return found.id, ("", [])
@@ -32,6 +33,7 @@ def insert(
         claimed_by=rt.worker_id if claimed else None,
         key=key,
         priority=priority,
+        notify=notify,
     )
     if created is None:
         raise KeyTaken

@@ -57,6 +57,12 @@ class StoreStats:
 class Tx(abc.ABC):
     """An open transaction: run named queries in it."""
 
+    # Whether a write spanning several tables can be sent as one statement (PostgreSQL's
+    # data-modifying WITH): the repository then sends the combined query (named in the
+    # dialect's file only) instead of its parts. One statement costs the server and the
+    # driver less than several, whatever the round trips.
+    combined: ClassVar[bool] = False
+
     @abc.abstractmethod
     def execute(self, name: str, params: Params | None = None) -> int:
         """Run a statement; return the number of rows it changed."""

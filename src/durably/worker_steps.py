@@ -11,7 +11,7 @@ from typing import Any
 
 from . import outcomes, plan
 from .records import Claim, ExecutionRecord, TaskRecord
-from .runtime import Runtime
+from .runtime import PlannedLoad, Runtime
 from .state import ExecutionState
 from .statuses import COMPLETED
 from .store import Tx
@@ -139,6 +139,25 @@ def around(
     instance of a mapped task: it, that task (with what its input needs, for its output
     once the last instance is done), and what that task unblocks. ``known``: rows not to
     read again (a single task with no dependents reads nothing)."""
+    context_id = None
+    if parent is not None and not wf.tasks[parent].dependencies:
+        execution = rt.repo.execution(tx, execution_id)
+        context_id = execution.context_id if execution else None
+    planned = plan_around(rt, wf, execution_id, name, parent, known, context_id)
+    return rt.loaded(planned, tx.fetch_batch(planned.statements))
+
+
+def plan_around(
+    rt: Runtime,
+    wf: Workflow,
+    execution_id: str,
+    name: str,
+    parent: str | None = None,
+    known: Sequence[TaskRecord] = (),
+    context_id: str | None = None,
+) -> PlannedLoad:
+    """:func:`around`'s reads, to send with other statements; ``context_id``: the initial
+    context's, which an instance of a mapped task with no dependencies needs."""
     declared = parent or name
     children = wf.dependents()[declared]
     touched = dict.fromkeys([name, declared, *children])
@@ -152,15 +171,11 @@ def around(
         if child not in wide:
             touched.update(dict.fromkeys(wf.tasks[child].dependencies))
     deps: tuple[str, ...] = ()
-    context_id = None
     if parent is not None:
         deps = wf.tasks[parent].dependencies
         touched.update(dict.fromkeys(deps))
-        if not deps:
-            execution = rt.repo.execution(tx, execution_id)
-            context_id = execution.context_id if execution else None
-    return rt.load_partial(
-        tx, execution_id, wf, list(touched), deps, context_id=context_id, known=known, waits=waits
+    return rt.plan_load(
+        execution_id, wf, list(touched), deps, context_id=context_id, known=known, waits=waits
     )
 
 

@@ -6,12 +6,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from ..store import Tx, timestamp
+from ..records import AttemptRef
+from ..store import Row, Statement, Tx, timestamp
 from .deltas import SavedRow, resolve, rest_on
 from .rows import new_id
 from .saved import INITIAL, SavedContexts
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedCompletion:
+    """complete_with_output's statement, and the rows its answer tells which to keep."""
+
+    statement: Statement
+    ref: AttemptRef
+    same: SavedRow | None  # the row saved before that holds the output's text, if any
+    fresh: SavedRow  # the row written otherwise
 
 
 class Contexts:
@@ -52,7 +64,13 @@ class Contexts:
     def initial_context(self, tx: Tx, execution_id: str, context_id: str) -> str | None:
         """The execution's initial context, kept in memory: its root tasks' outputs are
         stored as what they changed in it."""
-        row = _one(tx.fetch_all("get_context", {"id": context_id}))
+        return self.initial_read(execution_id, tx.fetch_all(*self.initial_reads(context_id)))
+
+    def initial_reads(self, context_id: str) -> Statement:
+        return ("get_context", {"id": context_id})
+
+    def initial_read(self, execution_id: str, rows: Sequence[Row]) -> str | None:
+        row = _one(rows)
         if row is None:
             return None
         self.saved.keep(execution_id, [(INITIAL, row)])
@@ -69,13 +87,19 @@ class Contexts:
     ) -> list[tuple[str, SavedRow]]:
         """The saved outputs by task name, as rows (kept in memory: later outputs of the
         execution are stored as what they changed in them)."""
+        reads = self.output_reads(execution_id, names)
+        return self.outputs_read(execution_id, tx.fetch_all(*reads[0])) if reads else []
+
+    def output_reads(self, execution_id: str, names: Sequence[str] | None) -> list[Statement]:
+        """The statement of :meth:`output_rows` (none for no names), to send with others;
+        :meth:`outputs_read` makes its rows rows."""
         if names is None:
-            rows = tx.fetch_all("get_outputs", {"id": execution_id})
-        elif not names:
+            return [("get_outputs", {"id": execution_id})]
+        if not names:
             return []
-        else:
-            params = {"id": execution_id, "names": json.dumps(list(names))}
-            rows = tx.fetch_all("get_named_outputs", params)
+        return [("get_named_outputs", {"id": execution_id, "names": json.dumps(list(names))})]
+
+    def outputs_read(self, execution_id: str, rows: Sequence[Row]) -> list[tuple[str, SavedRow]]:
         found = labelled(rows, "task_name")
         self.saved.keep(execution_id, found)
         return found
@@ -116,6 +140,49 @@ class Contexts:
         else:
             self.link_output(tx, execution_id, task_id, name, row.id, now)
         self.saved.keep(execution_id, [(name, row)])
+
+    def complete_with_output(
+        self, tx: Tx, ref: AttemptRef, fence: Mapping[str, Any], value: str,
+        dependencies: Sequence[str] | None,
+    ) -> bool:  # fmt: skip
+        """complete_task (``fence``: its parameters but the task) and save_output as one
+        statement (``Tx.combined``), whose answer says whether the claim held."""
+        planned = self.plan_completion(ref, fence, value, dependencies)
+        return self.completion_read(planned, tx.fetch_all(*planned.statement))
+
+    def plan_completion(
+        self, ref: AttemptRef, fence: Mapping[str, Any], value: str,
+        dependencies: Sequence[str] | None,
+    ) -> PlannedCompletion:  # fmt: skip
+        """:meth:`complete_with_output`'s statement, to send with others."""
+        bases = self.bases(ref.execution_id, dependencies)
+        base, delta, members = rest_on(value, bases) if bases else (None, None, None)
+        row_id = new_id()
+        same = base if delta is None else None  # a row saved before holds this very text
+        on = base if delta is not None else None
+        params = {
+            **fence,
+            "task_id": ref.task_id,
+            "execution_id": ref.execution_id,
+            "name": ref.name,
+            "link_id": new_id(),
+            "context_id": row_id,
+            "saved_id": same.id if same is not None else None,
+            "base_id": on.id if on is not None else None,
+            "value": delta if delta is not None else value,
+            "full": value,
+        }
+        fresh = SavedRow(row_id, value, on, members)
+        return PlannedCompletion(("complete_with_output", params), ref, same, fresh)
+
+    def completion_read(self, planned: PlannedCompletion, rows: Sequence[Row]) -> bool:
+        """Whether the claim held (then the output's row is kept in memory)."""
+        if not rows or not rows[0]["completed"]:
+            return False
+        same = planned.same
+        row = same if same is not None and rows[0]["reused"] else planned.fresh
+        self.saved.keep(planned.ref.execution_id, [(planned.ref.name, row)])
+        return True
 
     def share_outputs(
         self, tx: Tx, source: str, execution_id: str, task_ids: Mapping[str, str],

@@ -21,6 +21,13 @@ from .maps import Maps
 from .rows import execution_of, new_id, random_id, stored
 from .saved import INITIAL
 
+# What start_execution reads of each task row (the rest is the execution's, or constant).
+_START_TASK_FIELDS = (
+    "id", "name", "position", "status", "attempt", "max_attempts", "trigger_rules",
+    "configuration", "started_at", "completed_at", "concurrency_key", "rate_key",
+    "flow_limited", "pipeline_key",
+)  # fmt: skip
+
 
 class Executions(Maps, Listing):
     def __init__(self) -> None:
@@ -83,25 +90,30 @@ class Executions(Maps, Listing):
         reused: Mapping[str, TaskRecord] | None = None,
         patches: Mapping[str, str] | None = None,
         priority: int = 0,
+        notify: bool = False,
     ) -> tuple[str, list[TaskState]] | None:
         """Insert an execution and its task rows; return its id and its tasks' states, or
         None when an execution of that workflow with that key exists already (then the
         caller must roll back: only the initial context was inserted).
 
         ``reused`` tasks (a fork's) start completed; ``patches`` (codec text) are stored in
-        their task's configuration."""
+        their task's configuration. ``notify``: wake idle workers once it commits."""
         stamp = timestamp(now)
         execution_id = random_id()
+        # Without a key there is no conflict to learn of, and where the store can, the
+        # context, the execution and its tasks are one statement (start_execution).
+        combined = tx.combined and key is None and context_id is None
+        text = initial or "{}"
         if context_id is None:
-            row = self.save_context(tx, initial or "{}", now)
+            row = SavedRow(new_id(), text) if combined else self.save_context(tx, text, now)
             context_id = row.id
             self.saved.keep(execution_id, [(INITIAL, row)])
         limited = None
         if wf.concurrency is not None:
             decoded = {}
             if wf.concurrency.key is not None:  # a fork reuses the context by its id
-                text = initial if initial is not None else self.context(tx, context_id)
-                decoded = codec.loads(text or "{}")
+                known = initial if initial is not None else self.context(tx, context_id)
+                decoded = codec.loads(known or "{}")
             limited = execution_key(wf.concurrency, wf.name, decoded)
         params = {
             "id": execution_id,
@@ -118,7 +130,9 @@ class Executions(Maps, Listing):
             "key": key,
             "now": stamp,
         }
-        if key is None:  # no key, no conflict to learn of: nothing to wait for
+        if combined:
+            pass  # sent below, with the task rows
+        elif key is None:  # no key, no conflict to learn of: nothing to wait for
             tx.send("insert_execution", params)
         elif not tx.execute("insert_execution", params):
             return None
@@ -151,7 +165,14 @@ class Executions(Maps, Listing):
                     "now": stamp,
                 }
             )
-        tx.send_many("insert_task", rows)
+        if combined:
+            tasks = json.dumps([{k: r[k] for k in _START_TASK_FIELDS} for r in rows])
+            start = {**params, "value": text, "tasks": tasks, "notify": notify}
+            tx.send("start_execution", start)
+        else:
+            tx.send_many("insert_task", rows)
+            if notify:
+                tx.send("notify_work", {})
         states = [TaskState(r["id"], r["name"], r["status"], r["attempt"]) for r in rows]
         return execution_id, states
 
@@ -245,6 +266,9 @@ class Executions(Maps, Listing):
         if row in bases:  # saved before: if that row is gone, the final context in full
             fallback = new_id()
             copy = {"fallback_id": fallback, "context_id": row.id, "final": final}
+            if tx.combined:
+                tx.send("finish_with_fallback", {**params, **copy})
+                return
             tx.send("save_final_fallback", {**copy, "now": stamp})
         tx.send("finish_execution", {**params, "context_id": row.id, "fallback_id": fallback})
 

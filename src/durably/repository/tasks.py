@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 
 from ..records import AttemptRecord, AttemptRef, StaleClaim, TaskRecord
 from ..statuses import ABANDONED, READY, TASK_TERMINAL
-from ..store import Statement, Tx, parse_timestamp, timestamp
-from .contexts import Contexts
+from ..store import Row, Statement, Tx, parse_timestamp, timestamp
+from .contexts import Contexts, PlannedCompletion
 from .rows import new_id, stale_of, tasks_of
 
 
@@ -34,15 +34,33 @@ class Tasks(Contexts):
         """The named tasks, and which of those ``waits`` maps to dependencies still have an
         unfinished one among them (counted in the same round trip, not read): a fan-in of a
         hundred is decided by the completion of its last dependency, not read by each."""
+        reads = self.task_reads(execution_id, names, waits)
+        return self.tasks_read(names, waits, tx.fetch_batch(reads))
+
+    def task_reads(
+        self, execution_id: str, names: Sequence[str] | None,
+        waits: Mapping[str, Sequence[str]] | None = None,
+    ) -> list[Statement]:  # fmt: skip
+        """The statements of :meth:`tasks` (``names``) or :meth:`tasks_and_waiting` (with
+        ``waits``), to send with others; :meth:`tasks_read` makes their rows records."""
+        if names is None:
+            return [("get_tasks", {"id": execution_id})]
         statements: list[Statement] = [("get_task_states", _names(execution_id, names))]
-        waiting = [name for name in waits if name in names]
         terminal = json.dumps(sorted(TASK_TERMINAL))
-        for name in waiting:
-            params = {**_names(execution_id, waits[name]), "terminal": terminal}
+        for name in _waiting(names, waits):
+            params = {**_names(execution_id, (waits or {})[name]), "terminal": terminal}
             statements.append(("count_unfinished_among", params))
-        rows, *counts = tx.fetch_batch(statements)
-        pairs = zip(waiting, counts, strict=True)
-        return tasks_of(rows), {name for name, found in pairs if found[0]["unfinished"]}
+        return statements
+
+    def tasks_read(
+        self, names: Sequence[str] | None, waits: Mapping[str, Sequence[str]] | None,
+        rows: Sequence[list[Row]],
+    ) -> tuple[list[TaskRecord], set[str]]:  # fmt: skip
+        """The records :meth:`task_reads` read, and the tasks with an unfinished one among
+        their ``waits``."""
+        first, *counts = rows
+        pairs = zip(_waiting(names or (), waits), counts, strict=True)
+        return tasks_of(first), {name for name, found in pairs if found[0]["unfinished"]}
 
     def start_task(
         self, tx: Tx, task_id: str, worker: str, now: float, code_version: str | None = None
@@ -58,12 +76,20 @@ class Tasks(Contexts):
         the claim for that attempt (a zombie's output is discarded: False). ``dependencies``:
         the tasks whose outputs its input was made of (empty: the initial context), so that
         the output is stored as what it changed (None: stored in full)."""
-        stamp = timestamp(now)
-        fence = {"id": ref.task_id, "worker": ref.worker, "attempt": ref.number, "now": stamp}
-        if not tx.execute("complete_task", {**fence, "logs": ref.logs}):
+        fence = _completion_fence(ref, now)
+        if tx.combined:
+            return self.complete_with_output(tx, ref, fence, value, dependencies)
+        if not tx.execute("complete_task", {**fence, "id": ref.task_id}):
             return False
         self.save_output(tx, ref.execution_id, ref.task_id, ref.name, value, now, dependencies)
         return True
+
+    def plan_complete(
+        self, ref: AttemptRef, value: str, now: float, dependencies: Sequence[str] | None
+    ) -> PlannedCompletion:
+        """:meth:`complete_task`'s one statement where the store combines writes
+        (``Tx.combined``), to send with others; :meth:`completion_read` reads its answer."""
+        return self.plan_completion(ref, _completion_fence(ref, now), value, dependencies)
 
     def fail_task(
         self, tx: Tx, ref: AttemptRef, error: str, now: float, retry_at: float | None = None
@@ -188,6 +214,14 @@ class Tasks(Contexts):
 
 def _fence(ref: AttemptRef, now: float) -> dict[str, object]:
     return {"id": ref.task_id, "worker": ref.worker, "attempt": ref.number, "now": timestamp(now)}
+
+
+def _completion_fence(ref: AttemptRef, now: float) -> dict[str, object]:
+    return {"worker": ref.worker, "attempt": ref.number, "now": timestamp(now), "logs": ref.logs}
+
+
+def _waiting(names: Sequence[str], waits: Mapping[str, Sequence[str]] | None) -> list[str]:
+    return [name for name in waits if name in names] if waits else []
 
 
 def _names(execution_id: str, names: Sequence[str]) -> dict[str, object]:

@@ -402,3 +402,100 @@ WHERE EXISTS (SELECT 1 FROM contexts c WHERE c.id = CAST(:context_id AS uuid))
 ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
 SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
     updated_at = excluded.updated_at;
+
+-- name: start_execution
+-- A start's writes as one statement (Tx.combined): the initial context, the execution and
+-- its task rows (:tasks, a JSON array of insert_task's parameters, one object a task), then
+-- the wake-up of idle workers when :notify. Alone in its transaction it needs no BEGIN and
+-- no COMMIT: a single statement commits as a whole or not at all.
+WITH context AS (
+    INSERT INTO contexts (id, value, created_at, updated_at)
+    VALUES (CAST(:context_id AS uuid), :value, CAST(:now AS timestamptz),
+            CAST(:now AS timestamptz))
+),
+execution AS (
+    INSERT INTO pipeline_executions (
+        id, pipeline_name, pipeline_version, pipeline_shape, status, context_id, started_at,
+        claimed_by, heartbeat_at, parent_execution_id, parent_task, priority,
+        concurrency_key, created_at, updated_at
+    ) VALUES (
+        CAST(:id AS uuid), :name, :version, :shape, :status, CAST(:context_id AS uuid),
+        CAST(:now AS timestamptz), :claimed_by, CAST(:now AS timestamptz),
+        CAST(:parent_id AS uuid), :parent_task, :priority, :concurrency_key,
+        CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+    )
+),
+tasks AS (
+    INSERT INTO task_executions (
+        id, pipeline_execution_id, task_name, position, status, attempt, max_attempts,
+        trigger_rules, task_configuration, started_at, completed_at, concurrency_key,
+        rate_key, priority, flow_limited, pipeline_key, created_at, updated_at
+    )
+    SELECT CAST(t ->> 'id' AS uuid), CAST(:id AS uuid), t ->> 'name',
+           CAST(t ->> 'position' AS integer), t ->> 'status', CAST(t ->> 'attempt' AS integer),
+           CAST(t ->> 'max_attempts' AS integer), CAST(t ->> 'trigger_rules' AS jsonb),
+           CAST(t ->> 'configuration' AS jsonb), CAST(t ->> 'started_at' AS timestamptz),
+           CAST(t ->> 'completed_at' AS timestamptz), t ->> 'concurrency_key',
+           t ->> 'rate_key', :priority, CAST(t ->> 'flow_limited' AS integer),
+           t ->> 'pipeline_key', CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+    FROM jsonb_array_elements(CAST(:tasks AS jsonb)) AS t
+)
+SELECT pg_notify('durably_work', '') WHERE CAST(:notify AS boolean);
+
+-- name: complete_with_output
+-- complete_task and the output it saves as one statement (Tx.combined): nothing is written
+-- unless the task row is completed here (the claim's fence). The output is linked to the
+-- row saved before that holds the same text (:saved_id) if that row exists, else to a new
+-- row (:context_id) holding :value, a delta on :base_id if that full row exists, or :full
+-- (as insert_context_delta). completed: 1 when the claim held, reused: the saved row exists.
+WITH done AS (
+    UPDATE task_executions
+    SET status = 'completed', completed_at = CAST(:now AS timestamptz), error_details = NULL,
+        logs = :logs, updated_at = CAST(:now AS timestamptz)
+    WHERE id = CAST(:task_id AS uuid) AND status = 'running' AND claimed_by = :worker
+      AND attempt = :attempt
+    RETURNING id
+),
+saved AS (SELECT c.id FROM contexts c WHERE c.id = CAST(:saved_id AS uuid)),
+base AS (
+    SELECT b.id FROM contexts b WHERE b.id = CAST(:base_id AS uuid) AND b.base_id IS NULL
+),
+context AS (
+    INSERT INTO contexts (id, value, base_id, created_at, updated_at)
+    SELECT CAST(:context_id AS uuid), CASE WHEN base.id IS NULL THEN :full ELSE :value END,
+           base.id, CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+    FROM done LEFT JOIN base ON true
+    WHERE NOT EXISTS (SELECT 1 FROM saved)
+),
+link AS (
+    INSERT INTO task_execution_metadata (
+        id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at,
+        updated_at
+    )
+    SELECT CAST(:link_id AS uuid), done.id, CAST(:execution_id AS uuid), :name,
+           COALESCE((SELECT id FROM saved), CAST(:context_id AS uuid)),
+           CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+    FROM done
+    ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
+    SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
+        updated_at = excluded.updated_at
+)
+SELECT (SELECT count(*) FROM done) AS completed, (SELECT count(*) FROM saved) AS reused;
+
+-- name: finish_with_fallback
+-- save_final_fallback and finish_execution as one statement (Tx.combined): the final
+-- context is the row saved before (:context_id) if it exists, else a full copy under
+-- :fallback_id.
+WITH fallback AS (
+    INSERT INTO contexts (id, value, created_at, updated_at)
+    SELECT CAST(:fallback_id AS uuid), :final, CAST(:now AS timestamptz),
+           CAST(:now AS timestamptz)
+    WHERE NOT EXISTS (SELECT 1 FROM contexts c WHERE c.id = CAST(:context_id AS uuid))
+    RETURNING id
+)
+UPDATE pipeline_executions
+SET status = :status,
+    final_context_id = COALESCE((SELECT id FROM fallback), CAST(:context_id AS uuid)),
+    completed_at = CAST(:now AS timestamptz), error_details = :error, claimed_by = NULL,
+    updated_at = CAST(:now AS timestamptz)
+WHERE id = CAST(:id AS uuid) AND status IN ('pending', 'running');
