@@ -3,8 +3,10 @@
 A worker's turn is one transaction: the outcomes of every attempt that finished since the
 last (outputs, statuses, the dependents they made ready) and the claim of the slots they
 freed (which also loads what each task needs: its dependencies' statuses and outputs, or the
-initial context). So a worker with N slots commits about once per N tasks. A sweeper
-returns stale claims of *other* processes to ``ready``, takes over executions whose
+initial context). So a worker with N slots commits about once per N tasks. On PostgreSQL the
+turn's round trips do not grow with N either: the completions with the reads around them,
+the claim, the claimed executions, and what their inputs are made of, each sent as one batch.
+A sweeper returns stale claims of *other* processes to ``ready``, takes over executions whose
 in-process driver died, and finishes executions whose last task was completed by a worker
 that then died. The rules are :mod:`durably.plan`'s, applied through
 the shared :class:`~durably.runtime.Runtime`.
@@ -16,6 +18,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -24,12 +27,22 @@ from .deployments import Deployments
 from .exceptions import StoreConnectionError, StoreError, TaskInterrupted, WaitTimeout
 from .logs import log
 from .retention import Pruner
-from .runtime import Runtime
+from .runtime import PlannedLoad, PlannedRecord, Runtime
 from .scheduler import Scheduler
 from .state import ExecutionState
-from .store import Tx
+from .store import Statement, Tx
 from .sweeper import Sweeping
-from .worker_steps import Finished, Job, after, around, is_root, mark_ready, prepare
+from .worker_steps import (
+    Finished,
+    Job,
+    after,
+    around,
+    is_root,
+    mark_ready,
+    plan_around,
+    plan_claimed,
+    prepare,
+)
 from .workflow import Workflow
 
 logger = logging.getLogger("durably.worker")
@@ -225,13 +238,29 @@ class Worker(Sweeping):
         # initial context it runs on).
         wanted = [(c.execution_id, is_root(claimable, c)) for c in claims]
         executions = self.rt.repo.executions(tx, wanted)
-        for claim, (execution, initial) in zip(claims, executions, strict=True):
-            job, finished = prepare(self.rt, tx, claim, execution, now, initial)
+        # Then what each task's input is made of, for all of them in one round trip.
+        planned = [
+            plan_claimed(self.rt, claim, execution, initial)
+            for claim, (execution, initial) in zip(claims, executions, strict=True)
+        ]
+        states = self._load_all(tx, planned)
+        for claim, (execution, initial), state in zip(claims, executions, states, strict=True):
+            job, finished = prepare(self.rt, tx, claim, execution, now, initial, state)
             if job is not None:
                 jobs.append(job)
             elif finished is not None:
                 done.append(finished)
         return jobs, done, True
+
+    def _load_all(self, tx: Tx, planned: Sequence[PlannedLoad]) -> list[ExecutionState]:
+        """Several partial loads' reads in one round trip (a statement does not depend on
+        another's result), each then made a state."""
+        rows = tx.fetch_batch([statement for load in planned for statement in load.statements])
+        states, at = [], 0
+        for load in planned:
+            states.append(self.rt.loaded(load, rows[at : at + len(load.statements)]))
+            at += len(load.statements)
+        return states
 
     def _claimed(
         self, jobs: list[Job], done: list[tuple[Workflow, ExecutionState]], began: float
@@ -347,6 +376,10 @@ class Worker(Sweeping):
     ) -> tuple[list[bool], list[tuple[Workflow, ExecutionState]]]:
         """The outcomes' statements: whether each was recorded (its claim still held), and
         the executions they finished that have compensations to run first."""
+        now = self.rt.now()
+        planned = self._plan_records(batch, now) if tx.combined else None
+        if planned is not None:
+            return self._save_planned(tx, batch, planned, now)
         saved: list[bool] = []
         finished: list[tuple[Workflow, ExecutionState]] = []
         locked: set[str] = set()
@@ -374,5 +407,61 @@ class Worker(Sweeping):
                 self.rt.repo.notify_work(tx)  # a freed slot, or what its end unblocked
             mark_ready(self.rt, tx, fresh, unblocked, now)
             if (done := after(self.rt, tx, job.wf, fresh, job.execution)) is not None:
+                finished.append(done)
+        return saved, finished
+
+    def _plan_records(self, batch: list[Finished], now: float) -> list[PlannedRecord] | None:
+        """Where every attempt of the batch completed (the common case), their writes as one
+        statement each, to send with the reads around them in one round trip; else None
+        (failures, map instances and sub-workflow tasks take the path above, one by one)."""
+        outcomes = []
+        for item in batch:
+            job = item.job
+            definition = job.wf.tasks.get(job.name)
+            if definition is None or definition.child is not None or item.error is not None:
+                return None
+            outcome = plan.attempt_outcome(
+                definition.retry, job.attempt, item.output, None, now, self.rt.max_context_bytes
+            )
+            if not isinstance(outcome, plan.Completed):
+                return None
+            outcomes.append(outcome)
+        return [
+            self.rt.plan_record(item.job.state, item.job.name, item.job.attempt, outcome, now)
+            for item, outcome in zip(batch, outcomes, strict=True)
+        ]
+
+    def _save_planned(
+        self, tx: Tx, batch: list[Finished], planned: list[PlannedRecord], now: float
+    ) -> tuple[list[bool], list[tuple[Workflow, ExecutionState]]]:
+        """The batch's outcomes in one round trip: for each attempt, in order, the reads
+        around its task, then its fenced completion, so that each read sees the completions
+        before it, as one by one; then what each unblocked and finished (sent with COMMIT)."""
+        statements: list[Statement] = []
+        loads: list[PlannedLoad] = []
+        locked: set[str] = set()
+        for item, record in zip(batch, planned, strict=True):
+            job = item.job
+            if job.state.id not in locked and len(job.wf.tasks) > 1:
+                self.rt.repo.lock_execution(tx, job.state.id)  # as _save_in, sent first
+                locked.add(job.state.id)
+            known = [job.record] if job.record is not None else []
+            load = plan_around(self.rt, job.wf, job.state.id, job.name, None, known)
+            loads.append(load)
+            statements += [*load.statements, record.completion.statement]
+        rows = tx.fetch_batch(statements)
+        saved: list[bool] = []
+        finished: list[tuple[Workflow, ExecutionState]] = []
+        at = 0
+        for item, record, load in zip(batch, planned, loads, strict=True):
+            fresh = self.rt.loaded(load, rows[at : at + len(load.statements)])
+            at += len(load.statements)
+            unblocked = self.rt.recorded(tx, fresh, record, rows[at], now)
+            at += 1
+            saved.append(unblocked is not None)
+            if unblocked is None:
+                continue
+            mark_ready(self.rt, tx, fresh, unblocked, now)
+            if (done := after(self.rt, tx, item.job.wf, fresh, item.job.execution)) is not None:
                 finished.append(done)
         return saved, finished

@@ -55,24 +55,18 @@ def is_root(claimable: Mapping[str, Workflow], claim: Claim) -> bool:
     return task is not None and not task.dependencies
 
 
-def prepare(
-    rt: Runtime,
-    tx: Tx,
-    claim: Claim,
-    execution: ExecutionRecord | None,
-    now: float,
-    initial: str | None = None,
-) -> tuple[Job | None, tuple[Workflow, ExecutionState] | None]:
-    """A claimed task's input, or its settlement without running: ``(job, None)``, or
-    ``(None, the whole execution if that finished it)``. ``execution``: its row, read in
-    the claim's transaction; ``initial``: its initial context, if read with it."""
+def plan_claimed(
+    rt: Runtime, claim: Claim, execution: ExecutionRecord | None, initial: str | None = None
+) -> PlannedLoad:
+    """What :func:`prepare` reads of a claimed task's execution: the task, and what its
+    input is made of (its dependencies' outputs, or the initial context unless ``initial``
+    holds it), to send with the other claimed tasks' reads."""
     assert execution is not None, "a claimed task's execution is locked by the claim"
     wf = rt.workflow(execution.workflow, execution.version, execution.shape)
     # An instance of a mapped task takes that task's dependencies (and its fork patch).
     declared = claim.map_parent or claim.name
     deps = wf.tasks[declared].dependencies
-    state = rt.load_partial(
-        tx,
+    return rt.plan_load(
         execution.id,
         wf,
         list(dict.fromkeys([claim.name, declared, *deps])),
@@ -80,7 +74,28 @@ def prepare(
         context_id=None if deps or initial is not None else execution.context_id,
         known=[claim.record] if claim.record is not None else (),
     )
-    if not deps and initial is not None:
+
+
+def prepare(
+    rt: Runtime,
+    tx: Tx,
+    claim: Claim,
+    execution: ExecutionRecord | None,
+    now: float,
+    initial: str | None = None,
+    state: ExecutionState | None = None,
+) -> tuple[Job | None, tuple[Workflow, ExecutionState] | None]:
+    """A claimed task's input, or its settlement without running: ``(job, None)``, or
+    ``(None, the whole execution if that finished it)``. ``execution``: its row, read in
+    the claim's transaction; ``initial``: its initial context, if read with it; ``state``:
+    what :func:`plan_claimed` read, if read already."""
+    if state is None:
+        planned = plan_claimed(rt, claim, execution, initial)
+        state = rt.loaded(planned, tx.fetch_batch(planned.statements))
+    assert execution is not None
+    wf = state.shape
+    assert isinstance(wf, Workflow)
+    if not wf.tasks[claim.map_parent or claim.name].dependencies and initial is not None:
         state.initial = initial
     state.trace = execution.trace_context
     if claim.wait_event is not None:  # claimed from an event wait past its timeout

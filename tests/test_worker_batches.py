@@ -1,0 +1,130 @@
+"""A worker records a batch of finished attempts in one round trip where the store combines
+writes (PostgreSQL): for each attempt in turn, the reads around its task, then its fenced
+completion (worker.Worker._save_planned). The outcome must be what recording them one by one
+gives: each read sees the completions before it, a lost claim discards only its own output,
+and a batch holding anything but completions is recorded one by one."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import pytest
+
+from durably import Context, Engine, Workflow
+from durably.worker import Worker
+from durably.worker_steps import Finished, Job
+
+from .conftest import unique
+
+
+def diamond() -> Workflow:
+    wf = Workflow(unique("diamond"))
+    wf.task(name="a")(lambda ctx: ctx.update(a=1))
+    wf.task(name="b", dependencies=["a"])(lambda ctx: ctx.update(b=2, last="b"))
+    wf.task(name="c", dependencies=["a"])(lambda ctx: ctx.update(c=3, last="c"))
+
+    def d(ctx: Context) -> None:
+        ctx["d"] = ctx["b"] + ctx["c"]
+
+    wf.task(name="d", dependencies=["b", "c"])(d)
+    return wf
+
+
+def lone() -> Workflow:
+    wf = Workflow(unique("lone"))
+    wf.task(name="only")(lambda ctx: ctx.update(done=ctx["i"]))
+    return wf
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[Engine]:
+    with Engine(store_url, lease=3600) as engine:
+        yield engine
+
+
+def run(job: Job) -> dict[str, object]:
+    """What the job's task returns, run here (as the worker's executor would)."""
+    ctx = Context._from_data(dict(job.input), None)
+    fn = job.wf.tasks[job.name].fn
+    fn(ctx)
+    return dict(ctx)
+
+
+def record_together(worker: Worker, jobs: list[Job], outputs: list[dict[str, object]]) -> None:
+    worker._unsaved += [Finished(job, out, None) for job, out in zip(jobs, outputs, strict=True)]
+    worker._save_outcomes()
+
+
+def test_two_dependencies_completed_in_one_batch_unblock_their_dependent_once(
+    engine: Engine, backend: str
+) -> None:
+    wf = diamond()
+    engine.register(wf)
+    worker = engine.worker(concurrency=4)
+    execution_id = str(engine.start(wf, {}))
+    [a] = worker.claim(4)
+    record_together(worker, [a], [run(a)])
+    middles = worker.claim(4)
+    assert sorted(job.name for job in middles) == ["b", "c"]
+    stats = engine.store.stats
+    stats.reset()
+    record_together(worker, middles, [run(job) for job in middles])
+    if backend == "postgres":
+        # The lock, both reads and both completions in one round trip, then the COMMIT
+        # with d marked ready.
+        assert (stats.transactions, stats.round_trips) == (1, 2)
+    [d] = worker.claim(4)
+    assert d.name == "d"
+    assert d.input["last"] == "c"  # merged in declaration order: c after b
+    record_together(worker, [d], [run(d)])
+    assert not worker.claim(4)
+    result = engine.get(execution_id)
+    assert result.status == "completed"
+    assert result.context["d"] == 5
+    assert result.tasks["d"].attempts == 1  # claimed and run once
+
+
+def test_a_lost_claim_in_a_batch_discards_only_its_own_output(engine: Engine) -> None:
+    wf = lone()
+    engine.register(wf)
+    worker = engine.worker(concurrency=3)
+    ids = [str(engine.start(wf, {"i": i})) for i in range(3)]
+    jobs = worker.claim(3)
+    assert len(jobs) == 3
+    # As after a takeover: the row holds another attempt than the one this job ran, so the
+    # fence of its completion matches nothing.
+    stolen = jobs[1] = dataclasses.replace(jobs[1], attempt=jobs[1].attempt + 1)
+    before = worker.completed
+    record_together(worker, jobs, [run(job) for job in jobs])
+    assert worker.completed - before == 2
+    results = {job.state.id: engine.get(job.state.id) for job in jobs}
+    for job in jobs:
+        result = results[job.state.id]
+        if job is stolen:
+            assert result.status == "running"
+            assert result.tasks["only"].status == "running"
+            assert result.tasks["only"].context is None  # nothing of the zombie's was written
+        else:
+            assert result.status == "completed"
+            assert result.context["done"] == job.input["i"]
+    assert sorted(results) == sorted(ids)
+
+
+def test_a_batch_with_a_failure_is_recorded_one_by_one(engine: Engine) -> None:
+    wf = lone()
+    engine.register(wf)
+    worker = engine.worker(concurrency=2)
+    for i in range(2):
+        engine.start(wf, {"i": i})
+    first, second = worker.claim(2)
+    worker._unsaved += [
+        Finished(first, run(first), None),
+        Finished(second, None, ValueError("boom")),
+    ]
+    worker._save_outcomes()
+    done, failed = engine.get(first.state.id), engine.get(second.state.id)
+    assert done.status == "completed"
+    assert done.context["done"] == first.input["i"]
+    assert failed.status == "failed"
+    assert "boom" in (failed.tasks["only"].error or "")
