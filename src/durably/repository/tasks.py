@@ -32,7 +32,7 @@ class Tasks(Contexts):
         waits: Mapping[str, Sequence[str]],
     ) -> tuple[list[TaskRecord], set[str]]:
         """The named tasks, and which of those ``waits`` maps to dependencies still have an
-        unfinished one among them (counted in the same round trip, not read): a fan-in of a
+        unfinished one among them (looked up in the same round trip, not read): a fan-in of a
         hundred is decided by the completion of its last dependency, not read by each."""
         reads = self.task_reads(execution_id, names, waits)
         return self.tasks_read(names, waits, tx.fetch_batch(reads))
@@ -48,8 +48,11 @@ class Tasks(Contexts):
         statements: list[Statement] = [("get_task_states", _names(execution_id, names))]
         terminal = json.dumps(sorted(TASK_TERMINAL))
         for name in _waiting(names, waits):
-            params = {**_names(execution_id, (waits or {})[name]), "terminal": terminal}
-            statements.append(("count_unfinished_among", params))
+            # The last declared first: tasks are claimed in declaration order, so the last
+            # is the likeliest to be unfinished (unfinished_among stops at the first found).
+            last_first = list(reversed((waits or {})[name]))
+            params = {**_names(execution_id, last_first), "terminal": terminal}
+            statements.append(("unfinished_among", params))
         return statements
 
     def tasks_read(

@@ -60,11 +60,18 @@ FROM task_executions
 WHERE pipeline_execution_id = :id
   AND task_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb)));
 
--- name: count_unfinished_among
-SELECT count(*) AS unfinished FROM task_executions
-WHERE pipeline_execution_id = :id
-  AND task_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb)))
-  AND status NOT IN (SELECT jsonb_array_elements_text(CAST(:terminal AS jsonb)));
+-- name: unfinished_among
+-- LIMIT keeps the look-up a subquery run per name (a nested loop in the names' order, which
+-- stops at the first unfinished one), instead of a join that reads every dependency.
+SELECT EXISTS (
+    SELECT 1 FROM jsonb_array_elements_text(CAST(:names AS jsonb)) AS n(name)
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM task_executions t
+        WHERE t.pipeline_execution_id = CAST(:id AS uuid) AND t.task_name = n.name
+          AND t.status <> ALL (ARRAY(SELECT jsonb_array_elements_text(CAST(:terminal AS jsonb))))
+        LIMIT 1
+    ) open
+) AS unfinished;
 
 -- name: get_named_outputs
 SELECT m.task_name, c.id, c.value, c.base_id, b.value AS base_value, b.base_id AS base_base_id
