@@ -279,6 +279,7 @@ SAMPLES: dict[str, Callable[[], Any]] = {
     "lease_until": timestamp,
     "ids": lambda: json.dumps([new_id()]),
     "executions": lambda: json.dumps([new_id()]),
+    "with_context": lambda: json.dumps([new_id()]),
     "consumed_by": new_id,
     "index": lambda: 0,
     "seq": lambda: 1,

@@ -7,7 +7,7 @@ BEGIN travels with its first statement):
     start       start_execution: the initial context, the execution, its task rows and the
                 NOTIFY in one statement, which needs no BEGIN or COMMIT
     claim       BEGIN (bitmap scans off), claim_tasks
-                the execution with its initial context (one round trip for the batch)
+                the executions with their initial contexts (one statement for the batch)
                 COMMIT
     record      BEGIN, complete_with_output (fenced on the claim; the output and its link)
                 COMMIT, with finish_with_fallback (the final context and the execution's end)
@@ -103,7 +103,7 @@ def test_a_batch_costs_a_worker_two_commits_and_one_round_trip_a_task(
     engine: tuple[Engine, Workflow], backend: str
 ) -> None:
     found = costs(*engine, 8)
-    assert found["claim"][:2] == (1, 1 + 8)  # one claim, one read per task
+    assert found["claim"][:2] == (1, 1 + 1)  # the claim, then one read of the executions
     assert found["record"][:2] == (1, (2 if backend == "postgres" else 5) * 8)
     if backend == "postgres":
         # BEGIN with the claim, the reads (one round trip), COMMIT; BEGIN with every
@@ -124,7 +124,7 @@ def test_a_turn_records_what_finished_and_claims_the_freed_slots_in_one_commit(
     second = worker._turn(8)
     assert stats.transactions == 1
     per_record = 2 if backend == "postgres" else 5
-    assert stats.statements == per_record * 8 + 1 + 8  # the records, the claim, its reads
+    assert stats.statements == per_record * 8 + 1 + 1  # the records, the claim, its read
     if backend == "postgres":
         # The completions (with the BEGIN), the claim, its reads, the COMMIT.
         assert stats.round_trips == 1 + 1 + 1 + 1

@@ -199,9 +199,11 @@ class Worker(Sweeping):
 
     def _turn(self, limit: int) -> list[Job]:
         """Record every finished attempt and claim up to ``limit`` in ONE transaction (one
-        commit a turn, not two); apart when there is only one of them to do, or when that
-        transaction fails (an outcome the database refuses is then found, as before)."""
-        if not self._unsaved or limit <= 0:
+        commit a turn, not two); apart when there is only one of them to do, when the
+        records lock an execution (its other completions, on other workers, wait for the
+        lock: it is not held through the claim's round trips), or when that transaction
+        fails (an outcome the database refuses is then found, as before)."""
+        if not self._unsaved or limit <= 0 or any(_locks(item.job) for item in self._unsaved):
             self._save_outcomes()
             return self.claim(limit) if limit > 0 else []
         batch = sorted(self._unsaved, key=lambda item: item.job.state.id)
@@ -386,11 +388,8 @@ class Worker(Sweeping):
         for item in batch:
             job = item.job
             parent = job.state.tasks[job.name].parent
-            if job.state.id not in locked and (parent is not None or len(job.wf.tasks) > 1):
-                # Other workers may have finished siblings since the claim: read the
-                # statuses under the lock so exactly one completion marks a dependent ready
-                # or finds the execution done (the task's own row is not read again: the
-                # writes are fenced on it). A lone task has no sibling to wait for.
+            if job.state.id not in locked and _locks(job):
+                # The task's own row is not read again: the writes are fenced on it.
                 self.rt.repo.lock_execution(tx, job.state.id)
                 locked.add(job.state.id)
             known = [job.record] if job.record is not None else []
@@ -442,7 +441,7 @@ class Worker(Sweeping):
         locked: set[str] = set()
         for item, record in zip(batch, planned, strict=True):
             job = item.job
-            if job.state.id not in locked and len(job.wf.tasks) > 1:
+            if job.state.id not in locked and _locks(job):
                 self.rt.repo.lock_execution(tx, job.state.id)  # as _save_in, sent first
                 locked.add(job.state.id)
             known = [job.record] if job.record is not None else []
@@ -465,3 +464,11 @@ class Worker(Sweeping):
             if (done := after(self.rt, tx, item.job.wf, fresh, item.job.execution)) is not None:
                 finished.append(done)
         return saved, finished
+
+
+def _locks(job: Job) -> bool:
+    """Whether recording the job's outcome locks its execution: other workers may finish
+    its siblings meanwhile, so the statuses are read under the lock, and exactly one
+    completion marks a dependent ready or finds the execution done (a lone task has no
+    sibling to wait for)."""
+    return job.state.tasks[job.name].parent is not None or len(job.wf.tasks) > 1

@@ -13,7 +13,7 @@ from ..listing import ListFilter
 from ..records import ChildRecord, ExecutionRecord, Snapshot, TaskRecord
 from ..state import TaskState
 from ..statuses import COMPLETED, NOT_STARTED, READY
-from ..store import Statement, Tx, timestamp
+from ..store import Tx, timestamp
 from ..workflow import Workflow
 from .deltas import SavedRow
 from .listing import Listing
@@ -188,20 +188,21 @@ class Executions(Maps, Listing):
         self, tx: Tx, wanted: Sequence[tuple[str, bool]]
     ) -> list[tuple[ExecutionRecord | None, str | None]]:
         """Several executions' rows, each with its initial context where asked
-        (``(id, with_context)`` pairs), in their order, in one round trip."""
-        statements: list[Statement] = [
-            ("get_execution_with_context" if context else "get_execution", {"id": id_})
-            for id_, context in wanted
-        ]
+        (``(id, with_context)`` pairs), in their order, in one statement."""
+        ids = list(dict.fromkeys(id_ for id_, _ in wanted))
+        with_context = list(dict.fromkeys(id_ for id_, context in wanted if context))
+        params = {"ids": json.dumps(ids), "with_context": json.dumps(with_context)}
+        rows = {str(row["id"]): row for row in tx.fetch_all("get_executions", params)}
         found: list[tuple[ExecutionRecord | None, str | None]] = []
-        for rows, (_, context) in zip(tx.fetch_batch(statements), wanted, strict=True):
-            record = execution_of(rows[0]) if rows else None
+        for id_, context in wanted:
+            row = rows.get(id_)
+            record = execution_of(row) if row is not None else None
             initial = None
-            if record is not None and context and rows[0]["initial_base"] is None:
-                initial = rows[0]["initial_context"]
+            if row is not None and record is not None and context and row["initial_base"] is None:
+                initial = row["initial_context"]
                 if initial is not None:  # kept as initial_context keeps it: a root task's
-                    row = SavedRow(record.context_id, initial)  # output rests on it
-                    self.saved.keep(record.id, [(INITIAL, row)])
+                    saved = SavedRow(record.context_id, initial)  # output rests on it
+                    self.saved.keep(record.id, [(INITIAL, saved)])
             found.append((record, initial))
         return found
 

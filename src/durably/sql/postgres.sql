@@ -506,3 +506,12 @@ SET status = :status,
     completed_at = CAST(:now AS timestamptz), error_details = :error, claimed_by = NULL,
     updated_at = CAST(:now AS timestamptz)
 WHERE id = CAST(:id AS uuid) AND status IN ('pending', 'running');
+
+-- name: get_executions
+SELECT p.*, c.value AS initial_context, c.base_id AS initial_base
+FROM pipeline_executions p
+LEFT JOIN contexts c
+    ON c.id = p.context_id
+   AND p.id = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST(:with_context AS jsonb))
+                                     AS uuid)))
+WHERE p.id = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST(:ids AS jsonb)) AS uuid)));

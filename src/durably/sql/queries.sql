@@ -51,12 +51,15 @@ INSERT INTO task_executions (
 -- name: get_execution
 SELECT * FROM pipeline_executions WHERE id = :id;
 
--- name: get_execution_with_context
--- A claimed root task's execution and the initial context it runs on, in one read (a full
--- row: initial_base is NULL; a delta is read as every context is).
+-- name: get_executions
+-- Several executions' rows (:ids, a JSON array), each with its initial context where
+-- :with_context (a JSON array of some of those ids) names it: what a claim of several tasks
+-- needs of their executions, in one statement.
 SELECT p.*, c.value AS initial_context, c.base_id AS initial_base
-FROM pipeline_executions p LEFT JOIN contexts c ON c.id = p.context_id
-WHERE p.id = :id;
+FROM pipeline_executions p
+LEFT JOIN contexts c
+    ON c.id = p.context_id AND p.id IN (SELECT value FROM json_each(:with_context))
+WHERE p.id IN (SELECT value FROM json_each(:ids));
 
 -- name: get_tasks
 SELECT * FROM task_executions WHERE pipeline_execution_id = :id
