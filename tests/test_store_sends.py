@@ -4,11 +4,15 @@ way it runs before what follows it, and its error fails its transaction."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from typing import Any
 
+import psycopg
 import pytest
 
+from durably import Engine, Workflow
 from durably.backends import open_store
 from durably.exceptions import StoreError
 from durably.store import Store, timestamp
@@ -121,3 +125,49 @@ def test_a_transaction_whose_first_statement_fails_is_rolled_back_before_the_poo
                 tx.execute("insert_context", insert(taken))  # the same id: refused
             assert read_context(store, taken) == '{"a": 1}'
         assert not [r for r in caplog.records if r.name.startswith("psycopg")], caplog.text
+
+
+def test_a_heartbeat_does_not_deadlock_against_an_in_process_run_finishing(
+    postgres_url: str,
+) -> None:
+    """The last completion of an in-process run updates its task row, then its execution's;
+    the heartbeat of that run's claims must take them in the same order (the opposite order
+    deadlocked: PostgreSQL then aborts one of the two transactions)."""
+    wf = Workflow(f"beat_{uuid.uuid4().hex[:10]}")
+    wf.task(name="only")(lambda ctx: None)
+    with Engine(postgres_url, workflows=[wf]) as engine:
+        execution_id = str(engine.start(wf, {}))
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(
+                "UPDATE pipeline_executions SET claimed_by = 'me' WHERE id = %s", (execution_id,)
+            )
+            admin.execute(
+                "UPDATE task_executions SET status = 'running', claimed_by = 'me'"
+                " WHERE pipeline_execution_id = %s",
+                (execution_id,),
+            )
+        errors: list[BaseException] = []
+
+        def beat() -> None:
+            try:
+                with engine.store.transaction() as tx:
+                    engine.runtime.repo.heartbeat(tx, "me", [execution_id], [], time.time())
+            except BaseException as exc:
+                errors.append(exc)
+
+        with psycopg.connect(postgres_url) as finishing:  # one transaction, as the run's
+            finishing.execute(
+                "UPDATE task_executions SET status = 'completed' WHERE pipeline_execution_id = %s",
+                (execution_id,),
+            )
+            beating = threading.Thread(target=beat)
+            beating.start()
+            time.sleep(0.3)  # the heartbeat now waits for the task row
+            finishing.execute(
+                "UPDATE pipeline_executions SET status = 'completed' WHERE id = %s",
+                (execution_id,),
+            )
+            finishing.commit()
+        beating.join(timeout=30)
+        assert not beating.is_alive()
+        assert not errors, errors

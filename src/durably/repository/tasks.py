@@ -201,15 +201,17 @@ class Tasks(Contexts):
         self, tx: Tx, worker: str, executions: Sequence[str], tasks: Sequence[str], now: float
     ) -> None:
         """Refresh the claims of the held executions, their running tasks, and the tasks
-        held one by one (all claimed by ``worker``)."""
+        held one by one (all claimed by ``worker``). Task rows first: an in-process run's
+        last completion updates its task row and then its execution's, and the opposite
+        order here deadlocked against it on PostgreSQL."""
         stamp = timestamp(now)
         held = json.dumps(list(executions))
-        if executions:
-            params = {"worker": worker, "ids": held, "now": stamp}
-            tx.execute("heartbeat_executions", params)
         if executions or tasks:
             params = {"worker": worker, "ids": json.dumps(list(tasks)), "executions": held}
             tx.execute("heartbeat_tasks", {**params, "now": stamp})
+        if executions:
+            params = {"worker": worker, "ids": held, "now": stamp}
+            tx.execute("heartbeat_executions", params)
 
     def heartbeat_task(self, tx: Tx, task_id: str, worker: str, now: float) -> None:
         tx.execute("heartbeat_task", {"id": task_id, "worker": worker, "now": timestamp(now)})
