@@ -18,7 +18,6 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -27,22 +26,13 @@ from .deployments import Deployments
 from .exceptions import StoreConnectionError, StoreError, TaskInterrupted, WaitTimeout
 from .logs import log
 from .retention import Pruner
-from .runtime import PlannedLoad, PlannedRecord, Runtime
+from .runtime import Runtime
 from .scheduler import Scheduler
 from .state import ExecutionState
-from .store import Statement, Tx
+from .store import Tx
 from .sweeper import Sweeping
-from .worker_steps import (
-    Finished,
-    Job,
-    after,
-    around,
-    is_root,
-    mark_ready,
-    plan_around,
-    plan_claimed,
-    prepare,
-)
+from .worker_batches import load_all, locks, plan_records, save_planned
+from .worker_steps import Finished, Job, after, around, is_root, mark_ready, plan_claimed, prepare
 from .workflow import Workflow
 
 logger = logging.getLogger("durably.worker")
@@ -203,7 +193,7 @@ class Worker(Sweeping):
         records lock an execution (its other completions, on other workers, wait for the
         lock: it is not held through the claim's round trips), or when that transaction
         fails (an outcome the database refuses is then found, as before)."""
-        if not self._unsaved or limit <= 0 or any(_locks(item.job) for item in self._unsaved):
+        if not self._unsaved or limit <= 0 or any(locks(item.job) for item in self._unsaved):
             self._save_outcomes()
             return self.claim(limit) if limit > 0 else []
         batch = sorted(self._unsaved, key=lambda item: item.job.state.id)
@@ -245,7 +235,7 @@ class Worker(Sweeping):
             plan_claimed(self.rt, claim, execution, initial)
             for claim, (execution, initial) in zip(claims, executions, strict=True)
         ]
-        states = self._load_all(tx, planned)
+        states = load_all(self.rt, tx, planned)
         for claim, (execution, initial), state in zip(claims, executions, states, strict=True):
             job, finished = prepare(self.rt, tx, claim, execution, now, initial, state)
             if job is not None:
@@ -253,16 +243,6 @@ class Worker(Sweeping):
             elif finished is not None:
                 done.append(finished)
         return jobs, done, True
-
-    def _load_all(self, tx: Tx, planned: Sequence[PlannedLoad]) -> list[ExecutionState]:
-        """Several partial loads' reads in one round trip (a statement does not depend on
-        another's result), each then made a state."""
-        rows = tx.fetch_batch([statement for load in planned for statement in load.statements])
-        states, at = [], 0
-        for load in planned:
-            states.append(self.rt.loaded(load, rows[at : at + len(load.statements)]))
-            at += len(load.statements)
-        return states
 
     def _claimed(
         self, jobs: list[Job], done: list[tuple[Workflow, ExecutionState]], began: float
@@ -379,16 +359,16 @@ class Worker(Sweeping):
         """The outcomes' statements: whether each was recorded (its claim still held), and
         the executions they finished that have compensations to run first."""
         now = self.rt.now()
-        planned = self._plan_records(batch, now) if tx.combined else None
+        planned = plan_records(self.rt, batch, now) if tx.combined else None
         if planned is not None:
-            return self._save_planned(tx, batch, planned, now)
+            return save_planned(self.rt, tx, batch, planned, now)
         saved: list[bool] = []
         finished: list[tuple[Workflow, ExecutionState]] = []
         locked: set[str] = set()
         for item in batch:
             job = item.job
             parent = job.state.tasks[job.name].parent
-            if job.state.id not in locked and _locks(job):
+            if job.state.id not in locked and locks(job):
                 # The task's own row is not read again: the writes are fenced on it.
                 self.rt.repo.lock_execution(tx, job.state.id)
                 locked.add(job.state.id)
@@ -408,67 +388,3 @@ class Worker(Sweeping):
             if (done := after(self.rt, tx, job.wf, fresh, job.execution)) is not None:
                 finished.append(done)
         return saved, finished
-
-    def _plan_records(self, batch: list[Finished], now: float) -> list[PlannedRecord] | None:
-        """Where every attempt of the batch completed (the common case), their writes as one
-        statement each, to send with the reads around them in one round trip; else None
-        (failures, map instances and sub-workflow tasks take the path above, one by one)."""
-        outcomes = []
-        for item in batch:
-            job = item.job
-            definition = job.wf.tasks.get(job.name)
-            if definition is None or definition.child is not None or item.error is not None:
-                return None
-            outcome = plan.attempt_outcome(
-                definition.retry, job.attempt, item.output, None, now, self.rt.max_context_bytes
-            )
-            if not isinstance(outcome, plan.Completed):
-                return None
-            outcomes.append(outcome)
-        return [
-            self.rt.plan_record(item.job.state, item.job.name, item.job.attempt, outcome, now)
-            for item, outcome in zip(batch, outcomes, strict=True)
-        ]
-
-    def _save_planned(
-        self, tx: Tx, batch: list[Finished], planned: list[PlannedRecord], now: float
-    ) -> tuple[list[bool], list[tuple[Workflow, ExecutionState]]]:
-        """The batch's outcomes in one round trip: for each attempt, in order, the reads
-        around its task, then its fenced completion, so that each read sees the completions
-        before it, as one by one; then what each unblocked and finished (sent with COMMIT)."""
-        statements: list[Statement] = []
-        loads: list[PlannedLoad] = []
-        locked: set[str] = set()
-        for item, record in zip(batch, planned, strict=True):
-            job = item.job
-            if job.state.id not in locked and _locks(job):
-                self.rt.repo.lock_execution(tx, job.state.id)  # as _save_in, sent first
-                locked.add(job.state.id)
-            known = [job.record] if job.record is not None else []
-            load = plan_around(self.rt, job.wf, job.state.id, job.name, None, known)
-            loads.append(load)
-            statements += [*load.statements, record.completion.statement]
-        rows = tx.fetch_batch(statements)
-        saved: list[bool] = []
-        finished: list[tuple[Workflow, ExecutionState]] = []
-        at = 0
-        for item, record, load in zip(batch, planned, loads, strict=True):
-            fresh = self.rt.loaded(load, rows[at : at + len(load.statements)])
-            at += len(load.statements)
-            unblocked = self.rt.recorded(tx, fresh, record, rows[at], now)
-            at += 1
-            saved.append(unblocked is not None)
-            if unblocked is None:
-                continue
-            mark_ready(self.rt, tx, fresh, unblocked, now)
-            if (done := after(self.rt, tx, item.job.wf, fresh, item.job.execution)) is not None:
-                finished.append(done)
-        return saved, finished
-
-
-def _locks(job: Job) -> bool:
-    """Whether recording the job's outcome locks its execution: other workers may finish
-    its siblings meanwhile, so the statuses are read under the lock, and exactly one
-    completion marks a dependent ready or finds the execution done (a lone task has no
-    sibling to wait for)."""
-    return job.state.tasks[job.name].parent is not None or len(job.wf.tasks) > 1
