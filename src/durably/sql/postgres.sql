@@ -161,7 +161,10 @@ WHERE id IN (SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:ids
 -- name: waiting_for_event
 -- FOR UPDATE: a worker claiming this task as its wait times out holds the row; waiting for
 -- it re-checks the status, so an event sent meanwhile stays in the mailbox for the retry.
-SELECT id, task_name, task_configuration, received FROM task_executions
+SELECT id, task_name, task_configuration, received, map_parent,
+       (SELECT g.value FROM pipeline_executions p
+        JOIN task_configurations g ON g.id = p.configuration_id WHERE p.id = :id) AS configurations
+FROM task_executions
 WHERE pipeline_execution_id = :id AND status = 'waiting' AND wait_event = :name
 ORDER BY position
 LIMIT 1

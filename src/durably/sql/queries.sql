@@ -26,13 +26,22 @@ WHERE c.id = :id;
 INSERT INTO pipeline_executions (
     id, pipeline_name, pipeline_version, pipeline_shape, status, context_id, started_at,
     claimed_by, heartbeat_at, parent_execution_id, parent_task, idempotency_key, priority,
-    concurrency_key, created_at, updated_at
+    concurrency_key, configuration_id, created_at, updated_at
 ) VALUES (
     :id, :name, :version, :shape, :status, :context_id, :now,
     :claimed_by, :now, :parent_id, :parent_task, :key, :priority, :concurrency_key,
-    :now, :now
+    :configuration_id, :now, :now
 )
 ON CONFLICT (pipeline_name, idempotency_key) DO NOTHING;
+
+-- name: insert_task_configurations
+-- A definition's task configurations, by the hash of their text: stored by the first start.
+INSERT INTO task_configurations (id, pipeline_name, value, created_at)
+VALUES (:id, :name, :value, :now)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: get_task_configurations
+SELECT value FROM task_configurations WHERE id = :id;
 
 -- name: find_execution_by_key
 SELECT * FROM pipeline_executions WHERE pipeline_name = :name AND idempotency_key = :key;
@@ -489,7 +498,10 @@ UPDATE task_executions SET received = :received, waited = 1, updated_at = :now W
 UPDATE task_executions SET waited = 1, updated_at = :now WHERE id = :id;
 
 -- name: waiting_for_event
-SELECT id, task_name, task_configuration, received FROM task_executions
+SELECT id, task_name, task_configuration, received, map_parent,
+       (SELECT g.value FROM pipeline_executions p
+        JOIN task_configurations g ON g.id = p.configuration_id WHERE p.id = :id) AS configurations
+FROM task_executions
 WHERE pipeline_execution_id = :id AND status = 'waiting' AND wait_event = :name
 ORDER BY position
 LIMIT 1;

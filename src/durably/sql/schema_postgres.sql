@@ -35,7 +35,9 @@ CREATE TABLE pipeline_executions (
     priority INTEGER NOT NULL DEFAULT 0,
     concurrency_key TEXT,
     admitted INTEGER NOT NULL DEFAULT 0,
-    trace_context TEXT
+    trace_context TEXT,
+    -- 0015: its tasks' configurations (task_configurations), NULL before: in their rows
+    configuration_id TEXT
 );
 CREATE INDEX pipeline_executions_status ON pipeline_executions (status, created_at, id);
 CREATE INDEX pipeline_executions_created ON pipeline_executions (created_at, id);
@@ -239,4 +241,13 @@ CREATE TABLE rate_buckets (
     name TEXT PRIMARY KEY,
     tokens DOUBLE PRECISION NOT NULL,
     counted_at DOUBLE PRECISION NOT NULL
+);
+
+-- Task configurations (0015): each definition's, once, by a hash of its text (a JSON object of
+-- task name to configuration). A task row's task_configuration holds only its own part.
+CREATE TABLE task_configurations (
+    id TEXT PRIMARY KEY,
+    pipeline_name TEXT NOT NULL,
+    value JSONB NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL
 );
