@@ -93,15 +93,16 @@ CREATE INDEX task_executions_instances ON task_executions (pipeline_execution_id
 
 -- An output's link (0012: no foreign keys to its task and context, checked on every insert:
 -- outputs are deleted before their tasks, and prune_contexts keeps a context still linked).
+-- 0015: keyed by what finds it, its execution and task name.
 CREATE TABLE task_execution_metadata (
-    id UUID PRIMARY KEY,
+    id UUID NOT NULL,
     task_execution_id UUID NOT NULL,
     pipeline_execution_id UUID NOT NULL REFERENCES pipeline_executions (id) ON DELETE CASCADE,
     task_name TEXT NOT NULL,
     context_id UUID NOT NULL,
     created_at TIMESTAMPTZ NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL,
-    UNIQUE (pipeline_execution_id, task_name)
+    PRIMARY KEY (pipeline_execution_id, task_name)
 );
 
 CREATE TABLE task_attempts (

@@ -11,3 +11,10 @@ CREATE TABLE task_configurations (
     created_at TIMESTAMPTZ NOT NULL
 );
 ALTER TABLE pipeline_executions ADD COLUMN configuration_id TEXT;
+
+-- An output's link is found by its execution and task name, never by its own id: that pair is
+-- its primary key, and the index on id goes.
+ALTER TABLE task_execution_metadata DROP CONSTRAINT task_execution_metadata_pkey;
+ALTER TABLE task_execution_metadata
+    DROP CONSTRAINT task_execution_metadata_pipeline_execution_id_task_name_key;
+ALTER TABLE task_execution_metadata ADD PRIMARY KEY (pipeline_execution_id, task_name);
