@@ -78,10 +78,11 @@ def test_a_task_row_keeps_none_of_it_and_a_snapshot_reads_it_whole(
     assert expected["third"]["dependencies"] == ["first", "second"]
     with Engine(store_url, workflows=[wf]) as engine:
         ids = [engine.run(wf).execution_id for _ in range(3)]
-    rows = raw("SELECT task_configuration FROM task_executions")
+    rows = raw("SELECT task_configuration, trigger_rules FROM task_executions")
     assert rows
-    assert all(value is None for (value,) in rows)
-    assert raw("SELECT count(*) FROM task_configurations") == [(1,)]
+    assert all(row == (None, None) for row in rows)
+    ((rules,),) = raw("SELECT trigger_rules FROM task_configurations")
+    assert configurations.parsed(rules) == {name: "all_success" for name in wf.tasks}
     with Engine(store_url) as engine:  # a process that read none of it yet
         for execution_id in ids:
             assert stored_configurations(engine, execution_id) == expected

@@ -1,9 +1,10 @@
 """Task configurations (0015): what every task row of a definition used to repeat (its
-dependencies, retry, merge, wait, a mapped task's fan-out, a sub-workflow's name) is stored
-once, in ``task_configurations``, under a hash of its text. An execution names it by its
-``configuration_id``; its task rows keep in ``task_configuration`` only their own part (a
-fork's ``context_patch``), else NULL. Rows written before 0015 hold it whole and their
-execution names none: a row's own part goes on top of its execution's, so both read the same.
+dependencies, retry, merge, wait, a mapped task's fan-out, a sub-workflow's name, and its
+trigger rule) is stored once, in ``task_configurations``, under a hash of its text. An
+execution names it by its ``configuration_id``; its task rows keep in ``task_configuration``
+only their own part (a fork's ``context_patch``), else NULL, and ``trigger_rules`` NULL. Rows
+written before 0015 hold them whole and their execution names none: a row's own part goes on
+top of its execution's, so both read the same.
 
 Only the readers of a whole execution (``durably show``, the dashboard, a stored shape) and an
 event's delivery need it; a worker's claims and loads read only a row's own part, the patch.
@@ -24,11 +25,14 @@ from ..workflow import Workflow
 
 @dataclass(frozen=True, slots=True)
 class Configurations:
-    """A definition's task configurations: ``value`` (the JSON text stored, task name to
-    configuration) under ``id``, a hash of it and the workflow's name."""
+    """A definition's task configurations: ``value`` and ``trigger_rules`` (the JSON texts
+    stored, task name to configuration and to trigger rule) under ``id``, a hash of them and
+    the workflow's name. Nothing reads the rules back: they are kept for people reading the
+    tables, as the task rows kept them."""
 
     id: str
     value: str
+    trigger_rules: str
     tasks: Mapping[str, Any]
 
 
@@ -53,8 +57,9 @@ def of_workflow(wf: Workflow) -> Configurations:
         for task in wf.tasks.values()
     }
     value = json.dumps(tasks)
-    digest = hashlib.sha256(f"{wf.name}\0{value}".encode()).hexdigest()[:16]
-    return Configurations(digest, value, tasks)
+    rules = json.dumps({task.name: task.trigger.to_json() for task in wf.tasks.values()})
+    digest = hashlib.sha256(f"{wf.name}\0{value}\0{rules}".encode()).hexdigest()[:16]
+    return Configurations(digest, value, rules, tasks)
 
 
 def parsed(value: Any) -> dict[str, Any]:
@@ -96,6 +101,7 @@ class StoredConfigurations:
             return
         self._configurations.setdefault(found.id, found.tasks)
         params = {"id": found.id, "name": name, "value": found.value, "now": now}
+        params["trigger_rules"] = found.trigger_rules
         if tx.execute("insert_task_configurations", params):
             self._inserting[found.id] = tx
         elif self._inserting.get(found.id) is not tx:

@@ -3,7 +3,6 @@ cancelling and reopening it, the sweeper's lists, and reading a whole execution.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,7 +46,7 @@ class Executions(StoredConfigurations, Maps, Listing):
                     "name": task.name,
                     "position": task.position,
                     "max_attempts": task.retry.max_attempts,
-                    "trigger_rules": json.dumps(task.trigger.to_json()),
+                    "trigger_rules": None,  # with its configuration (configurations.py)
                     "concurrency_key": task_key(wf.name, task.name)
                     if task.concurrency is not None
                     else None,

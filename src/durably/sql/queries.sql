@@ -36,8 +36,8 @@ ON CONFLICT (pipeline_name, idempotency_key) DO NOTHING;
 
 -- name: insert_task_configurations
 -- A definition's task configurations, by the hash of their text: stored by the first start.
-INSERT INTO task_configurations (id, pipeline_name, value, created_at)
-VALUES (:id, :name, :value, :now)
+INSERT INTO task_configurations (id, pipeline_name, value, trigger_rules, created_at)
+VALUES (:id, :name, :value, :trigger_rules, :now)
 ON CONFLICT (id) DO NOTHING;
 
 -- name: get_task_configurations

@@ -242,11 +242,13 @@ CREATE TABLE rate_buckets (
     counted_at REAL NOT NULL
 );
 
--- Task configurations (0015): each definition's, once, by a hash of its text (a JSON object of
--- task name to configuration). A task row's task_configuration holds only its own part.
+-- Task configurations (0015): each definition's, once, by a hash of their text (JSON objects of
+-- task name to configuration, and to trigger rule). A task row's task_configuration holds
+-- only its own part, its trigger_rules NULL.
 CREATE TABLE task_configurations (
     id TEXT PRIMARY KEY,
     pipeline_name TEXT NOT NULL,
     value TEXT NOT NULL,
+    trigger_rules TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
