@@ -389,9 +389,9 @@ LIMIT :limit;
 -- target columns.
 
 -- name: insert_context_delta
-INSERT INTO contexts (id, value, base_id, created_at, updated_at)
+INSERT INTO contexts (id, value, base_id, created_at)
 SELECT CAST(:id AS uuid), CASE WHEN b.id IS NULL THEN :full ELSE :value END, b.id,
-       CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+       CAST(:now AS timestamptz)
 FROM (SELECT 1 AS one) o
 LEFT JOIN contexts b ON b.id = CAST(:base_id AS uuid) AND b.base_id IS NULL;
 

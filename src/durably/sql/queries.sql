@@ -5,15 +5,17 @@
 -- since the full row base_id (repository/deltas.py): every read of a context joins the row
 -- it rests on (base_value), and that row's own base_id, which the reader checks is NULL.
 
+-- A workflow's context row is never updated: its updated_at stays NULL (0015).
+
 -- name: insert_context
-INSERT INTO contexts (id, value, created_at, updated_at) VALUES (:id, :value, :now, :now);
+INSERT INTO contexts (id, value, created_at) VALUES (:id, :value, :now);
 
 -- name: insert_context_delta
 -- What changed since the full row :base_id, if that row exists, else the full text (:full):
 -- a process may still hold in memory a row it wrote in a transaction that rolled back
 -- (repository/saved.py). Always one row, so the caller waits for no answer.
-INSERT INTO contexts (id, value, base_id, created_at, updated_at)
-SELECT :id, CASE WHEN b.id IS NULL THEN :full ELSE :value END, b.id, :now, :now
+INSERT INTO contexts (id, value, base_id, created_at)
+SELECT :id, CASE WHEN b.id IS NULL THEN :full ELSE :value END, b.id, :now
 FROM (SELECT 1 AS one) o LEFT JOIN contexts b ON b.id = :base_id AND b.base_id IS NULL;
 
 -- name: get_context
@@ -212,8 +214,8 @@ WHERE id = :id AND status = 'not_started';
 -- name: save_final_fallback
 -- The final context in full under :fallback_id, if the row saved before that it is meant to
 -- be (:context_id, an output's) does not exist (see insert_context_delta).
-INSERT INTO contexts (id, value, created_at, updated_at)
-SELECT :fallback_id, :final, :now, :now
+INSERT INTO contexts (id, value, created_at)
+SELECT :fallback_id, :final, :now
 WHERE NOT EXISTS (SELECT 1 FROM contexts c WHERE c.id = :context_id);
 
 -- name: finish_execution

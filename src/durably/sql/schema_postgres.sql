@@ -7,7 +7,8 @@ CREATE TABLE contexts (
     id UUID PRIMARY KEY,
     value TEXT NOT NULL,
     created_at TIMESTAMPTZ NOT NULL,
-    updated_at TIMESTAMPTZ NOT NULL,
+    -- 0015: NULL while never updated (a workflow's rows never are, a saga's are)
+    updated_at TIMESTAMPTZ,
     -- 0014: NULL, value is the full text, else what changed since this row (deltas.py)
     base_id UUID
 );

@@ -5,7 +5,8 @@ CREATE TABLE contexts (
     id TEXT PRIMARY KEY,
     value TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
+    -- 0015: NULL while never updated (a workflow's rows never are, a saga's are)
+    updated_at TEXT,
     -- 0014: NULL, value is the full text, else what changed since this row (deltas.py)
     base_id TEXT
 );

@@ -19,3 +19,8 @@ ALTER TABLE task_execution_metadata DROP CONSTRAINT task_execution_metadata_pkey
 ALTER TABLE task_execution_metadata
     DROP CONSTRAINT task_execution_metadata_pipeline_execution_id_task_name_key;
 ALTER TABLE task_execution_metadata ADD PRIMARY KEY (pipeline_execution_id, task_name);
+
+-- A workflow's context row is never updated once written, so its updated_at, the same as its
+-- created_at, is left NULL (a saga's row is updated, and says when). Rows written before keep
+-- theirs.
+ALTER TABLE contexts ALTER COLUMN updated_at DROP NOT NULL;

@@ -36,3 +36,12 @@ FROM task_execution_metadata;
 DROP TABLE task_execution_metadata;
 ALTER TABLE task_execution_metadata_keyed RENAME TO task_execution_metadata;
 CREATE INDEX task_execution_metadata_context ON task_execution_metadata (context_id);
+
+-- A workflow's context row is never updated once written, so its updated_at, the same text as
+-- its created_at, is left NULL (a saga's row is updated, and says when). SQLite drops a NOT
+-- NULL by rebuilding the table or, as here, the column: the rows written before keep an
+-- updated_at only where it differs from their created_at.
+ALTER TABLE contexts ADD COLUMN updated_at_0015 TEXT;
+UPDATE contexts SET updated_at_0015 = updated_at WHERE updated_at <> created_at;
+ALTER TABLE contexts DROP COLUMN updated_at;
+ALTER TABLE contexts RENAME COLUMN updated_at_0015 TO updated_at;

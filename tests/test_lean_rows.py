@@ -1,6 +1,6 @@
-"""Task configurations stored once per definition (0015): every reader of a whole execution
-sees the configuration a task row used to hold itself, for new rows, a fork's patched row and
-rows written before the upgrade."""
+"""Leaner rows (0015). Task configurations are stored once per definition: every reader of a
+whole execution sees the configuration a task row used to hold itself, for new rows, a fork's
+patched row and rows written before the upgrade. A context row leaves its updated_at NULL."""
 
 from __future__ import annotations
 
@@ -82,7 +82,9 @@ def test_a_task_row_keeps_none_of_it_and_a_snapshot_reads_it_whole(
     assert rows
     assert all(row == (None, None) for row in rows)
     ((rules,),) = raw("SELECT trigger_rules FROM task_configurations")
-    assert configurations.parsed(rules) == {name: "all_success" for name in wf.tasks}
+    assert configurations.parsed(rules) == dict.fromkeys(wf.tasks, "all_success")
+    # Context rows are never updated: their updated_at stays NULL.
+    assert raw("SELECT count(*) FROM contexts WHERE updated_at IS NOT NULL") == [(0,)]
     with Engine(store_url) as engine:  # a process that read none of it yet
         for execution_id in ids:
             assert stored_configurations(engine, execution_id) == expected
@@ -181,7 +183,8 @@ def test_resolved_puts_a_row_s_own_part_on_top() -> None:
 
 def test_0015_moves_a_database_forward_with_its_rows(tmp_path: Path) -> None:
     """A database at 0014, its task row holding its whole configuration: migrated, the
-    execution reads as before."""
+    execution reads as before, and a context row keeps its updated_at where it says more than
+    its created_at."""
     path = tmp_path / "upgrade.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("BEGIN")
@@ -197,6 +200,8 @@ def test_0015_moves_a_database_forward_with_its_rows(tmp_path: Path) -> None:
     now = "2026-01-01T00:00:00+00:00"
     conn.execute("INSERT INTO contexts VALUES ('c0', '{\"n\": 1}', ?, ?, NULL)", (now, now))
     conn.execute("INSERT INTO contexts VALUES ('c1', '{\"n\": 2}', ?, ?, NULL)", (now, now))
+    later = "2026-01-02T00:00:00+00:00"  # a saga's row, updated after it was written
+    conn.execute("INSERT INTO contexts VALUES ('c2', '{}', ?, ?, NULL)", (now, later))
     conn.execute(
         "INSERT INTO pipeline_executions (id, pipeline_name, pipeline_version, status, "
         "context_id, final_context_id, pipeline_shape, created_at, updated_at) "
@@ -217,6 +222,12 @@ def test_0015_moves_a_database_forward_with_its_rows(tmp_path: Path) -> None:
     conn.close()
     with open_store(f"sqlite:///{path}"):
         pass  # migrates
+    conn = sqlite3.connect(path)
+    try:
+        stamps = conn.execute("SELECT id, value, updated_at FROM contexts ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    assert stamps == [("c0", '{"n": 1}', None), ("c1", '{"n": 2}', None), ("c2", "{}", later)]
     with Engine(f"sqlite:///{path}") as engine:
         snapshot = engine.snapshot(e)
         assert snapshot.execution.configuration_id is None
