@@ -1,6 +1,7 @@
 """Leaner rows (0015). Task configurations are stored once per definition: every reader of a
 whole execution sees the configuration a task row used to hold itself, for new rows, a fork's
-patched row and rows written before the upgrade. A context row leaves its updated_at NULL."""
+patched row and rows written before the upgrade. A context row, and an output link until it
+is replaced, leave their updated_at NULL."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from durably import Context, Engine, RetryPolicy, Workflow, sql
 from durably.backends import open_store
 from durably.diffs import task_inputs
 from durably.registry import Registry
-from durably.repository import configurations
+from durably.repository import configurations, new_id
 from durably.shape import StoredShape
-from durably.store import iter_statements
+from durably.store import iter_statements, parse_timestamp
 
 from .conftest import unique
 
@@ -83,8 +84,10 @@ def test_a_task_row_keeps_none_of_it_and_a_snapshot_reads_it_whole(
     assert all(row == (None, None) for row in rows)
     ((rules,),) = raw("SELECT trigger_rules FROM task_configurations")
     assert configurations.parsed(rules) == dict.fromkeys(wf.tasks, "all_success")
-    # Context rows are never updated: their updated_at stays NULL.
+    # Context rows and output links are never updated here: their updated_at stays NULL.
     assert raw("SELECT count(*) FROM contexts WHERE updated_at IS NOT NULL") == [(0,)]
+    links = raw("SELECT count(*) FROM task_execution_metadata WHERE updated_at IS NULL")
+    assert links == [(3 * len(wf.tasks),)]
     with Engine(store_url) as engine:  # a process that read none of it yet
         for execution_id in ids:
             assert stored_configurations(engine, execution_id) == expected
@@ -168,6 +171,28 @@ def test_rows_that_hold_their_whole_configuration_read_the_same(store_url: str, 
     assert found == {**expected, "second": {**expected["second"], "context_patch": '{"n": 1}'}}
 
 
+def test_a_replaced_output_link_says_when(store_url: str, raw: Any) -> None:
+    wf = shaped()
+    with Engine(store_url, workflows=[wf]) as engine:
+        execution_id = str(engine.run(wf).execution_id)
+        ((task_id, context_id),) = raw(
+            "SELECT task_execution_id, context_id FROM task_execution_metadata "
+            "WHERE pipeline_execution_id = %s AND task_name = 'first'",
+            execution_id,
+        )
+        later = "2030-01-01T00:00:00.000000+00:00"
+        params = {"id": new_id(), "task_id": str(task_id), "execution_id": execution_id}
+        params |= {"name": "first", "context_id": str(context_id), "now": later}
+        with engine.store.transaction() as tx:
+            tx.execute("save_output", params)
+        ((updated,),) = raw(
+            "SELECT updated_at FROM task_execution_metadata "
+            "WHERE pipeline_execution_id = %s AND task_name = 'first'",
+            execution_id,
+        )
+    assert parse_timestamp(updated) == parse_timestamp(later)
+
+
 def test_resolved_puts_a_row_s_own_part_on_top() -> None:
     tasks = {"m": {"map": {"over": "xs"}, "retry": None}}
     assert configurations.resolved(None, tasks, "m[2]", "m") == json.dumps(tasks["m"])
@@ -225,9 +250,11 @@ def test_0015_moves_a_database_forward_with_its_rows(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     try:
         stamps = conn.execute("SELECT id, value, updated_at FROM contexts ORDER BY id").fetchall()
+        links = conn.execute("SELECT updated_at FROM task_execution_metadata").fetchall()
     finally:
         conn.close()
     assert stamps == [("c0", '{"n": 1}', None), ("c1", '{"n": 2}', None), ("c2", "{}", later)]
+    assert links == [(None,)]  # its updated_at was its created_at
     with Engine(f"sqlite:///{path}") as engine:
         snapshot = engine.snapshot(e)
         assert snapshot.execution.configuration_id is None

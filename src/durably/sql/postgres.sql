@@ -397,11 +397,11 @@ LEFT JOIN contexts b ON b.id = CAST(:base_id AS uuid) AND b.base_id IS NULL;
 
 -- name: link_saved_output
 INSERT INTO task_execution_metadata (
-    id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at, updated_at
+    id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at
 )
 SELECT CAST(:id AS uuid), CAST(:task_id AS uuid), CAST(:execution_id AS uuid), :name,
-       CAST(:context_id AS uuid), CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+       CAST(:context_id AS uuid), CAST(:now AS timestamptz)
 WHERE EXISTS (SELECT 1 FROM contexts c WHERE c.id = CAST(:context_id AS uuid))
 ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
 SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
-    updated_at = excluded.updated_at;
+    updated_at = excluded.created_at;

@@ -169,24 +169,25 @@ SET status = 'completed', completed_at = :now, error_details = NULL, logs = :log
 WHERE id = :id AND status = 'running' AND claimed_by = :worker AND attempt = :attempt;
 
 -- name: save_output
+-- updated_at stays NULL until the link is replaced (0015: a mapped task's retry, a rerun).
 INSERT INTO task_execution_metadata (
-    id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at, updated_at
-) VALUES (:id, :task_id, :execution_id, :name, :context_id, :now, :now)
+    id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at
+) VALUES (:id, :task_id, :execution_id, :name, :context_id, :now)
 ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
 SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
-    updated_at = excluded.updated_at;
+    updated_at = excluded.created_at;
 
 -- name: link_saved_output
 -- save_output for a row saved before (an output equal to the row its input came from), only
 -- if that row exists, as insert_context_delta checks its base.
 INSERT INTO task_execution_metadata (
-    id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at, updated_at
+    id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at
 )
-SELECT :id, :task_id, :execution_id, :name, :context_id, :now, :now
+SELECT :id, :task_id, :execution_id, :name, :context_id, :now
 WHERE EXISTS (SELECT 1 FROM contexts c WHERE c.id = :context_id)
 ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
 SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
-    updated_at = excluded.updated_at;
+    updated_at = excluded.created_at;
 
 -- name: fail_task
 UPDATE task_executions

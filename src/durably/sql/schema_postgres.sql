@@ -102,7 +102,7 @@ CREATE TABLE task_execution_metadata (
     task_name TEXT NOT NULL,
     context_id UUID NOT NULL,
     created_at TIMESTAMPTZ NOT NULL,
-    updated_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ,  -- 0015: NULL until the link is replaced
     PRIMARY KEY (pipeline_execution_id, task_name)
 );
 

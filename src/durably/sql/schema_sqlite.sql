@@ -100,7 +100,7 @@ CREATE TABLE task_execution_metadata (
     task_name TEXT NOT NULL,
     context_id TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
+    updated_at TEXT,  -- 0015: NULL until the link is replaced
     PRIMARY KEY (pipeline_execution_id, task_name)
 );
 

@@ -14,11 +14,13 @@ CREATE TABLE task_configurations (
 ALTER TABLE pipeline_executions ADD COLUMN configuration_id TEXT;
 
 -- An output's link is found by its execution and task name, never by its own id: that pair is
--- its primary key, and the index on id goes.
+-- its primary key, and the index on id goes. Its updated_at is NULL until the link is
+-- replaced (a mapped task's retry, a rerun): rows written before keep theirs.
 ALTER TABLE task_execution_metadata DROP CONSTRAINT task_execution_metadata_pkey;
 ALTER TABLE task_execution_metadata
     DROP CONSTRAINT task_execution_metadata_pipeline_execution_id_task_name_key;
 ALTER TABLE task_execution_metadata ADD PRIMARY KEY (pipeline_execution_id, task_name);
+ALTER TABLE task_execution_metadata ALTER COLUMN updated_at DROP NOT NULL;
 
 -- A workflow's context row is never updated once written, so its updated_at, the same as its
 -- created_at, is left NULL (a saga's row is updated, and says when). Rows written before keep

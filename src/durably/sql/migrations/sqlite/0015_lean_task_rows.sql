@@ -14,10 +14,12 @@ CREATE TABLE task_configurations (
 ALTER TABLE pipeline_executions ADD COLUMN configuration_id TEXT;
 
 -- An output's link is found by its execution and task name, never by its own id: that pair is
--- its primary key, and the index on id goes. Not a WITHOUT ROWID table: clustered on the
--- pair, a random execution id, each insert would land on a random page, and the context
--- index would hold the pair instead of a rowid (measured: 8% more bytes than this).
--- SQLite changes a key by rebuilding the table.
+-- its primary key, and the index on id goes. Its updated_at is NULL until the link is
+-- replaced (a mapped task's retry, a rerun): rows written before keep it where it differs
+-- from their created_at. Not a WITHOUT ROWID table: clustered on the pair, a random execution
+-- id, each insert would land on a random page, and the context index would hold the pair
+-- instead of a rowid (measured: 8% more bytes than this). SQLite changes a key by rebuilding
+-- the table.
 CREATE TABLE task_execution_metadata_keyed (
     id TEXT NOT NULL,
     task_execution_id TEXT NOT NULL,
@@ -25,13 +27,14 @@ CREATE TABLE task_execution_metadata_keyed (
     task_name TEXT NOT NULL,
     context_id TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
+    updated_at TEXT,
     PRIMARY KEY (pipeline_execution_id, task_name)
 );
 INSERT INTO task_execution_metadata_keyed (
     id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at, updated_at
 )
-SELECT id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at, updated_at
+SELECT id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at,
+       CASE WHEN updated_at <> created_at THEN updated_at END
 FROM task_execution_metadata;
 DROP TABLE task_execution_metadata;
 ALTER TABLE task_execution_metadata_keyed RENAME TO task_execution_metadata;
