@@ -76,12 +76,14 @@ def own_part(patch: str | None) -> str | None:
 
 
 def resolved(own: Any, tasks: Mapping[str, Any], name: str, parent: str | None) -> str | None:
-    """A task row's configuration as JSON text: its task's in ``tasks`` (a mapped task's
-    for its instances), with the row's ``own`` part on top."""
+    """A task row's configuration as JSON text: its task's in ``tasks`` (a dict, or its
+    text; a mapped task's for its instances), with the row's ``own`` part on top."""
     base = tasks.get(parent if parent is not None else name)
     if base is None:
         return own if own is None or isinstance(own, str) else json.dumps(own)
-    return json.dumps({**base, **parsed(own)})
+    if own is None:
+        return base if isinstance(base, str) else json.dumps(base)
+    return json.dumps({**parsed(base), **parsed(own)})
 
 
 class StoredConfigurations:
@@ -90,7 +92,7 @@ class StoredConfigurations:
 
     def __init__(self) -> None:
         super().__init__()
-        self._configurations: dict[str, Mapping[str, Any]] = {}
+        self._configurations: dict[str, Mapping[str, str]] = {}  # id -> task -> JSON text
         self._stored: set[str] = set()  # ids seen committed: no insert needed any more
         self._inserting: dict[str, Tx] = {}  # id -> the transaction that inserted it last
 
@@ -99,7 +101,7 @@ class StoredConfigurations:
         from another transaction than the one that inserted it (which may roll back)."""
         if found.id in self._stored:
             return
-        self._configurations.setdefault(found.id, found.tasks)
+        self._configurations.setdefault(found.id, _texts(found.tasks))
         params = {"id": found.id, "name": name, "value": found.value, "now": now}
         params["trigger_rules"] = found.trigger_rules
         if tx.execute("insert_task_configurations", params):
@@ -108,14 +110,16 @@ class StoredConfigurations:
             self._stored.add(found.id)
             self._inserting.pop(found.id, None)
 
-    def configurations(self, tx: Tx, configuration_id: str) -> Mapping[str, Any]:
-        tasks = self._configurations.get(configuration_id)
-        if tasks is None:
+    def configurations(self, tx: Tx, configuration_id: str) -> Mapping[str, str]:
+        """Each task's configuration as JSON text (read once per process)."""
+        texts = self._configurations.get(configuration_id)
+        if texts is None:
             row = tx.fetch_one("get_task_configurations", {"id": configuration_id})
             if row is None:
                 return {}
-            tasks = self._configurations.setdefault(configuration_id, parsed(row["value"]))
-        return tasks
+            texts = _texts(parsed(row["value"]))
+            texts = self._configurations.setdefault(configuration_id, texts)
+        return texts
 
     def configured(
         self, tx: Tx, configuration_id: str | None, tasks: Sequence[TaskRecord]
@@ -131,3 +135,7 @@ class StoredConfigurations:
             )
             for task in tasks
         ]
+
+
+def _texts(tasks: Mapping[str, Any]) -> dict[str, str]:
+    return {name: json.dumps(value) for name, value in tasks.items()}
