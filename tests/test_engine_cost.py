@@ -123,7 +123,10 @@ def chain(length: int) -> Workflow:
     return wf
 
 
-START = ["insert_context", "insert_execution", "insert_task"]
+# A definition's first start in a process stores its task configurations (its second finds
+# them committed); every later one skips it: NEXT_START.
+START = ["insert_context", "insert_task_configurations", "insert_execution", "insert_task"]
+NEXT_START = ["insert_context", "insert_execution", "insert_task"]
 COMPLETE = ["complete_task", "insert_context", "save_output"]
 UNCHANGED = ["complete_task", "link_saved_output"]  # its output is its input's row
 # The final context is a saved row, the last output's (copied in full only if it is gone).
@@ -142,7 +145,7 @@ def test_a_10_task_chain_costs_one_write_transaction_per_task_plus_one(
 
     stats = engine.store.stats
     assert stats.transactions == 12  # 1 start + 10 completions + 1 read by get()
-    assert stats.statements == 49  # 4 + 9 * 4 + 5 + 4
+    assert stats.statements == 50  # 5 + 9 * 4 + 5 + 4
 
     writes = recorder.writes()
     assert len(writes) == 11
@@ -164,10 +167,23 @@ def test_a_10_task_chain_costs_one_write_transaction_per_task_plus_one(
         assert engine.run(chain(length)).status == "completed"
         costs[length] = (engine.store.stats.transactions, engine.store.stats.statements)
     assert costs == {
-        1: (3, 4 + 5 + 4),
-        5: (7, 4 + 4 * 4 + 5 + 4),
-        20: (22, 4 + 19 * 4 + 5 + 4),
+        1: (3, 5 + 5 + 4),
+        5: (7, 5 + 4 * 4 + 5 + 4),
+        20: (22, 5 + 19 * 4 + 5 + 4),
     }
+
+
+def test_later_starts_of_a_definition_do_not_store_its_configurations_again(
+    engine: Engine, recorder: Recorder
+) -> None:
+    wf = chain(3)
+    for _ in range(2):  # the first stores them, the second finds them committed
+        assert engine.run(wf).status == "completed"
+    recorder.clear()
+    engine.store.stats.reset()
+    assert engine.run(wf).status == "completed"
+    assert recorder.writes()[0] == [*NEXT_START, "start_task"]
+    assert engine.store.stats.statements == 4 + 2 * 4 + 5 + 4
 
 
 def test_a_task_with_50_dependencies_loads_its_inputs_without_extra_statements(
@@ -191,7 +207,7 @@ def test_a_task_with_50_dependencies_loads_its_inputs_without_extra_statements(
     assert engine.store.stats.transactions == width + 3
     # start: 3 + 50 start_task; roots: 3 each, +1 for the one that made the sink runnable;
     # the sink: 3 + 2 (it is the last task: FINISH); get(): 4.
-    assert engine.store.stats.statements == (3 + width) + (3 * width + 1) + 5 + 4
+    assert engine.store.stats.statements == (4 + width) + (3 * width + 1) + 5 + 4
 
     writes = recorder.writes()
     assert writes[0] == START + ["start_task"] * width

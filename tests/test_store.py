@@ -157,6 +157,7 @@ def seed_execution(store: Store, tasks: int = 1) -> tuple[str, list[str]]:
                 "shape": "v1",
                 "priority": 0,
                 "concurrency_key": None,
+                "configuration_id": None,
                 "now": now,
             },
         )

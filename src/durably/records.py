@@ -38,6 +38,7 @@ class ExecutionRecord:
     trace_context: str | None = None  # the trace of the span that started it (tracing.py)
     shape: str | None = None  # the shape version it needs (versions.py)
     priority: int = 0
+    configuration_id: str | None = None  # its tasks' (repository/configurations.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,9 @@ class TaskRecord:
     compensation: str | None
     compensation_error: str | None
     recovery_attempts: int
-    config_text: str | None = None  # the stored JSON, parsed only when asked for
+    # The stored JSON, parsed only when asked for: whole in a snapshot's records, else only
+    # the row's own part, a fork's context_patch (repository/configurations.py).
+    config_text: str | None = None
     wake_at: datetime | None = None
     wait_event: str | None = None
     waited: bool = False
@@ -146,7 +149,7 @@ class Claim:
     execution_id: str
     name: str
     attempt: int
-    configuration: dict[str, Any]
+    configuration: dict[str, Any]  # the row's own part only (repository/configurations.py)
     wait_event: str | None = None  # claimed from an event wait past its timeout
     map_parent: str | None = None  # an instance of this mapped task
     # Its whole row as the claim left it (running, this attempt): not read again.

@@ -7,7 +7,8 @@ decides what commits together. Times come in as epoch seconds from the engine's 
 
 Split by aggregate: :mod:`.contexts` (contexts and outputs), :mod:`.tasks` (task states,
 attempts, claims), :mod:`.executions` (executions and whole-execution reads),
-:mod:`.maintenance` (pruning finished executions, schedules' shared state), :mod:`.gauges`
+:mod:`.configurations` (what task rows of a definition share, stored once), :mod:`.maintenance`
+(pruning finished executions, schedules' shared state), :mod:`.gauges`
 (what a metrics scrape counts), :mod:`.listing` (pages of executions and their counts per
 status), :mod:`.flow` (claims under flow control, the definitions workers serve).
 """
@@ -22,8 +23,9 @@ from .rows import new_id
 
 
 class Repository(Executions, Maintenance, Gauges, Flow):
-    """Named queries in, typed records out. Holds one cache: each workflow version's task-row
-    template, built once (it is the same for every execution)."""
+    """Named queries in, typed records out. Holds caches of what never changes: each workflow
+    version's task-row template and task configurations, built once (the same for every
+    execution), and which configurations are stored (:mod:`.configurations`)."""
 
 
 __all__ = ["Repository", "new_id"]

@@ -15,6 +15,8 @@ from ..state import TaskState
 from ..statuses import COMPLETED, NOT_STARTED, READY
 from ..store import Tx, timestamp
 from ..workflow import Workflow
+from . import configurations
+from .configurations import Configurations, StoredConfigurations
 from .deltas import SavedRow
 from .listing import Listing
 from .maps import Maps
@@ -29,10 +31,19 @@ _START_TASK_FIELDS = (
 )  # fmt: skip
 
 
-class Executions(Maps, Listing):
+class Executions(StoredConfigurations, Maps, Listing):
     def __init__(self) -> None:
         super().__init__()
         self._templates: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._workflow_configurations: dict[tuple[str, str], Configurations] = {}
+
+    def workflow_configurations(self, wf: Workflow) -> Configurations:
+        """The definition's task configurations, built once per name and version."""
+        key = (wf.name, wf.version)
+        found = self._workflow_configurations.get(key)
+        if found is None:
+            found = self._workflow_configurations[key] = configurations.of_workflow(wf)
+        return found
 
     def template(self, wf: Workflow) -> list[dict[str, Any]]:
         key = (wf.name, wf.version)
@@ -43,7 +54,7 @@ class Executions(Maps, Listing):
                     "name": task.name,
                     "position": task.position,
                     "max_attempts": task.retry.max_attempts,
-                    "trigger_rules": json.dumps(task.trigger.to_json()),
+                    "trigger_rules": None,  # with its configuration (configurations.py)
                     "concurrency_key": task_key(wf.name, task.name)
                     if task.concurrency is not None
                     else None,
@@ -51,24 +62,7 @@ class Executions(Maps, Listing):
                     "code_version": wf.version,  # for instances an in-process run starts
                     "flow_limited": 1 if is_limited(wf) else 0,
                     "pipeline_key": versions.key(wf.name, wf.shape_version),
-                    "configuration": json.dumps(
-                        {
-                            "dependencies": list(task.dependencies),
-                            "retry": task.retry.to_json(),
-                            "timeout": task.timeout,
-                            "merge": task.merge if isinstance(task.merge, str) else "callable",
-                            "compensate": task.compensate is not None,
-                            "wait": task.wait.to_json() if task.wait is not None else None,
-                            "child": task.child.name if task.child is not None else None,
-                            "map": {
-                                "over": task.map_over,
-                                "max_parallel": task.max_parallel,
-                                "collect": task.collect,
-                            }
-                            if task.map_over is not None
-                            else None,
-                        }
-                    ),
+                    "configuration": None,  # the row's own part (configurations.py)
                 }
                 for task in wf.tasks.values()
             ]
@@ -97,7 +91,8 @@ class Executions(Maps, Listing):
         caller must roll back: only the initial context was inserted).
 
         ``reused`` tasks (a fork's) start completed; ``patches`` (codec text) are stored in
-        their task's configuration. ``notify``: wake idle workers once it commits."""
+        their task's row, the rest of its configuration once per definition. ``notify``:
+        wake idle workers once it commits."""
         stamp = timestamp(now)
         execution_id = random_id()
         # Without a key there is no conflict to learn of, and where the store can, the
@@ -115,6 +110,8 @@ class Executions(Maps, Listing):
                 known = initial if initial is not None else self.context(tx, context_id)
                 decoded = codec.loads(known or "{}")
             limited = execution_key(wf.concurrency, wf.name, decoded)
+        found = self.workflow_configurations(wf)
+        self.store_configurations(tx, wf.name, found, stamp)
         params = {
             "id": execution_id,
             "name": wf.name,
@@ -122,6 +119,7 @@ class Executions(Maps, Listing):
             "shape": wf.shape_version,
             "priority": priority,
             "concurrency_key": limited,
+            "configuration_id": found.id,
             "status": "running",
             "context_id": context_id,
             "claimed_by": claimed_by,
@@ -141,11 +139,7 @@ class Executions(Maps, Listing):
         for template in self.template(wf):
             name = template["name"]
             old = reused.get(name)
-            configuration = template["configuration"]
-            if patches and name in patches:
-                configuration = json.dumps(
-                    {**json.loads(configuration), "context_patch": patches[name]}
-                )
+            configuration = configurations.own_part(patches.get(name) if patches else None)
             rows.append(
                 {
                     **template,
@@ -303,7 +297,7 @@ class Executions(Maps, Listing):
         execution = self.execution(tx, execution_id)
         if execution is None:
             return None
-        tasks = self.tasks(tx, execution_id)
+        tasks = self.configured(tx, execution.configuration_id, self.tasks(tx, execution_id))
         outputs = self.output_rows(tx, execution_id)
         # The final context is most often an output's own row (a chain's last): read already.
         rows = {row.id: row.text for _, row in outputs}

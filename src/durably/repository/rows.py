@@ -60,6 +60,7 @@ def execution_of(row: Row) -> ExecutionRecord:
         trace_context=row["trace_context"],
         shape=row["pipeline_shape"],
         priority=row["priority"],
+        configuration_id=row["configuration_id"],
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..store import Tx, parse_timestamp, timestamp
+from . import configurations
 from .tasks import Tasks
 
 
@@ -65,13 +66,10 @@ class Waits(Tasks):
         row = tx.fetch_one("waiting_for_event", {"id": execution_id, "name": name})
         if row is None:
             return None
-        config = row["task_configuration"]
-        return Waiter(
-            str(row["id"]),
-            row["task_name"],
-            config if config is None or isinstance(config, str) else str(config),
-            row["received"],
-        )
+        tasks = configurations.parsed(row["configurations"])
+        own = row["task_configuration"]
+        config = configurations.resolved(own, tasks, row["task_name"], row["map_parent"])
+        return Waiter(str(row["id"]), row["task_name"], config, row["received"])
 
     def insert_event(
         self, tx: Tx, execution_id: str, name: str, key: str | None, payload: str, now: float

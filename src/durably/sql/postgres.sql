@@ -168,7 +168,10 @@ WHERE id IN (SELECT CAST(value AS uuid) FROM jsonb_array_elements_text(CAST(:ids
 -- name: waiting_for_event
 -- FOR UPDATE: a worker claiming this task as its wait times out holds the row; waiting for
 -- it re-checks the status, so an event sent meanwhile stays in the mailbox for the retry.
-SELECT id, task_name, task_configuration, received FROM task_executions
+SELECT id, task_name, task_configuration, received, map_parent,
+       (SELECT g.value FROM pipeline_executions p
+        JOIN task_configurations g ON g.id = p.configuration_id WHERE p.id = :id) AS configurations
+FROM task_executions
 WHERE pipeline_execution_id = :id AND status = 'waiting' AND wait_event = :name
 ORDER BY position
 LIMIT 1
@@ -393,22 +396,22 @@ LIMIT :limit;
 -- target columns.
 
 -- name: insert_context_delta
-INSERT INTO contexts (id, value, base_id, created_at, updated_at)
+INSERT INTO contexts (id, value, base_id, created_at)
 SELECT CAST(:id AS uuid), CASE WHEN b.id IS NULL THEN :full ELSE :value END, b.id,
-       CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+       CAST(:now AS timestamptz)
 FROM (SELECT 1 AS one) o
 LEFT JOIN contexts b ON b.id = CAST(:base_id AS uuid) AND b.base_id IS NULL;
 
 -- name: link_saved_output
 INSERT INTO task_execution_metadata (
-    id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at, updated_at
+    id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at
 )
 SELECT CAST(:id AS uuid), CAST(:task_id AS uuid), CAST(:execution_id AS uuid), :name,
-       CAST(:context_id AS uuid), CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+       CAST(:context_id AS uuid), CAST(:now AS timestamptz)
 WHERE EXISTS (SELECT 1 FROM contexts c WHERE c.id = CAST(:context_id AS uuid))
 ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
 SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
-    updated_at = excluded.updated_at;
+    updated_at = excluded.created_at;
 
 -- name: start_execution
 -- A start's writes as one statement (Tx.combined): the initial context, the execution and
@@ -416,20 +419,19 @@ SET task_execution_id = excluded.task_execution_id, context_id = excluded.contex
 -- the wake-up of idle workers when :notify. Alone in its transaction it needs no BEGIN and
 -- no COMMIT: a single statement commits as a whole or not at all.
 WITH context AS (
-    INSERT INTO contexts (id, value, created_at, updated_at)
-    VALUES (CAST(:context_id AS uuid), :value, CAST(:now AS timestamptz),
-            CAST(:now AS timestamptz))
+    INSERT INTO contexts (id, value, created_at)
+    VALUES (CAST(:context_id AS uuid), :value, CAST(:now AS timestamptz))
 ),
 execution AS (
     INSERT INTO pipeline_executions (
         id, pipeline_name, pipeline_version, pipeline_shape, status, context_id, started_at,
         claimed_by, heartbeat_at, parent_execution_id, parent_task, priority,
-        concurrency_key, created_at, updated_at
+        concurrency_key, configuration_id, created_at, updated_at
     ) VALUES (
         CAST(:id AS uuid), :name, :version, :shape, :status, CAST(:context_id AS uuid),
         CAST(:now AS timestamptz), :claimed_by, CAST(:now AS timestamptz),
         CAST(:parent_id AS uuid), :parent_task, :priority, :concurrency_key,
-        CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+        :configuration_id, CAST(:now AS timestamptz), CAST(:now AS timestamptz)
     )
 ),
 tasks AS (
@@ -468,24 +470,23 @@ base AS (
     SELECT b.id FROM contexts b WHERE b.id = CAST(:base_id AS uuid) AND b.base_id IS NULL
 ),
 context AS (
-    INSERT INTO contexts (id, value, base_id, created_at, updated_at)
+    INSERT INTO contexts (id, value, base_id, created_at)
     SELECT CAST(:context_id AS uuid), CASE WHEN base.id IS NULL THEN :full ELSE :value END,
-           base.id, CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+           base.id, CAST(:now AS timestamptz)
     FROM done LEFT JOIN base ON true
     WHERE NOT EXISTS (SELECT 1 FROM saved)
 ),
 link AS (
     INSERT INTO task_execution_metadata (
-        id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at,
-        updated_at
+        id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at
     )
     SELECT CAST(:link_id AS uuid), done.id, CAST(:execution_id AS uuid), :name,
            COALESCE((SELECT id FROM saved), CAST(:context_id AS uuid)),
-           CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+           CAST(:now AS timestamptz)
     FROM done
     ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
     SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
-        updated_at = excluded.updated_at
+        updated_at = excluded.created_at
 )
 SELECT (SELECT count(*) FROM done) AS completed, (SELECT count(*) FROM saved) AS reused;
 
@@ -494,9 +495,8 @@ SELECT (SELECT count(*) FROM done) AS completed, (SELECT count(*) FROM saved) AS
 -- context is the row saved before (:context_id) if it exists, else a full copy under
 -- :fallback_id.
 WITH fallback AS (
-    INSERT INTO contexts (id, value, created_at, updated_at)
-    SELECT CAST(:fallback_id AS uuid), :final, CAST(:now AS timestamptz),
-           CAST(:now AS timestamptz)
+    INSERT INTO contexts (id, value, created_at)
+    SELECT CAST(:fallback_id AS uuid), :final, CAST(:now AS timestamptz)
     WHERE NOT EXISTS (SELECT 1 FROM contexts c WHERE c.id = CAST(:context_id AS uuid))
     RETURNING id
 )

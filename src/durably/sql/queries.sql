@@ -5,15 +5,17 @@
 -- since the full row base_id (repository/deltas.py): every read of a context joins the row
 -- it rests on (base_value), and that row's own base_id, which the reader checks is NULL.
 
+-- A workflow's context row is never updated: its updated_at stays NULL (0015).
+
 -- name: insert_context
-INSERT INTO contexts (id, value, created_at, updated_at) VALUES (:id, :value, :now, :now);
+INSERT INTO contexts (id, value, created_at) VALUES (:id, :value, :now);
 
 -- name: insert_context_delta
 -- What changed since the full row :base_id, if that row exists, else the full text (:full):
 -- a process may still hold in memory a row it wrote in a transaction that rolled back
 -- (repository/saved.py). Always one row, so the caller waits for no answer.
-INSERT INTO contexts (id, value, base_id, created_at, updated_at)
-SELECT :id, CASE WHEN b.id IS NULL THEN :full ELSE :value END, b.id, :now, :now
+INSERT INTO contexts (id, value, base_id, created_at)
+SELECT :id, CASE WHEN b.id IS NULL THEN :full ELSE :value END, b.id, :now
 FROM (SELECT 1 AS one) o LEFT JOIN contexts b ON b.id = :base_id AND b.base_id IS NULL;
 
 -- name: get_context
@@ -26,13 +28,22 @@ WHERE c.id = :id;
 INSERT INTO pipeline_executions (
     id, pipeline_name, pipeline_version, pipeline_shape, status, context_id, started_at,
     claimed_by, heartbeat_at, parent_execution_id, parent_task, idempotency_key, priority,
-    concurrency_key, created_at, updated_at
+    concurrency_key, configuration_id, created_at, updated_at
 ) VALUES (
     :id, :name, :version, :shape, :status, :context_id, :now,
     :claimed_by, :now, :parent_id, :parent_task, :key, :priority, :concurrency_key,
-    :now, :now
+    :configuration_id, :now, :now
 )
 ON CONFLICT (pipeline_name, idempotency_key) DO NOTHING;
+
+-- name: insert_task_configurations
+-- A definition's task configurations, by the hash of their text: stored by the first start.
+INSERT INTO task_configurations (id, pipeline_name, value, trigger_rules, created_at)
+VALUES (:id, :name, :value, :trigger_rules, :now)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: get_task_configurations
+SELECT value FROM task_configurations WHERE id = :id;
 
 -- name: find_execution_by_key
 SELECT * FROM pipeline_executions WHERE pipeline_name = :name AND idempotency_key = :key;
@@ -161,24 +172,25 @@ SET status = 'completed', completed_at = :now, error_details = NULL, logs = :log
 WHERE id = :id AND status = 'running' AND claimed_by = :worker AND attempt = :attempt;
 
 -- name: save_output
+-- updated_at stays NULL until the link is replaced (0015: a mapped task's retry, a rerun).
 INSERT INTO task_execution_metadata (
-    id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at, updated_at
-) VALUES (:id, :task_id, :execution_id, :name, :context_id, :now, :now)
+    id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at
+) VALUES (:id, :task_id, :execution_id, :name, :context_id, :now)
 ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
 SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
-    updated_at = excluded.updated_at;
+    updated_at = excluded.created_at;
 
 -- name: link_saved_output
 -- save_output for a row saved before (an output equal to the row its input came from), only
 -- if that row exists, as insert_context_delta checks its base.
 INSERT INTO task_execution_metadata (
-    id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at, updated_at
+    id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at
 )
-SELECT :id, :task_id, :execution_id, :name, :context_id, :now, :now
+SELECT :id, :task_id, :execution_id, :name, :context_id, :now
 WHERE EXISTS (SELECT 1 FROM contexts c WHERE c.id = :context_id)
 ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
 SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
-    updated_at = excluded.updated_at;
+    updated_at = excluded.created_at;
 
 -- name: fail_task
 UPDATE task_executions
@@ -206,8 +218,8 @@ WHERE id = :id AND status = 'not_started';
 -- name: save_final_fallback
 -- The final context in full under :fallback_id, if the row saved before that it is meant to
 -- be (:context_id, an output's) does not exist (see insert_context_delta).
-INSERT INTO contexts (id, value, created_at, updated_at)
-SELECT :fallback_id, :final, :now, :now
+INSERT INTO contexts (id, value, created_at)
+SELECT :fallback_id, :final, :now
 WHERE NOT EXISTS (SELECT 1 FROM contexts c WHERE c.id = :context_id);
 
 -- name: finish_execution
@@ -496,7 +508,10 @@ UPDATE task_executions SET received = :received, waited = 1, updated_at = :now W
 UPDATE task_executions SET waited = 1, updated_at = :now WHERE id = :id;
 
 -- name: waiting_for_event
-SELECT id, task_name, task_configuration, received FROM task_executions
+SELECT id, task_name, task_configuration, received, map_parent,
+       (SELECT g.value FROM pipeline_executions p
+        JOIN task_configurations g ON g.id = p.configuration_id WHERE p.id = :id) AS configurations
+FROM task_executions
 WHERE pipeline_execution_id = :id AND status = 'waiting' AND wait_event = :name
 ORDER BY position
 LIMIT 1;

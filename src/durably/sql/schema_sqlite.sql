@@ -5,7 +5,8 @@ CREATE TABLE contexts (
     id TEXT PRIMARY KEY,
     value TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
+    -- 0015: NULL while never updated (a workflow's rows never are, a saga's are)
+    updated_at TEXT,
     -- 0014: NULL, value is the full text, else what changed since this row (deltas.py)
     base_id TEXT
 );
@@ -33,7 +34,9 @@ CREATE TABLE pipeline_executions (
     priority INTEGER NOT NULL DEFAULT 0,
     concurrency_key TEXT,
     admitted INTEGER NOT NULL DEFAULT 0,
-    trace_context TEXT
+    trace_context TEXT,
+    -- 0015: its tasks' configurations (task_configurations), NULL before: in their rows
+    configuration_id TEXT
 );
 CREATE INDEX pipeline_executions_status ON pipeline_executions (status, created_at, id);
 CREATE INDEX pipeline_executions_created ON pipeline_executions (created_at, id);
@@ -89,15 +92,16 @@ CREATE INDEX task_executions_instances ON task_executions (pipeline_execution_id
 
 -- An output's link (0012: no foreign keys to its task and context, checked on every insert:
 -- outputs are deleted before their tasks, and prune_contexts keeps a context still linked).
+-- 0015: keyed by what finds it, its execution and task name.
 CREATE TABLE task_execution_metadata (
-    id TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
     task_execution_id TEXT NOT NULL,
     pipeline_execution_id TEXT NOT NULL REFERENCES pipeline_executions (id) ON DELETE CASCADE,
     task_name TEXT NOT NULL,
     context_id TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    UNIQUE (pipeline_execution_id, task_name)
+    updated_at TEXT,  -- 0015: NULL until the link is replaced
+    PRIMARY KEY (pipeline_execution_id, task_name)
 );
 
 CREATE TABLE task_attempts (
@@ -237,4 +241,15 @@ CREATE TABLE rate_buckets (
     name TEXT PRIMARY KEY,
     tokens REAL NOT NULL,
     counted_at REAL NOT NULL
+);
+
+-- Task configurations (0015): each definition's, once, by a hash of their text (JSON objects of
+-- task name to configuration, and to trigger rule). A task row's task_configuration holds
+-- only its own part, its trigger_rules NULL.
+CREATE TABLE task_configurations (
+    id TEXT PRIMARY KEY,
+    pipeline_name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    trigger_rules TEXT NOT NULL,
+    created_at TEXT NOT NULL
 );
