@@ -65,9 +65,14 @@ def test_two_dependencies_completed_in_one_batch_unblock_their_dependent_once(
     execution_id = str(engine.start(wf, {}))
     [a] = worker.claim(4)
     record_together(worker, [a], [run(a)])
+    stats = engine.store.stats
+    stats.reset()
     middles = worker.claim(4)
     assert sorted(job.name for job in middles) == ["b", "c"]
-    stats = engine.store.stats
+    # The claim, the executions, and a's row and output, read once for both.
+    assert stats.statements == 4
+    assert [job.input for job in middles] == [{"a": 1}, {"a": 1}]
+    assert middles[0].input is not middles[1].input  # each its own copy to change
     stats.reset()
     record_together(worker, middles, [run(job) for job in middles])
     if backend == "postgres":

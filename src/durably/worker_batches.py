@@ -6,6 +6,7 @@ they wrote, as one by one."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from . import plan
@@ -25,13 +26,25 @@ def locks(job: Job) -> bool:
 
 
 def load_all(rt: Runtime, tx: Tx, planned: Sequence[PlannedLoad]) -> list[ExecutionState]:
-    """Several partial loads' reads in one round trip, each then made a state."""
-    rows = tx.fetch_batch([statement for load in planned for statement in load.statements])
-    states, at = [], 0
+    """Several partial loads' reads in one round trip, each then made a state. A read that
+    several loads share is sent once (the middles of a fan-out claimed together all read the
+    task before them and its output): nothing between them writes."""
+    statements: list[Statement] = []
+    seen: dict[str, int] = {}
+    picks: list[list[int]] = []
     for load in planned:
-        states.append(rt.loaded(load, rows[at : at + len(load.statements)]))
-        at += len(load.statements)
-    return states
+        pick = []
+        for name, params in load.statements:
+            key = json.dumps([name, params], sort_keys=True, default=str)
+            if key not in seen:
+                seen[key] = len(statements)
+                statements.append((name, params))
+            pick.append(seen[key])
+        picks.append(pick)
+    rows = tx.fetch_batch(statements)
+    return [
+        rt.loaded(load, [rows[i] for i in pick]) for load, pick in zip(planned, picks, strict=True)
+    ]
 
 
 def plan_records(rt: Runtime, batch: list[Finished], now: float) -> list[PlannedRecord] | None:
