@@ -20,7 +20,9 @@ another's answer (the reads around each task go in the same round trip, before i
 
 A claim of N tasks and the record of N outcomes are one transaction each, or, in a running
 worker's turn, one transaction together (the outcomes of the tasks that finished and the claim
-of the slots they freed), so a worker with N free slots spends 1/N commits per task.
+of the slots they freed), so a worker with N free slots spends 1/N commits per task. (Not
+when the records lock an execution, as those of a workflow of several tasks do: they commit
+before the claim, which then does not hold the lock.)
 """
 
 from __future__ import annotations
