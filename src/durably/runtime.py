@@ -255,21 +255,14 @@ class Runtime(WaitsAndMaps, Children):
         outcome = plan.attempt_outcome(
             definition.retry, attempt, output, error, now, self.max_context_bytes
         )
-        ref = AttemptRef(state.id, task.id, name, attempt, self.worker_id, task.started_at)
-        ref.logs = self.logs.take(task.id, attempt)
-        if self.repo.limits_of(state.shape) is not None:
-            self.repo.notify_work(tx)  # a slot frees up: wake the workers a limit holds back
+        ref = self._attempt_ref(state, name, attempt)
+        self._slot_freed(tx, state)
         if isinstance(outcome, plan.Completed):
             deps = definition.dependencies  # its output is stored as what it changed in them
             if not self.repo.complete_task(tx, ref, outcome.value, now, dependencies=deps):
                 return None
             self._took_outcome(tx, state, name, now)
-            state.outputs[name] = outcome.value
-            if metrics.active is not None:
-                metrics.active.attempt_of(state, name, "completed", now)
-            if logger.isEnabledFor(logging.INFO):
-                self._log_outcome(logging.INFO, "completed", state, name, attempt, None)
-            return state.mark(name, COMPLETED)
+            return self._completed(state, name, attempt, outcome.value, now)
         retry_at = outcome.at if isinstance(outcome, plan.RetryAt) else None
         if not self.repo.fail_task(tx, ref, outcome.error, now, retry_at):
             return None
@@ -289,9 +282,7 @@ class Runtime(WaitsAndMaps, Children):
         """:meth:`record`'s write of a completed attempt as one statement, to send with
         others (a worker's batch, where the store combines writes); :meth:`recorded` then
         applies its answer. Not for a sub-workflow's task (its child outcome is reset)."""
-        task = state.tasks[name]
-        ref = AttemptRef(state.id, task.id, name, attempt, self.worker_id, task.started_at)
-        ref.logs = self.logs.take(task.id, attempt)
+        ref = self._attempt_ref(state, name, attempt)
         deps = state.definition(name).dependencies
         completion = self.repo.plan_complete(ref, outcome.value, now, deps)
         return PlannedRecord(name, attempt, outcome.value, completion)
@@ -302,16 +293,32 @@ class Runtime(WaitsAndMaps, Children):
     ) -> list[str] | None:  # fmt: skip
         """:meth:`record`'s answer for a :meth:`plan_record` statement's rows (``state``:
         the tasks around it, read before that statement ran)."""
-        name = planned.name
-        if self.repo.limits_of(state.shape) is not None:
-            self.repo.notify_work(tx)  # a slot frees up: wake the workers a limit holds back
+        self._slot_freed(tx, state)
         if not self.repo.completion_read(planned.completion, rows):
             return None
-        state.outputs[name] = planned.value
+        return self._completed(state, planned.name, planned.attempt, planned.value, now)
+
+    def _attempt_ref(self, state: ExecutionState, name: str, attempt: int) -> AttemptRef:
+        """The fence an attempt's outcome is written under, with the logs it captured."""
+        task = state.tasks[name]
+        ref = AttemptRef(state.id, task.id, name, attempt, self.worker_id, task.started_at)
+        ref.logs = self.logs.take(task.id, attempt)
+        return ref
+
+    def _slot_freed(self, tx: Tx, state: ExecutionState) -> None:
+        if self.repo.limits_of(state.shape) is not None:
+            self.repo.notify_work(tx)  # a slot frees up: wake the workers a limit holds back
+
+    def _completed(
+        self, state: ExecutionState, name: str, attempt: int, value: str, now: float
+    ) -> list[str]:
+        """A completion written: the state, metrics and log follow; the dependents it
+        unblocked."""
+        state.outputs[name] = value
         if metrics.active is not None:
             metrics.active.attempt_of(state, name, "completed", now)
         if logger.isEnabledFor(logging.INFO):
-            self._log_outcome(logging.INFO, "completed", state, name, planned.attempt, None)
+            self._log_outcome(logging.INFO, "completed", state, name, attempt, None)
         return state.mark(name, COMPLETED)
 
     def _took_outcome(self, tx: Tx, state: ExecutionState, name: str, now: float) -> None:
