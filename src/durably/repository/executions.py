@@ -128,12 +128,11 @@ class Executions(StoredConfigurations, Maps, Listing):
             "key": key,
             "now": stamp,
         }
-        if combined:
-            pass  # sent below, with the task rows
-        elif key is None:  # no key, no conflict to learn of: nothing to wait for
+        if key is not None:  # a key may be taken: wait for the answer
+            if not tx.execute("insert_execution", params):
+                return None
+        elif not combined:  # (combined: sent below, with the task rows)
             tx.send("insert_execution", params)
-        elif not tx.execute("insert_execution", params):
-            return None
         reused = reused or {}
         rows = []
         for template in self.template(wf):
@@ -190,9 +189,12 @@ class Executions(StoredConfigurations, Maps, Listing):
         found: list[tuple[ExecutionRecord | None, str | None]] = []
         for id_, context in wanted:
             row = rows.get(id_)
-            record = execution_of(row) if row is not None else None
+            if row is None:
+                found.append((None, None))
+                continue
+            record = execution_of(row)
             initial = None
-            if row is not None and record is not None and context and row["initial_base"] is None:
+            if context and row["initial_base"] is None:
                 initial = row["initial_context"]
                 if initial is not None:  # kept as initial_context keeps it: a root task's
                     saved = SavedRow(record.context_id, initial)  # output rests on it
