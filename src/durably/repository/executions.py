@@ -25,9 +25,9 @@ from .saved import INITIAL
 
 # What start_execution reads of each task row (the rest is the execution's, or constant).
 _START_TASK_FIELDS = (
-    "id", "name", "position", "status", "attempt", "max_attempts", "trigger_rules",
-    "configuration", "started_at", "completed_at", "concurrency_key", "rate_key",
-    "flow_limited", "pipeline_key",
+    "id", "name", "position", "status", "attempt", "max_attempts", "configuration",
+    "started_at", "completed_at", "concurrency_key", "rate_key", "flow_limited",
+    "pipeline_key",
 )  # fmt: skip
 
 
@@ -54,7 +54,6 @@ class Executions(StoredConfigurations, Maps, Listing):
                     "name": task.name,
                     "position": task.position,
                     "max_attempts": task.retry.max_attempts,
-                    "trigger_rules": None,  # with its configuration (configurations.py)
                     "concurrency_key": task_key(wf.name, task.name)
                     if task.concurrency is not None
                     else None,

@@ -437,12 +437,12 @@ execution AS (
 tasks AS (
     INSERT INTO task_executions (
         id, pipeline_execution_id, task_name, position, status, attempt, max_attempts,
-        trigger_rules, task_configuration, started_at, completed_at, concurrency_key,
+        task_configuration, started_at, completed_at, concurrency_key,
         rate_key, priority, flow_limited, pipeline_key, created_at, updated_at
     )
     SELECT CAST(t ->> 'id' AS uuid), CAST(:id AS uuid), t ->> 'name',
            CAST(t ->> 'position' AS integer), t ->> 'status', CAST(t ->> 'attempt' AS integer),
-           CAST(t ->> 'max_attempts' AS integer), CAST(t ->> 'trigger_rules' AS jsonb),
+           CAST(t ->> 'max_attempts' AS integer),
            CAST(t ->> 'configuration' AS jsonb), CAST(t ->> 'started_at' AS timestamptz),
            CAST(t ->> 'completed_at' AS timestamptz), t ->> 'concurrency_key',
            t ->> 'rate_key', :priority, CAST(t ->> 'flow_limited' AS integer),

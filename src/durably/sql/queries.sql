@@ -51,11 +51,11 @@ SELECT * FROM pipeline_executions WHERE pipeline_name = :name AND idempotency_ke
 -- name: insert_task
 INSERT INTO task_executions (
     id, pipeline_execution_id, task_name, position, status, attempt, max_attempts,
-    trigger_rules, task_configuration, claimed_by, heartbeat_at, started_at, completed_at,
+    task_configuration, claimed_by, heartbeat_at, started_at, completed_at,
     concurrency_key, rate_key, priority, flow_limited, pipeline_key, created_at, updated_at
 ) VALUES (
     :id, :execution_id, :name, :position, :status, :attempt, :max_attempts,
-    :trigger_rules, :configuration, :claimed_by, :heartbeat_at, :started_at, :completed_at,
+    :configuration, :claimed_by, :heartbeat_at, :started_at, :completed_at,
     :concurrency_key, :rate_key, :priority, :flow_limited, :pipeline_key, :now, :now
 );
 
@@ -637,12 +637,12 @@ ORDER BY s.workflow_name, s.name;
 -- in-process runner claims it at once, ready for a worker, not_started behind max_parallel.
 INSERT INTO task_executions (
     id, pipeline_execution_id, task_name, position, status, attempt, max_attempts,
-    trigger_rules, task_configuration, claimed_by, heartbeat_at, started_at, map_parent,
+    task_configuration, claimed_by, heartbeat_at, started_at, map_parent,
     map_index, code_version, concurrency_key, rate_key, flow_limited, pipeline_key, priority,
     created_at, updated_at
 ) VALUES (
     :id, :execution_id, :name, :position, :status, :attempt, :max_attempts,
-    :trigger_rules, :configuration, :claimed_by, :heartbeat_at, :started_at, :parent,
+    :configuration, :claimed_by, :heartbeat_at, :started_at, :parent,
     :index, :code_version, :concurrency_key, :rate_key, :flow_limited, :pipeline_key,
     COALESCE((SELECT priority FROM pipeline_executions WHERE id = :execution_id), 0), :now, :now
 );
