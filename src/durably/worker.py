@@ -237,7 +237,7 @@ class Worker(Sweeping):
         ]
         states = load_all(self.rt, tx, planned)
         for claim, (execution, initial), state in zip(claims, executions, states, strict=True):
-            job, finished = prepare(self.rt, tx, claim, execution, now, initial, state)
+            job, finished = prepare(self.rt, tx, claim, execution, state, now, initial)
             if job is not None:
                 jobs.append(job)
             elif finished is not None:

@@ -81,17 +81,14 @@ def prepare(
     tx: Tx,
     claim: Claim,
     execution: ExecutionRecord | None,
+    state: ExecutionState,
     now: float,
     initial: str | None = None,
-    state: ExecutionState | None = None,
 ) -> tuple[Job | None, tuple[Workflow, ExecutionState] | None]:
     """A claimed task's input, or its settlement without running: ``(job, None)``, or
     ``(None, the whole execution if that finished it)``. ``execution``: its row, read in
-    the claim's transaction; ``initial``: its initial context, if read with it; ``state``:
-    what :func:`plan_claimed` read, if read already."""
-    if state is None:
-        planned = plan_claimed(rt, claim, execution, initial)
-        state = rt.loaded(planned, tx.fetch_batch(planned.statements))
+    the claim's transaction; ``state``: what :func:`plan_claimed` read; ``initial``: its
+    initial context, if read with its execution."""
     assert execution is not None
     wf = state.shape
     assert isinstance(wf, Workflow)
