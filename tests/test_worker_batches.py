@@ -15,6 +15,7 @@ from durably import Context, Engine, Workflow
 from durably.worker import Worker
 from durably.worker_steps import Finished, Job
 
+from . import workers
 from .conftest import unique
 
 
@@ -133,3 +134,66 @@ def test_a_batch_with_a_failure_is_recorded_one_by_one(engine: Engine) -> None:
     assert done.context["done"] == first.input["i"]
     assert failed.status == "failed"
     assert "boom" in (failed.tasks["only"].error or "")
+
+
+# -- lone tasks: a single-task execution's completion ends it in the same statement ----------
+
+
+def test_lone_tasks_and_a_workflows_task_in_one_batch(engine: Engine, backend: str) -> None:
+    single, wf = lone(), diamond()
+    engine.register(single)
+    engine.register(wf)
+    worker = engine.worker(concurrency=4)
+    stats = engine.store.stats
+    engine.start(wf, {})
+    [first] = worker.claim(4)
+    stats.reset()
+    record_together(worker, [first], [run(first)])
+    alone = stats.statements
+    ids = [str(engine.start(single, {"i": i})) for i in range(2)]
+    diamond_id = str(engine.start(wf, {}))
+    jobs = [job for job in worker.claim(8) if job.name in ("a", "only")]
+    assert sorted(job.name for job in jobs) == ["a", "only", "only"]
+    stats.reset()
+    record_together(worker, jobs, [run(job) for job in jobs])
+    if backend == "postgres":
+        assert stats.statements == alone + 1  # both lone tasks: one complete_lone_tasks
+    for i, execution_id in enumerate(ids):
+        result = engine.get(execution_id)
+        assert result.status == "completed"
+        assert result.context == {"i": i, "done": i}
+        assert result.tasks["only"].context == {"i": i, "done": i}
+    assert engine.get(diamond_id).status == "running"
+    assert engine.get(diamond_id).tasks["b"].status == "ready"  # a unblocked it
+
+
+def test_a_lone_task_that_changes_nothing_ends_with_its_input(engine: Engine) -> None:
+    wf = Workflow(unique("noop"))
+    wf.task(name="only")(lambda ctx: None)
+    engine.register(wf)
+    worker = engine.worker(concurrency=2)
+    ids = [str(engine.start(wf, {"i": i, "text": "x" * 100})) for i in range(2)]
+    jobs = worker.claim(2)
+    record_together(worker, jobs, [run(job) for job in jobs])
+    for i, execution_id in enumerate(ids):
+        result = engine.get(execution_id)
+        assert result.status == "completed"
+        assert result.context == {"i": i, "text": "x" * 100}
+        assert result.tasks["only"].context == result.context
+
+
+def test_a_lone_childs_end_reaches_its_parent(engine: Engine) -> None:
+    child = Workflow(unique("child"))
+    child.task(name="only")(lambda ctx: ctx.update(result=ctx["x"] + 1))
+    parent = Workflow(unique("parent"))
+    parent.subworkflow("sub", child)
+    parent.task(name="after", dependencies=["sub"])(lambda ctx: ctx.update(seen=ctx["result"]))
+    engine.register(parent)
+    execution_id = engine.start(parent, {"x": 1})
+    with workers.running_worker(engine, concurrency=2):
+        result = engine.wait(execution_id, timeout=30)
+    assert result.status == "completed", result.error
+    assert result.context["seen"] == 2
+    child_result = engine.get(result.tasks["sub"].child_id)  # type: ignore[arg-type]
+    assert child_result.status == "completed"
+    assert child_result.context == {"x": 1, "result": 2}

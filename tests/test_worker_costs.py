@@ -87,9 +87,9 @@ def test_a_single_task_execution_on_a_worker(engine: tuple[Engine, Workflow], ba
     statements = {key: value[1] for key, value in found.items()}
     if backend == "postgres":
         # start: one statement (start_execution). claim: the claim, the execution with its
-        # context. record: the completion with its output (complete_with_output), the end
-        # with its final context (finish_with_fallback). Five in all.
-        assert statements == {"start": 1, "claim": 2, "record": 2}
+        # context. record: the completion with its output and the execution's end with its
+        # final context (complete_lone_tasks). Four in all.
+        assert statements == {"start": 1, "claim": 2, "record": 1}
     else:
         # start: context, execution, tasks, NOTIFY. claim: as above. record: the completion,
         # the output and its link, the final context, the end.
@@ -106,11 +106,11 @@ def test_a_batch_costs_a_worker_two_commits_and_one_round_trip_a_task(
 ) -> None:
     found = costs(*engine, 8)
     assert found["claim"][:2] == (1, 1 + 1)  # the claim, then one read of the executions
-    assert found["record"][:2] == (1, (2 if backend == "postgres" else 5) * 8)
+    # PostgreSQL: one statement completes the eight lone tasks and ends their executions.
+    assert found["record"][:2] == (1, 1 if backend == "postgres" else 5 * 8)
     if backend == "postgres":
-        # BEGIN with the claim, the reads (one round trip), COMMIT; BEGIN with every
-        # completion (one round trip: they are fenced, so none waits for another's answer),
-        # then COMMIT with the ends.
+        # BEGIN with the claim, the reads (one round trip), COMMIT; BEGIN with the
+        # completions (one round trip: each is fenced on its own claim), then COMMIT.
         assert (found["claim"][2], found["record"][2]) == (3, 2)
 
 
@@ -125,8 +125,8 @@ def test_a_turn_records_what_finished_and_claims_the_freed_slots_in_one_commit(
     stats.reset()
     second = worker._turn(8)
     assert stats.transactions == 1
-    per_record = 2 if backend == "postgres" else 5
-    assert stats.statements == per_record * 8 + 1 + 1  # the records, the claim, its read
+    records = 1 if backend == "postgres" else 5 * 8  # PostgreSQL: complete_lone_tasks
+    assert stats.statements == records + 1 + 1  # the records, the claim, its read
     if backend == "postgres":
         # The completions (with the BEGIN), the claim, its reads, the COMMIT.
         assert stats.round_trips == 1 + 1 + 1 + 1

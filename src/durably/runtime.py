@@ -418,13 +418,17 @@ class Runtime(WaitsAndMaps, Children):
                 marked = True
         return marked
 
-    def finish(self, tx: Tx, state: ExecutionState, now: float | None = None) -> str:
-        """Write the final context and status once every task is terminal; return it."""
+    def finish(
+        self, tx: Tx, state: ExecutionState, now: float | None = None, *, written: bool = False
+    ) -> str:
+        """Write the final context and status once every task is terminal (``written``: the
+        statement that completed a lone task wrote them), report them; return the status."""
         status, error = outcomes.execution_outcome(state)
         final = codec.dumps(plan.final_context(state))
         now = now or self.now()
-        sources = plan.final_sources(state)
-        self.repo.finish_execution(tx, state.id, status, final, error, now, sources=sources)
+        if not written:
+            sources = plan.final_sources(state)
+            self.repo.finish_execution(tx, state.id, status, final, error, now, sources=sources)
         self.report(tx, state, status, final, error, now)
         if getattr(state.shape, "concurrency", None) is not None:
             self.repo.notify_work(tx)  # its slot frees up: a queued execution may start

@@ -69,37 +69,59 @@ def plan_records(rt: Runtime, batch: list[Finished], now: float) -> list[Planned
     ]
 
 
+def lone(job: Job, load: PlannedLoad) -> bool:
+    """Whether the job's task is its execution's only one, with nothing around it to read:
+    its completion then ends the execution, so both are written by one statement, shared
+    with the batch's other lone tasks (complete_lone_tasks)."""
+    return len(job.wf.tasks) == 1 and not locks(job) and not load.statements
+
+
 def save_planned(
     rt: Runtime, tx: Tx, batch: list[Finished], planned: list[PlannedRecord], now: float
 ) -> tuple[list[bool], list[tuple[Workflow, ExecutionState]]]:
-    """The batch's outcomes in one round trip: for each attempt in order, the reads around
-    its task, then its fenced completion; then what each unblocked and finished (sent with
-    the COMMIT). Returns what Worker._save_in does."""
-    statements: list[Statement] = []
+    """The batch's outcomes in one round trip: the lone tasks' completions and their
+    executions' ends in one statement; then for each other attempt in order, the reads
+    around its task, then its fenced completion; then what each unblocked and finished (sent
+    with the COMMIT). Returns what Worker._save_in does."""
     loads: list[PlannedLoad] = []
+    lone_ones: list[int] = []
+    others: list[Statement] = []
     locked: set[str] = set()
-    for item, record in zip(batch, planned, strict=True):
+    for index, (item, record) in enumerate(zip(batch, planned, strict=True)):
         job = item.job
-        if job.state.id not in locked and locks(job):
-            rt.repo.lock_execution(tx, job.state.id)  # sent first, with the batch
-            locked.add(job.state.id)
         known = [job.record] if job.record is not None else []
         load = plan_around(rt, job.wf, job.state.id, job.name, None, known)
         loads.append(load)
-        statements += [*load.statements, record.completion.statement]
-    rows = tx.fetch_batch(statements)
+        if lone(job, load):
+            lone_ones.append(index)
+            continue
+        if job.state.id not in locked and locks(job):
+            rt.repo.lock_execution(tx, job.state.id)  # sent first, with the batch
+            locked.add(job.state.id)
+        others += [*load.statements, record.completion.statement]
+    # Lone tasks touch only their own executions: their statement may go first.
+    ends = [rt.repo.plan_lone_completions([planned[i].completion for i in lone_ones])]
+    rows = tx.fetch_batch([*ends, *others] if lone_ones else others)
+    answers = dict(zip(lone_ones, rows[0] if lone_ones else [], strict=True))
+    at = 1 if lone_ones else 0
     saved: list[bool] = []
     finished: list[tuple[Workflow, ExecutionState]] = []
-    at = 0
-    for item, record, load in zip(batch, planned, loads, strict=True):
-        fresh = rt.loaded(load, rows[at : at + len(load.statements)])
-        at += len(load.statements)
-        unblocked = rt.recorded(tx, fresh, record, rows[at], now)
-        at += 1
+    for index, (item, record, load) in enumerate(zip(batch, planned, loads, strict=True)):
+        written = index in answers
+        if written:
+            fresh = rt.loaded(load, [])
+            answer = [answers[index]]
+        else:
+            fresh = rt.loaded(load, rows[at : at + len(load.statements)])
+            at += len(load.statements)
+            answer = rows[at]
+            at += 1
+        unblocked = rt.recorded(tx, fresh, record, answer, now)
         saved.append(unblocked is not None)
         if unblocked is None:
             continue
         mark_ready(rt, tx, fresh, unblocked, now)
-        if (done := after(rt, tx, item.job.wf, fresh, item.job.execution)) is not None:
+        done = after(rt, tx, item.job.wf, fresh, item.job.execution, written=written)
+        if done is not None:
             finished.append(done)
     return saved, finished

@@ -197,10 +197,12 @@ def mark_ready(rt: Runtime, tx: Tx, state: ExecutionState, names: list[str], now
 
 
 def after(
-    rt: Runtime, tx: Tx, wf: Workflow, state: ExecutionState, execution: ExecutionRecord | None
-) -> tuple[Workflow, ExecutionState] | None:
+    rt: Runtime, tx: Tx, wf: Workflow, state: ExecutionState, execution: ExecutionRecord | None,
+    *, written: bool = False,
+) -> tuple[Workflow, ExecutionState] | None:  # fmt: skip
     """When nothing is left to run, load the whole execution and finish it (here,
-    unless compensations must run first)."""
+    unless compensations must run first). ``written``: a lone task's completion ended the
+    execution's row in its own statement (complete_lone_tasks)."""
     if _whole_and_completed(wf, state):
         # It holds every task, each completed with its output (a single-task execution
         # always does): it is the whole execution, with nothing to count or reload.
@@ -208,8 +210,9 @@ def after(
             execution = rt.repo.execution(tx, state.id)
             assert execution is not None
         rt.adopt_record(state, execution)
-        rt.finish(tx, state)
+        rt.finish(tx, state, written=written)
         return None
+    assert not written, "only a whole, completed execution is ended with its task"
     if state.open or rt.repo.unfinished_tasks(tx, state.id):
         return None  # a task it holds is not done yet, or one it does not hold
     if execution is None:

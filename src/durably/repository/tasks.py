@@ -94,6 +94,13 @@ class Tasks(Contexts):
         (``Tx.combined``), to send with others; :meth:`completion_read` reads its answer."""
         return self.plan_completion(ref, _completion_fence(ref, now), value, dependencies)
 
+    def plan_lone_completions(self, planned: Sequence[PlannedCompletion]) -> Statement:
+        """One statement for several :meth:`plan_complete` completions, each of a
+        single-task execution, that also ends each execution the completion holds (its
+        output is the final context): one row an item, each for :meth:`completion_read`."""
+        items = [completion.statement[1] for completion in planned]
+        return ("complete_lone_tasks", {"items": json.dumps(items)})
+
     def fail_task(
         self, tx: Tx, ref: AttemptRef, error: str, now: float, retry_at: float | None = None
     ) -> bool:

@@ -25,7 +25,9 @@ DIALECTS = ("sqlite", "postgres")
 # Writes spanning several tables as one statement, defined only by the dialects that can
 # (PostgreSQL's data-modifying WITH) and sent only where ``Tx.combined`` says so; the other
 # dialects run their parts (named in each block's comment) one by one.
-COMBINED = frozenset({"start_execution", "complete_with_output", "finish_with_fallback"})
+COMBINED = frozenset(
+    {"start_execution", "complete_with_output", "complete_lone_tasks", "finish_with_fallback"}
+)
 
 
 def parse(text: str) -> dict[str, str]:

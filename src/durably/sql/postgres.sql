@@ -490,6 +490,71 @@ link AS (
 )
 SELECT (SELECT count(*) FROM done) AS completed, (SELECT count(*) FROM saved) AS reused;
 
+-- name: complete_lone_tasks
+-- complete_with_output, then the end of its execution, for a batch of single-task executions
+-- as one statement (Tx.combined). :items is a JSON array of complete_with_output's
+-- parameters, one object an attempt. Each item is fenced on its own claim, as one by one:
+-- nothing of an item is written unless its task row is completed here, and then its
+-- execution completes with that output for its final context (a lone task's output is the
+-- final context). One row an item, in their order: completed and reused as
+-- complete_with_output's.
+WITH item AS (
+    SELECT a.n, CAST(a.i ->> 'task_id' AS uuid) AS task_id,
+           CAST(a.i ->> 'execution_id' AS uuid) AS execution_id, a.i ->> 'name' AS name,
+           a.i ->> 'worker' AS worker, CAST(a.i ->> 'attempt' AS integer) AS attempt,
+           a.i ->> 'logs' AS logs, CAST(a.i ->> 'now' AS timestamptz) AS at,
+           CAST(a.i ->> 'link_id' AS uuid) AS link_id,
+           CAST(a.i ->> 'context_id' AS uuid) AS context_id,
+           CAST(a.i ->> 'saved_id' AS uuid) AS saved_id,
+           CAST(a.i ->> 'base_id' AS uuid) AS base_id, a.i ->> 'value' AS value,
+           a.i ->> 'full' AS full_text
+    FROM jsonb_array_elements(CAST(:items AS jsonb)) WITH ORDINALITY AS a(i, n)
+),
+done AS (
+    UPDATE task_executions t
+    SET status = 'completed', completed_at = i.at, error_details = NULL, logs = i.logs,
+        updated_at = i.at
+    FROM item i
+    WHERE t.id = i.task_id AND t.status = 'running' AND t.claimed_by = i.worker
+      AND t.attempt = i.attempt
+    RETURNING t.id
+),
+kept AS (
+    SELECT i.*, s.id AS saved, b.id AS base
+    FROM item i
+    JOIN done d ON d.id = i.task_id
+    LEFT JOIN contexts s ON s.id = i.saved_id
+    LEFT JOIN contexts b ON b.id = i.base_id AND b.base_id IS NULL
+),
+context AS (
+    INSERT INTO contexts (id, value, base_id, created_at)
+    SELECT k.context_id, CASE WHEN k.base IS NULL THEN k.full_text ELSE k.value END, k.base,
+           k.at
+    FROM kept k
+    WHERE k.saved IS NULL
+),
+link AS (
+    INSERT INTO task_execution_metadata (
+        id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at
+    )
+    SELECT k.link_id, k.task_id, k.execution_id, k.name, COALESCE(k.saved, k.context_id), k.at
+    FROM kept k
+    ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
+    SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
+        updated_at = excluded.created_at
+),
+finished AS (
+    UPDATE pipeline_executions p
+    SET status = 'completed', final_context_id = COALESCE(k.saved, k.context_id),
+        completed_at = k.at, error_details = NULL, claimed_by = NULL, updated_at = k.at
+    FROM kept k
+    WHERE p.id = k.execution_id AND p.status IN ('pending', 'running')
+)
+SELECT k.task_id IS NOT NULL AS completed, k.saved IS NOT NULL AS reused
+FROM item i
+LEFT JOIN kept k ON k.n = i.n
+ORDER BY i.n;
+
 -- name: finish_with_fallback
 -- save_final_fallback and finish_execution as one statement (Tx.combined): the final
 -- context is the row saved before (:context_id) if it exists, else a full copy under
