@@ -111,9 +111,10 @@ def test_execute_returns_changed_rows(any_store: Store) -> None:
     execution_id, task_ids = seed_execution(any_store, tasks=2)
     now = timestamp()
     with any_store.transaction() as tx:
-        assert tx.execute("mark_ready", {"id": task_ids[0], "now": now}) == 1
-        assert tx.execute("mark_ready", {"id": task_ids[0], "now": now}) == 0
-        assert tx.execute("mark_ready", {"id": new_id(), "now": now}) == 0
+        first = json.dumps([task_ids[0]])
+        assert tx.execute("mark_ready", {"ids": first, "now": now}) == 1
+        assert tx.execute("mark_ready", {"ids": first, "now": now}) == 0
+        assert tx.execute("mark_ready", {"ids": json.dumps([new_id()]), "now": now}) == 0
     with any_store.read() as tx:
         rows = tx.fetch_all("get_tasks", {"id": execution_id})
     assert [r["status"] for r in rows] == ["ready", "not_started"]
@@ -321,6 +322,26 @@ SAMPLES: dict[str, Callable[[], Any]] = {
         ]
     ),
     "notify": lambda: True,
+    "waits": lambda: '[["t", ["a", "b"]]]',
+    "items": lambda: json.dumps(
+        [
+            {
+                "task_id": new_id(),
+                "execution_id": new_id(),
+                "name": "t",
+                "worker": "w",
+                "attempt": 1,
+                "logs": None,
+                "now": timestamp(),
+                "link_id": new_id(),
+                "context_id": new_id(),
+                "saved_id": None,
+                "base_id": None,
+                "value": "{}",
+                "full": "{}",
+            }
+        ]
+    ),
 }
 
 

@@ -409,14 +409,13 @@ class Runtime(WaitsAndMaps, Children):
 
     def make_ready(self, tx: Tx, state: ExecutionState, names: Iterable[str], now: float) -> bool:
         """Worker path: leave unblocked tasks for whichever worker claims them first."""
-        marked = False
-        for name in names:
-            task = state.tasks[name]
-            if task.status == "not_started":
-                self.repo.mark_ready(tx, task.id, now)
-                task.status = READY
-                marked = True
-        return marked
+        unblocked = [state.tasks[name] for name in names]
+        marked = [task for task in unblocked if task.status == "not_started"]
+        if marked:
+            self.repo.mark_ready(tx, [task.id for task in marked], now)
+        for task in marked:
+            task.status = READY
+        return bool(marked)
 
     def finish(
         self, tx: Tx, state: ExecutionState, now: float | None = None, *, written: bool = False

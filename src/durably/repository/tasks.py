@@ -45,15 +45,14 @@ class Tasks(Contexts):
         ``waits``), to send with others; :meth:`tasks_read` makes their rows records."""
         if names is None:
             return [("get_tasks", {"id": execution_id})]
-        statements: list[Statement] = [("get_task_states", _names(execution_id, names))]
-        terminal = json.dumps(sorted(TASK_TERMINAL))
-        for name in _waiting(names, waits):
-            # The last declared first: tasks are claimed in declaration order, so the last
-            # is the likeliest to be unfinished (unfinished_among stops at the first found).
-            last_first = list(reversed((waits or {})[name]))
-            params = {**_names(execution_id, last_first), "terminal": terminal}
-            statements.append(("unfinished_among", params))
-        return statements
+        waiting = _waiting(names, waits)
+        if not waiting:
+            return [("get_task_states", _names(execution_id, names))]
+        # The last declared first: tasks are claimed in declaration order, so the last is the
+        # likeliest to be unfinished (the probe stops at the first found).
+        pairs = [[name, list(reversed((waits or {})[name]))] for name in waiting]
+        params = {"waits": json.dumps(pairs), "terminal": json.dumps(sorted(TASK_TERMINAL))}
+        return [("get_task_states_waiting", {**_names(execution_id, names), **params})]
 
     def tasks_read(
         self, names: Sequence[str] | None, waits: Mapping[str, Sequence[str]] | None,
@@ -61,9 +60,10 @@ class Tasks(Contexts):
     ) -> tuple[list[TaskRecord], set[str]]:  # fmt: skip
         """The records :meth:`task_reads` read, and the tasks with an unfinished one among
         their ``waits``."""
-        first, *counts = rows
-        pairs = zip(_waiting(names or (), waits), counts, strict=True)
-        return tasks_of(first), {name for name, found in pairs if found[0]["unfinished"]}
+        [found] = rows
+        if not _waiting(names or (), waits):
+            return tasks_of(found), set()
+        return tasks_of(found), {row["task_name"] for row in found if row["unfinished"]}
 
     def start_task(
         self, tx: Tx, task_id: str, worker: str, now: float, code_version: str | None = None
@@ -141,8 +141,8 @@ class Tasks(Contexts):
         params = {"id": task_id, "status": status, "error": reason, "now": timestamp(now)}
         tx.execute("settle_unstarted_task", params)
 
-    def mark_ready(self, tx: Tx, task_id: str, now: float) -> None:
-        tx.send("mark_ready", {"id": task_id, "now": timestamp(now)})
+    def mark_ready(self, tx: Tx, task_ids: Sequence[str], now: float) -> None:
+        tx.send("mark_ready", {"ids": json.dumps(list(task_ids)), "now": timestamp(now)})
 
     def recover_task(self, tx: Tx, claim: StaleClaim, abandon: bool, now: float) -> bool:
         """Take a lost claim back: the task is ready again, or abandoned past the recovery

@@ -60,18 +60,27 @@ FROM task_executions
 WHERE pipeline_execution_id = :id
   AND task_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb)));
 
--- name: unfinished_among
--- LIMIT keeps the look-up a subquery run per name (a nested loop in the names' order, which
+-- name: get_task_states_waiting
+-- LIMIT keeps each look-up a subquery run per name (a nested loop in the names' order, which
 -- stops at the first unfinished one), instead of a join that reads every dependency.
-SELECT EXISTS (
-    SELECT 1 FROM jsonb_array_elements_text(CAST(:names AS jsonb)) AS n(name)
-    CROSS JOIN LATERAL (
-        SELECT 1 FROM task_executions t
-        WHERE t.pipeline_execution_id = CAST(:id AS uuid) AND t.task_name = n.name
-          AND t.status <> ALL (ARRAY(SELECT jsonb_array_elements_text(CAST(:terminal AS jsonb))))
-        LIMIT 1
-    ) open
-) AS unfinished;
+SELECT t.*, (
+    SELECT EXISTS (
+        SELECT 1 FROM jsonb_array_elements_text(w.value -> 1) AS n(name)
+        CROSS JOIN LATERAL (
+            SELECT 1 FROM task_executions u
+            WHERE u.pipeline_execution_id = t.pipeline_execution_id AND u.task_name = n.name
+              AND u.status <> ALL (
+                  ARRAY(SELECT jsonb_array_elements_text(CAST(:terminal AS jsonb)))
+              )
+            LIMIT 1
+        ) open
+    )
+    FROM jsonb_array_elements(CAST(:waits AS jsonb)) AS w(value)
+    WHERE w.value ->> 0 = t.task_name
+) AS unfinished
+FROM task_executions t
+WHERE t.pipeline_execution_id = :id
+  AND t.task_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb)));
 
 -- name: get_named_outputs
 SELECT m.task_name, c.id, c.value, c.base_id, b.value AS base_value, b.base_id AS base_base_id
@@ -80,6 +89,11 @@ JOIN contexts c ON c.id = m.context_id
 LEFT JOIN contexts b ON b.id = c.base_id
 WHERE m.pipeline_execution_id = :id
   AND m.task_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb)));
+
+-- name: mark_ready
+UPDATE task_executions SET status = 'ready', updated_at = :now
+WHERE id = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST(:ids AS jsonb)) AS uuid)))
+  AND status = 'not_started';
 
 -- name: heartbeat_executions
 UPDATE pipeline_executions SET heartbeat_at = :now

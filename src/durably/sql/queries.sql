@@ -212,8 +212,10 @@ SET status = :status, completed_at = :now, error_details = :error, claimed_by = 
 WHERE id = :id AND status IN ('not_started', 'ready', 'running');
 
 -- name: mark_ready
+-- The tasks a completion unblocked (:ids, a JSON array): one statement, however many (a
+-- fan-out's first task unblocks all its middles).
 UPDATE task_executions SET status = 'ready', updated_at = :now
-WHERE id = :id AND status = 'not_started';
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'not_started';
 
 -- name: save_final_fallback
 -- The final context in full under :fallback_id, if the row saved before that it is meant to
@@ -418,17 +420,25 @@ WHERE t.claimed_by = :worker AND t.status = 'running' AND p.claimed_by IS NULL;
 SELECT count(*) AS unfinished FROM task_executions
 WHERE pipeline_execution_id = :id AND status IN ('not_started', 'ready', 'waiting', 'running');
 
--- name: unfinished_among
--- Whether any of the named tasks (a JSON array) is not in a terminal status (:terminal, a
--- JSON array): whether the last of a wide fan-in's dependencies is done, without reading them.
--- The names are probed in their order, one index look-up each, up to the first unfinished
--- one: named likeliest first, a completion costs a probe or two, not one per dependency.
-SELECT EXISTS (
-    SELECT 1 FROM json_each(:names) n
-    CROSS JOIN task_executions t
-    WHERE t.pipeline_execution_id = :id AND t.task_name = n.value
-      AND t.status NOT IN (SELECT value FROM json_each(:terminal))
-) AS unfinished;
+-- name: get_task_states_waiting
+-- get_task_states, each row with unfinished: for a task :waits names (a JSON array of
+-- [name, its other dependencies]), whether any of those is not in a terminal status
+-- (:terminal, a JSON array), else NULL. A wide fan-in's last dependency is found without
+-- reading the others, in the same statement: they are probed in their order, one index
+-- look-up each, up to the first unfinished one (named likeliest first, a completion costs a
+-- probe or two, not one per dependency).
+SELECT t.*, (
+    SELECT EXISTS (
+        SELECT 1 FROM json_each(w.value, '$[1]') n
+        CROSS JOIN task_executions u
+        WHERE u.pipeline_execution_id = t.pipeline_execution_id AND u.task_name = n.value
+          AND u.status NOT IN (SELECT value FROM json_each(:terminal))
+    )
+    FROM json_each(:waits) w
+    WHERE json_extract(w.value, '$[0]') = t.task_name
+) AS unfinished
+FROM task_executions t
+WHERE t.pipeline_execution_id = :id AND t.task_name IN (SELECT value FROM json_each(:names));
 
 -- name: get_task_states
 -- The named tasks of an execution (a JSON array of names): one query, however many.
