@@ -117,6 +117,24 @@ def test_a_lost_claim_in_a_batch_discards_only_its_own_output(engine: Engine) ->
     assert sorted(results) == sorted(ids)
 
 
+def test_a_lost_claim_beside_a_sibling_leaves_their_dependent_waiting(engine: Engine) -> None:
+    wf = diamond()
+    engine.register(wf)
+    worker = engine.worker(concurrency=4)
+    execution_id = str(engine.start(wf, {}))
+    [a] = worker.claim(4)
+    record_together(worker, [a], [run(a)])
+    middles = sorted(worker.claim(4), key=lambda job: job.name)
+    # c's claim was taken over: its completion (with the read around it) writes nothing.
+    middles[1] = dataclasses.replace(middles[1], attempt=middles[1].attempt + 1)
+    record_together(worker, middles, [run(job) for job in middles])
+    result = engine.get(execution_id)
+    assert result.tasks["b"].status == "completed"
+    assert result.tasks["c"].status == "running"
+    assert result.tasks["d"].status == "not_started"  # c is not done: d waits
+    assert result.tasks["c"].context is None
+
+
 def test_a_batch_with_a_failure_is_recorded_one_by_one(engine: Engine) -> None:
     wf = lone()
     engine.register(wf)

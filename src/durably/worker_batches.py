@@ -81,10 +81,12 @@ def save_planned(
 ) -> tuple[list[bool], list[tuple[Workflow, ExecutionState]]]:
     """The batch's outcomes in one round trip: the lone tasks' completions and their
     executions' ends in one statement; then for each other attempt in order, the reads
-    around its task, then its fenced completion; then what each unblocked and finished (sent
-    with the COMMIT). Returns what Worker._save_in does."""
+    around its task, then its fenced completion (one statement where the read is one);
+    then what each unblocked and finished (sent with the COMMIT). Returns what
+    Worker._save_in does."""
     loads: list[PlannedLoad] = []
     lone_ones: list[int] = []
+    fusions: set[int] = set()  # the items whose read and completion are one statement
     others: list[Statement] = []
     locked: set[str] = set()
     for index, (item, record) in enumerate(zip(batch, planned, strict=True)):
@@ -98,7 +100,11 @@ def save_planned(
         if job.state.id not in locked and locks(job):
             rt.repo.lock_execution(tx, job.state.id)  # sent first, with the batch
             locked.add(job.state.id)
-        others += [*load.statements, record.completion.statement]
+        if (fused := _fused(rt, load, record)) is not None:
+            fusions.add(index)
+            others.append(fused)
+        else:
+            others += [*load.statements, record.completion.statement]
     # Lone tasks touch only their own executions: their statement may go first.
     ends = [rt.repo.plan_lone_completions([planned[i].completion for i in lone_ones])]
     rows = tx.fetch_batch([*ends, *others] if lone_ones else others)
@@ -111,6 +117,10 @@ def save_planned(
         if written:
             fresh = rt.loaded(load, [])
             answer = [answers[index]]
+        elif index in fusions:
+            read, answer = rt.repo.completion_with_read(rows[at])
+            fresh = rt.loaded(load, [read])
+            at += 1
         else:
             fresh = rt.loaded(load, rows[at : at + len(load.statements)])
             at += len(load.statements)
@@ -125,3 +135,10 @@ def save_planned(
         if done is not None:
             finished.append(done)
     return saved, finished
+
+
+def _fused(rt: Runtime, load: PlannedLoad, record: PlannedRecord) -> Statement | None:
+    """The load's one read and the completion as one statement, where they can be."""
+    if len(load.statements) != 1 or load.tasks != 1:
+        return None
+    return rt.repo.plan_completion_with_read(record.completion, load.statements[0])

@@ -101,6 +101,24 @@ class Tasks(Contexts):
         items = [completion.statement[1] for completion in planned]
         return ("complete_lone_tasks", {"items": json.dumps(items)})
 
+    def plan_completion_with_read(
+        self, completion: PlannedCompletion, read: Statement
+    ) -> Statement | None:
+        """One statement for a planned completion and the read of the tasks around it
+        (:meth:`task_reads`' one statement), sent before it: the read sees the same rows
+        either way (its own task is not read). None for any other read."""
+        name, params = read
+        if name not in ("get_task_states", "get_task_states_waiting") or params is None:
+            return None
+        merged = {"waits": "[]", "terminal": "[]", **params, **(completion.statement[1] or {})}
+        del merged["id"]  # the read's execution, the completion's execution_id
+        return ("complete_and_read", merged)
+
+    def completion_with_read(self, rows: Sequence[Row]) -> tuple[list[Row], list[Row]]:
+        """A :meth:`plan_completion_with_read` statement's rows: (the tasks it read, the
+        completion's answer for :meth:`completion_read`)."""
+        return [row for row in rows if row["id"] is not None], list(rows[:1])
+
     def fail_task(
         self, tx: Tx, ref: AttemptRef, error: str, now: float, retry_at: float | None = None
     ) -> bool:

@@ -26,7 +26,13 @@ DIALECTS = ("sqlite", "postgres")
 # (PostgreSQL's data-modifying WITH) and sent only where ``Tx.combined`` says so; the other
 # dialects run their parts (named in each block's comment) one by one.
 COMBINED = frozenset(
-    {"start_execution", "complete_with_output", "complete_lone_tasks", "finish_with_fallback"}
+    {
+        "start_execution",
+        "complete_with_output",
+        "complete_and_read",
+        "complete_lone_tasks",
+        "finish_with_fallback",
+    }
 )
 
 

@@ -504,6 +504,70 @@ link AS (
 )
 SELECT (SELECT count(*) FROM done) AS completed, (SELECT count(*) FROM saved) AS reused;
 
+-- name: complete_and_read
+-- complete_with_output and get_task_states_waiting as one statement (Tx.combined): the reads
+-- around a completed task see what the statements before it wrote, as when sent before the
+-- completion (its own row is not read: the claim knows it). One row a task read, each with
+-- the completion's answer (completed, reused as complete_with_output's), or that answer
+-- alone when none is found.
+WITH done AS (
+    UPDATE task_executions
+    SET status = 'completed', completed_at = CAST(:now AS timestamptz), error_details = NULL,
+        logs = :logs, updated_at = CAST(:now AS timestamptz)
+    WHERE id = CAST(:task_id AS uuid) AND status = 'running' AND claimed_by = :worker
+      AND attempt = :attempt
+    RETURNING id
+),
+saved AS (SELECT c.id FROM contexts c WHERE c.id = CAST(:saved_id AS uuid)),
+base AS (
+    SELECT b.id FROM contexts b WHERE b.id = CAST(:base_id AS uuid) AND b.base_id IS NULL
+),
+context AS (
+    INSERT INTO contexts (id, value, base_id, created_at)
+    SELECT CAST(:context_id AS uuid), CASE WHEN base.id IS NULL THEN :full ELSE :value END,
+           base.id, CAST(:now AS timestamptz)
+    FROM done LEFT JOIN base ON true
+    WHERE NOT EXISTS (SELECT 1 FROM saved)
+),
+link AS (
+    INSERT INTO task_execution_metadata (
+        id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at
+    )
+    SELECT CAST(:link_id AS uuid), done.id, CAST(:execution_id AS uuid), :name,
+           COALESCE((SELECT id FROM saved), CAST(:context_id AS uuid)),
+           CAST(:now AS timestamptz)
+    FROM done
+    ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
+    SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
+        updated_at = excluded.created_at
+),
+answer AS (
+    SELECT (SELECT count(*) FROM done) AS completed, (SELECT count(*) FROM saved) AS reused
+),
+around AS (
+    SELECT t.*, (
+        SELECT EXISTS (
+            SELECT 1 FROM jsonb_array_elements_text(w.value -> 1) AS n(name)
+            CROSS JOIN LATERAL (
+                SELECT 1 FROM task_executions u
+                WHERE u.pipeline_execution_id = t.pipeline_execution_id
+                  AND u.task_name = n.name
+                  AND u.status <> ALL (
+                      ARRAY(SELECT jsonb_array_elements_text(CAST(:terminal AS jsonb)))
+                  )
+                LIMIT 1
+            ) open
+        )
+        FROM jsonb_array_elements(CAST(:waits AS jsonb)) AS w(value)
+        WHERE w.value ->> 0 = t.task_name
+    ) AS unfinished
+    FROM task_executions t
+    WHERE t.pipeline_execution_id = CAST(:execution_id AS uuid)
+      AND t.task_name IN (SELECT jsonb_array_elements_text(CAST(:names AS jsonb)))
+)
+SELECT answer.completed, answer.reused, around.*
+FROM answer LEFT JOIN around ON true;
+
 -- name: complete_lone_tasks
 -- complete_with_output, then the end of its execution, for a batch of single-task executions
 -- as one statement (Tx.combined). :items is a JSON array of complete_with_output's
