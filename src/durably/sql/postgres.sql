@@ -575,7 +575,9 @@ FROM answer LEFT JOIN around ON true;
 -- nothing of an item is written unless its task row is completed here, and then its
 -- execution completes with that output for its final context (a lone task's output is the
 -- final context). One row an item, in their order: completed and reused as
--- complete_with_output's.
+-- complete_with_output's. The rows are found through ANY (ARRAY(...)), an index look-up
+-- each: joined to the items alone, the planner hashes a scan of the whole table instead,
+-- and an execution's status test is written IS TRUE so that no status index can serve it.
 WITH item AS (
     SELECT a.n, CAST(a.i ->> 'task_id' AS uuid) AS task_id,
            CAST(a.i ->> 'execution_id' AS uuid) AS execution_id, a.i ->> 'name' AS name,
@@ -593,8 +595,8 @@ done AS (
     SET status = 'completed', completed_at = i.at, error_details = NULL, logs = i.logs,
         updated_at = i.at
     FROM item i
-    WHERE t.id = i.task_id AND t.status = 'running' AND t.claimed_by = i.worker
-      AND t.attempt = i.attempt
+    WHERE t.id = ANY (ARRAY(SELECT task_id FROM item)) AND t.id = i.task_id
+      AND t.status = 'running' AND t.claimed_by = i.worker AND t.attempt = i.attempt
     RETURNING t.id
 ),
 kept AS (
@@ -626,7 +628,8 @@ finished AS (
     SET status = 'completed', final_context_id = COALESCE(k.saved, k.context_id),
         completed_at = k.at, error_details = NULL, claimed_by = NULL, updated_at = k.at
     FROM kept k
-    WHERE p.id = k.execution_id AND p.status IN ('pending', 'running')
+    WHERE p.id = ANY (ARRAY(SELECT execution_id FROM kept)) AND p.id = k.execution_id
+      AND (p.status IN ('pending', 'running')) IS TRUE
 )
 SELECT k.task_id IS NOT NULL AS completed, k.saved IS NOT NULL AS reused
 FROM item i
