@@ -49,8 +49,9 @@ def load_all(rt: Runtime, tx: Tx, planned: Sequence[PlannedLoad]) -> list[Execut
 
 def plan_records(rt: Runtime, batch: list[Finished], now: float) -> list[PlannedRecord] | None:
     """Where every attempt of the batch completed (the common case), their writes as one
-    statement each; else None: failures, map instances and sub-workflow tasks are recorded
-    one by one (a failure's settlements would otherwise run after later tasks' reads)."""
+    statement each (which save_planned may merge further); else None: failures, map
+    instances and sub-workflow tasks are recorded one by one (a failure's settlements would
+    otherwise run after later tasks' reads)."""
     outcomes = []
     for item in batch:
         job = item.job
@@ -106,10 +107,11 @@ def save_planned(
         else:
             others += [*load.statements, record.completion.statement]
     # Lone tasks touch only their own executions: their statement may go first.
-    ends = [rt.repo.plan_lone_completions([planned[i].completion for i in lone_ones])]
-    rows = tx.fetch_batch([*ends, *others] if lone_ones else others)
-    answers = dict(zip(lone_ones, rows[0] if lone_ones else [], strict=True))
-    at = 1 if lone_ones else 0
+    ends = [planned[i].completion for i in lone_ones]
+    first = [rt.repo.plan_lone_completions(ends)] if ends else []
+    rows = tx.fetch_batch([*first, *others])
+    answers = dict(zip(lone_ones, rows[0], strict=True)) if first else {}
+    at = len(first)
     saved: list[bool] = []
     finished: list[tuple[Workflow, ExecutionState]] = []
     for index, (item, record, load) in enumerate(zip(batch, planned, loads, strict=True)):
