@@ -4,8 +4,10 @@ the same rules for in-process runs; checked from the times the tasks record."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -48,6 +50,17 @@ def claimed_at(result: Any) -> list[float]:
     return sorted(
         t.started_at.timestamp() for t in result.tasks.values() if t.parent and t.started_at
     )
+
+
+def assert_paced(starts: list[float], per_second: float, burst: int) -> None:
+    """Claims never outrun the limit (within 10% over the whole run, past the bucket's
+    ``burst``), and the limiter does not hold them back: the median gap between claims is at
+    most twice a token's interval. The median, because on a loaded machine a worker may be
+    descheduled for a while, which stretches a few gaps and the run, not the limiter's pace."""
+    rate = (len(starts) - burst) / (starts[-1] - starts[0])
+    assert rate <= per_second * 1.1, rate
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert statistics.median(gaps) <= 2 / per_second, (statistics.median(gaps), rate)
 
 
 class Spans:
@@ -246,8 +259,7 @@ def test_rate_limit_with_a_worker(engine: Engine, running_worker: Any) -> None:
     assert result.status == "completed"
     starts = claimed_at(result)
     # The bucket starts full (2 tokens), then gives one per 1/20 s.
-    rate = (len(starts) - capacity(20)) / (starts[-1] - starts[0])
-    assert 20 * 0.9 <= rate <= 20 * 1.1, rate
+    assert_paced(starts, 20, capacity(20))
 
 
 def test_priority_orders_the_claim(engine: Engine, running_worker: Any) -> None:
@@ -336,8 +348,7 @@ def test_limits_hold_across_worker_processes(store_url: str) -> None:
     assert max_overlap(holds) == 2
     # When each call was claimed (the token is taken then), by the workers' clocks.
     starts = sorted(results[i].tasks["call"].started_at.timestamp() for i in rated)
-    rate = len(starts) / (starts[-1] - starts[0])
-    assert 9.0 <= rate <= 11.0, rate  # 10 per second, within 10% over 5 s
+    assert_paced(starts, 10, 0)  # 10 per second, over 5 s
     # No second of the run saw more than the limit and the bucket's slack (2 tokens).
     assert capacity(10) == 2
     assert max(sum(1 for s in starts if t <= s < t + 1) for t in starts) <= 12
