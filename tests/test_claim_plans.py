@@ -233,3 +233,49 @@ def test_postgres_claims_walk_their_index_whatever_the_statistics(
              and n["Relation Name"] in ("pipeline_executions", "task_executions")]  # fmt: skip
     assert not whole, plan
     assert plan["Actual Rows"] == LIMIT
+
+
+@pytest.mark.parametrize("statistics", STATISTICS)
+def test_postgres_lone_completions_find_their_rows_by_key(
+    make_pg_database: Callable[..., str], statistics: str
+) -> None:
+    """complete_lone_tasks (a worker's batch of single-task completions, each ending its
+    execution) looks its task and execution rows up by key on the same database, instead of
+    scanning either table to join them to its items."""
+    import psycopg
+
+    from durably.postgres_store import to_psycopg
+
+    url = make_pg_database()
+    _postgres_fill(url, statistics)
+    query = to_psycopg(sql.queries("postgres")["complete_lone_tasks"])
+    now = datetime.now(UTC).isoformat()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("BEGIN")
+        claimed = conn.execute(
+            "UPDATE task_executions SET status = 'running', claimed_by = 'w', attempt = 1"
+            " WHERE id IN (SELECT id FROM task_executions WHERE status = 'ready' LIMIT 5)"
+            " RETURNING id, pipeline_execution_id, task_name"
+        ).fetchall()
+        items = [
+            {
+                "task_id": str(task), "execution_id": str(execution), "name": name,
+                "worker": "w", "attempt": 1, "logs": None, "now": now,
+                "link_id": str(uuid.uuid4()), "context_id": str(uuid.uuid4()),
+                "saved_id": None, "base_id": CONTEXT_ID, "value": "{}", "full": "{}",
+            }
+            for task, execution, name in claimed
+        ]  # fmt: skip
+        row = conn.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + query, {"items": json.dumps(items)}
+        ).fetchone()
+        conn.execute("ROLLBACK")
+    assert row is not None
+    plan = row[0][0]["Plan"]
+    assert plan["Actual Rows"] == 5
+    nodes = list(_nodes(plan))
+    whole = [n for n in nodes if n["Node Type"] == "Seq Scan"
+             and n["Relation Name"] in ("pipeline_executions", "task_executions")]  # fmt: skip
+    assert not whole, json.dumps(plan, indent=1)
+    updates = [n for n in nodes if n["Node Type"] == "ModifyTable" and n["Operation"] == "Update"]
+    assert sorted(n["Relation Name"] for n in updates) == ["pipeline_executions", "task_executions"]
