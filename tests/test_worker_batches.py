@@ -57,15 +57,21 @@ def record_together(worker: Worker, jobs: list[Job], outputs: list[dict[str, obj
     worker._save_outcomes()
 
 
-def test_two_dependencies_completed_in_one_batch_unblock_their_dependent_once(
-    engine: Engine, backend: str
-) -> None:
+def past_a(engine: Engine) -> tuple[Worker, str]:
+    """A diamond started, its first task claimed and recorded: b and c are ready."""
     wf = diamond()
     engine.register(wf)
     worker = engine.worker(concurrency=4)
     execution_id = str(engine.start(wf, {}))
     [a] = worker.claim(4)
     record_together(worker, [a], [run(a)])
+    return worker, execution_id
+
+
+def test_two_dependencies_completed_in_one_batch_unblock_their_dependent_once(
+    engine: Engine, backend: str
+) -> None:
+    worker, execution_id = past_a(engine)
     stats = engine.store.stats
     stats.reset()
     middles = worker.claim(4)
@@ -118,12 +124,7 @@ def test_a_lost_claim_in_a_batch_discards_only_its_own_output(engine: Engine) ->
 
 
 def test_a_lost_claim_beside_a_sibling_leaves_their_dependent_waiting(engine: Engine) -> None:
-    wf = diamond()
-    engine.register(wf)
-    worker = engine.worker(concurrency=4)
-    execution_id = str(engine.start(wf, {}))
-    [a] = worker.claim(4)
-    record_together(worker, [a], [run(a)])
+    worker, execution_id = past_a(engine)
     middles = sorted(worker.claim(4), key=lambda job: job.name)
     # c's claim was taken over: its completion (with the read around it) writes nothing.
     middles[1] = dataclasses.replace(middles[1], attempt=middles[1].attempt + 1)

@@ -171,6 +171,7 @@ class Contexts:
             "base_id": on.id if on is not None else None,
             "value": delta if delta is not None else value,
             "full": value,
+            **_NO_READ,
         }
         fresh = SavedRow(row_id, value, on, members)
         return PlannedCompletion(("complete_with_output", params), ref, same, fresh)
@@ -202,6 +203,10 @@ class Contexts:
 
     def delete_output(self, tx: Tx, execution_id: str, name: str) -> None:
         tx.execute("delete_output", {"id": execution_id, "name": name})
+
+
+# complete_with_output's reads around the task, none (Tasks.plan_completion_with_read adds them).
+_NO_READ = {"names": "[]", "waits": "[]", "terminal": "[]"}
 
 
 def _link(

@@ -110,9 +110,9 @@ class Tasks(Contexts):
         name, params = read
         if name not in ("get_task_states", "get_task_states_waiting") or params is None:
             return None
-        merged = {"waits": "[]", "terminal": "[]", **params, **(completion.statement[1] or {})}
+        merged = {**(completion.statement[1] or {}), **params}
         del merged["id"]  # the read's execution, the completion's execution_id
-        return ("complete_and_read", merged)
+        return ("complete_with_output", merged)
 
     def completion_with_read(self, rows: Sequence[Row]) -> tuple[list[Row], list[Row]]:
         """A :meth:`plan_completion_with_read` statement's rows: (the tasks it read, the

@@ -29,7 +29,6 @@ COMBINED = frozenset(
     {
         "start_execution",
         "complete_with_output",
-        "complete_and_read",
         "complete_lone_tasks",
         "finish_with_fallback",
     }

@@ -471,45 +471,10 @@ SELECT pg_notify('durably_work', '') WHERE CAST(:notify AS boolean);
 -- row saved before that holds the same text (:saved_id) if that row exists, else to a new
 -- row (:context_id) holding :value, a delta on :base_id if that full row exists, or :full
 -- (as insert_context_delta). completed: 1 when the claim held, reused: the saved row exists.
-WITH done AS (
-    UPDATE task_executions
-    SET status = 'completed', completed_at = CAST(:now AS timestamptz), error_details = NULL,
-        logs = :logs, updated_at = CAST(:now AS timestamptz)
-    WHERE id = CAST(:task_id AS uuid) AND status = 'running' AND claimed_by = :worker
-      AND attempt = :attempt
-    RETURNING id
-),
-saved AS (SELECT c.id FROM contexts c WHERE c.id = CAST(:saved_id AS uuid)),
-base AS (
-    SELECT b.id FROM contexts b WHERE b.id = CAST(:base_id AS uuid) AND b.base_id IS NULL
-),
-context AS (
-    INSERT INTO contexts (id, value, base_id, created_at)
-    SELECT CAST(:context_id AS uuid), CASE WHEN base.id IS NULL THEN :full ELSE :value END,
-           base.id, CAST(:now AS timestamptz)
-    FROM done LEFT JOIN base ON true
-    WHERE NOT EXISTS (SELECT 1 FROM saved)
-),
-link AS (
-    INSERT INTO task_execution_metadata (
-        id, task_execution_id, pipeline_execution_id, task_name, context_id, created_at
-    )
-    SELECT CAST(:link_id AS uuid), done.id, CAST(:execution_id AS uuid), :name,
-           COALESCE((SELECT id FROM saved), CAST(:context_id AS uuid)),
-           CAST(:now AS timestamptz)
-    FROM done
-    ON CONFLICT (pipeline_execution_id, task_name) DO UPDATE
-    SET task_execution_id = excluded.task_execution_id, context_id = excluded.context_id,
-        updated_at = excluded.created_at
-)
-SELECT (SELECT count(*) FROM done) AS completed, (SELECT count(*) FROM saved) AS reused;
-
--- name: complete_and_read
--- complete_with_output and get_task_states_waiting as one statement (Tx.combined): the reads
--- around a completed task see what the statements before it wrote, as when sent before the
--- completion (its own row is not read: the claim knows it). One row a task read, each with
--- the completion's answer (completed, reused as complete_with_output's), or that answer
--- alone when none is found.
+-- With :names (else an empty JSON array), the reads around the task as well, as
+-- get_task_states_waiting's (:waits, :terminal): they see what the statements before this one
+-- wrote, as when sent before it (the task's own row is not read: the claim knows it). One
+-- row a task read, each with the answer, or the answer alone when none is read.
 WITH done AS (
     UPDATE task_executions
     SET status = 'completed', completed_at = CAST(:now AS timestamptz), error_details = NULL,
