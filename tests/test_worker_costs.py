@@ -27,14 +27,19 @@ before the claim, which then does not hold the lock.)
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
 from durably import Context, Engine, Workflow
+from durably import worker as worker_module
 from durably.worker_steps import Finished
 
-from .conftest import unique
+from .conftest import unique, wait_until
 
 
 def one_task() -> Workflow:
@@ -135,3 +140,74 @@ def test_a_turn_records_what_finished_and_claims_the_freed_slots_in_one_commit(
     done = [engine_.get(job.state.id) for job in first]
     assert [r.status for r in done] == ["completed"] * 8
     assert worker.completed >= 8
+
+
+@contextmanager
+def running(worker: Any) -> Iterator[None]:
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        worker.stop()
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "the worker did not stop"
+
+
+def turns_recorded(worker: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many finished attempts each of the worker's turns records, in order."""
+    sizes: list[int] = []
+    turn = worker._turn
+
+    def counted(limit: int) -> list[Any]:
+        sizes.append(len(worker._unsaved))
+        return turn(limit)
+
+    monkeypatch.setattr(worker, "_turn", counted)
+    return sizes
+
+
+def test_a_running_worker_records_the_tasks_it_just_started_with_the_ones_done(
+    engine: tuple[Engine, Workflow], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without the linger, tasks that finished while a turn was in the database were
+    # recorded before the ones that turn had just started, and the two groups kept
+    # alternating: each turn half the slots, twice the commits. A long linger makes the
+    # grouping certain here: trivial tasks end at once, so no turn waits it out.
+    engine_, wf = engine
+    monkeypatch.setattr(worker_module, "LINGER", 30.0)
+    ids = [str(engine_.start(wf, {"i": i})) for i in range(40)]
+    worker = engine_.worker(concurrency=10, poll_interval=0.05)
+    sizes = turns_recorded(worker, monkeypatch)
+    with running(worker):
+        wait_until(lambda: worker.completed >= 40, "the 40 executions done")
+    assert [engine_.get(i).status for i in ids] == ["completed"] * 40
+    assert [size for size in sizes if size] == [10, 10, 10, 10]
+
+
+def test_a_linger_waits_for_young_tasks_only(
+    engine: tuple[Engine, Workflow], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A task still running from an earlier turn is not waited for: the quick jobs queued
+    # after it are recorded turn by turn while it runs, each turn lingering (at most) for
+    # the tasks it started itself.
+    engine_, wf = engine
+    monkeypatch.setattr(worker_module, "LINGER", 0.2)
+    release = threading.Event()
+    slow = Workflow(unique("slow"))
+    slow.task(name="wait")(lambda ctx: ctx.update(released=release.wait(30)))
+    engine_.register(slow)
+    worker = engine_.worker(concurrency=4, poll_interval=0.05)
+    with running(worker):
+        held = engine_.start(slow, {})
+        wait_until(lambda: engine_.get(held).status == "running", "the slow task claimed")
+        began = time.monotonic()
+        quick = [str(engine_.start(wf, {"i": i})) for i in range(12)]
+        wait_until(
+            lambda: all(engine_.get(i).status == "completed" for i in quick), "the quick jobs"
+        )
+        # 12 jobs on 3 free slots: 4 claims at least, each lingering at most 0.2 s.
+        assert time.monotonic() - began < 4 * 0.2 + 5
+        assert engine_.get(held).status == "running"
+        release.set()
+        wait_until(lambda: engine_.get(held).status == "completed", "the slow task done")
