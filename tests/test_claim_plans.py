@@ -62,6 +62,7 @@ def _params(limited: bool) -> dict[str, Any]:
         "limit": LIMIT,
         "versions": json.dumps({KEY: "v1"}),
         "limited": json.dumps([KEY] if limited else []),
+        "roots": json.dumps({KEY: ["only"]}),  # so the claim reads the initial context too
     }
     if limited:
         params |= {

@@ -295,6 +295,7 @@ SAMPLES: dict[str, Callable[[], Any]] = {
     "until": timestamp,
     "versions": lambda: '{"wf@v1": "v1"}',
     "limited": lambda: '["wf@v2"]',
+    "roots": lambda: '{"wf@v1": ["a"]}',
     "flow_limited": lambda: 0,
     "served": lambda: '["wf@v1"]',
     "priority": lambda: 0,

@@ -955,13 +955,13 @@ def test_an_event_racing_a_timeout_claim_is_not_lost(postgres_url: str) -> None:
         original = repo.executions
         armed, inside, release = threading.Event(), threading.Event(), threading.Event()
 
-        def held_claim(tx: Any, ids: Any) -> Any:
+        def held_claim(tx: Any, *args: Any) -> Any:
             # Called inside the worker's claim transaction, after claim_tasks locked the row.
             if armed.is_set():
                 armed.clear()
                 inside.set()
                 release.wait(10)
-            return original(tx, ids)
+            return original(tx, *args)
 
         repo.executions = held_claim  # type: ignore[method-assign]
         with running_worker(worker_engine):

@@ -155,6 +155,9 @@ class Claim:
     # Its whole row as the claim left it (running, this attempt): not read again.
     record: TaskRecord | None = None
     pipeline_key: str | None = None  # the claimable definition it was claimed for
+    # Its execution's row as the claim read it (PostgreSQL's claim_tasks), with the initial
+    # context for a root task; None where the claim did not read it.
+    execution: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ last (outputs, statuses, the dependents they made ready) and the claim of the sl
 freed (which also loads what each task needs: its dependencies' statuses and outputs, or the
 initial context). So a worker with N slots commits about once per N tasks. On PostgreSQL the
 turn's round trips do not grow with N either: the completions with the reads around them,
-the claim, the claimed executions, and what their inputs are made of, each sent as one batch.
+the claim (which reads the claimed executions too), and what their inputs are made of, each
+sent as one batch.
 A sweeper returns stale claims of *other* processes to ``ready``, takes over executions whose
 in-process driver died, and finishes executions whose last task was completed by a worker
 that then died. The rules are :mod:`durably.plan`'s, applied through
@@ -237,10 +238,15 @@ class Worker(Sweeping):
         claims = self.rt.repo.claim_tasks(tx, self.rt.worker_id, claimable, limit, now)
         if not claims:
             return jobs, done, False
-        # Every claimed task's execution row in one round trip (a root task's with the
-        # initial context it runs on).
+        # Every claimed task's execution row (a root task's with the initial context it runs
+        # on): read by the claim itself on PostgreSQL, else in one more round trip.
         wanted = [(c.execution_id, is_root(claimable, c)) for c in claims]
-        executions = self.rt.repo.executions(tx, wanted)
+        known: dict[str, dict[str, Any]] = {}
+        for claim in claims:  # a root task's row, with the initial context, wins
+            row = claim.execution
+            if row is not None and (claim.execution_id not in known or row["initial_context"]):
+                known[claim.execution_id] = row
+        executions = self.rt.repo.executions(tx, wanted, known)
         # Then what each task's input is made of, for all of them in one round trip.
         planned = [
             plan_claimed(self.rt, claim, execution, initial)

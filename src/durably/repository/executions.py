@@ -13,7 +13,7 @@ from ..listing import ListFilter
 from ..records import ChildRecord, ExecutionRecord, Snapshot, TaskRecord
 from ..state import TaskState
 from ..statuses import COMPLETED, NOT_STARTED, READY
-from ..store import Tx, timestamp
+from ..store import Row, Tx, timestamp
 from ..workflow import Workflow
 from . import configurations
 from .configurations import Configurations, StoredConfigurations
@@ -177,14 +177,22 @@ class Executions(StoredConfigurations, Maps, Listing):
         return execution_of(row) if row is not None else None
 
     def executions(
-        self, tx: Tx, wanted: Sequence[tuple[str, bool]]
+        self, tx: Tx, wanted: Sequence[tuple[str, bool]], known: Mapping[str, Row] | None = None
     ) -> list[tuple[ExecutionRecord | None, str | None]]:
         """Several executions' rows, each with its initial context where asked
-        (``(id, with_context)`` pairs), in their order, in one statement."""
-        ids = list(dict.fromkeys(id_ for id_, _ in wanted))
-        with_context = list(dict.fromkeys(id_ for id_, context in wanted if context))
-        params = {"ids": json.dumps(ids), "with_context": json.dumps(with_context)}
-        rows = {str(row["id"]): row for row in tx.fetch_all("get_executions", params)}
+        (``(id, with_context)`` pairs), in their order, in one statement; none for those
+        ``known`` holds already (a claim read them), with their initial context if asked."""
+        rows: dict[str, Row] = {}
+        for id_, context in wanted:
+            row = known.get(id_) if known else None
+            if row is not None and (not context or row["initial_context"] is not None):
+                rows[id_] = row
+        missing = [(id_, context) for id_, context in wanted if id_ not in rows]
+        if missing:
+            ids = list(dict.fromkeys(id_ for id_, _ in missing))
+            with_context = list(dict.fromkeys(id_ for id_, context in missing if context))
+            params = {"ids": json.dumps(ids), "with_context": json.dumps(with_context)}
+            rows.update((str(r["id"]), r) for r in tx.fetch_all("get_executions", params))
         found: list[tuple[ExecutionRecord | None, str | None]] = []
         for id_, context in wanted:
             row = rows.get(id_)

@@ -36,6 +36,9 @@ class ClaimSets:
     limited: str | None
     limited_keys: str
     limits: Limits
+    # Each definition's tasks without dependencies (they run on the initial context, which
+    # PostgreSQL's claim reads with them): a JSON object, ``name@shape version -> [names]``.
+    roots: str = "{}"
 
 
 class Flow:
@@ -57,6 +60,12 @@ class Flow:
             json.dumps(limited) if limited else None,
             json.dumps(sorted(limited)),
             Limits.of(dict.fromkeys(wf for wf in claimable.values() if is_limited(wf))),
+            json.dumps(
+                {
+                    k: [name for name, task in wf.tasks.items() if not task.dependencies]
+                    for k, wf in claimable.items()
+                }
+            ),
         )
         self._claim_sets = (claimable, sets)
         return sets
@@ -87,6 +96,7 @@ class Flow:
         if sets.plain is not None and len(claims) < limit:
             params = {"worker": worker, "now": timestamp(now), "limit": limit - len(claims)}
             params = {**params, "versions": sets.plain, "limited": sets.limited_keys}
+            params["roots"] = sets.roots
             then.append(("claim_tasks", params))
         for (name, _), rows in zip(then, tx.fetch_batch(then), strict=True):
             if name == "claim_tasks":
@@ -106,6 +116,7 @@ class Flow:
             "limit": limit,
             # Candidates looked at: a batch can be cut short by a key with few free slots.
             "window": limit * 4 + 16,
+            "roots": sets.roots,
         }
         _, rows = tx.fetch_batch([_lock_flow(limits, now), ("claim_limited_tasks", params)])
         self._book(tx, rows, limits, now)

@@ -77,9 +77,25 @@ def claims_of(rows: Sequence[Row]) -> list[Claim]:
             map_parent=row["map_parent"],
             record=record,
             pipeline_key=row["pipeline_key"],
+            execution=_claimed_execution(row),
         )
         for row, record in zip(rows, tasks_of(rows), strict=True)
     ]
+
+
+def _claimed_execution(row: Row) -> dict[str, Any] | None:
+    """The execution row a claim read with its task (as JSON: its times are text), with the
+    columns ``get_executions`` adds; None when the claim did not read it."""
+    # keys(): ``in`` on a sqlite3.Row looks among its values.
+    if "execution" not in row.keys() or (execution := row["execution"]) is None:  # noqa: SIM118
+        return None
+    if isinstance(execution, str):
+        execution = json.loads(execution)
+    return {
+        **execution,
+        "initial_context": row["initial_context"],
+        "initial_base": row["initial_base"],
+    }
 
 
 def configuration_of(value: Any) -> dict[str, Any]:
