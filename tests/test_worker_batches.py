@@ -247,3 +247,21 @@ def test_a_claim_of_a_root_and_a_dependent_of_one_execution_reads_it_once(
     result = engine.get(execution_id)
     assert result.status == "completed"
     assert result.context == {"x": 7, "a": 1, "c": 3, "b": 7}
+
+
+def test_a_turn_claims_the_dependents_its_records_made_ready(engine: Engine) -> None:
+    # Only lone tasks' records travel with the claim: a workflow's completion marks its
+    # dependents ready from its answers, and the turn's claim, sent after, takes them.
+    wf = diamond()
+    engine.register(wf)
+    worker = engine.worker(concurrency=4)
+    execution_id = str(engine.start(wf, {}))
+    [a] = worker.claim(4)
+    worker._unsaved.append(Finished(a, run(a), None))
+    middles = worker._turn(4)
+    assert sorted(job.name for job in middles) == ["b", "c"]
+    assert not worker._unsaved
+    record_together(worker, middles, [run(job) for job in middles])
+    [d] = worker.claim(4)
+    record_together(worker, [d], [run(d)])
+    assert engine.get(execution_id).context["d"] == 5

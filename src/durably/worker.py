@@ -30,7 +30,7 @@ from .retention import Pruner
 from .runtime import Runtime
 from .scheduler import Scheduler
 from .state import ExecutionState
-from .store import Tx
+from .store import Row, Statement, Tx
 from .sweeper import Sweeping
 from .worker_batches import load_all, locks, plan_records, save_planned
 from .worker_steps import Finished, Job, after, around, is_root, mark_ready, plan_claimed, prepare
@@ -212,8 +212,14 @@ class Worker(Sweeping):
         began = time.perf_counter()
         try:
             with self.rt.store.transaction(claiming=True) as tx:
-                saved, finished = self._save_in(tx, batch)
-                jobs, done, any_claimed = self._claim_in(tx, limit)
+                # Sent with the records where it needs nothing they return (PostgreSQL).
+                now = self.rt.now()
+                claim = None
+                if tx.combined:
+                    claimable = self.rt.registry.claimable()
+                    claim = self.rt.repo.plain_claim(self.rt.worker_id, claimable, limit, now)
+                saved, finished, claimed = self._save_in(tx, batch, claim)
+                jobs, done, any_claimed = self._claim_in(tx, limit, claimed, now)
         except StoreConnectionError:
             raise
         except StoreError:
@@ -227,15 +233,18 @@ class Worker(Sweeping):
         return jobs if jobs or not any_claimed else self.claim(limit)
 
     def _claim_in(
-        self, tx: Tx, limit: int
+        self, tx: Tx, limit: int, claimed: list[Row] | None = None, now: float | None = None
     ) -> tuple[list[Job], list[tuple[Workflow, ExecutionState]], bool]:
         """The claim's statements: the jobs to run, the executions it finished, and whether
-        it claimed anything."""
+        it claimed anything. ``claimed``: the rows of a claim already sent (at ``now``)."""
         jobs: list[Job] = []
         done: list[tuple[Workflow, ExecutionState]] = []
-        now = self.rt.now()
+        now = self.rt.now() if now is None else now
         claimable = self.rt.registry.claimable()
-        claims = self.rt.repo.claim_tasks(tx, self.rt.worker_id, claimable, limit, now)
+        if claimed is not None:
+            claims = self.rt.repo.claims_from(claimed)
+        else:
+            claims = self.rt.repo.claim_tasks(tx, self.rt.worker_id, claimable, limit, now)
         if not claims:
             return jobs, done, False
         # Every claimed task's execution row (a root task's with the initial context it runs
@@ -368,17 +377,19 @@ class Worker(Sweeping):
         self, batch: list[Finished]
     ) -> tuple[list[bool], list[tuple[Workflow, ExecutionState]]]:
         with self.rt.store.transaction() as tx:
-            return self._save_in(tx, batch)
+            saved, finished, _ = self._save_in(tx, batch)
+            return saved, finished
 
     def _save_in(
-        self, tx: Tx, batch: list[Finished]
-    ) -> tuple[list[bool], list[tuple[Workflow, ExecutionState]]]:
-        """The outcomes' statements: whether each was recorded (its claim still held), and
-        the executions they finished that have compensations to run first."""
+        self, tx: Tx, batch: list[Finished], claim: Statement | None = None
+    ) -> tuple[list[bool], list[tuple[Workflow, ExecutionState]], list[Row] | None]:
+        """The outcomes' statements: whether each was recorded (its claim still held), the
+        executions they finished that have compensations to run first, and the rows of
+        ``claim`` where it could travel with them (None: it was not sent)."""
         now = self.rt.now()
         planned = plan_records(self.rt, batch, now) if tx.combined else None
         if planned is not None:
-            return save_planned(self.rt, tx, batch, planned, now)
+            return save_planned(self.rt, tx, batch, planned, now, claim)
         saved: list[bool] = []
         finished: list[tuple[Workflow, ExecutionState]] = []
         locked: set[str] = set()
@@ -404,4 +415,4 @@ class Worker(Sweeping):
             mark_ready(self.rt, tx, fresh, unblocked, now)
             if (done := after(self.rt, tx, job.wf, fresh, job.execution)) is not None:
                 finished.append(done)
-        return saved, finished
+        return saved, finished, None

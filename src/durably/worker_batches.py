@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from . import plan
 from .runtime import PlannedLoad, PlannedRecord, Runtime
 from .state import ExecutionState
-from .store import Statement, Tx
+from .store import Row, Statement, Tx
 from .worker_steps import Finished, Job, after, mark_ready, plan_around
 from .workflow import Workflow
 
@@ -78,13 +78,23 @@ def lone(job: Job, load: PlannedLoad) -> bool:
 
 
 def save_planned(
-    rt: Runtime, tx: Tx, batch: list[Finished], planned: list[PlannedRecord], now: float
-) -> tuple[list[bool], list[tuple[Workflow, ExecutionState]]]:
+    rt: Runtime,
+    tx: Tx,
+    batch: list[Finished],
+    planned: list[PlannedRecord],
+    now: float,
+    claim: Statement | None = None,
+) -> tuple[list[bool], list[tuple[Workflow, ExecutionState]], list[Row] | None]:
     """The batch's outcomes in one round trip: the lone tasks' completions and their
     executions' ends in one statement; then for each other attempt in order, the reads
     around its task, then its fenced completion (one statement where the read is one);
     then what each unblocked and finished (sent with the COMMIT). Returns what
-    Worker._save_in does."""
+    Worker._save_in does.
+
+    A ``claim`` travels in the same round trip, after the completions, where they are all
+    lone tasks' (its rows are returned, else None: the caller claims on its own). Lone tasks
+    make nothing ready, so it claims what a claim sent after them would; a batch that
+    marks dependents ready must claim after those marks, which need its answers."""
     loads: list[PlannedLoad] = []
     lone_ones: list[int] = []
     fusions: set[int] = set()  # the items whose read and completion are one statement
@@ -109,7 +119,8 @@ def save_planned(
     # Lone tasks touch only their own executions: their statement may go first.
     ends = [planned[i].completion for i in lone_ones]
     first = [rt.repo.plan_lone_completions(ends)] if ends else []
-    rows = tx.fetch_batch([*first, *others])
+    ahead = [claim] if claim is not None and not others else []
+    rows = tx.fetch_batch([*first, *others, *ahead])
     answers = dict(zip(lone_ones, rows[0], strict=True)) if first else {}
     at = len(first)
     saved: list[bool] = []
@@ -136,7 +147,7 @@ def save_planned(
         done = after(rt, tx, item.job.wf, fresh, item.job.execution, written=written)
         if done is not None:
             finished.append(done)
-    return saved, finished
+    return saved, finished, rows[-1] if ahead else None
 
 
 def _fused(rt: Runtime, load: PlannedLoad, record: PlannedRecord) -> Statement | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,16 +94,28 @@ class Flow:
             if len(claims) < limit and sets.limits.rates != "{}":
                 then.append(("next_token", {"rate_limits": sets.limits.rates, "clock": now}))
         if sets.plain is not None and len(claims) < limit:
-            params = {"worker": worker, "now": timestamp(now), "limit": limit - len(claims)}
-            params = {**params, "versions": sets.plain, "limited": sets.limited_keys}
-            params["roots"] = sets.roots
-            then.append(("claim_tasks", params))
+            then.append(_plain_claim(sets, worker, limit - len(claims), now))
         for (name, _), rows in zip(then, tx.fetch_batch(then), strict=True):
             if name == "claim_tasks":
                 claims += claims_of(rows)
             elif rows and rows[0]["at"] is not None:
                 self.next_token_at = float(rows[0]["at"])
         return claims
+
+    def plain_claim(
+        self, worker: str, claimable: Mapping[str, Any], limit: int, now: float
+    ) -> Statement | None:
+        """The claim as one statement that needs no other's answer, where it is one (no
+        definition has limits), for a caller to send with statements of its own; its rows
+        are then :func:`claims_of`'s. None: call :meth:`claim_tasks`."""
+        sets = self.claim_sets(claimable)
+        if sets.limited is not None or sets.plain is None:
+            return None
+        return _plain_claim(sets, worker, limit, now)
+
+    def claims_from(self, rows: Sequence[Row]) -> list[Claim]:
+        """The claims a :meth:`plain_claim` statement's rows hold."""
+        return claims_of(rows)
 
     def _claim_limited(
         self, tx: Tx, worker: str, sets: ClaimSets, limit: int, now: float
@@ -208,6 +220,11 @@ def _lock_flow(limits: Limits, now: float) -> Statement:
     """What a limited claim sends first, in the same round trip: the locks of its keys
     (PostgreSQL) and the buckets it may take tokens from (created full)."""
     return "lock_flow", {"locks": limits.locks, "rate_limits": limits.rates, "clock": now}
+
+
+def _plain_claim(sets: ClaimSets, worker: str, limit: int, now: float) -> Statement:
+    params = {"worker": worker, "now": timestamp(now), "limit": limit, "versions": sets.plain}
+    return "claim_tasks", {**params, "limited": sets.limited_keys, "roots": sets.roots}
 
 
 def _limit_params(limits: Limits, now: float) -> dict[str, Any]:
