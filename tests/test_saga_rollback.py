@@ -391,6 +391,56 @@ def test_a_manager_used_from_two_event_loops_sends_what_failed_in_the_first(
     assert repo.outbox_count(failed) == 0
 
 
+def test_a_relay_closed_while_it_deletes_a_published_row_deletes_it_before_returning(
+    tmp_path: Path,
+) -> None:
+    # close() cancels the relay's retry task; cancelled while its row's delete runs on the
+    # store's thread, the task no longer waited for it, and close() returned with the row
+    # still there (the full suite once saw it so): sent again after its lease.
+    saga = Saga().remote_step(lambda ctx: SagaRequest("rb-close-delete", {})).commit()
+    repo = repo_at(tmp_path)
+
+    class Flaky(InMemoryBroker):
+        down = True
+
+        async def publish(self, message: Message) -> None:
+            if self.down:
+                raise OSError("down")
+            await super().publish(message)
+
+    broker = Flaky()
+    manager = SagaManager(repo, broker)
+    relay = manager.relay
+    deleting, release = threading.Event(), threading.Event()
+    delete = relay._delete_published
+
+    def slow_delete(ids: list[str]) -> None:
+        if not deleting.is_set():
+            deleting.set()
+            release.wait(10)
+        delete(ids)
+
+    relay._delete_published = slow_delete  # type: ignore[method-assign]
+
+    async def scenario() -> Any:
+        failed = await manager.run(saga, {}, pause_on_disk=True, return_execution=False)
+        assert repo.outbox_count(failed) == 1
+        broker.down = False
+        relay.start()  # the retry, now that the broker answers
+        for _ in range(500):
+            if deleting.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert deleting.is_set(), "the retry never published"
+        threading.Timer(0.3, release.set).start()
+        await manager.close()
+        return failed
+
+    failed = asyncio.run(scenario())
+    assert broker.pending("rb-close-delete") == 1
+    assert repo.outbox_count(failed) == 0
+
+
 # -- what a saga costs -------------------------------------------------------------------------
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -44,6 +43,7 @@ from durably import worker as worker_module
 from durably.worker_steps import Finished
 
 from .conftest import unique, wait_until
+from .workers import running
 
 
 def one_task() -> Workflow:
@@ -147,18 +147,6 @@ def test_a_turn_records_what_finished_and_claims_the_freed_slots_in_one_commit(
     done = [engine_.get(job.state.id) for job in first]
     assert [r.status for r in done] == ["completed"] * 8
     assert worker.completed >= 8
-
-
-@contextmanager
-def running(worker: Any) -> Iterator[None]:
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        worker.stop()
-        thread.join(timeout=15)
-        assert not thread.is_alive(), "the worker did not stop"
 
 
 def turns_recorded(worker: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:

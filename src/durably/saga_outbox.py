@@ -159,7 +159,13 @@ class OutboxRelay:
             ):
                 self._flusher = loop.create_task(self._flush_soon())
         else:
-            await off_loop(self.store, self._delete_published, [entry.id])
+            try:
+                await off_loop(self.store, self._delete_published, [entry.id])
+            except asyncio.CancelledError:
+                # close() during the delete: the request is out, so close()'s flush deletes
+                # its row (the delete's thread may not be done when close() returns).
+                self._published.add(entry.id)
+                raise
         if self.failures and not self._running():
             # Rows that failed earlier (in a loop since ended, say) go out now that the broker
             # answers again, instead of waiting for another relay to take them over.

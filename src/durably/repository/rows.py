@@ -84,18 +84,16 @@ def claims_of(rows: Sequence[Row]) -> list[Claim]:
 
 
 def _claimed_execution(row: Row) -> dict[str, Any] | None:
-    """The execution row a claim read with its task (as JSON: its times are text), with the
-    columns ``get_executions`` adds; None when the claim did not read it."""
+    """The execution row a claim read with its task (PostgreSQL: JSON, its times as text),
+    with the columns ``get_executions`` adds; None when the claim did not read it."""
     # keys(): ``in`` on a sqlite3.Row looks among its values.
-    if "execution" not in row.keys() or (execution := row["execution"]) is None:  # noqa: SIM118
+    if "execution" not in row.keys():  # noqa: SIM118
         return None
-    if isinstance(execution, str):
-        execution = json.loads(execution)
-    return {
-        **execution,
-        "initial_context": row["initial_context"],
-        "initial_base": row["initial_base"],
-    }
+    execution = row["execution"]
+    found: dict[str, Any] | None = (
+        json.loads(execution) if isinstance(execution, str) else execution
+    )
+    return found
 
 
 def configuration_of(value: Any) -> dict[str, Any]:

@@ -17,10 +17,10 @@ SELECT id FROM pipeline_executions WHERE id = :id FOR UPDATE;
 -- transaction turns bitmap scans off (PostgresStore, claiming=True), the only plan that
 -- could sort the whole ready set instead, and each row's execution is looked up by its key
 -- in a subquery the planner cannot turn into a join that starts from the executions.
--- Each claimed row comes back with its execution's row, and a root task's (by :roots, the
--- claimable definitions' tasks without dependencies) with its initial context: what the
--- worker would otherwise read in a second statement. Scalar subqueries, so each is one
--- look-up by key per claimed row, never a join the planner could start from a whole table.
+-- Each claimed row comes back with its execution's row (as JSON), and a root task's (by
+-- :roots, the claimable definitions' tasks without dependencies) with its initial context:
+-- what the worker would otherwise read in a second statement. A scalar subquery, so it is
+-- looked up by key per claimed row, never a join the planner could start from a whole table.
 WITH ready AS (
     SELECT t.id, t.priority, t.created_at, t.position FROM task_executions t
     WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
@@ -56,16 +56,11 @@ SET status = 'running', attempt = c.attempt + 1, claimed_by = :worker, heartbeat
 FROM chosen h
 WHERE c.id = h.id
 RETURNING c.*,
-    (SELECT to_jsonb(p) FROM pipeline_executions p WHERE p.id = c.pipeline_execution_id)
-        AS execution,
-    (SELECT i.value FROM pipeline_executions p JOIN contexts i ON i.id = p.context_id
-     WHERE p.id = c.pipeline_execution_id
-       AND CAST(:roots AS jsonb) -> c.pipeline_key ? coalesce(c.map_parent, c.task_name))
-        AS initial_context,
-    (SELECT i.base_id FROM pipeline_executions p JOIN contexts i ON i.id = p.context_id
-     WHERE p.id = c.pipeline_execution_id
-       AND CAST(:roots AS jsonb) -> c.pipeline_key ? coalesce(c.map_parent, c.task_name))
-        AS initial_base;
+    (SELECT to_jsonb(p)
+            || jsonb_build_object('initial_context', i.value, 'initial_base', i.base_id)
+     FROM pipeline_executions p LEFT JOIN contexts i ON i.id = p.context_id
+         AND CAST(:roots AS jsonb) -> c.pipeline_key ? coalesce(c.map_parent, c.task_name)
+     WHERE p.id = c.pipeline_execution_id) AS execution;
 
 -- name: get_task_states
 -- The named tasks of an execution (a JSON array of names): one query, however many.
@@ -369,16 +364,11 @@ WHERE c.id = h.id
 -- With each row's execution and a root task's initial context, as claim_tasks reads them
 -- (the execution's admitted is the one before this statement: nothing reads it).
 RETURNING c.*, h.wk IS NOT NULL AS admits, 1 AS booked,
-    (SELECT to_jsonb(p) FROM pipeline_executions p WHERE p.id = c.pipeline_execution_id)
-        AS execution,
-    (SELECT i.value FROM pipeline_executions p JOIN contexts i ON i.id = p.context_id
-     WHERE p.id = c.pipeline_execution_id
-       AND CAST(:roots AS jsonb) -> c.pipeline_key ? coalesce(c.map_parent, c.task_name))
-        AS initial_context,
-    (SELECT i.base_id FROM pipeline_executions p JOIN contexts i ON i.id = p.context_id
-     WHERE p.id = c.pipeline_execution_id
-       AND CAST(:roots AS jsonb) -> c.pipeline_key ? coalesce(c.map_parent, c.task_name))
-        AS initial_base;
+    (SELECT to_jsonb(p)
+            || jsonb_build_object('initial_context', i.value, 'initial_base', i.base_id)
+     FROM pipeline_executions p LEFT JOIN contexts i ON i.id = p.context_id
+         AND CAST(:roots AS jsonb) -> c.pipeline_key ? coalesce(c.map_parent, c.task_name)
+     WHERE p.id = c.pipeline_execution_id) AS execution;
 
 -- name: flow_free
 SELECT t.rate_key, t.pipeline_execution_id,
