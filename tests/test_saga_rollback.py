@@ -36,6 +36,17 @@ def repo_at(tmp_path: Path) -> SagaExecutionRepository:
     return SagaExecutionRepository(f"sqlite:///{tmp_path}/r.db")
 
 
+class FlakyBroker(InMemoryBroker):
+    """Refuses every publish while ``down``."""
+
+    down = True
+
+    async def publish(self, message: Message) -> None:
+        if self.down:
+            raise OSError("down")
+        await super().publish(message)
+
+
 def three_step_saga(undone: list[str]) -> Saga:
     def undo_local(ctx: SagaContext) -> None:
         undone.append("local")
@@ -360,15 +371,7 @@ def test_a_manager_used_from_two_event_loops_sends_what_failed_in_the_first(
     saga = Saga().remote_step(lambda ctx: SagaRequest("rb-two-loops", {})).commit()
     repo = repo_at(tmp_path)
 
-    class Flaky(InMemoryBroker):
-        down = True
-
-        async def publish(self, message: Message) -> None:
-            if self.down:
-                raise OSError("down")
-            await super().publish(message)
-
-    broker = Flaky()
+    broker = FlakyBroker()
     manager = SagaManager(repo, broker)
 
     async def first() -> Any:
@@ -400,15 +403,7 @@ def test_a_relay_closed_while_it_deletes_a_published_row_deletes_it_before_retur
     saga = Saga().remote_step(lambda ctx: SagaRequest("rb-close-delete", {})).commit()
     repo = repo_at(tmp_path)
 
-    class Flaky(InMemoryBroker):
-        down = True
-
-        async def publish(self, message: Message) -> None:
-            if self.down:
-                raise OSError("down")
-            await super().publish(message)
-
-    broker = Flaky()
+    broker = FlakyBroker()
     manager = SagaManager(repo, broker)
     relay = manager.relay
     deleting, release = threading.Event(), threading.Event()

@@ -250,12 +250,7 @@ class Worker(Sweeping):
         # Every claimed task's execution row (a root task's with the initial context it runs
         # on): read by the claim itself on PostgreSQL, else in one more round trip.
         wanted = [(c.execution_id, is_root(claimable, c)) for c in claims]
-        known: dict[str, dict[str, Any]] = {}
-        for claim in claims:  # a root task's row, with the initial context, wins
-            row = claim.execution
-            if row is not None and (claim.execution_id not in known or row["initial_context"]):
-                known[claim.execution_id] = row
-        executions = self.rt.repo.executions(tx, wanted, known)
+        executions = self.rt.repo.executions(tx, wanted, [c.execution for c in claims])
         # Then what each task's input is made of, for all of them in one round trip.
         planned = [
             plan_claimed(self.rt, claim, execution, initial)

@@ -177,25 +177,30 @@ class Executions(StoredConfigurations, Maps, Listing):
         return execution_of(row) if row is not None else None
 
     def executions(
-        self, tx: Tx, wanted: Sequence[tuple[str, bool]], known: Mapping[str, Row] | None = None
+        self,
+        tx: Tx,
+        wanted: Sequence[tuple[str, bool]],
+        known: Sequence[Row | None] | None = None,
     ) -> list[tuple[ExecutionRecord | None, str | None]]:
         """Several executions' rows, each with its initial context where asked
-        (``(id, with_context)`` pairs), in their order, in one statement; none for those
-        ``known`` holds already (a claim read them), with their initial context if asked."""
-        rows: dict[str, Row] = {}
-        for id_, context in wanted:
-            row = known.get(id_) if known else None
-            if row is not None and (not context or row["initial_context"] is not None):
-                rows[id_] = row
-        missing = [(id_, context) for id_, context in wanted if id_ not in rows]
+        (``(id, with_context)`` pairs), in their order, in one statement; none for a pair
+        whose row ``known`` holds at its place already (a claim read it), with the initial
+        context if asked."""
+        given = list(known) if known is not None else [None] * len(wanted)
+        usable = [
+            row if row is not None and (not context or row["initial_context"] is not None) else None
+            for (_, context), row in zip(wanted, given, strict=True)
+        ]
+        missing = [pair for pair, row in zip(wanted, usable, strict=True) if row is None]
+        fetched: dict[str, Row] = {}
         if missing:
             ids = list(dict.fromkeys(id_ for id_, _ in missing))
             with_context = list(dict.fromkeys(id_ for id_, context in missing if context))
             params = {"ids": json.dumps(ids), "with_context": json.dumps(with_context)}
-            rows.update((str(r["id"]), r) for r in tx.fetch_all("get_executions", params))
+            fetched = {str(r["id"]): r for r in tx.fetch_all("get_executions", params)}
         found: list[tuple[ExecutionRecord | None, str | None]] = []
-        for id_, context in wanted:
-            row = rows.get(id_)
+        for (id_, context), own in zip(wanted, usable, strict=True):
+            row = own if own is not None else fetched.get(id_)
             if row is None:
                 found.append((None, None))
                 continue
