@@ -1,6 +1,7 @@
 """The claims' plans walk the ready rows in claim order through their index, reading about a
-batch's worth of rows, on a database of 100,000 finished executions with 2,000 queued, with
-no planner statistics, with statistics from before the queue filled, and with fresh ones.
+batch's worth of rows, on a database of 100,000 finished executions with 2,000 queued (and,
+ahead of them in claim order, 20,000 awaiting a retry later and a few whose retry is due),
+with no planner statistics, with statistics from before the queue filled, and with fresh ones.
 
 The database is filled with bulk inserts (this module's own SQL): the point is the plan.
 """
@@ -22,6 +23,8 @@ pytestmark = pytest.mark.slow
 
 FINISHED = 100_000
 QUEUED = 2_000
+RETRYING = 20_000  # ready, their retry a day after the claim
+DUE = 3  # ready, their retry due at the claim
 LIMIT = 10
 KEY = "claim_plan@shape"
 EXECUTION_COLUMNS = (
@@ -29,13 +32,16 @@ EXECUTION_COLUMNS = (
 )
 TASK_COLUMNS = (
     "id, pipeline_execution_id, task_name, position, status, pipeline_key, flow_limited,"
-    " concurrency_key, created_at, updated_at"
+    " concurrency_key, retry_at, created_at, updated_at"
 )
 STATISTICS = ["none", "stale", "fresh"]
 
 
-def _rows(start: int, count: int, status: str, at: datetime) -> Iterator[tuple[Any, ...]]:
+def _rows(
+    start: int, count: int, status: str, at: datetime, retry_at: datetime | None = None
+) -> Iterator[tuple[Any, ...]]:
     """(execution row, task row) pairs; of the ready ones every other is flow-limited."""
+    retry = None if retry_at is None else retry_at.isoformat()
     for i in range(start, start + count):
         stamp = (at + timedelta(microseconds=i)).isoformat()
         execution = str(uuid.uuid4())
@@ -45,7 +51,7 @@ def _rows(start: int, count: int, status: str, at: datetime) -> Iterator[tuple[A
             (execution, "claim_plan", "v1", running, CONTEXT_ID, stamp, stamp),
             (
                 str(uuid.uuid4()), execution, "only", 0, status, KEY, limited,
-                "lane" if limited else None, stamp, stamp,
+                "lane" if limited else None, retry, stamp, stamp,
             ),
         )  # fmt: skip
 
@@ -82,11 +88,15 @@ def _fill(
     now: datetime,
 ) -> None:
     """The finished executions, then the queued ones, with the planner's statistics taken
-    before the queue filled (stale), after it (fresh), or never (none)."""
+    before the queue filled (stale), after it (fresh), or never (none). The rows awaiting a
+    retry are older than the queued ones: a walk that skipped them would read them first."""
     put(_rows(0, FINISHED, "completed", now - timedelta(days=2)))
     if statistics == "stale":
         analyze()
-    put(_rows(FINISHED, QUEUED, "ready", now - timedelta(days=1)))
+    queued_at = now - timedelta(days=1)
+    put(_rows(FINISHED, RETRYING, "ready", queued_at - timedelta(hours=2), now + timedelta(days=2)))
+    put(_rows(FINISHED + RETRYING, DUE, "ready", queued_at - timedelta(hours=1), now))
+    put(_rows(FINISHED + RETRYING + DUE, QUEUED, "ready", queued_at))
     if statistics == "fresh":
         analyze()
 
@@ -111,7 +121,7 @@ def _sqlite_fill(path: str, statistics: str) -> None:
             f"INSERT INTO pipeline_executions ({EXECUTION_COLUMNS}) VALUES ({marks})",
             [e for e, _ in pairs],
         )
-        marks = ", ".join("?" * 10)
+        marks = ", ".join("?" * 11)
         conn.executemany(
             f"INSERT INTO task_executions ({TASK_COLUMNS}) VALUES ({marks})", [t for _, t in pairs]
         )
@@ -119,6 +129,12 @@ def _sqlite_fill(path: str, statistics: str) -> None:
     _fill(put, lambda: conn.execute("ANALYZE"), statistics, now)
     conn.commit()
     conn.close()
+
+
+RETRYING_BY = (
+    "SELECT id FROM task_executions WHERE status = 'ready' AND retry_at IS NOT NULL"
+    " AND CASE WHEN ?2 = '<=' THEN retry_at <= ?1 ELSE retry_at > ?1 END"
+)
 
 
 def _subtree(plan: list[tuple[int, int, int, str]], root: int) -> list[str]:
@@ -156,8 +172,13 @@ def test_sqlite_claims_walk_their_index_whatever_the_statistics(
     inside = _subtree(plan, parent)
     assert not any("TEMP B-TREE" in detail for detail in inside), plan
     assert "SEARCH p USING INDEX sqlite_autoindex_pipeline_executions_1 (id=?)" in inside, plan
-    claimed = conn.execute(sql.queries("sqlite")[name], _params(name != "claim_tasks")).fetchall()
+    params = _params(name != "claim_tasks")
+    due = {row[0] for row in conn.execute(RETRYING_BY, (params["now"], "<="))}
+    claimed = conn.execute(sql.queries("sqlite")[name], params).fetchall()
     assert len(claimed) == LIMIT
+    # The rows whose retry is due are the oldest: claimed first. The later ones stay.
+    assert len(due) == DUE and due <= {row[0] for row in claimed}
+    assert len(conn.execute(RETRYING_BY, (params["now"], ">")).fetchall()) == RETRYING
     conn.rollback()
     conn.close()
 
@@ -234,6 +255,11 @@ def test_postgres_claims_walk_their_index_whatever_the_statistics(
              and n["Relation Name"] in ("pipeline_executions", "task_executions")]  # fmt: skip
     assert not whole, plan
     assert plan["Actual Rows"] == LIMIT
+    # No node reads the rows awaiting a retry later (20,000), nor the queue: the rows a
+    # node returns or filters out, per loop, stay about a batch's.
+    read = [(n["Node Type"], n["Actual Rows"] + n.get("Rows Removed by Filter", 0))
+            for n in _nodes(plan)]  # fmt: skip
+    assert max(rows for _, rows in read) <= window + DUE, read
 
 
 @pytest.mark.parametrize("statistics", STATISTICS)

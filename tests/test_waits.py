@@ -796,6 +796,28 @@ def test_worker_runs_a_delay_wait_when_the_clock_moves(clocked: Engine, clock: M
     assert result.tasks["gated"].attempts == 1
 
 
+def test_an_idle_worker_wakes_for_a_retry_when_it_is_due(store_url: str) -> None:
+    """A retry's time is a wake time like a timer's: a worker whose poll interval is long
+    runs the retry when it is due, not when the interval ends."""
+    attempts: list[float] = []
+    wf = Workflow(unique("retry_wake"))
+    once = RetryPolicy(max_attempts=2, backoff="fixed", initial_delay=0.3, jitter=False)
+
+    @wf.task(retry=once)
+    def flaky(ctx: Context) -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise RuntimeError("the first attempt fails")
+
+    with Engine(store_url, workflows=[wf]) as engine:
+        execution_id = str(engine.start(wf, {}))
+        with running_worker(engine, poll_interval=5):
+            result = engine.wait(execution_id, timeout=20)
+    assert result.status == "completed", result.error
+    assert len(attempts) == 2
+    assert 0.3 <= attempts[1] - attempts[0] < 2.0  # the poll interval is 5 s
+
+
 def test_worker_runs_an_event_wait_when_the_event_arrives(clocked: Engine) -> None:
     calls = Calls()
     wf = approval_flow(calls, event("approved", key="approval"))

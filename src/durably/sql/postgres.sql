@@ -11,19 +11,20 @@ SELECT id FROM pipeline_executions WHERE id = :id FOR UPDATE;
 
 -- name: claim_tasks
 -- SKIP LOCKED: concurrent workers each take a different ready row without waiting. Ready
--- rows and due waiting rows are read apart, each in claim order, then merged. The ready
--- rows are walked in the task_executions_claim index's order, so a claim reads about :limit
--- rows however many are ready, and whatever the planner's statistics say: the claim's
--- transaction turns bitmap scans off (PostgresStore, claiming=True), the only plan that
--- could sort the whole ready set instead, and each row's execution is looked up by its key
--- in a subquery the planner cannot turn into a join that starts from the executions.
+-- rows and due rows are read apart, each in claim order, then merged. The ready rows are
+-- walked in the task_executions_claim index's order (which leaves out rows awaiting a
+-- retry), so a claim reads about :limit rows however many are ready or retrying later, and
+-- whatever the planner's statistics say: the claim's transaction turns bitmap scans off
+-- (PostgresStore, claiming=True), the only plan that could sort the whole ready set
+-- instead, and each row's execution is looked up by its key in a subquery the planner
+-- cannot turn into a join that starts from the executions.
 -- Each claimed row comes back with its execution's row (as JSON), and a root task's (by
 -- :roots, the claimable definitions' tasks without dependencies) with its initial context:
 -- what the worker would otherwise read in a second statement. A scalar subquery, so it is
 -- looked up by key per claimed row, never a join the planner could start from a whole table.
 WITH ready AS (
     SELECT t.id, t.priority, t.created_at, t.position FROM task_executions t
-    WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
+    WHERE t.status = 'ready' AND t.retry_at IS NULL
       AND CAST(:versions AS jsonb) ? t.pipeline_key
       AND (t.flow_limited = 0 OR NOT CAST(:limited AS jsonb) ? t.pipeline_key)
       AND (SELECT p.status = 'running' AND p.claimed_by IS NULL FROM pipeline_executions p
@@ -32,9 +33,21 @@ WITH ready AS (
     LIMIT :limit
     FOR UPDATE OF t SKIP LOCKED
 ),
+-- Due rows: waiting ones whose time came and ready ones whose retry is due, each found
+-- through its index by time. Their lock re-reads why each is due: a row another worker
+-- claimed and put back to wait meanwhile is not due again.
+due_tasks AS (
+    SELECT id FROM task_executions
+    WHERE status = 'waiting' AND wake_at <= CAST(:now AS timestamptz)
+    UNION ALL
+    SELECT id FROM task_executions
+    WHERE status = 'ready' AND retry_at <= CAST(:now AS timestamptz)
+),
 due AS (
     SELECT t.id, t.priority, t.created_at, t.position FROM task_executions t
-    WHERE t.status = 'waiting' AND t.wake_at <= CAST(:now AS timestamptz)
+    WHERE t.id IN (SELECT id FROM due_tasks)
+      AND (t.status = 'waiting' AND t.wake_at <= CAST(:now AS timestamptz)
+           OR t.status = 'ready' AND t.retry_at <= CAST(:now AS timestamptz))
       AND CAST(:versions AS jsonb) ? t.pipeline_key
       AND (t.flow_limited = 0 OR NOT CAST(:limited AS jsonb) ? t.pipeline_key)
       AND (SELECT p.status = 'running' AND p.claimed_by IS NULL FROM pipeline_executions p
@@ -227,10 +240,19 @@ SELECT count(*) AS n FROM (
 -- As SQLite's, with SKIP LOCKED on the task rows and on the executions it admits (never
 -- waiting for a lock another transaction holds there), and the admissions and the tokens
 -- written by the same statement (booked = 1). Its candidates are read as claim_tasks reads
--- its own: in index order, each task's execution looked up by key (OFFSET 0 keeps that
+-- its own: in index order, each task's execution looked up by key. OFFSET 0 keeps that
 -- lateral subquery from being flattened into a join the planner may start from the other
--- side).
+-- side, and the filter on the execution's status out of it: by key is then its only plan
+-- (with statistics from before the queue filled, it took the index of running executions
+-- and read them all for each candidate). Its due rows are claim_tasks' (due_tasks).
 WITH
+due_tasks AS (
+    SELECT id FROM task_executions
+    WHERE status = 'waiting' AND wake_at <= CAST(:now AS timestamptz)
+    UNION ALL
+    SELECT id FROM task_executions
+    WHERE status = 'ready' AND retry_at <= CAST(:now AS timestamptz)
+),
 task_max AS (
     SELECT key AS k, CAST(value AS integer) AS m
     FROM jsonb_each_text(CAST(:task_limits AS jsonb))
@@ -276,13 +298,13 @@ ready_open AS MATERIALIZED (
            END AS wfree
     FROM task_executions t
     CROSS JOIN LATERAL (
-        SELECT e.id, e.created_at, e.admitted, e.concurrency_key, e.pipeline_name
-        FROM pipeline_executions e
-        WHERE e.id = t.pipeline_execution_id AND e.status = 'running' AND e.claimed_by IS NULL
+        SELECT e.id, e.created_at, e.admitted, e.concurrency_key, e.pipeline_name, e.status,
+               e.claimed_by
+        FROM pipeline_executions e WHERE e.id = t.pipeline_execution_id
         OFFSET 0
     ) p
-    WHERE t.status = 'ready' AND t.flow_limited = 1
-      AND (t.retry_at IS NULL OR t.retry_at <= CAST(:now AS timestamptz))
+    WHERE t.status = 'ready' AND t.flow_limited = 1 AND t.retry_at IS NULL
+      AND p.status = 'running' AND p.claimed_by IS NULL
       AND CAST(:versions AS jsonb) ? t.pipeline_key
       AND COALESCE((SELECT free FROM task_free WHERE k = t.concurrency_key), 1) >= 1
       AND COALESCE((SELECT free FROM tokens WHERE k = t.rate_key), 1) >= 1
@@ -305,12 +327,15 @@ due_open AS MATERIALIZED (
            END AS wfree
     FROM task_executions t
     CROSS JOIN LATERAL (
-        SELECT e.id, e.created_at, e.admitted, e.concurrency_key, e.pipeline_name
-        FROM pipeline_executions e
-        WHERE e.id = t.pipeline_execution_id AND e.status = 'running' AND e.claimed_by IS NULL
+        SELECT e.id, e.created_at, e.admitted, e.concurrency_key, e.pipeline_name, e.status,
+               e.claimed_by
+        FROM pipeline_executions e WHERE e.id = t.pipeline_execution_id
         OFFSET 0
     ) p
-    WHERE t.status = 'waiting' AND t.wake_at <= CAST(:now AS timestamptz)
+    WHERE t.id IN (SELECT id FROM due_tasks)
+      AND (t.status = 'waiting' AND t.wake_at <= CAST(:now AS timestamptz)
+           OR t.status = 'ready' AND t.retry_at <= CAST(:now AS timestamptz))
+      AND p.status = 'running' AND p.claimed_by IS NULL
       AND CAST(:versions AS jsonb) ? t.pipeline_key
       AND COALESCE((SELECT free FROM task_free WHERE k = t.concurrency_key), 1) >= 1
       AND COALESCE((SELECT free FROM tokens WHERE k = t.rate_key), 1) >= 1

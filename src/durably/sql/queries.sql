@@ -365,12 +365,21 @@ WHERE id = :id AND claimed_by = :previous;
 -- of the :limited ones whose rows carry limits: claim_limited_tasks takes them), highest
 -- priority first, oldest first within one. :versions maps each claimable name@shape to the
 -- version of the definition that runs it, recorded as the attempt's code_version. Ready rows
--- and due waiting rows are read apart, each in claim order (the first through the
--- task_executions_claim index: a claim reads about :limit rows, however many are ready).
+-- and due rows (due_tasks: waiting ones whose time came, ready ones whose retry is due, each
+-- found through its index by time) are read apart, each in claim order. Ready rows are
+-- walked in the task_executions_claim index's order, which leaves out the rows awaiting a
+-- retry: a claim reads about :limit rows, however many are ready or retrying later.
 -- The plan is spelled out, because the planner's guess without statistics (or with stale
 -- ones) is to sort every ready row: INDEXED BY names each index, and CROSS JOIN keeps the
 -- task rows the outer loop, each execution found by its key.
 -- SQLite runs it in an IMMEDIATE transaction, so two workers never claim the same row.
+WITH due_tasks AS (
+    SELECT id FROM task_executions INDEXED BY task_executions_waiting
+    WHERE status = 'waiting' AND wake_at <= :now
+    UNION ALL
+    SELECT id FROM task_executions INDEXED BY task_executions_retrying
+    WHERE status = 'ready' AND retry_at <= :now
+)
 UPDATE task_executions
 SET status = 'running', attempt = attempt + 1, claimed_by = :worker, heartbeat_at = :now,
     started_at = :now, retry_at = NULL, updated_at = :now,
@@ -382,7 +391,7 @@ WHERE id IN (
             SELECT t.id, t.priority, t.created_at, t.position
             FROM task_executions t INDEXED BY task_executions_claim
             CROSS JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
-            WHERE t.status = 'ready' AND (t.retry_at IS NULL OR t.retry_at <= :now)
+            WHERE t.status = 'ready' AND t.retry_at IS NULL
               AND p.status = 'running' AND p.claimed_by IS NULL
               AND t.pipeline_key IN (SELECT key FROM json_each(:versions))
               AND (t.flow_limited = 0
@@ -393,9 +402,9 @@ WHERE id IN (
         UNION ALL
         SELECT * FROM (
             SELECT t.id, t.priority, t.created_at, t.position
-            FROM task_executions t INDEXED BY task_executions_waiting
+            FROM task_executions t
             CROSS JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
-            WHERE t.status = 'waiting' AND t.wake_at <= :now
+            WHERE t.id IN (SELECT id FROM due_tasks)
               AND p.status = 'running' AND p.claimed_by IS NULL
               AND t.pipeline_key IN (SELECT key FROM json_each(:versions))
               AND (t.flow_limited = 0
@@ -544,8 +553,13 @@ SET status = 'ready', waited = 1, wake_at = NULL, wait_event = NULL, received = 
 WHERE id = :id AND status = 'waiting';
 
 -- name: next_wake
--- When a worker must look again: the earliest timer or event timeout of a waiting task.
-SELECT min(wake_at) AS wake_at FROM task_executions WHERE status = 'waiting';
+-- When a worker must look again: the earliest timer or event timeout of a waiting task, or
+-- retry of a ready one (each the first entry of its index by time).
+SELECT min(at) AS wake_at FROM (
+    SELECT min(wake_at) AS at FROM task_executions WHERE status = 'waiting'
+    UNION ALL
+    SELECT min(retry_at) FROM task_executions WHERE status = 'ready' AND retry_at IS NOT NULL
+) due;
 
 -- name: get_events
 SELECT name, idempotency_key, consumed_by, created_at, consumed_at FROM execution_events
@@ -775,6 +789,13 @@ ON CONFLICT (name) DO NOTHING;
 -- the claim order, an execution counted once), so one claim never exceeds a limit. SQLite
 -- returns booked = 0: the caller then admits the executions and spends the tokens.
 WITH
+due_tasks AS (
+    SELECT id FROM task_executions INDEXED BY task_executions_waiting
+    WHERE status = 'waiting' AND wake_at <= :now
+    UNION ALL
+    SELECT id FROM task_executions INDEXED BY task_executions_retrying
+    WHERE status = 'ready' AND retry_at <= :now
+),
 task_max AS (SELECT key AS k, value AS m FROM json_each(:task_limits)),
 flow_max AS (SELECT key AS k, value AS m FROM json_each(:flow_limits)),
 tokens AS (
@@ -801,8 +822,7 @@ ready_open AS (
                END AS wfree
         FROM task_executions t INDEXED BY task_executions_limited_claim
         CROSS JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
-        WHERE t.status = 'ready' AND t.flow_limited = 1
-          AND (t.retry_at IS NULL OR t.retry_at <= :now)
+        WHERE t.status = 'ready' AND t.flow_limited = 1 AND t.retry_at IS NULL
           AND p.status = 'running' AND p.claimed_by IS NULL
           AND t.pipeline_key IN (SELECT key FROM json_each(:versions))
     )
@@ -826,9 +846,9 @@ due_open AS (
                                     AND a.status = 'running' AND a.admitted = 1)
                     FROM flow_max f WHERE f.k = p.pipeline_name)
                END AS wfree
-        FROM task_executions t INDEXED BY task_executions_waiting
+        FROM task_executions t
         CROSS JOIN pipeline_executions p ON p.id = t.pipeline_execution_id
-        WHERE t.status = 'waiting' AND t.wake_at <= :now
+        WHERE t.id IN (SELECT id FROM due_tasks)
           AND p.status = 'running' AND p.claimed_by IS NULL
           AND t.pipeline_key IN (SELECT key FROM json_each(:versions))
     )

@@ -226,14 +226,16 @@ CREATE TABLE worker_versions (
     heartbeat_at TIMESTAMPTZ NOT NULL
 );
 
--- Flow control (0009): ready tasks in claim order, counting what runs under a key, and the
--- rate limits' token buckets.
+-- Flow control (0009): ready tasks in claim order (but those awaiting a retry, by their
+-- retry time: 0016), counting what runs under a key, and the rate limits' token buckets.
 CREATE INDEX task_executions_claim
     ON task_executions (priority DESC, created_at, position, pipeline_key)
-    WHERE status = 'ready';
+    WHERE status = 'ready' AND retry_at IS NULL;
 CREATE INDEX task_executions_limited_claim
     ON task_executions (priority DESC, created_at, position)
-    WHERE status = 'ready' AND flow_limited = 1;
+    WHERE status = 'ready' AND flow_limited = 1 AND retry_at IS NULL;
+CREATE INDEX task_executions_retrying ON task_executions (retry_at)
+    WHERE status = 'ready' AND retry_at IS NOT NULL;
 CREATE INDEX task_executions_limited ON task_executions (concurrency_key)
     WHERE status = 'running' AND concurrency_key IS NOT NULL;
 CREATE INDEX pipeline_executions_limited ON pipeline_executions (concurrency_key)
