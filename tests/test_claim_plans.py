@@ -177,7 +177,8 @@ def test_sqlite_claims_walk_their_index_whatever_the_statistics(
     claimed = conn.execute(sql.queries("sqlite")[name], params).fetchall()
     assert len(claimed) == LIMIT
     # The rows whose retry is due are the oldest: claimed first. The later ones stay.
-    assert len(due) == DUE and due <= {row[0] for row in claimed}
+    assert len(due) == DUE
+    assert due <= {row[0] for row in claimed}
     assert len(conn.execute(RETRYING_BY, (params["now"], ">")).fetchall()) == RETRYING
     conn.rollback()
     conn.close()
