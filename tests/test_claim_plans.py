@@ -19,6 +19,9 @@ import pytest
 
 from durably import sql
 
+from .conftest import unique
+from .workers import running
+
 pytestmark = pytest.mark.slow
 
 FINISHED = 100_000
@@ -187,12 +190,14 @@ def test_sqlite_claims_walk_their_index_whatever_the_statistics(
 # --- PostgreSQL --------------------------------------------------------------------------------
 
 
-def _postgres_fill(url: str, statistics: str) -> None:
+def _postgres_fill(url: str, statistics: str, *, alter: bool = True) -> None:
+    """``alter=False``: the caller turned autovacuum off (an ALTER TABLE here would make
+    every connection plan its prepared statements again)."""
     import psycopg
 
     now = datetime.now(UTC)
     with psycopg.connect(url, autocommit=True) as conn:
-        for table in ("pipeline_executions", "task_executions"):
+        for table in ("pipeline_executions", "task_executions") if alter else ():
             # The statistics are the test's to set: autovacuum must not analyze meanwhile.
             conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
         conn.execute(CONTEXT.format("%s, '{}', %s, %s"), (CONTEXT_ID, now, now))
@@ -235,7 +240,7 @@ def test_postgres_claims_walk_their_index_whatever_the_statistics(
     _postgres_fill(url, statistics)
     query = to_psycopg(sql.queries("postgres")[name])
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("BEGIN")  # as the worker's claim transaction begins (claiming=True)
+        conn.execute("BEGIN")  # as the worker's claim transaction begins (keyed=True)
         conn.execute("SET LOCAL enable_bitmapscan = off")
         row = conn.execute(
             "EXPLAIN (ANALYZE, FORMAT JSON) " + query, _params(name != "claim_tasks")
@@ -307,3 +312,72 @@ def test_postgres_lone_completions_find_their_rows_by_key(
     assert not whole, json.dumps(plan, indent=1)
     updates = [n for n in nodes if n["Node Type"] == "ModifyTable" and n["Operation"] == "Update"]
     assert sorted(n["Relation Name"] for n in updates) == ["pipeline_executions", "task_executions"]
+
+
+# --- PostgreSQL: the worker's prepared plans ---------------------------------------------------
+
+
+def _cached_plans(store: Any) -> dict[str, list[dict[str, Any]]]:
+    """The generic plan each idle pooled connection of ``store`` keeps for each statement it
+    prepared (psycopg prepares a statement on its 5th run; PostgreSQL keeps a generic plan
+    from its 6th), by the statement's first words. EXPLAIN EXECUTE with every parameter NULL
+    shows the plan the next run would use, without running it."""
+    pool = store.connections._pool
+    held = [store.connections.get() for _ in range(pool.get_stats()["pool_available"])]
+    plans: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for conn in held:
+            prepared = conn.execute(
+                "SELECT name, statement, coalesce(cardinality(parameter_types), 0) AS n"
+                " FROM pg_prepared_statements WHERE generic_plans > 0"
+            ).fetchall()
+            for row in prepared:
+                nulls = ", ".join(["NULL"] * row["n"])
+                call = f"EXPLAIN (FORMAT JSON) EXECUTE {row['name']}"
+                call += f"({nulls})" if nulls else ""
+                found = conn.execute(call).fetchone()["QUERY PLAN"]  # type: ignore[index]
+                [plan] = json.loads(found) if isinstance(found, str) else found
+                plans.setdefault(" ".join(row["statement"].split()[:4]), []).append(plan["Plan"])
+    finally:
+        for conn in held:
+            store.connections.put(conn)
+    return plans
+
+
+def test_postgres_worker_plans_stay_keyed_as_the_tables_grow(
+    make_pg_database: Callable[..., str],
+) -> None:
+    """A worker's first turns on a new database prepare its statements while the tables hold
+    a few rows, and PostgreSQL keeps their generic plans for the connection's life (until an
+    ANALYZE, none here). Those plans must still find rows by key once the tables are large:
+    no plan the worker kept (for single-task executions and for a chain) reads the execution,
+    task or context table whole, nor finds an execution through an index of the list's."""
+    import psycopg
+
+    from durably import Engine, Workflow
+
+    url = make_pg_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in ("pipeline_executions", "task_executions", "contexts"):
+            conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+    lone, chain = Workflow(unique("plans_lone")), Workflow(unique("plans_chain"))
+    lone.task(name="only")(lambda ctx: ctx.update(done=True))
+    chain.task(name="first")(lambda ctx: ctx.update(first=True))
+    chain.task(name="second", dependencies=["first"])(lambda ctx: ctx.update(second=True))
+    with Engine(url, workflows=[lone, chain]) as engine:
+        with running(engine.worker(concurrency=2, poll_interval=0.01)):
+            for i in range(80):  # on the empty tables, one execution at a time
+                execution_id = engine.start(chain if i % 2 else lone, {"i": i})
+                assert engine.wait(execution_id, timeout=60).status == "completed"
+        _postgres_fill(url, "none", alter=False)  # 100,000 finished, 22,003 queued
+        plans = _cached_plans(engine.runtime.store)
+    assert {"WITH item AS (", "WITH ready AS ("} <= set(plans), sorted(plans)
+    for statement, kept in plans.items():
+        for plan in kept:
+            shown = (statement, json.dumps(plan, indent=1))
+            for node in _nodes(plan):
+                table, index = node.get("Relation Name"), node.get("Index Name") or ""
+                whole = node["Node Type"] == "Seq Scan"
+                assert not whole or table not in ("pipeline_executions", "task_executions",
+                                                  "contexts"), shown  # fmt: skip
+                assert not index.startswith("pipeline_executions") or index.endswith("_pkey"), shown

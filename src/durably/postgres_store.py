@@ -166,8 +166,8 @@ class PostgresStore(Store):
     # -- the Store interface -------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self, *, claiming: bool = False) -> Iterator[Tx]:
-        with self._transaction(_BEGIN_CLAIM if claiming else (_BEGIN_WRITE,)) as tx:
+    def transaction(self, *, keyed: bool = False) -> Iterator[Tx]:
+        with self._transaction(_BEGIN_KEYED if keyed else (_BEGIN_WRITE,)) as tx:
             yield tx
 
     @contextmanager
@@ -252,12 +252,24 @@ class PostgresStore(Store):
 
 
 _BEGIN_WRITE: LiteralString = "BEGIN"
-# A claim walks the ready rows in its index's order and stops after its batch. With stale
-# or no statistics (a queue filled since the last ANALYZE) the planner believes only a row
-# or two are ready and prefers a bitmap scan that sorts every ready row: 54 ms a claim at
-# 2,000 queued, against 0.1 ms. Without bitmap scans the ordered index walk is its cheapest
-# plan whatever the statistics. Both go with the claim, in its round trip.
-_BEGIN_CLAIM: tuple[LiteralString, ...] = ("BEGIN", "SET LOCAL enable_bitmapscan = off")
+# The worker's transactions (keyed=True), all of whose statements find rows by key or walk an
+# index made for them, whatever the planner's statistics say:
+# - A claim walks the ready rows in its index's order and stops after its batch. With stale
+#   or no statistics (a queue filled since the last ANALYZE) the planner believes only a row
+#   or two are ready and prefers a bitmap scan that sorts every ready row: 54 ms a claim at
+#   2,000 queued, against 0.1 ms. Without bitmap scans the ordered walk is its cheapest plan.
+# - A statement run often is prepared, and its generic plan kept for the connection's life.
+#   Made while the tables were small (a new database, a worker's first turns), that plan
+#   read them whole, then kept doing so as they grew: the records of a batch scanned every
+#   task and execution row until an ANALYZE came (none in the first minute: 14.6 million
+#   rows read in a run of 8,000 jobs). Without sequential scans a plan by key is chosen
+#   from the first, and stays right.
+# All go with the transaction's first statement, in its round trip.
+_BEGIN_KEYED: tuple[LiteralString, ...] = (
+    "BEGIN",
+    "SET LOCAL enable_bitmapscan = off",
+    "SET LOCAL enable_seqscan = off",
+)
 _BEGIN_READ: LiteralString = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version ("

@@ -143,8 +143,8 @@ class SQLiteStore(Store):
             stats.transactions += 1
 
     @contextmanager
-    def transaction(self, *, claiming: bool = False) -> Iterator[Tx]:
-        # ``claiming`` changes nothing here: the claims name their index (INDEXED BY).
+    def transaction(self, *, keyed: bool = False) -> Iterator[Tx]:
+        # ``keyed`` changes nothing here: the claims name their index (INDEXED BY).
         # IMMEDIATE takes the write lock up front: a deferred transaction that reads first and
         # writes later can fail with SQLITE_BUSY without waiting, because its snapshot is stale.
         try:

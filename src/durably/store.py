@@ -116,9 +116,10 @@ class Store(abc.ABC):
         self.stats = StoreStats()
 
     @abc.abstractmethod
-    def transaction(self, *, claiming: bool = False) -> AbstractContextManager[Tx]:
+    def transaction(self, *, keyed: bool = False) -> AbstractContextManager[Tx]:
         """A write transaction: committed when the block exits, rolled back on an error.
-        ``claiming``: it claims ready tasks (``claim_tasks``), and the store plans it so."""
+        ``keyed``: the worker's claims and records, each statement meant to find its rows by
+        key or through the index made for it; the store plans them so."""
 
     @abc.abstractmethod
     def read(self) -> AbstractContextManager[Tx]:

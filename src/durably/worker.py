@@ -192,7 +192,7 @@ class Worker(Sweeping):
         jobs: list[Job] = []
         while not jobs:
             began = time.perf_counter()
-            with self.rt.store.transaction(claiming=True) as tx:
+            with self.rt.store.transaction(keyed=True) as tx:
                 jobs, done, any_claimed = self._claim_in(tx, limit)
             if not any_claimed:
                 return []
@@ -211,7 +211,7 @@ class Worker(Sweeping):
         batch = sorted(self._unsaved, key=lambda item: item.job.state.id)
         began = time.perf_counter()
         try:
-            with self.rt.store.transaction(claiming=True) as tx:
+            with self.rt.store.transaction(keyed=True) as tx:
                 # Sent with the records where it needs nothing they return (PostgreSQL).
                 now = self.rt.now()
                 claim = None
@@ -371,7 +371,7 @@ class Worker(Sweeping):
     def _save(
         self, batch: list[Finished]
     ) -> tuple[list[bool], list[tuple[Workflow, ExecutionState]]]:
-        with self.rt.store.transaction() as tx:
+        with self.rt.store.transaction(keyed=True) as tx:
             saved, finished, _ = self._save_in(tx, batch)
             return saved, finished
 

@@ -15,7 +15,7 @@ SELECT id FROM pipeline_executions WHERE id = :id FOR UPDATE;
 -- walked in the task_executions_claim index's order (which leaves out rows awaiting a
 -- retry), so a claim reads about :limit rows however many are ready or retrying later, and
 -- whatever the planner's statistics say: the claim's transaction turns bitmap scans off
--- (PostgresStore, claiming=True), the only plan that could sort the whole ready set
+-- (PostgresStore, keyed=True), the only plan that could sort the whole ready set
 -- instead, and each row's execution is looked up by its key in a subquery the planner
 -- cannot turn into a join that starts from the executions.
 -- Each claimed row comes back with its execution's row (as JSON), and a root task's (by
@@ -584,6 +584,9 @@ FROM answer LEFT JOIN around ON true;
 -- complete_with_output's. The rows are found through ANY (ARRAY(...)), an index look-up
 -- each: joined to the items alone, the planner hashes a scan of the whole table instead,
 -- and an execution's status test is written IS TRUE so that no status index can serve it.
+-- An execution row takes its values from a subquery, not a join on its id: planned while
+-- the table was small, that join's look-up walked an index of the list's (which holds the
+-- id too) and kept doing so as it grew.
 WITH item AS (
     SELECT a.n, CAST(a.i ->> 'task_id' AS uuid) AS task_id,
            CAST(a.i ->> 'execution_id' AS uuid) AS execution_id, a.i ->> 'name' AS name,
@@ -631,10 +634,12 @@ link AS (
 ),
 finished AS (
     UPDATE pipeline_executions p
-    SET status = 'completed', final_context_id = COALESCE(k.saved, k.context_id),
-        completed_at = k.at, error_details = NULL, claimed_by = NULL, updated_at = k.at
-    FROM kept k
-    WHERE p.id = ANY (ARRAY(SELECT execution_id FROM kept)) AND p.id = k.execution_id
+    SET status = 'completed', error_details = NULL, claimed_by = NULL,
+        (final_context_id, completed_at, updated_at) = (
+            SELECT COALESCE(k.saved, k.context_id), k.at, k.at FROM kept k
+            WHERE k.execution_id = p.id
+        )
+    WHERE p.id = ANY (ARRAY(SELECT execution_id FROM kept))
       AND (p.status IN ('pending', 'running')) IS TRUE
 )
 SELECT k.task_id IS NOT NULL AS completed, k.saved IS NOT NULL AS reused

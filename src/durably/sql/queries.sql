@@ -554,11 +554,18 @@ WHERE id = :id AND status = 'waiting';
 
 -- name: next_wake
 -- When a worker must look again: the earliest timer or event timeout of a waiting task, or
--- retry of a ready one (each the first entry of its index by time).
+-- retry of a ready one. Each is the first entry of its index by time, asked as such: a min()
+-- the planner believed had a row or two to read (stale statistics) read every retrying one.
 SELECT min(at) AS wake_at FROM (
-    SELECT min(wake_at) AS at FROM task_executions WHERE status = 'waiting'
+    SELECT * FROM (
+        SELECT wake_at AS at FROM task_executions WHERE status = 'waiting'
+        ORDER BY wake_at LIMIT 1
+    ) timer
     UNION ALL
-    SELECT min(retry_at) FROM task_executions WHERE status = 'ready' AND retry_at IS NOT NULL
+    SELECT * FROM (
+        SELECT retry_at FROM task_executions WHERE status = 'ready' AND retry_at IS NOT NULL
+        ORDER BY retry_at LIMIT 1
+    ) retry
 ) due;
 
 -- name: get_events
