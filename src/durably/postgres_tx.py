@@ -29,18 +29,15 @@ import logging
 import select
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, LiteralString
+from typing import LiteralString, Protocol
 
 import psycopg
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.rows import DictRow
 
 from .logs import fields
-from .postgres_connections import Connection, wrap_error
+from .postgres_connections import Connection, Connections, wrap_error
 from .store import Params, Row, Statement, Tx
-
-if TYPE_CHECKING:
-    from .postgres_store import PostgresStore
 
 logger = logging.getLogger("durably.postgres_store")
 
@@ -48,6 +45,18 @@ logger = logging.getLogger("durably.postgres_store")
 # another connection. These are the pauses between tries.
 RETRY_DELAYS = (0.05, 0.2, 0.5)
 Cursor = psycopg.Cursor[DictRow]
+
+
+class Host(Protocol):
+    """What a transaction takes from its store (PostgresStore): the queries, the pool, where
+    it connects (for messages) and the counters it adds to."""
+
+    queries: dict[str, str]
+    connections: Connections
+    where: str
+
+    def tally(self, *, transactions: int = 0, statements: int = 0, round_trips: int = 0) -> None:
+        """Add to the store's counters (StoreStats)."""
 
 
 def _has_rows(cursor: Cursor) -> bool:
@@ -59,9 +68,7 @@ class PostgresTx(Tx):
     __slots__ = ("_begin", "_pending", "_queries", "_store", "conn")
     combined = True
 
-    def __init__(
-        self, store: PostgresStore, conn: Connection, begin: Sequence[LiteralString]
-    ) -> None:
+    def __init__(self, store: Host, conn: Connection, begin: Sequence[LiteralString]) -> None:
         self._store = store
         self._queries = store.queries
         self.conn = conn

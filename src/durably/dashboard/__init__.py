@@ -5,7 +5,8 @@ context. Needs the ``dashboard`` extra (``pip install 'durably[dashboard]'``): i
 :mod:`durably` never imports this package.
 
 Modules: :mod:`.app` (the ASGI app), :mod:`.pages` and :mod:`.posts` (what each route
-answers), :mod:`.listing` and :mod:`.detail` (what the pages show, read through the
+answers), :mod:`.rendering` (the state every request shares, templates, error pages),
+:mod:`.listing` and :mod:`.detail` (what the pages show, read through the
 repositories and the CLI's own views), :mod:`.graph` and :mod:`.timeline` (pure layout),
 :mod:`.actions`, :mod:`.forms` and :mod:`.security` (what an action checks and does).
 """

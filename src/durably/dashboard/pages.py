@@ -17,9 +17,9 @@ from ..exceptions import ExecutionNotFound
 from ..json_views import SAGA_TERMINAL, encode_context
 from ..lookup import find_saga, saga_repository
 from . import detail, listing
-from .app import dashboard_of, error_page, render
 from .forms import BadInput
 from .listing import BadFilter
+from .rendering import dashboard_of, error_page, render
 
 
 def execution_id(request: Request) -> UUID:

@@ -17,8 +17,8 @@ from ..engine import Engine
 from ..exceptions import DurablyError, ExecutionNotFound
 from ..lookup import find_saga
 from . import actions, forms
-from .app import Dashboard, dashboard_of, error_page, render, status_of
 from .pages import execution_context, execution_id, fork_context
+from .rendering import Dashboard, dashboard_of, error_page, render, status_of
 from .security import COOKIE, Refused
 
 ACTIONS = ("cancel", "retry", "resume", "send", "fork")
