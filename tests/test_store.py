@@ -518,6 +518,18 @@ def test_read_is_read_only(postgres_url: str) -> None:
         write_in_read(store)
 
 
+@postgres
+def test_a_write_held_back_in_a_read_is_refused_too(postgres_url: str) -> None:
+    """A write held back (send) travels with the COMMIT: alone, it must still be refused by
+    the read-only transaction, not run on its own (autocommit)."""
+    context_id = new_id()
+    with open_store(postgres_url) as store:
+        with pytest.raises(StoreError, match="read-only"), store.read() as tx:
+            tx.send("insert_context", {"id": context_id, "value": "{}", "now": timestamp()})
+        with store.read() as tx:
+            assert tx.fetch_one("get_context", {"id": context_id}) is None
+
+
 def terminate(pg_server: Any, application_name: str) -> int:
     """Kill the server processes of every connection with that application_name."""
     rows = pg_server.conn.execute(

@@ -45,6 +45,7 @@ logger = logging.getLogger("durably.postgres_store")
 # another connection. These are the pauses between tries.
 RETRY_DELAYS = (0.05, 0.2, 0.5)
 Cursor = psycopg.Cursor[DictRow]
+_PLAIN_BEGIN = ("BEGIN",)  # PostgresStore's plain write transaction
 
 
 class Host(Protocol):
@@ -190,7 +191,9 @@ class PostgresTx(Tx):
             if not held:
                 self.conn.execute("COMMIT", prepare=False)
                 return
-            if begin and len(held) == 1:  # one statement: atomic alone (autocommit)
+            # One statement is atomic alone (autocommit), in a plain write transaction: a read
+            # one must refuse it (READ ONLY), a keyed one plan it with its SET LOCALs.
+            if begin == _PLAIN_BEGIN and len(held) == 1:
                 name, params = held[0]
                 self.conn.execute(self._queries[name], params or {})
                 return
