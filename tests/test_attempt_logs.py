@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from durably import Engine, RetryPolicy, TaskHandle, Workflow
 from durably.attempt_logs import MAX_MESSAGE, TRUNCATED, AttemptLog, entries_of
 from durably.cli import cli as durably_cli
+from durably.exceptions import StoreError
 
 from .conftest import unique
 from .workers import running_worker
@@ -59,6 +60,64 @@ def test_a_failed_attempts_logs_stay_visible_after_a_retry_succeeds(
     assert [e.level for e in history[0].logs] == ["INFO", "WARNING"]
     assert {e.logger for e in history[2].logs} == {"durably.task.charge"}
     assert history[0].logs[0].at <= history[0].logs[1].at <= history[2].logs[0].at
+
+
+def test_an_outcome_saved_again_after_a_failed_transaction_keeps_its_logs(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose transaction fails saves the outcomes again in the next one (the
+    database refused something, or went away): the attempt's logs go with them again."""
+    wf = Workflow(unique("logs_saved_again"))
+
+    @wf.task()
+    def charge(ctx: Any, handle: TaskHandle) -> None:
+        handle.logger.info("charged")
+        ctx["charged"] = True
+
+    repo = engine.runtime.repo
+    failures: list[str] = []
+
+    def failing_once(method: str) -> Any:
+        real = getattr(repo, method)
+
+        def once(*args: Any, **kw: Any) -> Any:
+            answer = real(*args, **kw)  # the logs were taken for it
+            if not failures:
+                failures.append(method)
+                raise StoreError("the first transaction fails")
+            return answer
+
+        return once
+
+    for method in ("complete_task", "plan_complete"):  # SQLite's record, PostgreSQL's batch
+        monkeypatch.setattr(repo, method, failing_once(method))
+    with running_worker(engine):
+        result = engine.wait(engine.start(wf), timeout=30)
+    assert failures, "the save never failed"
+    assert result.status == "completed", result.error
+    [attempt] = result.tasks["charge"].history
+    assert messages(attempt) == ["charged"]
+
+
+def test_an_attempt_after_a_retry_that_logs_nothing_stores_nothing(engine: Engine) -> None:
+    """retry() numbers the task's attempts from 1 again: the new first attempt, which logs
+    nothing, gets none of the old first attempt's logs."""
+    wf = Workflow(unique("logs_renumbered"))
+    calls: list[int] = []
+
+    @wf.task()
+    def charge(ctx: Any, handle: TaskHandle) -> None:
+        calls.append(handle.attempt)
+        if len(calls) == 1:
+            handle.logger.warning("card declined")
+            raise RuntimeError("declined")
+
+    first = engine.run(wf)
+    assert first.status == "failed"
+    again = engine.retry(first.execution_id)
+    assert again.status == "completed", again.error
+    assert calls == [1, 1]
+    assert messages(again.tasks["charge"].history[-1]) == []
 
 
 def test_retry_keeps_the_logs_of_the_attempt_it_supersedes(engine: Engine) -> None:

@@ -14,6 +14,7 @@ import contextvars
 import json
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -166,9 +167,20 @@ class AttemptLogs:
     """The logs of the attempts running in this process, by (task id, attempt), until their
     outcome takes them."""
 
+    # The last texts taken, by attempt: an outcome whose transaction failed is written again
+    # (a worker keeps it for its next transaction), and its logs must go with it again.
+    KEPT = 128  # at most 8 MB (MAX_BYTES each)
+
     def __init__(self, *, capture: bool = False) -> None:
         self.capture = capture
         self._open: dict[tuple[str, int], AttemptLog] = {}
+        self._taken: OrderedDict[tuple[str, int], str] = OrderedDict()
+
+    def begin(self, task_id: str, attempt: int) -> None:
+        """An attempt starts: nothing taken before is its (after ``retry()`` the attempts of a
+        task are numbered from 1 again)."""
+        if self._taken:
+            self._taken.pop((task_id, attempt), None)
 
     def open(self, task_id: str, fields: dict[str, Any]) -> AttemptLog:
         key = (task_id, fields["attempt"])
@@ -178,11 +190,18 @@ class AttemptLogs:
         return log
 
     def take(self, task_id: str, attempt: int) -> str | None:
-        """The attempt's records as JSON text, or None; the attempt logs nothing more."""
-        if not self._open:
-            return None
-        log = self._open.pop((task_id, attempt), None)
-        return None if log is None else log.text()
+        """The attempt's records as JSON text, or None; the attempt logs nothing more. Taken
+        again (its outcome written again), the same text."""
+        key = (task_id, attempt)
+        log = self._open.pop(key, None) if self._open else None
+        if log is None:
+            return self._taken.get(key) if self._taken else None
+        text = log.text()
+        if text is not None:
+            self._taken[key] = text
+            while len(self._taken) > self.KEPT:
+                self._taken.popitem(last=False)
+        return text
 
 
 class CaptureHandler(logging.Handler):

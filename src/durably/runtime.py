@@ -488,8 +488,10 @@ class Runtime(WaitsAndMaps, Children):
     # -- running a task ------------------------------------------------------------------------
 
     def handle(self, state: ExecutionState, name: str, attempt: int) -> TaskHandle:
+        """The handle an attempt about to run gets (its logs begin empty)."""
         task = state.tasks[name]
         task_id = task.id
+        self.logs.begin(task_id, attempt)
         handle = TaskHandle(
             state.uuid,
             name,
