@@ -177,8 +177,10 @@ class AttemptLogs:
         self._taken: OrderedDict[tuple[str, int], str] = OrderedDict()
 
     def begin(self, task_id: str, attempt: int) -> None:
-        """An attempt starts: nothing taken before is its (after ``retry()`` the attempts of a
-        task are numbered from 1 again)."""
+        """An attempt starts: nothing logged or taken before under its number is its (after
+        ``retry()`` the attempts of a task are numbered from 1 again)."""
+        if self._open:
+            self._open.pop((task_id, attempt), None)
         if self._taken:
             self._taken.pop((task_id, attempt), None)
 
