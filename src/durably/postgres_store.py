@@ -22,7 +22,7 @@ from . import sql
 from .exceptions import MigrationError, StoreConnectionError, StoreError
 from .logs import fields
 from .postgres_connections import Connection, Connections, wrap_error
-from .postgres_tx import RETRY_DELAYS, PostgresTx
+from .postgres_tx import BEGIN_WRITE, RETRY_DELAYS, PostgresTx
 from .store import Store, Tx, iter_statements
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class PostgresStore(Store):
     def _begin(self, *, read_only: bool = False) -> Iterator[Connection]:
         """A transaction begun at once on a pooled connection (migrations, the schema's
         version): committed when the block exits, rolled back on an error."""
-        conn = self._start(_BEGIN_READ if read_only else _BEGIN_WRITE)
+        conn = self._start(_BEGIN_READ if read_only else BEGIN_WRITE)
         try:
             try:
                 yield conn
@@ -167,7 +167,7 @@ class PostgresStore(Store):
 
     @contextmanager
     def transaction(self, *, keyed: bool = False) -> Iterator[Tx]:
-        with self._transaction(_BEGIN_KEYED if keyed else (_BEGIN_WRITE,)) as tx:
+        with self._transaction(_BEGIN_KEYED if keyed else (BEGIN_WRITE,)) as tx:
             yield tx
 
     @contextmanager
@@ -251,7 +251,6 @@ class PostgresStore(Store):
         self.connections.close()
 
 
-_BEGIN_WRITE: LiteralString = "BEGIN"
 # The worker's transactions (keyed=True), all of whose statements find rows by key or walk an
 # index made for them, whatever the planner's statistics say:
 # - A claim walks the ready rows in its index's order and stops after its batch. With stale
@@ -266,7 +265,7 @@ _BEGIN_WRITE: LiteralString = "BEGIN"
 #   from the first, and stays right.
 # All go with the transaction's first statement, in its round trip.
 _BEGIN_KEYED: tuple[LiteralString, ...] = (
-    "BEGIN",
+    BEGIN_WRITE,
     "SET LOCAL enable_bitmapscan = off",
     "SET LOCAL enable_seqscan = off",
 )

@@ -45,7 +45,8 @@ logger = logging.getLogger("durably.postgres_store")
 # another connection. These are the pauses between tries.
 RETRY_DELAYS = (0.05, 0.2, 0.5)
 Cursor = psycopg.Cursor[DictRow]
-_PLAIN_BEGIN = ("BEGIN",)  # PostgresStore's plain write transaction
+# A plain write transaction's BEGIN (PostgresStore's): the one whose lone write may run alone.
+BEGIN_WRITE: LiteralString = "BEGIN"
 
 
 class Host(Protocol):
@@ -193,7 +194,7 @@ class PostgresTx(Tx):
                 return
             # One statement is atomic alone (autocommit), in a plain write transaction: a read
             # one must refuse it (READ ONLY), a keyed one plan it with its SET LOCALs.
-            if begin == _PLAIN_BEGIN and len(held) == 1:
+            if begin == (BEGIN_WRITE,) and len(held) == 1:
                 name, params = held[0]
                 self.conn.execute(self._queries[name], params or {})
                 return
