@@ -134,9 +134,10 @@ def _sqlite_fill(path: str, statistics: str) -> None:
     conn.close()
 
 
-RETRYING_BY = (
-    "SELECT id FROM task_executions WHERE status = 'ready' AND retry_at IS NOT NULL"
-    " AND CASE WHEN ?2 = '<=' THEN retry_at <= ?1 ELSE retry_at > ?1 END"
+# The rows awaiting a retry, each with whether it is due at the claim's time.
+RETRY_ROWS = (
+    "SELECT id, retry_at <= ? AS due FROM task_executions"
+    " WHERE status = 'ready' AND retry_at IS NOT NULL"
 )
 
 
@@ -176,13 +177,15 @@ def test_sqlite_claims_walk_their_index_whatever_the_statistics(
     assert not any("TEMP B-TREE" in detail for detail in inside), plan
     assert "SEARCH p USING INDEX sqlite_autoindex_pipeline_executions_1 (id=?)" in inside, plan
     params = _params(name != "claim_tasks")
-    due = {row[0] for row in conn.execute(RETRYING_BY, (params["now"], "<="))}
+    due = {row[0] for row in conn.execute(RETRY_ROWS, (params["now"],)) if row[1]}
     claimed = conn.execute(sql.queries("sqlite")[name], params).fetchall()
     assert len(claimed) == LIMIT
     # The rows whose retry is due are the oldest: claimed first. The later ones stay.
     assert len(due) == DUE
     assert due <= {row[0] for row in claimed}
-    assert len(conn.execute(RETRYING_BY, (params["now"], ">")).fetchall()) == RETRYING
+    later = conn.execute(RETRY_ROWS, (params["now"],)).fetchall()
+    assert len(later) == RETRYING
+    assert not any(row[1] for row in later)
     conn.rollback()
     conn.close()
 
