@@ -312,8 +312,65 @@ def test_fork_retry_and_prune_keep_every_base(store_url: str) -> None:
         clock.advance(1)
         assert engine.prune(timedelta(0)) == 1
         left = raw_contexts(store_url)
-        # Only the outputs retry() replaced are left behind, as they were before deltas.
-        assert len(left) <= 1
+        # Nothing is left behind, not even the failed end's context that retry() unlinked.
+        assert left == []
+
+
+def unreachable_contexts(store_url: str) -> list[str]:
+    """Context rows nothing reads: no execution, output or saga references them, and no row
+    that is referenced rests on them."""
+    raw = Raw(store_url)
+    referenced = {
+        value
+        for (value,) in raw.query(
+            "SELECT CAST(context_id AS TEXT) FROM pipeline_executions "
+            "UNION SELECT CAST(final_context_id AS TEXT) FROM pipeline_executions "
+            "UNION SELECT CAST(context_id AS TEXT) FROM task_execution_metadata "
+            "UNION SELECT CAST(context_id AS TEXT) FROM saga_executions"
+        )
+        if value
+    }
+    rows = raw_contexts(store_url)
+    bases = {base for row_id, _, base in rows if row_id in referenced and base}
+    return sorted(row_id for row_id, _, _ in rows if row_id not in referenced | bases)
+
+
+def test_retry_deletes_the_rows_of_the_outputs_it_unlinks(engine: Engine, store_url: str) -> None:
+    """retry() re-runs a task that had completed (after a failed one, by its trigger) and
+    fans a mapped task out anew: the rows of their old outputs, and of the failed end's
+    context, are deleted with their links, and everything still reads back."""
+    broken = {"gate": True}
+    wf = Workflow(unique("unlinked"))
+
+    @wf.task()
+    def gate(ctx: Context) -> None:
+        if broken["gate"]:
+            raise RuntimeError("closed")
+        ctx["gate"] = "open"
+
+    @wf.task(dependencies=["gate"], trigger="all_done")
+    def prepare(ctx: Context) -> None:
+        ctx["items"] = [1, 2, 3]
+
+    @wf.task(dependencies=["prepare"], map_over="items")
+    def each(ctx: Context, handle: Any) -> None:
+        ctx[f"v{handle.index}"] = handle.item * 10
+
+    wf.task(name="after", dependencies=["each"], trigger="all_done")(
+        lambda ctx: ctx.update(done=True)
+    )
+    first = engine.run(wf, {"payload": PAYLOAD})
+    assert first.status == "failed"
+    assert first.tasks["each[0]"].status == "completed"
+    before = {row_id for row_id, _, _ in raw_contexts(store_url)}
+    broken["gate"] = False
+    result = engine.retry(first.execution_id)
+    assert result.status == "completed", result.error
+    assert result.context["gate"] == "open" and result.context["done"] is True
+    assert engine.task_context(first.execution_id, "prepare")["items"] == [1, 2, 3]
+    assert unreachable_contexts(store_url) == []
+    after = {row_id for row_id, _, _ in raw_contexts(store_url)}
+    assert len(before - after) >= 5, "prepare's, the instances' and after's rows, the end's"
 
 
 def test_a_10000_task_chain_reads_a_bounded_number_of_rows(engine: Engine, store_url: str) -> None:

@@ -50,6 +50,9 @@ def reopen(rt: Runtime, tx: Tx, record: ExecutionRecord) -> None:
     tasks = {task.name: task for task in rt.repo.tasks(tx, record.id)}
     again = outcomes.to_rerun(wf, {n: t.state() for n, t in tasks.items()})
     anew = _reexpanded(wf, tasks, again)
+    # The rows of outputs unlinked here (and of the failed end's context) would otherwise stay
+    # forever: retention finds rows only through what links them.
+    unlinked = [record.final_context_id] if record.final_context_id else []
     for name in again:
         task = tasks[name]
         if task.map_parent is not None:
@@ -62,10 +65,11 @@ def reopen(rt: Runtime, tx: Tx, record: ExecutionRecord) -> None:
             rt.repo.reopen_mapped_task(tx, task.id, reopened, now)
         else:
             if task.map_total is not None:  # its input changes: it fans out anew
-                rt.repo.delete_instances(tx, record.id, name)
+                unlinked += rt.repo.delete_instances(tx, record.id, name)
             rt.repo.reset_task(tx, task.id, now)
-        rt.repo.delete_output(tx, record.id, name)
+        unlinked += rt.repo.delete_output(tx, record.id, name)
     rt.repo.reopen_execution(tx, record.id, now)
+    rt.repo.prune_contexts(tx, unlinked)
 
 
 def _reexpanded(wf: Workflow, tasks: Mapping[str, TaskRecord], again: set[str]) -> set[str]:

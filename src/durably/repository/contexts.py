@@ -201,8 +201,11 @@ class Contexts:
                 target = self.save_context(tx, row.text, now).id
             self.link_output(tx, execution_id, task_ids[name], name, target, now)
 
-    def delete_output(self, tx: Tx, execution_id: str, name: str) -> None:
-        tx.execute("delete_output", {"id": execution_id, "name": name})
+    def delete_output(self, tx: Tx, execution_id: str, name: str) -> list[str]:
+        """Unlink the task's output; return the context row it linked (none if it had no
+        output), for the caller to prune once nothing else links it."""
+        rows = tx.fetch_all("delete_output", {"id": execution_id, "name": name})
+        return [str(row["context_id"]) for row in rows]
 
 
 # complete_with_output's reads around the task, none (Tasks.plan_completion_with_read adds them).

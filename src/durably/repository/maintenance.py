@@ -93,10 +93,13 @@ class Maintenance:
         else:
             tx.execute("prune_saga_replies", {"ids": ids})
             deleted = tx.execute("prune_sagas", {"ids": ids})
-        self._prune_contexts(tx, contexts)
+        self.prune_contexts(tx, contexts)
         return deleted
 
-    def _prune_contexts(self, tx: Tx, ids: Iterable[str]) -> None:
+    def prune_contexts(self, tx: Tx, ids: Iterable[str]) -> None:
+        """Delete the context rows of ``ids`` that no execution, output or saga references
+        any more. No row rests on such a row: a delta rests only on a row its own execution
+        keeps, and a fork's only on rows the fork links (``Contexts.share_outputs``)."""
         tx.execute("prune_contexts", {"ids": json.dumps(sorted(ids))})
 
     # -- schedules -----------------------------------------------------------------------------

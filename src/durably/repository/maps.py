@@ -107,7 +107,9 @@ class Maps(Waits):
         params = {"id": task_id, "reopened": reopened, "now": timestamp(now)}
         tx.execute("reopen_mapped_task", params)
 
-    def delete_instances(self, tx: Tx, execution_id: str, parent: str) -> None:
+    def delete_instances(self, tx: Tx, execution_id: str, parent: str) -> list[str]:
+        """Delete a mapped task's instances; return the context rows their outputs linked."""
         params = {"id": execution_id, "parent": parent}
-        tx.execute("delete_instance_outputs", params)
+        outputs = tx.fetch_all("delete_instance_outputs", params)
         tx.execute("delete_instances", params)
+        return [str(row["context_id"]) for row in outputs]

@@ -313,7 +313,9 @@ SET status = 'not_started', attempt = 0, retry_at = NULL, error_details = NULL,
 WHERE id = :id AND status IN ('failed', 'skipped', 'upstream_failed', 'abandoned', 'completed');
 
 -- name: delete_output
-DELETE FROM task_execution_metadata WHERE pipeline_execution_id = :id AND task_name = :name;
+-- retry(): the task runs again. Its row goes too once nothing links it (prune_contexts).
+DELETE FROM task_execution_metadata WHERE pipeline_execution_id = :id AND task_name = :name
+RETURNING context_id;
 
 -- name: reopen_execution
 UPDATE pipeline_executions
@@ -740,7 +742,8 @@ WHERE id = :id AND map_total IS NOT NULL;
 DELETE FROM task_execution_metadata
 WHERE pipeline_execution_id = :id AND task_name IN (
     SELECT task_name FROM task_executions WHERE pipeline_execution_id = :id AND map_parent = :parent
-);
+)
+RETURNING context_id;
 
 -- name: delete_instances
 DELETE FROM task_executions WHERE pipeline_execution_id = :id AND map_parent = :parent;
