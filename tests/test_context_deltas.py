@@ -366,7 +366,8 @@ def test_retry_deletes_the_rows_of_the_outputs_it_unlinks(engine: Engine, store_
     broken["gate"] = False
     result = engine.retry(first.execution_id)
     assert result.status == "completed", result.error
-    assert result.context["gate"] == "open" and result.context["done"] is True
+    assert result.context["gate"] == "open"
+    assert result.context["done"] is True
     assert engine.task_context(first.execution_id, "prepare")["items"] == [1, 2, 3]
     assert unreachable_contexts(store_url) == []
     after = {row_id for row_id, _, _ in raw_contexts(store_url)}
