@@ -3,6 +3,7 @@ older than an age with every row they own, in bounded batches, and nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
@@ -24,6 +25,8 @@ from durably.repository import Repository
 from durably.retention import Pruner
 from durably.saga import Saga
 from durably.saga_execution import SagaExecution, SagaStatus
+from durably.saga_inbox import ParticipantInbox
+from durably.saga_messages import SagaResponseStatus
 from durably.saga_repository import SagaExecutionRepository
 from durably.store import timestamp
 
@@ -295,8 +298,8 @@ def test_prune_works_in_bounded_batches(
     monkeypatch.setattr(Repository, "prune_batch", counted)
     before = timed.store.stats.transactions
     assert timed.prune(timedelta(days=1)) == 5
-    # completed: 2 + 2 + 1; then one empty look at each other finished status.
-    assert sizes == [2, 2, 1, 0, 0, 0, 0]
+    # completed: 2 + 2 + 1; then one empty look at each other finished status, and the inbox.
+    assert sizes == [2, 2, 1, 0, 0, 0, 0, 0]
     assert timed.store.stats.transactions - before == len(sizes)
 
 
@@ -324,6 +327,79 @@ def test_finished_sagas_are_pruned_with_their_replies_and_context(
     assert left == [(executions[SagaStatus.Paused], "paused")]
     assert raw.counts()["saga_replies"] == 1
     assert raw.counts()["contexts"] == 1  # the paused saga's
+
+
+def _record_replies(engine: Engine, raw: Raw, keys: list[str], age: float) -> None:
+    """Replies a participant recorded for ``keys``, ``age`` seconds ago."""
+    inbox = ParticipantInbox(engine.store)
+    for key in keys:
+        asyncio.run(inbox.put("billing", key, SagaResponseStatus.SUCCESS, f'"{key}"'))
+    raw.query(
+        f"UPDATE saga_inbox SET created_at = %s WHERE idempotency_key IN "
+        f"({', '.join(['%s'] * len(keys))})",
+        timestamp(time.time() - age),
+        *keys,
+    )
+
+
+def inbox_keys(raw: Raw) -> list[str]:
+    return sorted(key for (key,) in raw.query("SELECT idempotency_key FROM saga_inbox"))
+
+
+def test_a_participants_old_recorded_replies_are_pruned_in_batches(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = Raw(store_url)
+    monkeypatch.setattr(retention_module, "BATCH", 2)
+    with Engine(store_url) as engine:
+        _record_replies(engine, raw, [f"old-{i}" for i in range(5)], 3 * DAY)
+        _record_replies(engine, raw, ["recent"], 3600)
+        everything = [*(f"old-{i}" for i in range(5)), "recent"]
+        # Not executions: a prune of one status, or a dry run, leaves them; none is counted.
+        assert engine.prune(timedelta(days=1), "completed") == 0
+        assert engine.prune(timedelta(days=1), dry_run=True) == 0
+        assert inbox_keys(raw) == everything
+        before = engine.store.stats.transactions
+        assert engine.prune(timedelta(days=1)) == 0
+        assert inbox_keys(raw) == ["recent"]
+        # Each status's batch, then the inbox's 2 + 2 + 1.
+        assert engine.store.stats.transactions - before == len(retention_module.targets(None)) + 3
+        inbox = ParticipantInbox(engine.store)
+        assert asyncio.run(inbox.get("billing", "old-0")) is None
+        kept = asyncio.run(inbox.get("billing", "recent"))
+        assert kept == (SagaResponseStatus.SUCCESS, '"recent"')
+
+
+def test_a_worker_with_retain_prunes_the_inbox_too(store_url: str) -> None:
+    raw = Raw(store_url)
+    with Engine(store_url) as engine:
+        _record_replies(engine, raw, ["old"], 3 * DAY)
+        _record_replies(engine, raw, ["recent"], 3600)
+        pruner = Pruner(engine.runtime, timedelta(days=1))
+        for _ in retention_module.passes(None):  # one batch per tick: a whole pass
+            pruner.tick()
+        assert inbox_keys(raw) == ["recent"]
+        assert pruner.pruned == 0
+
+
+def test_inbox_pruning_is_index_backed(any_store: Any, backend: str) -> None:
+    if backend == "sqlite":
+        query = any_store._queries["prune_saga_inbox"]
+        plan = any_store._conn.execute(
+            f"EXPLAIN QUERY PLAN {query}", {"cutoff": "x", "limit": 5}
+        ).fetchall()
+        assert "saga_inbox_created" in " ".join(str(tuple(row)) for row in plan)
+        return
+    with any_store.transaction() as tx:
+        tx.execute("next_wake")  # the transaction's BEGIN goes with its first statement
+        cursor = tx.conn.cursor()
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(
+            "EXPLAIN SELECT target FROM saga_inbox WHERE created_at < now() "
+            "ORDER BY created_at LIMIT 5"
+        )
+        plan = " ".join(str(row) for row in cursor.fetchall())
+    assert "saga_inbox_created" in plan
 
 
 def test_prune_selection_is_index_backed(any_store: Any, backend: str) -> None:
@@ -373,7 +449,7 @@ def test_background_passes_run_at_most_once_a_minute(
     timed.run(wf)
     clock.advance(2 * DAY)
     pruner = Pruner(timed.runtime, timedelta(days=1))
-    for _ in range(len(retention_module.targets(None))):  # one batch per tick: a whole pass
+    for _ in range(len(retention_module.passes(None))):  # one batch per tick: a whole pass
         pruner.tick()
     assert pruner.pruned == 1
     # An execution that finished long ago (by another engine's clock) arrives after the pass.

@@ -7,6 +7,11 @@ a large prune never holds the write lock (SQLite) or row locks (PostgreSQL) for 
 running, pending or paused execution is never touched. A context is deleted only when nothing
 references it any more (a fork shares its parent's initial context and reused outputs).
 
+A prune of every status also deletes the replies a saga participant recorded (its inbox, by
+idempotency key) more than the same age ago: they guard against a request delivered twice,
+and a broker redelivers within minutes, not weeks. A request delivered again after its reply
+is pruned runs its handler again. They are not executions: the count returned leaves them out.
+
 :class:`Pruner` is the background variant a worker runs (``durably worker --retain 30d``):
 one batch per worker turn, and a new pass at most every :data:`PRUNE_EVERY` seconds.
 """
@@ -19,7 +24,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .logs import log
-from .repository.maintenance import SAGA, WORKFLOW
+from .repository.maintenance import INBOX, SAGA, WORKFLOW
 
 if TYPE_CHECKING:
     from .repository import Repository
@@ -80,6 +85,12 @@ def targets(status: str | None) -> list[tuple[str, str]]:
     return found
 
 
+def passes(status: str | None) -> list[tuple[str, str]]:
+    """What a prune goes through, in order: :func:`targets`, then, when it prunes every
+    status, the participant's inbox."""
+    return targets(status) + ([(INBOX, "")] if status is None else [])
+
+
 def prune(
     store: Store,
     repo: Repository,
@@ -92,18 +103,21 @@ def prune(
     """Delete (or, ``dry_run``, count) the finished executions older than ``older_than``;
     return how many. Each batch commits on its own: an interrupted prune keeps its progress."""
     cutoff = now - check_age(older_than).total_seconds()
-    pairs = targets(status)
     if dry_run:
         with store.read() as tx:
+            pairs = targets(status)
             return sum(repo.count_prunable(tx, kind, st, cutoff) for kind, st in pairs)
-    total = 0
-    for kind, st in pairs:
+    counts = dict.fromkeys((WORKFLOW, SAGA, INBOX), 0)
+    for kind, st in passes(status):
         while True:
             with store.transaction() as tx:
                 deleted = repo.prune_batch(tx, kind, st, cutoff, BATCH)
-            total += deleted
+            counts[kind] += deleted
             if deleted < BATCH:
                 break
+    total = counts[WORKFLOW] + counts[SAGA]
+    if counts[INBOX]:
+        _log_inbox(counts[INBOX], older_than)
     if total:
         log(
             logger,
@@ -123,8 +137,8 @@ class Pruner:
         self.rt = rt
         self.retain = check_age(retain)
         self._due = rt.now()
-        self._pending = targets(None)
-        self.pruned = 0
+        self._pending = passes(None)
+        self.pruned = 0  # executions, not inbox replies
 
     def tick(self) -> None:
         now = self.rt.now()
@@ -139,8 +153,11 @@ class Pruner:
             log(logger, logging.WARNING, "pruning failed: %s", exc, action="prune_failed")
             self._due = now + PRUNE_EVERY
             return
-        self.pruned += deleted
-        if deleted:
+        if kind == INBOX:
+            if deleted:
+                _log_inbox(deleted, self.retain)
+        elif deleted:
+            self.pruned += deleted
             log(
                 logger,
                 logging.INFO,
@@ -154,5 +171,16 @@ class Pruner:
         if deleted < BATCH:  # this status is done: the next one, or rest until the next pass
             self._pending.pop(0)
             if not self._pending:
-                self._pending = targets(None)
+                self._pending = passes(None)
                 self._due = now + PRUNE_EVERY
+
+
+def _log_inbox(deleted: int, older_than: timedelta) -> None:
+    log(
+        logger,
+        logging.INFO,
+        "pruned %d saga inbox entries recorded more than %s ago",
+        deleted,
+        older_than,
+        action="pruned",
+    )

@@ -16,6 +16,7 @@ from .rows import stored
 
 WORKFLOW = "workflow"
 SAGA = "saga"
+INBOX = "inbox"  # a participant's recorded replies (saga_inbox.py), by when they were recorded
 
 
 @dataclass(frozen=True)
@@ -58,19 +59,29 @@ def _schedule_of(row: Row, last_status: str | None = None) -> ScheduleRecord:
     )
 
 
+_COUNTS = {
+    WORKFLOW: "count_prunable_executions",
+    SAGA: "count_prunable_sagas",
+    INBOX: "count_prunable_inbox",
+}
+
+
 class Maintenance:
     # -- retention -----------------------------------------------------------------------------
 
     def count_prunable(self, tx: Tx, kind: str, status: str, cutoff: float) -> int:
-        query = "count_prunable_executions" if kind == WORKFLOW else "count_prunable_sagas"
-        row = tx.fetch_one(query, {"status": status, "cutoff": timestamp(cutoff)})
+        params = {"cutoff": timestamp(cutoff)} | ({} if kind == INBOX else {"status": status})
+        row = tx.fetch_one(_COUNTS[kind], params)
         return int(row["n"]) if row is not None else 0
 
     def prune_batch(self, tx: Tx, kind: str, status: str, cutoff: float, limit: int) -> int:
         """Delete up to ``limit`` of the oldest executions of ``kind`` and ``status`` finished
         before ``cutoff``, with their tasks, outputs, attempts, events (workflows), replies
-        (sagas) and the contexts nothing else references; return how many."""
+        (sagas) and the contexts nothing else references; return how many. Of kind
+        :data:`INBOX`: the replies recorded before ``cutoff`` (``status`` unused)."""
         params = {"status": status, "cutoff": timestamp(cutoff), "limit": limit}
+        if kind == INBOX:
+            return tx.execute("prune_saga_inbox", {"cutoff": params["cutoff"], "limit": limit})
         if kind == WORKFLOW:
             rows = tx.fetch_all("prunable_executions", params)
         else:

@@ -629,6 +629,17 @@ LIMIT :limit;
 -- name: count_prunable_sagas
 SELECT count(*) AS n FROM saga_executions WHERE status = :status AND updated_at < :cutoff;
 
+-- name: prune_saga_inbox
+-- A participant's oldest recorded replies (saga_inbox.py), a batch at a time: a request
+-- delivered again after its reply is pruned runs its handler again.
+DELETE FROM saga_inbox WHERE (target, idempotency_key) IN (
+    SELECT target, idempotency_key FROM saga_inbox WHERE created_at < :cutoff
+    ORDER BY created_at LIMIT :limit
+);
+
+-- name: count_prunable_inbox
+SELECT count(*) AS n FROM saga_inbox WHERE created_at < :cutoff;
+
 -- name: prune_saga_replies
 DELETE FROM saga_replies WHERE saga_execution_id IN (SELECT value FROM json_each(:ids));
 

@@ -257,3 +257,6 @@ CREATE TABLE task_configurations (
     trigger_rules JSONB NOT NULL,
     created_at TIMESTAMPTZ NOT NULL
 );
+
+-- Inbox retention (0017): a prune deletes the replies recorded before its cutoff, oldest first.
+CREATE INDEX saga_inbox_created ON saga_inbox (created_at);

@@ -255,3 +255,6 @@ CREATE TABLE task_configurations (
     trigger_rules TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
+
+-- Inbox retention (0017): a prune deletes the replies recorded before its cutoff, oldest first.
+CREATE INDEX saga_inbox_created ON saga_inbox (created_at);
