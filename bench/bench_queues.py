@@ -257,6 +257,7 @@ def report_storage(storage: dict[str, Any]) -> None:
     pg, lite = storage.get("postgres", {}), storage.get("sqlite", {})
     rows = [
         ("bytes per execution (10-task chain, ~1 KB context)", "bytes_per_execution"),
+        ("the same, as many again after a VACUUM", "bytes_per_execution_after_vacuum"),
         ("Engine.list(limit=50), median ms", "list_ms_median"),
         ("Engine.list(limit=50), p95 ms", "list_ms_p95"),
         ("executions in the database when listed", "listed_executions"),
@@ -272,7 +273,9 @@ def report_storage(storage: dict[str, Any]) -> None:
             "key; the initial context holds a 1,000-character string), the growth of durably's "
             "tables (PostgreSQL: pg_total_relation_size summed over every table of the "
             "schema, indexes and TOAST included, before any VACUUM; SQLite: the file after a "
-            "WAL checkpoint) over the executions. Listing: the same database, then "
+            "WAL checkpoint) over the executions. After a VACUUM (PostgreSQL): as many "
+            "executions again, the growth they add once the dead row versions of the first "
+            "runs' updates are free space, as under autovacuum. Listing: the same database, then "
             f"{sample['started']:,} more executions queued with engine.start() of a one-task "
             f"workflow ({pg.get('start_threads', '?')} threads on PostgreSQL, 1 on SQLite), all "
             "through the public API, no SQL copies; PostgreSQL is ANALYZEd once before the "
