@@ -374,6 +374,44 @@ def test_retry_deletes_the_rows_of_the_outputs_it_unlinks(engine: Engine, store_
     assert len(before - after) >= 5, "prepare's, the instances' and after's rows, the end's"
 
 
+@pytest.mark.parametrize("operation", ["retry", "fork"])
+def test_retry_and_fork_wait_for_a_lock_on_their_source(postgres_url: str, operation: str) -> None:
+    """retry() deletes the rows of the outputs it discards unless another execution links
+    them, so it and fork(), which links a source's rows, take the source's lock first: the
+    second to come waits for the first to commit and then sees its links (PostgreSQL; on
+    SQLite a write transaction already excludes every other)."""
+    import threading
+
+    import psycopg
+
+    with Engine(postgres_url) as engine:
+        wf = Workflow(unique("locked"))
+        wf.task(name="a")(lambda ctx: ctx.update(a=1))
+        wf.task(name="b", dependencies=["a"])(lambda ctx: ctx.update(b=1 / ctx["zero"]))
+        source = engine.run(wf, {"payload": PAYLOAD, "zero": 0})
+        assert source.status == "failed"
+        done: list[str] = []
+
+        def act() -> None:
+            if operation == "retry":
+                done.append(engine.retry(source.execution_id).status)
+            else:
+                done.append(engine.fork(source.execution_id, "b", {"zero": 1}).status)
+
+        with psycopg.connect(postgres_url) as other:
+            other.execute(
+                "SELECT id FROM pipeline_executions WHERE id = %s FOR UPDATE",
+                [source.execution_id],
+            )
+            worker = threading.Thread(target=act)
+            worker.start()
+            worker.join(0.5)
+            assert worker.is_alive(), f"{operation} went on while the source was locked"
+        worker.join(30)
+        expected = "failed" if operation == "retry" else "completed"
+        assert done == [expected]
+
+
 def test_a_10000_task_chain_reads_a_bounded_number_of_rows(engine: Engine, store_url: str) -> None:
     wf = Workflow(unique("long"))
     wf.task(name="t")(lambda ctx: None)

@@ -282,6 +282,10 @@ class Engine(Inspection):
 
         key = as_id(execution_id)
         with self.store.transaction() as tx:
+            # Locked before it is read, as fork() does: a retry deletes the rows of the
+            # outputs it discards unless another execution links them, and a fork linking
+            # them at the same moment must commit first or wait.
+            self.runtime.repo.lock_execution(tx, key)
             repair.reopen(self.runtime, tx, self._record(tx, key))
         return self.resume(key)
 
@@ -306,6 +310,8 @@ class Engine(Inspection):
             else None
         )
         with self.store.transaction() as tx:
+            # The source locked (see retry()); a prune skips a locked execution.
+            self.runtime.repo.lock_execution(tx, key)
             runner = repair.fork(self.runtime, tx, self._record(tx, key), from_task, patch)
             first = runner.start(tx)
         return self._drive(runner, first)

@@ -105,8 +105,7 @@ def prune(
     cutoff = now - check_age(older_than).total_seconds()
     if dry_run:
         with store.read() as tx:
-            pairs = targets(status)
-            return sum(repo.count_prunable(tx, kind, st, cutoff) for kind, st in pairs)
+            return sum(repo.count_prunable(tx, kind, st, cutoff) for kind, st in targets(status))
     counts = dict.fromkeys((WORKFLOW, SAGA, INBOX), 0)
     for kind, st in passes(status):
         while True:
