@@ -382,45 +382,40 @@ def test_a_worker_with_retain_prunes_the_inbox_too(store_url: str) -> None:
         assert pruner.pruned == 0
 
 
-def test_inbox_pruning_is_index_backed(any_store: Any, backend: str) -> None:
+@pytest.mark.parametrize(
+    ("query", "params", "postgres_sql", "index"),
+    [
+        (
+            "prunable_executions",
+            {"status": "completed", "cutoff": "x", "limit": 5},
+            "SELECT id FROM pipeline_executions WHERE status = 'completed' "
+            "AND completed_at < now() ORDER BY completed_at LIMIT 5",
+            "pipeline_executions_finished",
+        ),
+        (
+            "prune_saga_inbox",
+            {"cutoff": "x", "limit": 5},
+            "SELECT target FROM saga_inbox WHERE created_at < now() ORDER BY created_at LIMIT 5",
+            "saga_inbox_created",
+        ),
+    ],
+)
+def test_prune_selection_is_index_backed(
+    any_store: Any, backend: str, query: str, params: dict[str, Any], postgres_sql: str,
+    index: str,
+) -> None:  # fmt: skip
     if backend == "sqlite":
-        query = any_store._queries["prune_saga_inbox"]
-        plan = any_store._conn.execute(
-            f"EXPLAIN QUERY PLAN {query}", {"cutoff": "x", "limit": 5}
-        ).fetchall()
-        assert "saga_inbox_created" in " ".join(str(tuple(row)) for row in plan)
+        sql = any_store._queries[query]
+        plan = any_store._conn.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+        assert index in " ".join(str(tuple(row)) for row in plan)
         return
     with any_store.transaction() as tx:
         tx.execute("next_wake")  # the transaction's BEGIN goes with its first statement
         cursor = tx.conn.cursor()
         cursor.execute("SET LOCAL enable_seqscan = off")
-        cursor.execute(
-            "EXPLAIN SELECT target FROM saga_inbox WHERE created_at < now() "
-            "ORDER BY created_at LIMIT 5"
-        )
+        cursor.execute(f"EXPLAIN {postgres_sql}")
         plan = " ".join(str(row) for row in cursor.fetchall())
-    assert "saga_inbox_created" in plan
-
-
-def test_prune_selection_is_index_backed(any_store: Any, backend: str) -> None:
-    if backend == "sqlite":
-        conn = any_store._conn
-        query = any_store._queries["prunable_executions"]
-        plan = conn.execute(
-            f"EXPLAIN QUERY PLAN {query}", {"status": "completed", "cutoff": "x", "limit": 5}
-        ).fetchall()
-        assert "pipeline_executions_finished" in " ".join(str(tuple(row)) for row in plan)
-        return
-    with any_store.transaction() as tx:
-        tx.execute("next_wake")  # the transaction's BEGIN goes with its first statement
-        cursor = tx.conn.cursor()
-        cursor.execute("SET LOCAL enable_seqscan = off")
-        cursor.execute(
-            "EXPLAIN SELECT id FROM pipeline_executions WHERE status = 'completed' "
-            "AND completed_at < now() ORDER BY completed_at LIMIT 5"
-        )
-        plan = " ".join(str(row) for row in cursor.fetchall())
-    assert "pipeline_executions_finished" in plan
+    assert index in plan
 
 
 # -- in the background, in a worker ----------------------------------------------------------------
