@@ -240,6 +240,46 @@ def test_a_request_carries_the_trace_context_in_its_headers(
     assert step.status.status_code is StatusCode.UNSET  # pausing is not an error
 
 
+def test_a_saga_resumed_in_another_process_stays_in_its_trace(
+    spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    """The first run's span context is saved with the execution: the run a reply resumes,
+    with a new manager and repository as in another process, is its child."""
+    saga = Saga(unique("saga")).remote_step(reserve).on_success(reserved).commit()
+    url = f"sqlite:///{tmp_path}/s.db"
+
+    async def first() -> Any:
+        repo = SagaExecutionRepository(url)
+        manager = SagaManager(storage=repo, broker_pool=InMemoryBroker())
+        uuid = await manager.run(
+            definition=saga, context={"n": 1}, pause_on_disk=True, return_execution=False
+        )
+        await manager.close()
+        repo.close()
+        return uuid
+
+    async def second(uuid: Any) -> Any:
+        repo = SagaExecutionRepository(url)
+        manager = SagaManager(storage=repo, broker_pool=InMemoryBroker())
+        reply = SagaResponse({"ok": True}, uuid=uuid)
+        execution = await manager.run(response=reply, pause_on_disk=True)
+        await manager.close()
+        repo.close()
+        return execution
+
+    uuid = asyncio.run(first())
+    execution = asyncio.run(second(uuid))
+    assert execution.context["reserved"] is True
+    opened, resumed = sorted(
+        by_name(spans)[f"durably.saga {saga.name}"], key=lambda span: span.start_time or 0
+    )
+    assert opened.parent is None
+    assert ids(resumed)[0] == ids(opened)[0]
+    assert parent_id(resumed) == ids(opened)[1]
+    steps = by_name(spans)[f"durably.saga_step {saga.name} 0"]  # the pause, then the reply
+    assert [ids(step)[0] for step in steps] == [ids(opened)[0]] * 2
+
+
 def test_without_a_tracer_provider_nothing_is_traced_or_stored(engine: Engine) -> None:
     assert tracing.tracer() is None  # the SDK is imported, but no provider is configured
     wf = traced_workflow()

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-from . import saga_telemetry
+from . import saga_telemetry, tracing
 from .context import SagaContext
 from .exceptions import SagaException, SagaExecutionAlreadyExecutedException
 from .saga import ConditionalSagaStep, LocalSagaStep, RemoteSagaStep, Saga, SagaStep
@@ -71,6 +71,7 @@ class SagaExecution(Compensation):
         rollback_errors: list[str] | None = None,
         created_at: datetime | None = None,
         updated_at: datetime | None = None,
+        trace: str | None = None,
     ) -> None:
         definition.validate()
         self.definition = definition
@@ -84,6 +85,9 @@ class SagaExecution(Compensation):
         self.rollback_errors = list(rollback_errors or [])
         self.created_at = created_at or datetime.now(UTC)
         self.updated_at = updated_at or self.created_at
+        # The trace context (tracing.carrier) of the first run's span: every later run (after
+        # a pause, in whichever process) is its child, so the saga is one trace.
+        self.trace = trace
         self._records = {record.path: record for record in records or []}
         self._runtime: SagaRuntime[SagaExecution] | None = None
         self._response: SagaResponse | None = None
@@ -130,6 +134,7 @@ class SagaExecution(Compensation):
             "compensations": self.compensations,
             "error": self.error,
             "rollback_errors": self.rollback_errors,
+            **({"trace": self.trace} if self.trace is not None else {}),
         }
 
     @classmethod
@@ -158,6 +163,7 @@ class SagaExecution(Compensation):
             rollback_errors=state.get("rollback_errors"),
             created_at=created_at,
             updated_at=updated_at,
+            trace=trace if isinstance(trace := state.get("trace"), str) else None,
         )
 
     # -- running ---------------------------------------------------------------------------
@@ -180,7 +186,9 @@ class SagaExecution(Compensation):
             )
         self._runtime, self._response = runtime or Detached(), response
         self.status = SagaStatus.Running
-        with saga_telemetry.run(self.saga_name, self.uuid):
+        with saga_telemetry.run(self.saga_name, self.uuid, self.trace):
+            if self.trace is None:
+                self.trace = tracing.carrier()
             return await self._execute()
 
     async def _execute(self) -> SagaContext:

@@ -18,13 +18,14 @@ if TYPE_CHECKING:
 _OFF = contextlib.nullcontext()
 
 
-def run(saga: str, uuid: UUID) -> contextlib.AbstractContextManager[Any]:
-    """Around one run of an execution (until it finishes, errors or pauses)."""
+def run(saga: str, uuid: UUID, trace: str | None) -> contextlib.AbstractContextManager[Any]:
+    """Around one run of an execution (until it finishes, errors or pauses): a child of
+    ``trace``, the first run's stored span context, when given."""
     found = tracing.tracer()
     if found is None:
         return _OFF
     attrs = tracing.attributes(uuid, saga=saga)
-    return tracing.span(found, f"durably.saga {saga}", attrs, ok=(Paused,))
+    return tracing.span(found, f"durably.saga {saga}", attrs, parent=trace, ok=(Paused,))
 
 
 def step(
