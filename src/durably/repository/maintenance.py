@@ -59,19 +59,12 @@ def _schedule_of(row: Row, last_status: str | None = None) -> ScheduleRecord:
     )
 
 
-_COUNTS = {
-    WORKFLOW: "count_prunable_executions",
-    SAGA: "count_prunable_sagas",
-    INBOX: "count_prunable_inbox",
-}
-
-
 class Maintenance:
     # -- retention -----------------------------------------------------------------------------
 
     def count_prunable(self, tx: Tx, kind: str, status: str, cutoff: float) -> int:
-        params = {"cutoff": timestamp(cutoff)} | ({} if kind == INBOX else {"status": status})
-        row = tx.fetch_one(_COUNTS[kind], params)
+        query = "count_prunable_executions" if kind == WORKFLOW else "count_prunable_sagas"
+        row = tx.fetch_one(query, {"status": status, "cutoff": timestamp(cutoff)})
         return int(row["n"]) if row is not None else 0
 
     def prune_batch(self, tx: Tx, kind: str, status: str, cutoff: float, limit: int) -> int:

@@ -637,9 +637,6 @@ DELETE FROM saga_inbox WHERE (target, idempotency_key) IN (
     ORDER BY created_at LIMIT :limit
 );
 
--- name: count_prunable_inbox
-SELECT count(*) AS n FROM saga_inbox WHERE created_at < :cutoff;
-
 -- name: prune_saga_replies
 DELETE FROM saga_replies WHERE saga_execution_id IN (SELECT value FROM json_each(:ids));
 
