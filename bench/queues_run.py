@@ -337,17 +337,21 @@ def storage(args: argparse.Namespace) -> dict[str, Any]:
     payload = "x" * 1000
     with _backend(args.backend, args.postgres) as (url, size, value, parts):
         with Engine(url, workflows=[chain, single]) as engine:
+
+            def run_chains() -> None:
+                for i in range(args.executions):
+                    result = engine.run(chain, {"payload": payload, "i": i})
+                    if result.status != "completed":
+                        raise SystemExit(f"execution {i} {result.status}: {result.error}")
+
             empty = size()
             before = parts()
             began = time.perf_counter()
-            for i in range(args.executions):
-                result = engine.run(chain, {"payload": payload, "i": i})
-                if result.status != "completed":
-                    raise SystemExit(f"execution {i} {result.status}: {result.error}")
+            run_chains()
             run_s = time.perf_counter() - began
             full = size()
             after = parts()
-            settled = None
+            settled, chains = None, args.executions
             if args.backend == "postgres":
                 # As autovacuum would: the dead row versions of the runs' updates become free
                 # space, and the same number of executions again fills it before growing.
@@ -355,10 +359,9 @@ def storage(args: argparse.Namespace) -> dict[str, Any]:
 
                 with psycopg.connect(url, autocommit=True) as conn:
                     conn.execute("VACUUM")
-                for i in range(args.executions):
-                    engine.run(chain, {"payload": payload, "i": i})
-                settled = (size() - full) / args.executions
-            rest = args.list_at - args.executions
+                run_chains()
+                settled, chains = (size() - full) / args.executions, 2 * args.executions
+            rest = args.list_at - chains
             threads = 4 if args.backend == "postgres" else 1
             began = time.perf_counter()
             with ThreadPoolExecutor(threads) as pool:
