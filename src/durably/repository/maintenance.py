@@ -72,9 +72,9 @@ class Maintenance:
         before ``cutoff``, with their tasks, outputs, attempts, events (workflows), replies
         (sagas) and the contexts nothing else references; return how many. Of kind
         :data:`INBOX`: the replies recorded before ``cutoff`` (``status`` unused)."""
-        params = {"status": status, "cutoff": timestamp(cutoff), "limit": limit}
         if kind == INBOX:
-            return tx.execute("prune_saga_inbox", {"cutoff": params["cutoff"], "limit": limit})
+            return tx.execute("prune_saga_inbox", {"cutoff": timestamp(cutoff), "limit": limit})
+        params = {"status": status, "cutoff": timestamp(cutoff), "limit": limit}
         if kind == WORKFLOW:
             rows = tx.fetch_all("prunable_executions", params)
         else:
