@@ -10,6 +10,8 @@ executions and --sagas saga executions. Then prints, as Markdown:
   --runs fresh processes (and of a bare interpreter), with durably compiled from source at
   each start (no bytecode cache, as under PYTHONDONTWRITEBYTECODE) and from cached bytecode
   (as an installed package runs);
+- the floor under it (`list_floor.py`): the CLI's dependencies imported, one query on one
+  connection and a rich table, without durably, so that the difference is durably's share;
 - `Engine.list(limit=50)` (by time, status and workflow) and the lookup by idempotency key,
   the median of warm calls in one process, on each backend.
 
@@ -315,6 +317,7 @@ def measure(args: argparse.Namespace, urls: dict[str, str], path: str) -> int:
         print(f"{name}: {args.executions:,} executions and {args.sagas:,} sagas in {took:.1f} s")
 
     commands = {"`import durably`": [sys.executable, "-c", "import durably"]}
+    floor = str(Path(__file__).with_name("list_floor.py"))
     for name, url in urls.items():
         commands[f"`durably list` on {name}"] = [
             sys.executable,
@@ -322,6 +325,11 @@ def measure(args: argparse.Namespace, urls: dict[str, str], path: str) -> int:
             "durably",
             "list",
             "--db",
+            url,
+        ]
+        commands[f"its floor on {name} (`list_floor.py`: no durably)"] = [
+            sys.executable,
+            floor,
             url,
         ]
     print(f"\nMedians of {args.runs} fresh processes, wall time (and CPU time):\n")
