@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import html
 import json
+import queue
+import threading
+import time
 from collections.abc import Iterator
 from uuid import UUID
 
 import pytest
 
+from durably import Engine
 from durably.listing import ListFilter
 from tests import dashboard_app as apps
 from tests.dashboard_support import Dash, make_dash
@@ -156,6 +160,62 @@ def test_fork_with_an_edited_context_runs_a_new_execution(dash: Dash) -> None:
     page = shown(dash.client.get(f"/executions/{forked.execution_id}"))
     assert "with --set base, extra" in page  # the patch is only what changed
     assert f"/executions/{result.execution_id}" in page  # linked to where it came from
+
+
+def test_a_fork_shows_its_own_execution_while_another_process_forks_the_same(
+    dash: Dash,
+) -> None:
+    # The dashboard used to guess its fork as the newest child of the source since the
+    # click: a fork of the same execution by another process, a moment later, was taken.
+    apps.RELEASE.set()
+    source = dash.engine.run(apps.slow, {}).execution_id
+    apps.RELEASE.clear()
+    theirs: queue.SimpleQueue[UUID] = queue.SimpleQueue()
+
+    def other_process() -> None:
+        time.sleep(0.15)  # after this dashboard's fork is created, before it answers
+        with Engine(dash.url) as other:
+            other.fork(source, "hold", on_start=theirs.put)
+
+    thread = threading.Thread(target=other_process)
+    thread.start()
+    try:
+        response = dash.post(f"/executions/{source}/fork", {"task": "hold", "context": "{}"})
+        other_id = theirs.get(timeout=10)
+    finally:
+        apps.RELEASE.set()
+        thread.join(10)
+    assert response.status_code == 303, shown(response)
+    ours = new_id(response)
+    assert ours != other_id
+    assert dash.engine.wait(ours, timeout=20).parent_id == source
+    assert dash.engine.wait(other_id, timeout=20).parent_id == source
+
+
+def test_fork_on_start_names_the_new_execution_before_it_runs(dash: Dash) -> None:
+    source = dash.engine.run(apps.diamond, {"amount": 5})
+    seen: list[tuple[UUID, str]] = []
+
+    def on_start(new: UUID) -> None:
+        seen.append((new, dash.engine.get(new).tasks["double"].status))
+
+    forked = dash.engine.fork(source.execution_id, "double", {"base": 7}, on_start=on_start)
+    assert seen == [(forked.execution_id, "running")]  # claimed in the fork's transaction
+    assert forked.context["doubled"] == 14
+
+
+def test_a_failing_on_start_leaves_the_fork_to_workers_at_once(dash: Dash) -> None:
+    source = dash.engine.run(apps.diamond, {"amount": 5})
+    seen: list[UUID] = []
+
+    def on_start(new: UUID) -> None:
+        seen.append(new)
+        raise RuntimeError("the caller broke")
+
+    with pytest.raises(RuntimeError, match="the caller broke"):
+        dash.engine.fork(source.execution_id, "double", on_start=on_start)
+    # Released, not held until the lease runs out: this engine's resume takes it on.
+    assert dash.engine.resume(seen[0]).status == "completed"
 
 
 @pytest.mark.parametrize(

@@ -67,9 +67,10 @@ class InProcessRuns:
                 self._runs.pop(runner.id, None)
             self.rt.heartbeat.drop(execution=runner.id)
             if not runner.finished:
-                self._release(runner.id)
+                self.release(runner.id)
 
-    def _release(self, execution_id: str) -> None:
+    def release(self, execution_id: str) -> None:
+        """Give back this engine's claim on an execution it stops driving (or never drove)."""
         try:
             with self.rt.store.transaction() as tx:
                 self.rt.repo.release_execution(tx, execution_id, self.rt.worker_id, self.rt.now())

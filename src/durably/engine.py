@@ -11,7 +11,7 @@ import builtins
 import contextlib
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -294,10 +294,15 @@ class Engine(Inspection):
         execution_id: UUID | str,
         from_task: str,
         context_patch: Mapping[str, Any] | None = None,
+        *,
+        on_start: Callable[[UUID], object] | None = None,
     ) -> ExecutionResult:
         """A new execution that reuses the outputs of the tasks before ``from_task`` (none
         that was compensated), runs ``from_task`` (its input updated with ``context_patch``)
-        and what follows it, and returns when it is terminal."""
+        and what follows it, and returns when it is terminal. ``on_start``, if given, is
+        called with the new execution's id once it is committed, before its first task
+        runs: a caller that runs the fork on another thread learns which execution to
+        follow (the dashboard does)."""
         from . import repair
 
         key = as_id(execution_id)
@@ -314,6 +319,12 @@ class Engine(Inspection):
             self.runtime.repo.lock_execution(tx, key)
             runner = repair.fork(self.runtime, tx, self._record(tx, key), from_task, patch)
             first = runner.start(tx)
+        if on_start is not None:
+            try:
+                on_start(UUID(runner.id))
+            except BaseException:
+                self._runs.release(runner.id)  # for a worker to take over now, not after the lease
+                raise
         return self._drive(runner, first)
 
     def send(

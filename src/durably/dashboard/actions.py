@@ -13,16 +13,14 @@ owns the execution, the definition changed) is reported on the page instead.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
 from ..engine import Engine
 from ..exceptions import ExecutionStateError
-from ..listing import ListFilter
 from ..results import ExecutionResult
 from ..statuses import EXECUTION_TERMINAL
 from ..workflow import registered
@@ -110,30 +108,21 @@ def fork(
     patch: dict[str, Any],
     wait: float = 10.0,
 ) -> UUID:
-    """Fork and return the new execution's id, once it exists. ``Engine.fork`` returns only
-    at the end, so the new execution is found as the newest one of the workflow forked from
-    this one since the click (forks from this dashboard are serialized, so it is ours)."""
+    """Fork on a background thread and return the new execution's id once it is created
+    (``Engine.fork`` names it through ``on_start``, then runs it to its end)."""
     result = engine.get(execution_id)
     if task not in result.tasks or result.tasks[task].parent is not None:
         raise ExecutionStateError(f"execution {execution_id} has no task {task!r}")
     definition_for(engine, result)
-    with _forking:
-        since = datetime.now(UTC) - timedelta(seconds=1)
-        where = ListFilter(workflow=result.workflow, since=since)
-        work = lambda: engine.fork(execution_id, task, patch or None)  # noqa: E731
-        jobs.run(f"fork:{uuid4()}", "forked", work)  # forks of one execution may overlap
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            with engine.store.read() as tx:
-                found = engine.runtime.repo.page_executions(tx, where, 20)
-            for record in found:
-                if record.parent_id == str(execution_id):
-                    return UUID(record.id)
-            time.sleep(0.02)
-    raise ExecutionStateError(f"the fork of {execution_id} did not start within {wait:g}s")
-
-
-_forking = threading.Lock()
+    started: queue.SimpleQueue[UUID] = queue.SimpleQueue()
+    work = lambda: engine.fork(execution_id, task, patch or None, on_start=started.put)  # noqa: E731
+    jobs.run(f"fork:{uuid4()}", "forked", work)  # forks of one execution may overlap
+    try:
+        return started.get(timeout=wait)
+    except queue.Empty:
+        raise ExecutionStateError(
+            f"the fork of {execution_id} did not start within {wait:g}s"
+        ) from None
 
 
 def cancel(engine: Engine, db: str | None, execution_id: UUID, saga: bool) -> None:
