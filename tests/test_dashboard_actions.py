@@ -204,6 +204,13 @@ def test_fork_on_start_names_the_new_execution_before_it_runs(dash: Dash) -> Non
     assert forked.context["doubled"] == 14
 
 
+def test_a_fork_with_an_uncallable_on_start_is_refused_and_writes_nothing(dash: Dash) -> None:
+    source = dash.engine.run(apps.diamond, {"amount": 5})
+    with pytest.raises(TypeError, match="on_start must be callable, not str"):
+        dash.engine.fork(source.execution_id, "double", on_start="print")  # type: ignore[arg-type]
+    assert count(dash, "dash_diamond") == 1
+
+
 def test_a_failing_on_start_leaves_the_fork_to_workers_at_once(dash: Dash) -> None:
     source = dash.engine.run(apps.diamond, {"amount": 5})
     seen: list[UUID] = []

@@ -308,6 +308,8 @@ class Engine(Inspection):
         key = as_id(execution_id)
         if context_patch is not None and not isinstance(context_patch, Mapping):
             raise TypeError("context_patch must be a dict")
+        if on_start is not None and not callable(on_start):
+            raise TypeError(f"on_start must be callable, not {type(on_start).__name__}")
         # Kept as codec text: a jsonb column would reorder the patch's keys.
         patch = (
             codec.dumps(dict(context_patch), max_bytes=self.max_context_bytes)
