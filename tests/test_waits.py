@@ -8,6 +8,7 @@ through a timer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -1032,20 +1033,31 @@ def kill(child: subprocess.Popen[bytes]) -> None:
     child.wait(timeout=10)
 
 
+@contextlib.contextmanager
+def left_waiting(
+    tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch, which: str, task: str
+) -> Iterator[tuple[Engine, str, Path]]:
+    """An execution started by a child process (``tests/waits_app.py WHICH``), killed with
+    SIGKILL once ``task`` waits: this process's engine on it, its id and the marks file."""
+    marks = tmp_path / "marks"
+    monkeypatch.setenv("DURABLY_MARKS", str(marks))
+    wf = getattr(waits_app, which)
+    child = spawn(url, which, marks)
+    with Engine(url, workflows=[wf]) as engine:
+        try:
+            execution_id = execution_of(engine, wf)
+            wait_status(engine, execution_id, task, "waiting")
+        finally:
+            kill(child)
+        yield engine, execution_id, marks
+
+
 @pytest.mark.slow
 def test_a_waiting_execution_survives_its_process(
     tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    marks = tmp_path / "marks"
-    monkeypatch.setenv("DURABLY_MARKS", str(marks))
-    wf = waits_app.approval
-    child = spawn(store_url, "approval", marks)
-    with Engine(store_url, workflows=[wf]) as engine:
-        try:
-            execution_id = execution_of(engine, wf)
-            wait_status(engine, execution_id, "approve", "waiting")
-        finally:
-            kill(child)
+    with left_waiting(tmp_path, store_url, monkeypatch, "approval", "approve") as found:
+        engine, execution_id, marks = found
         assert engine.get(execution_id).status == "running"
         assert engine.send(execution_id, "approved", {"by": "ann"}, key="a-1") is True
         assert engine.send(execution_id, "approved", {"by": "bob"}, key="a-1") is False
@@ -1061,16 +1073,8 @@ def test_a_killed_process_event_in_the_mailbox_survives(
     tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Resume after the kill first, then send: the resumed run waits and takes the event."""
-    marks = tmp_path / "marks"
-    monkeypatch.setenv("DURABLY_MARKS", str(marks))
-    wf = waits_app.approval
-    child = spawn(store_url, "approval", marks)
-    with Engine(store_url, workflows=[wf]) as engine:
-        try:
-            execution_id = execution_of(engine, wf)
-            wait_status(engine, execution_id, "approve", "waiting")
-        finally:
-            kill(child)
+    with left_waiting(tmp_path, store_url, monkeypatch, "approval", "approve") as found:
+        engine, execution_id, marks = found
         run = Background(lambda: engine.resume(execution_id))
         time.sleep(0.3)
         assert status(engine, execution_id, "approve") == "waiting"
@@ -1085,16 +1089,8 @@ def test_a_killed_process_event_in_the_mailbox_survives(
 def test_a_timer_survives_its_process(
     tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    marks = tmp_path / "marks"
-    monkeypatch.setenv("DURABLY_MARKS", str(marks))
-    wf = waits_app.timer
-    child = spawn(store_url, "timer", marks)
-    with Engine(store_url, workflows=[wf]) as engine:
-        try:
-            execution_id = execution_of(engine, wf)
-            wait_status(engine, execution_id, "later", "waiting")
-        finally:
-            kill(child)
+    with left_waiting(tmp_path, store_url, monkeypatch, "timer", "later") as found:
+        engine, execution_id, marks = found
         wake_at = record(engine, execution_id, "later").wake_at
         result = engine.resume(execution_id)
         assert datetime.now(UTC) >= wake_at  # not before its stored time
