@@ -211,7 +211,7 @@ def test_a_fork_with_an_uncallable_on_start_is_refused_and_writes_nothing(dash: 
     assert count(dash, "dash_diamond") == 1
 
 
-def test_a_failing_on_start_leaves_the_fork_to_workers_at_once(dash: Dash) -> None:
+def test_a_failing_on_start_runs_nothing_and_leaves_the_fork_resumable(dash: Dash) -> None:
     source = dash.engine.run(apps.diamond, {"amount": 5})
     seen: list[UUID] = []
 
@@ -221,7 +221,13 @@ def test_a_failing_on_start_leaves_the_fork_to_workers_at_once(dash: Dash) -> No
 
     with pytest.raises(RuntimeError, match="the caller broke"):
         dash.engine.fork(source.execution_id, "double", on_start=on_start)
-    # Released, not held until the lease runs out: this engine's resume takes it on.
+    left = dash.engine.get(seen[0])
+    assert left.status == "running"
+    assert left.tasks["double"].status == "running"  # claimed, never run
+    with dash.engine.store.read() as tx:
+        record = dash.engine.runtime.repo.execution(tx, str(seen[0]))
+    assert record is not None
+    assert record.claimed_by is None  # the execution's claim given back
     assert dash.engine.resume(seen[0]).status == "completed"
 
 

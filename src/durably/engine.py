@@ -325,7 +325,9 @@ class Engine(Inspection):
             try:
                 on_start(UUID(runner.id))
             except BaseException:
-                self._runs.release(runner.id)  # for a worker to take over now, not after the lease
+                # Given back as a run that stops early gives it back: resume() or a worker
+                # takes it over (its first task once that claim's lease runs out).
+                self._runs.release(runner.id)
                 raise
         return self._drive(runner, first)
 
