@@ -246,7 +246,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 # --- durably's storage and listing -----------------------------------------------------------
 
 
-def _chain(tasks: int) -> Any:
+def chain_workflow(tasks: int) -> Any:
+    """A chain of ``tasks`` tasks, each adding one key (also storage_layout.py's)."""
     from durably import Workflow
 
     wf = Workflow(f"bench_chain{tasks}")
@@ -332,7 +333,7 @@ def storage(args: argparse.Namespace) -> dict[str, Any]:
 
     from durably import Engine
 
-    chain = _chain(10)
+    chain = chain_workflow(10)
     single = WORKFLOWS[0]
     payload = "x" * 1000
     with _backend(args.backend, args.postgres) as (url, size, value, parts):

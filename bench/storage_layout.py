@@ -23,13 +23,13 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import _common
+from queues_run import chain_workflow
 
-from durably import Engine, Workflow
+from durably import Engine
 
 TABLES = ("contexts", "pipeline_executions", "task_executions", "task_execution_metadata")
 SERVER = os.environ.get(
@@ -39,7 +39,7 @@ SERVER = os.environ.get(
 # The task rows with their output in them: the link's time, the delta and the row it rests on.
 OUTPUT_COLUMNS = ("output_at", "output_value", "output_base")
 FILL_TASKS = """
-INSERT INTO {alt}task_executions
+INSERT INTO alt.task_executions
 SELECT t.*, m.created_at, c.value, c.base_id
 FROM task_executions t
 LEFT JOIN task_execution_metadata m
@@ -47,25 +47,14 @@ LEFT JOIN task_execution_metadata m
 LEFT JOIN contexts c ON c.id = m.context_id
 """
 FILL_CONTEXTS = """
-INSERT INTO {alt}contexts
+INSERT INTO alt.contexts
 SELECT * FROM contexts c
 WHERE NOT EXISTS (SELECT 1 FROM task_execution_metadata m WHERE m.context_id = c.id)
 """
 
 
-def chain() -> Workflow:
-    wf = Workflow("layout_chain10")
-    for i in range(10):
-
-        def task(ctx: Any, i: int = i) -> None:
-            ctx[f"k{i}"] = i
-
-        wf.task(name=f"t{i}", dependencies=[f"t{i - 1}"] if i else ())(task)
-    return wf
-
-
 def run_chains(url: str, executions: int) -> None:
-    wf = chain()
+    wf = chain_workflow(10)
     with Engine(url, workflows=[wf]) as engine:
         for i in range(executions):
             result = engine.run(wf, {"payload": "x" * 1000, "i": i})
@@ -90,8 +79,8 @@ def postgres(server: str, executions: int) -> tuple[dict[str, int], dict[str, in
                 "ALTER TABLE alt.task_executions ADD COLUMN output_at TIMESTAMPTZ, "
                 "ADD COLUMN output_value TEXT, ADD COLUMN output_base UUID"
             )
-            run(FILL_TASKS.format(alt="alt."))
-            run(FILL_CONTEXTS.format(alt="alt."))
+            run(FILL_TASKS)
+            run(FILL_CONTEXTS)
             run("INSERT INTO alt.pipeline_executions SELECT * FROM pipeline_executions")
             run("VACUUM FULL")
 
@@ -132,8 +121,8 @@ def sqlite(executions: int) -> tuple[dict[str, int], dict[str, int]]:
                     conn.execute(sql.replace(f"INDEX {name}", f"INDEX alt.{name}", 1))
             for column in OUTPUT_COLUMNS:
                 conn.execute(f"ALTER TABLE alt.task_executions ADD COLUMN {column} TEXT")
-            conn.execute(FILL_TASKS.format(alt="alt."))
-            conn.execute(FILL_CONTEXTS.format(alt="alt."))
+            conn.execute(FILL_TASKS)
+            conn.execute(FILL_CONTEXTS)
             conn.execute("INSERT INTO alt.pipeline_executions SELECT * FROM pipeline_executions")
             conn.execute("DETACH alt")
         sizes: list[dict[str, int]] = []
